@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Prepare a Debian/Ubuntu machine to build, test and run tessera locally:
+#   - the Debian packages the stack runs (PostgreSQL, Redis, nginx, openssl,
+#     curl), installed only when missing;
+#   - .venv with Python >= 3.11, created only when missing;
+#   - `pip install -e '.[dev]'`, rerun only when pyproject.toml changed
+#     (its sha256 is kept in .venv/.tessera-installed).
+# Idempotent and silent on success. Run as root or as a user with sudo
+# (needed only when packages are missing).
+#
+# The stack starts its own PostgreSQL and Redis on free ports, so the system
+# services that the Debian packages come with are never used; they are kept
+# from starting during the install here, and neither their presence nor
+# their absence changes anything.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.tessera-installed"
+MIN_PYTHON="3.11"
+POLICY_RC=/usr/sbin/policy-rc.d
+cd "$ROOT"
+
+LOG="$(mktemp "${TMPDIR:-/tmp}/tessera-bootstrap.XXXXXX")"
+POLICY_CREATED=0
+
+cleanup() {
+    if [ "$POLICY_CREATED" -eq 1 ]; then
+        as_root rm -f "$POLICY_RC" || true
+    fi
+    rm -f "$LOG"
+}
+trap cleanup EXIT
+
+die() {
+    echo "bootstrap: $*" >&2
+    exit 1
+}
+
+# Run a command with its output in $LOG; show that output only on failure.
+quietly() {
+    : >"$LOG"
+    if ! "$@" >>"$LOG" 2>&1; then
+        cat "$LOG" >&2
+        die "failed: $*"
+    fi
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "root (or sudo) is needed to run: $*"
+    fi
+}
+
+have() {
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]
+}
+
+have_postgres_server() {
+    local bindir
+    for bindir in /usr/lib/postgresql/*/bin; do
+        if [ -x "$bindir/initdb" ] && [ -x "$bindir/postgres" ]; then
+            return 0
+        fi
+    done
+    have initdb && have postgres
+}
+
+# The first python that is at least $MIN_PYTHON, or nothing.
+find_python() {
+    local candidate
+    for candidate in python3.13 python3.12 python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c "import sys; sys.exit(sys.version_info < (${MIN_PYTHON/./, }))" \
+                >/dev/null 2>&1; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    return 0
+}
+
+install_packages() {
+    if [ ! -e "$POLICY_RC" ]; then
+        # Debian's convention for "do not start services from maintainer
+        # scripts" (exit 101: action forbidden); removed again on exit.
+        as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $POLICY_RC && chmod 755 $POLICY_RC"
+        POLICY_CREATED=1
+    fi
+    quietly as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    quietly as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+        --no-install-recommends "$@"
+}
+
+# -- system packages ----------------------------------------------------------
+
+missing=()
+have redis-server || missing+=(redis-server)
+have_postgres_server || missing+=(postgresql)
+have nginx || missing+=(nginx-light)
+have openssl || missing+=(openssl)
+have curl || missing+=(curl)
+
+PYTHON="$(find_python)"
+if [ -z "$PYTHON" ]; then
+    missing+=(python3 python3-venv)
+elif [ ! -x "$VENV/bin/python" ] && ! "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1; then
+    # Debian splits venv/ensurepip out of the interpreter package.
+    missing+=("python$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv")
+fi
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    command -v apt-get >/dev/null 2>&1 ||
+        die "missing ${missing[*]} and no apt-get: install them by hand"
+    install_packages "${missing[@]}"
+fi
+
+# -- virtualenv and the project -----------------------------------------------
+
+if [ ! -x "$VENV/bin/python" ]; then
+    PYTHON="${PYTHON:-$(find_python)}"
+    [ -n "$PYTHON" ] || die "no Python >= $MIN_PYTHON found (python3 is $(python3 --version 2>&1))"
+    quietly "$PYTHON" -m venv "$VENV"
+    rm -f "$STAMP"
+fi
+"$VENV/bin/python" -c "import sys; sys.exit(sys.version_info < (${MIN_PYTHON/./, }))" ||
+    die "$VENV uses Python < $MIN_PYTHON: remove it and run this again"
+
+wanted="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+installed="$(cat "$STAMP" 2>/dev/null || true)"
+if [ "$wanted" != "$installed" ]; then
+    quietly "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e '.[dev]'
+    echo "$wanted" >"$STAMP"
+fi

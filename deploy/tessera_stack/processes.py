@@ -1,0 +1,193 @@
+"""Process plumbing shared by the throwaway servers and the stack launcher.
+
+Nothing here knows about PostgreSQL, Redis or tessera: pid files, signals,
+free ports, log tails and bounded waits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = [
+    "StackError",
+    "free_port",
+    "is_alive",
+    "log_tail",
+    "port_is_open",
+    "read_pid_file",
+    "terminate",
+    "wait_until",
+    "write_pid_file",
+]
+
+
+class StackError(RuntimeError):
+    """A server or stack process could not be started, reached or stopped."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port on ``host`` that nothing listens on right now.
+
+    The kernel picks it; another process may still take it before the
+    caller binds it, so servers that use this retry on "address in use".
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file, or a note that it is missing."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            # Logs can grow large; 64 KiB holds far more than 40 lines.
+            handle.seek(max(0, size - 65536))
+            data = handle.read()
+    except FileNotFoundError:
+        return f"({path} does not exist)"
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_until(
+    predicate: Callable[[], bool],
+    *,
+    timeout: float,
+    interval: float = 0.05,
+    abort: Callable[[], str | None] | None = None,
+) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass.
+
+    ``abort`` is checked before each poll; when it returns a message the
+    wait stops early with :class:`StackError` carrying that message (for
+    example, the process being waited on has exited).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if abort is not None and (reason := abort()) is not None:
+            raise StackError(reason)
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+        # Back off gently so a slow start does not cost a busy loop.
+        interval = min(interval * 1.5, 0.5)
+
+
+def write_pid_file(path: Path, pid: int) -> None:
+    """Atomically write ``pid`` to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(f"{pid}\n", encoding="ascii")
+    tmp.replace(path)
+
+
+def read_pid_file(path: Path) -> int | None:
+    """The pid in ``path``, or ``None`` when the file is missing or garbled."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def _proc_state(pid: int) -> str | None:
+    """The state letter from /proc/PID/stat, or ``None`` without procfs."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None
+    # The command name in parentheses may itself contain spaces or ")".
+    fields = stat.rpartition(")")[2].split()
+    return fields[0] if fields else None
+
+
+def _cmdline(pid: int) -> str | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.replace(b"\0", b" ").decode("utf-8", errors="replace")
+
+
+def is_alive(pid: int, expect: str | None = None) -> bool:
+    """Whether ``pid`` is a live (not zombie) process.
+
+    With ``expect``, the process's command line must also contain that text,
+    so a pid file left over from before a reboot never matches whatever
+    unrelated process has since been given the same pid.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # It exists but belongs to someone else.
+    if _proc_state(pid) in {"Z", "X"}:
+        return False
+    if expect is not None:
+        cmdline = _cmdline(pid)
+        if cmdline is not None and expect not in cmdline:
+            return False
+    return True
+
+
+def _reap(pid: int) -> None:
+    # When the process is our own child, collect it so it does not linger
+    # as a zombie (which would also look alive to kill(pid, 0)).
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def terminate(
+    pid: int,
+    *,
+    sig: signal.Signals = signal.SIGTERM,
+    timeout: float = 10.0,
+    expect: str | None = None,
+) -> bool:
+    """Stop ``pid`` with ``sig``, then SIGKILL if it outlives ``timeout``.
+
+    Returns ``True`` when the process was running and has now exited,
+    ``False`` when it was not running (or is not the expected program).
+    """
+    if not is_alive(pid, expect):
+        _reap(pid)
+        return False
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+
+    def gone() -> bool:
+        _reap(pid)
+        return not is_alive(pid)
+
+    if wait_until(gone, timeout=timeout):
+        return True
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if not wait_until(gone, timeout=5.0):
+        raise StackError(f"process {pid} survived SIGKILL")
+    return True

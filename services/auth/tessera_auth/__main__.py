@@ -1,0 +1,77 @@
+"""``python -m tessera_auth serve|migrate|check``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import asyncpg
+from aiohttp import web
+
+from . import db
+from .app import create_app
+from .settings import ConfigError, Settings, load_settings
+from .startup import check_dependencies
+
+
+def _load_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as error:
+        print(f"tessera-auth: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _check_or_exit(settings: Settings) -> None:
+    problems = asyncio.run(check_dependencies(settings))
+    if problems:
+        print(
+            "tessera-auth: dependencies not ready:\n  - " + "\n  - ".join(problems), file=sys.stderr
+        )
+        raise SystemExit(3)
+
+
+async def _migrate(settings: Settings) -> None:
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        applied = await db.migrate(connection)
+    finally:
+        await connection.close()
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "nothing to apply"
+    print(f"migrations: {names}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tessera_auth", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="validate the configuration and run the service")
+    commands.add_parser("migrate", help="apply pending database migrations")
+    commands.add_parser("check", help="validate the configuration and reach every dependency")
+    args = parser.parse_args(argv)
+
+    settings = _load_or_exit()
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "migrate":
+        asyncio.run(_migrate(settings))
+        return
+    _check_or_exit(settings)
+    if args.command == "check":
+        print("configuration and dependencies: ok")
+        return
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=10.0,
+    )
+
+
+if __name__ == "__main__":
+    main()

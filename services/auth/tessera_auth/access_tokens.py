@@ -1,0 +1,67 @@
+"""Issuing RFC 9068 access tokens. Verification lives in ``tessera_verify``."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from tessera_verify.clock import Clock
+
+from .keyring import KeyRing
+
+
+@dataclass(frozen=True)
+class IssuedAccessToken:
+    token: str
+    token_id: str
+    expires_at: int
+    expires_in: int
+
+
+class AccessTokenIssuer:
+    """Signs short-lived access tokens with the key ring's active key.
+
+    The payload is readable by anyone, so it carries identifiers only: the user's
+    opaque ID, a random token ID and the session's public link, never a name,
+    an e-mail address or the session ID itself.
+    """
+
+    def __init__(
+        self,
+        keyring: KeyRing,
+        *,
+        issuer: str,
+        audience: str,
+        client_id: str,
+        ttl: int,
+        clock: Clock,
+    ) -> None:
+        self._keyring = keyring
+        self._issuer = issuer
+        self._audience = audience
+        self._client_id = client_id
+        self._ttl = ttl
+        self._clock = clock
+
+    def issue(self, *, subject: str, session_link: str) -> IssuedAccessToken:
+        now = int(self._clock.now())
+        token_id = secrets.token_urlsafe(16)
+        claims: dict[str, Any] = {
+            "iss": self._issuer,
+            "sub": subject,
+            "aud": self._audience,
+            "client_id": self._client_id,
+            "iat": now,
+            "nbf": now,
+            "exp": now + self._ttl,
+            "jti": token_id,
+            "sid": session_link,
+        }
+        key = self._keyring.active
+        token = jwt.encode(
+            claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "at+jwt"}
+        )
+        return IssuedAccessToken(token, token_id, now + self._ttl, self._ttl)

@@ -1,0 +1,148 @@
+"""The auth service's aiohttp application."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from tessera_verify.access_tokens import AccessTokenVerifier
+from tessera_verify.clock import Clock, SystemClock
+from tessera_verify.middleware import DEPENDENCY_ERRORS, error_middleware
+from tessera_verify.revocation import Denylist
+from tessera_verify.session_store import RedisSessionStore
+from tessera_verify.sessions import SessionManager, SessionPolicy
+
+from . import appkeys, db, routes_account, routes_discovery, routes_health, routes_token
+from .access_tokens import AccessTokenIssuer
+from .accounts import Accounts
+from .keyring import KeyRing
+from .metrics import AuthMetrics
+from .passwords import PasswordHasher
+from .refresh_tokens import RefreshTokenStore
+from .settings import Settings
+from .users import UserRepository
+
+log = logging.getLogger(__name__)
+
+KEY_RELOAD_INTERVAL = 30.0
+
+
+def create_redis(settings: Settings) -> Redis:
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.dependency_timeout,
+        socket_connect_timeout=settings.dependency_timeout,
+        health_check_interval=30,
+    )
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    redis = create_redis(app[appkeys.SETTINGS])
+    app[appkeys.REDIS] = redis
+    yield
+    await redis.aclose()
+
+
+async def _db_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    pool = await db.create_pool(
+        settings.database_url, max_size=settings.db_pool_max, timeout=settings.dependency_timeout
+    )
+    if settings.migrate_on_start:
+        async with pool.acquire() as connection:
+            await db.migrate(connection)
+    app[appkeys.DB] = pool
+    yield
+    await pool.close()
+
+
+async def _reload_keys_forever(keyring: KeyRing) -> None:
+    while True:
+        await asyncio.sleep(KEY_RELOAD_INTERVAL)
+        try:
+            await keyring.reload()
+        except DEPENDENCY_ERRORS as exc:
+            log.warning("key reload failed, keeping the loaded keys: %r", exc)
+
+
+async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings, clock = app[appkeys.SETTINGS], app[appkeys.CLOCK]
+    redis, pool = app[appkeys.REDIS], app[appkeys.DB]
+
+    hasher = await asyncio.get_running_loop().run_in_executor(None, PasswordHasher, settings.argon2)
+    keyring = KeyRing(pool, settings)
+    await keyring.load(now=clock.now())
+    denylist = Denylist(redis, clock)
+    app[appkeys.KEYRING] = keyring
+    app[appkeys.DENYLIST] = denylist
+    app[appkeys.ACCOUNTS] = Accounts(UserRepository(pool), hasher, clock)
+    app[appkeys.SESSIONS] = SessionManager(
+        RedisSessionStore(redis, clock),
+        hash_key=settings.session_hash_key,
+        policy=SessionPolicy(
+            idle_timeout=settings.session_idle_timeout,
+            absolute_timeout=settings.session_absolute_timeout,
+            touch_interval=settings.session_touch_interval,
+        ),
+        clock=clock,
+    )
+    app[appkeys.ISSUER] = AccessTokenIssuer(
+        keyring,
+        issuer=settings.issuer,
+        audience=settings.audience,
+        client_id=settings.client_id,
+        ttl=settings.access_token_ttl,
+        clock=clock,
+    )
+    app[appkeys.VERIFIER] = AccessTokenVerifier(
+        keyring.verification_keys,
+        issuer=settings.issuer,
+        audience=settings.audience,
+        algorithms=[settings.jwt_algorithm],
+        clock=clock,
+        denylist=denylist,
+    )
+    app[appkeys.REFRESH_TOKENS] = RefreshTokenStore(
+        redis, hash_key=settings.session_hash_key, ttl=settings.refresh_token_ttl, clock=clock
+    )
+    reloader = asyncio.create_task(_reload_keys_forever(keyring))
+    yield
+    reloader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reloader
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
+    """The auth application; nothing connects until it starts."""
+    metrics = AuthMetrics()
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[metrics.middleware(), error_middleware],
+    )
+    app[appkeys.SETTINGS] = settings
+    app[appkeys.CLOCK] = clock or SystemClock()
+    app[appkeys.METRICS] = metrics
+    app.cleanup_ctx.extend([_redis_ctx, _db_ctx, _services_ctx])
+    app.on_response_prepare.append(_security_headers)
+    for table in (
+        routes_account.routes,
+        routes_token.routes,
+        routes_discovery.routes,
+        routes_health.routes,
+    ):
+        app.add_routes(table)
+    if settings.cookie_insecure:
+        log.warning(
+            "!!! INSECURE COOKIES: session cookies are sent without Secure and without the "
+            "__Host- prefix. Only for plain-HTTP development on loopback. Never in production."
+        )
+    return app

@@ -1,0 +1,32 @@
+"""Typed application keys: every shared resource of the auth app, in one place."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+
+from tessera_verify.access_tokens import AccessTokenVerifier
+from tessera_verify.clock import Clock
+from tessera_verify.revocation import Denylist
+from tessera_verify.sessions import SessionManager
+
+from .access_tokens import AccessTokenIssuer
+from .accounts import Accounts
+from .keyring import KeyRing
+from .metrics import AuthMetrics
+from .refresh_tokens import RefreshTokenStore
+from .settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+CLOCK = web.AppKey("clock", Clock)
+METRICS = web.AppKey("metrics", AuthMetrics)
+REDIS = web.AppKey("redis", Redis)
+DB = web.AppKey("db", asyncpg.Pool)
+KEYRING = web.AppKey("keyring", KeyRing)
+SESSIONS = web.AppKey("sessions", SessionManager)
+ACCOUNTS = web.AppKey("accounts", Accounts)
+ISSUER = web.AppKey("issuer", AccessTokenIssuer)
+VERIFIER = web.AppKey("verifier", AccessTokenVerifier)
+REFRESH_TOKENS = web.AppKey("refresh_tokens", RefreshTokenStore)
+DENYLIST = web.AppKey("denylist", Denylist)

@@ -1,0 +1,36 @@
+"""The auth service's own Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter
+
+from tessera_verify.http_metrics import HttpMetrics
+
+
+class AuthMetrics(HttpMetrics):
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry or CollectorRegistry())
+        self.logins = Counter(
+            "tessera_logins_total",
+            "Login attempts by outcome",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.refreshes = Counter(
+            "tessera_refreshes_total",
+            "Refresh-token grants by outcome",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.tokens_issued = Counter(
+            "tessera_tokens_issued_total",
+            "Credentials issued by kind",
+            ("kind",),
+            registry=self.registry,
+        )
+        self.revocations = Counter(
+            "tessera_revocations_total",
+            "Credentials revoked by kind",
+            ("kind",),
+            registry=self.registry,
+        )

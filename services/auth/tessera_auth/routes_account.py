@@ -1,0 +1,184 @@
+"""Register, log in, log out, who am I."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from tessera_verify.client_ip import client_ip
+from tessera_verify.csrf import check_same_origin
+from tessera_verify.errors import (
+    AuthenticationError,
+    InvalidCredentials,
+    InvalidRequest,
+    InvalidTokenError,
+    RegistrationDisabled,
+)
+from tessera_verify.jsonbody import get_str, read_body, require_str
+from tessera_verify.principal import bearer_token
+from tessera_verify.sessions import Session
+
+from . import appkeys
+from .authenticate import authenticate, session_cookie_name
+from .routes_token import token_response
+from .users import MAX_PASSWORD_LENGTH, User
+
+routes = web.RouteTableDef()
+
+CREDENTIAL_KINDS = ("session", "token", "both")
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def _user_json(user: User) -> dict[str, Any]:
+    return {"id": user.id, "username": user.username}
+
+
+def _session_json(session: Session) -> dict[str, Any]:
+    record = session.record
+    return {
+        "id": record.public_id,
+        "created_at": record.created_at,
+        "last_seen_at": record.last_seen_at,
+        "expires_at": record.expires_at,
+    }
+
+
+@routes.post("/auth/register")
+async def register(request: web.Request) -> web.Response:
+    if not request.app[appkeys.SETTINGS].registration_enabled:
+        raise RegistrationDisabled()
+    body = await read_body(request)
+    username = require_str(body, "username", max_length=256)
+    password = require_str(body, "password", max_length=MAX_PASSWORD_LENGTH)
+    user = await request.app[appkeys.ACCOUNTS].register(username, password)
+    return web.json_response({"user": _user_json(user)}, status=201, headers=NO_STORE)
+
+
+@routes.post("/auth/login")
+async def login(request: web.Request) -> web.Response:
+    app = request.app
+    settings, metrics = app[appkeys.SETTINGS], app[appkeys.METRICS]
+    check_same_origin(request)  # login CSRF: another site must not log you in as someone else
+    body = await read_body(request)
+    username = require_str(body, "username", max_length=256)
+    password = require_str(body, "password", max_length=MAX_PASSWORD_LENGTH)
+    kind = get_str(body, "credential", required=False, default="session", max_length=16)
+    if kind not in CREDENTIAL_KINDS:
+        raise InvalidRequest(
+            f"'credential' must be one of {', '.join(CREDENTIAL_KINDS)}",
+            details={"field": "credential"},
+        )
+    try:
+        user = await app[appkeys.ACCOUNTS].authenticate(username, password)
+    except InvalidCredentials:
+        metrics.logins.labels("invalid_credentials").inc()
+        raise
+    except Exception:
+        metrics.logins.labels("error").inc()
+        raise
+
+    sessions = app[appkeys.SESSIONS]
+    cookie_name = session_cookie_name(app)
+    payload: dict[str, Any] = {"user": _user_json(user)}
+    session_link = secrets.token_urlsafe(12)
+    new_session_id: str | None = None
+    if kind in ("session", "both"):
+        # Fixation: whatever session the client brought is destroyed, never upgraded.
+        previous = request.cookies.get(cookie_name)
+        if previous:
+            await sessions.destroy(previous)
+        new_session_id, session = await sessions.create(
+            user_id=user.id,
+            username=user.username,
+            ip=client_ip(request, settings.trusted_proxies),
+            user_agent=request.headers.get("User-Agent", ""),
+        )
+        session_link = session.record.public_id
+        payload["session"] = _session_json(session)
+        metrics.tokens_issued.labels("session").inc()
+    if kind in ("token", "both"):
+        payload.update(await token_response(app, user_id=user.id, session_link=session_link))
+    metrics.logins.labels("success").inc()
+
+    response = web.json_response(payload, headers=NO_STORE)
+    if new_session_id is not None:
+        response.set_cookie(
+            cookie_name,
+            new_session_id,
+            path="/",
+            secure=not settings.cookie_insecure,
+            httponly=True,
+            samesite="Lax",
+        )
+    return response
+
+
+@routes.post("/auth/logout")
+async def logout(request: web.Request) -> web.Response:
+    """Revoke what the caller presents: session cookie, bearer token, refresh token."""
+    app = request.app
+    metrics = app[appkeys.METRICS]
+    revoked: list[str] = []
+    refresh_token: str | None = None
+    if request.body_exists:
+        body = await read_body(request, allow_form=True)
+        refresh_token = get_str(body, "refresh_token", required=False, max_length=256)
+
+    cookie_name = session_cookie_name(app)
+    session_id = request.cookies.get(cookie_name)
+    if session_id:
+        check_same_origin(request)
+        if await app[appkeys.SESSIONS].destroy(session_id):
+            revoked.append("session")
+            metrics.revocations.labels("session").inc()
+
+    token = bearer_token(request)
+    if token is not None:
+        try:
+            claims = await app[appkeys.VERIFIER].verify(token)
+        except InvalidTokenError:
+            claims = None  # expired, already revoked or forged: nothing left to revoke
+        if claims is not None:
+            await app[appkeys.DENYLIST].revoke(claims.token_id, claims.expires_at)
+            revoked.append("access_token")
+            metrics.revocations.labels("access_token").inc()
+
+    if refresh_token is not None and await app[appkeys.REFRESH_TOKENS].revoke(refresh_token):
+        revoked.append("refresh_token")
+        metrics.revocations.labels("refresh_token").inc()
+
+    if not session_id and token is None and refresh_token is None:
+        raise AuthenticationError("present a session cookie, a bearer token or a refresh token")
+    response = web.json_response({"revoked": revoked}, headers=NO_STORE)
+    if session_id:
+        response.del_cookie(
+            cookie_name,
+            path="/",
+            secure=not app[appkeys.SETTINGS].cookie_insecure,
+            httponly=True,
+            samesite="Lax",
+        )
+    return response
+
+
+@routes.get("/auth/me")
+async def me(request: web.Request) -> web.Response:
+    principal = await authenticate(request)
+    payload: dict[str, Any] = {"user_id": principal.user_id, "method": principal.method.value}
+    if principal.session is not None:
+        payload["username"] = principal.session.record.username
+        payload["session"] = _session_json(principal.session)
+    else:
+        user = await request.app[appkeys.ACCOUNTS].users.by_id(principal.user_id)
+        if user is None or user.disabled:
+            raise AuthenticationError("the token's user no longer exists or is disabled")
+        payload["username"] = user.username
+    if principal.token is not None:
+        payload["token"] = {
+            "jti": principal.token.token_id,
+            "expires_at": principal.token.expires_at,
+            "session_link": principal.token.session_link,
+        }
+    return web.json_response(payload, headers=NO_STORE)

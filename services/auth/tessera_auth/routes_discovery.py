@@ -1,0 +1,42 @@
+"""JWKS (RFC 7517) and authorization-server metadata (RFC 8414)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from . import appkeys
+
+routes = web.RouteTableDef()
+
+JWKS_PATH = "/.well-known/jwks.json"
+METADATA_PATH = "/.well-known/oauth-authorization-server"
+
+
+@routes.get(JWKS_PATH)
+async def jwks(request: web.Request) -> web.Response:
+    # Short enough that a rotation is seen soon; verifiers also refetch on an unknown kid.
+    return web.json_response(
+        request.app[appkeys.KEYRING].jwks(),
+        headers={"Cache-Control": "public, max-age=300"},
+        content_type="application/jwk-set+json",
+    )
+
+
+@routes.get(METADATA_PATH)
+async def metadata(request: web.Request) -> web.Response:
+    settings = request.app[appkeys.SETTINGS]
+    issuer = settings.issuer
+    document = {
+        "issuer": issuer,
+        "jwks_uri": issuer + JWKS_PATH,
+        "token_endpoint": issuer + "/auth/token",
+        "grant_types_supported": ["refresh_token"],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "response_types_supported": [],
+        "scopes_supported": [],
+        "token_endpoint_auth_signing_alg_values_supported": [settings.jwt_algorithm],
+        "tessera_login_endpoint": issuer + "/auth/login",
+        "tessera_logout_endpoint": issuer + "/auth/logout",
+        "tessera_userinfo_endpoint": issuer + "/auth/me",
+    }
+    return web.json_response(document, headers={"Cache-Control": "public, max-age=300"})

@@ -1,0 +1,260 @@
+"""Typed settings from the environment (12-factor), validated all at once.
+
+Every secret can also come from a file named by ``<NAME>_FILE`` (Docker and
+Kubernetes secrets). :func:`load_settings` collects every problem before it
+fails, so an operator fixes a configuration in one pass.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+from urllib.parse import urlsplit
+
+from tessera_verify.keys import SUPPORTED_ALGORITHMS
+
+log = logging.getLogger(__name__)
+
+Environment = Literal["development", "production"]
+_PLACEHOLDER_MARK = "dev-only-insecure"
+_DEV_SECRET = _PLACEHOLDER_MARK + "-change-me-0123456789abcdef0123456789"
+MIN_SECRET_BYTES = 32
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass(frozen=True)
+class Argon2Parameters:
+    """Argon2id cost; the defaults are OWASP's minimum (m=19 MiB, t=2, p=1)."""
+
+    memory_kib: int = 19 * 1024
+    time_cost: int = 2
+    parallelism: int = 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    session_hash_key: bytes = field(repr=False)
+    key_encryption_key: bytes = field(repr=False)
+    environment: Environment = "production"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    issuer: str = "http://127.0.0.1:8080"
+    audience: str = "tessera"
+    client_id: str = "tessera-web"
+    jwt_algorithm: str = "ES256"
+    hs256_secret: bytes | None = field(default=None, repr=False)
+    access_token_ttl: int = 300
+    refresh_token_ttl: int = 14 * 24 * 3600
+    session_idle_timeout: int = 30 * 60
+    session_absolute_timeout: int = 12 * 3600
+    session_touch_interval: float | None = None
+    cookie_insecure: bool = False
+    registration_enabled: bool = True
+    argon2: Argon2Parameters = Argon2Parameters()
+    max_body_bytes: int = 16 * 1024
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    dependency_timeout: float = 2.0
+    db_pool_max: int = 10
+    migrate_on_start: bool = False
+    log_level: str = "INFO"
+
+    @property
+    def development(self) -> bool:
+        return self.environment == "development"
+
+
+class _Reader:
+    """Reads variables, remembering every problem instead of stopping at the first."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+
+    def raw(self, name: str) -> str | None:
+        file_name = self.environ.get(f"{name}_FILE")
+        value = self.environ.get(name)
+        if file_name and value:
+            self.problems.append(f"{name} and {name}_FILE are both set; set one")
+            return None
+        if file_name:
+            try:
+                return Path(file_name).read_text().strip()
+            except OSError as exc:
+                self.problems.append(f"{name}_FILE: cannot read {file_name}: {exc.strerror}")
+                return None
+        return value if value not in (None, "") else None
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        value = self.raw(name)
+        return default if value is None else value
+
+    def parsed(self, name: str, parse: Callable[[str], T], default: T, what: str) -> T:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            return parse(value)
+        except ValueError:
+            self.problems.append(f"{name}={value!r} is not {what}")
+            return default
+
+    def positive_int(self, name: str, default: int) -> int:
+        value = self.parsed(name, int, default, "an integer")
+        if value <= 0:
+            self.problems.append(f"{name} must be positive (got {value})")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        lowered = value.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        self.problems.append(f"{name}={value!r} is not a boolean (use 1/0, true/false)")
+        return default
+
+
+def _parse_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(part.strip()) for part in value.split(",") if part.strip())
+
+
+def _check_url(reader: _Reader, name: str, value: str | None, schemes: tuple[str, ...]) -> str:
+    if value is None:
+        reader.problems.append(f"{name} is required")
+        return ""
+    if urlsplit(value).scheme not in schemes:
+        reader.problems.append(f"{name} must be a URL with scheme {' or '.join(schemes)}")
+    return value
+
+
+def _secret(reader: _Reader, name: str, development: bool) -> bytes:
+    value = reader.raw(name)
+    if value is None:
+        if development:
+            return _DEV_SECRET.encode()
+        reader.problems.append(f"{name} (or {name}_FILE) is required outside development")
+        return b""
+    if _PLACEHOLDER_MARK in value and not development:
+        reader.problems.append(f"{name} is a development placeholder; generate a real secret")
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        reader.problems.append(f"{name} must be at least {MIN_SECRET_BYTES} bytes")
+    return value.encode()
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``environ`` (default: ``os.environ``); raises :class:`ConfigError`."""
+    reader = _Reader(os.environ if environ is None else environ)
+    environment = reader.text("TESSERA_ENV", "production")
+    if environment not in ("development", "production"):
+        reader.problems.append("TESSERA_ENV must be 'development' or 'production'")
+        environment = "production"
+    development = environment == "development"
+
+    database_url = _check_url(
+        reader, "DATABASE_URL", reader.text("DATABASE_URL"), ("postgresql", "postgres")
+    )
+    redis_url = _check_url(reader, "REDIS_URL", reader.text("REDIS_URL"), ("redis", "rediss"))
+    port = reader.parsed("TESSERA_PORT", int, 8080, "a port number")
+    if not 0 < port < 65536:
+        reader.problems.append(f"TESSERA_PORT must be 1-65535 (got {port})")
+    issuer = reader.text("TESSERA_ISSUER")
+    if issuer is None:
+        if not development:
+            reader.problems.append("TESSERA_ISSUER is required outside development")
+        issuer = f"http://127.0.0.1:{port}"
+    elif urlsplit(issuer).scheme not in ("https", "http") or urlsplit(issuer).query:
+        reader.problems.append("TESSERA_ISSUER must be an http(s) URL without a query")
+    elif urlsplit(issuer).scheme == "http" and not development:
+        reader.problems.append("TESSERA_ISSUER must use https outside development")
+
+    algorithm = reader.text("TESSERA_JWT_ALG", "ES256") or "ES256"
+    if algorithm not in SUPPORTED_ALGORITHMS:
+        reader.problems.append(
+            f"TESSERA_JWT_ALG must be one of {', '.join(sorted(SUPPORTED_ALGORITHMS))}"
+        )
+    hs256_secret: bytes | None = None
+    if algorithm == "HS256":
+        hs256_secret = _secret(reader, "TESSERA_JWT_HS256_SECRET", development)
+    elif reader.raw("TESSERA_JWT_HS256_SECRET") is not None:
+        reader.problems.append("TESSERA_JWT_HS256_SECRET is set but TESSERA_JWT_ALG is not HS256")
+
+    cookie_insecure = reader.flag("TESSERA_COOKIE_INSECURE", False)
+    if cookie_insecure and not development:
+        reader.problems.append(
+            "TESSERA_COOKIE_INSECURE is only allowed with TESSERA_ENV=development"
+        )
+
+    idle = reader.positive_int("TESSERA_SESSION_IDLE_TIMEOUT", 30 * 60)
+    absolute = reader.positive_int("TESSERA_SESSION_ABSOLUTE_TIMEOUT", 12 * 3600)
+    if idle > absolute:
+        reader.problems.append(
+            "TESSERA_SESSION_IDLE_TIMEOUT must not exceed TESSERA_SESSION_ABSOLUTE_TIMEOUT"
+        )
+    touch = reader.parsed("TESSERA_SESSION_TOUCH_INTERVAL", float, -1.0, "a number")
+    if touch >= idle:
+        reader.problems.append("TESSERA_SESSION_TOUCH_INTERVAL must be below the idle timeout")
+
+    argon2 = Argon2Parameters(
+        memory_kib=reader.positive_int("TESSERA_ARGON2_MEMORY_KIB", 19 * 1024),
+        time_cost=reader.positive_int("TESSERA_ARGON2_TIME_COST", 2),
+        parallelism=reader.positive_int("TESSERA_ARGON2_PARALLELISM", 1),
+    )
+    if not development and (argon2.memory_kib < 19 * 1024 or argon2.time_cost < 2):
+        reader.problems.append(
+            "Argon2 parameters below OWASP's minimum (m=19456 KiB, t=2) outside development"
+        )
+
+    settings = Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        session_hash_key=_secret(reader, "TESSERA_SESSION_HASH_KEY", development),
+        key_encryption_key=_secret(reader, "TESSERA_KEY_ENCRYPTION_KEY", development),
+        environment="development" if development else "production",
+        host=reader.text("TESSERA_HOST", "127.0.0.1") or "127.0.0.1",
+        port=port,
+        issuer=issuer.rstrip("/") if issuer else issuer,
+        audience=reader.text("TESSERA_AUDIENCE", "tessera") or "tessera",
+        client_id=reader.text("TESSERA_CLIENT_ID", "tessera-web") or "tessera-web",
+        jwt_algorithm=algorithm,
+        hs256_secret=hs256_secret,
+        access_token_ttl=reader.positive_int("TESSERA_ACCESS_TOKEN_TTL", 300),
+        refresh_token_ttl=reader.positive_int("TESSERA_REFRESH_TOKEN_TTL", 14 * 24 * 3600),
+        session_idle_timeout=idle,
+        session_absolute_timeout=absolute,
+        session_touch_interval=None if touch < 0 else touch,
+        cookie_insecure=cookie_insecure,
+        registration_enabled=reader.flag("TESSERA_REGISTRATION_ENABLED", True),
+        argon2=argon2,
+        max_body_bytes=reader.positive_int("TESSERA_MAX_BODY_BYTES", 16 * 1024),
+        trusted_proxies=reader.parsed(
+            "TESSERA_TRUSTED_PROXIES", _parse_networks, (), "a comma-separated list of networks"
+        ),
+        dependency_timeout=reader.parsed("TESSERA_DEPENDENCY_TIMEOUT", float, 2.0, "a number"),
+        db_pool_max=reader.positive_int("TESSERA_DB_POOL_MAX", 10),
+        migrate_on_start=reader.flag("TESSERA_MIGRATE_ON_START", development),
+        log_level=(reader.text("TESSERA_LOG_LEVEL", "INFO") or "INFO").upper(),
+    )
+    if settings.log_level not in logging.getLevelNamesMapping():
+        reader.problems.append(f"TESSERA_LOG_LEVEL={settings.log_level!r} is not a log level")
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return settings

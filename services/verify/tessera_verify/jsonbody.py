@@ -1,0 +1,75 @@
+"""Reading request bodies: content type, size and shape are checked before use."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from .errors import InvalidRequest, MalformedJSON, PayloadTooLarge, UnsupportedMediaType
+
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+
+
+async def _read_bytes(request: web.Request) -> bytes:
+    limit = request._client_max_size
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes") from exc
+
+
+async def read_body(request: web.Request, *, allow_form: bool = False) -> dict[str, Any]:
+    """Parse a JSON object body (or a form body when ``allow_form``).
+
+    Raises 415 for another content type, 413 above the app's ``client_max_size``,
+    400 for malformed JSON or a JSON value that is not an object.
+    """
+    allowed = (JSON, FORM) if allow_form else (JSON,)
+    if request.content_type not in allowed:
+        raise UnsupportedMediaType(f"expected {' or '.join(allowed)}")
+    raw = await _read_bytes(request)
+    if request.content_type == FORM:
+        form = await request.post()
+        return {key: value for key, value in form.items() if isinstance(value, str)}
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedJSON() from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return data
+
+
+def get_str(
+    body: Mapping[str, Any],
+    name: str,
+    *,
+    required: bool = True,
+    max_length: int = 1024,
+    default: str | None = None,
+) -> str | None:
+    """A string field of ``body``, checked for presence, type and length."""
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise InvalidRequest(f"'{name}' is required", details={"field": name})
+        return default
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{name}' must be a string", details={"field": name})
+    if len(value) > max_length:
+        raise InvalidRequest(
+            f"'{name}' must be at most {max_length} characters", details={"field": name}
+        )
+    return value
+
+
+def require_str(body: Mapping[str, Any], name: str, *, max_length: int = 1024) -> str:
+    value = get_str(body, name, required=True, max_length=max_length)
+    assert value is not None
+    return value

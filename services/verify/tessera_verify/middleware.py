@@ -1,0 +1,85 @@
+"""The one middleware that turns errors into JSON responses."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+import redis.exceptions
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .errors import (
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TesseraError,
+    UnsupportedMediaType,
+)
+
+log = logging.getLogger(__name__)
+
+#: Exceptions that mean "a dependency is down", answered with 503 (fail closed).
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+    ConnectionError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    OSError,
+)
+
+_HTTP_ERRORS: dict[int, type[TesseraError]] = {
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+}
+
+
+def error_response(error: TesseraError) -> web.Response:
+    """The JSON response for ``error``, with ``WWW-Authenticate`` where it applies."""
+    response = web.json_response(error.body(), status=error.status)
+    challenge = error.www_authenticate()
+    if challenge:
+        response.headers["WWW-Authenticate"] = challenge
+    if error.status in (401, 503):
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn tessera errors, aiohttp HTTP errors and dependency failures into JSON."""
+    try:
+        return await handler(request)
+    except TesseraError as error:
+        return error_response(error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        mapped = _HTTP_ERRORS.get(exc.status)
+        if mapped is not None:
+            return error_response(mapped())
+        if 400 <= exc.status < 500:
+            return web.json_response(
+                {"error": "bad_request", "message": exc.reason}, status=exc.status
+            )
+        raise
+    except DEPENDENCY_ERRORS as exc:
+        log.warning("dependency unavailable on %s %s: %r", request.method, request.path, exc)
+        return error_response(ServiceUnavailable())
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response(
+            {"error": "internal_error", "message": "internal error"}, status=500
+        )

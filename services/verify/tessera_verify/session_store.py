@@ -1,0 +1,176 @@
+"""Where session records live: one contract, a Redis and an in-memory implementation.
+
+Stores know nothing about session IDs or timeouts; they keep records under an
+already-hashed storage key, each with a time-to-live, and an index of each
+user's sessions. :class:`tessera_verify.sessions.SessionManager` holds the policy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+from redis.asyncio import Redis
+
+from . import redis_keys
+from .clock import Clock
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """What the server knows about one session. Never sent to the client."""
+
+    user_id: str
+    username: str
+    public_id: str  # links tokens and listings to the session without revealing its ID
+    created_at: float
+    last_seen_at: float
+    expires_at: float  # the absolute timeout
+    ip: str
+    user_agent: str
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | str) -> SessionRecord:
+        data = json.loads(raw)
+        return cls(
+            user_id=str(data["user_id"]),
+            username=str(data["username"]),
+            public_id=str(data["public_id"]),
+            created_at=float(data["created_at"]),
+            last_seen_at=float(data["last_seen_at"]),
+            expires_at=float(data["expires_at"]),
+            ip=str(data["ip"]),
+            user_agent=str(data["user_agent"]),
+        )
+
+
+class SessionStore(Protocol):
+    """Persistence for session records (the oauth2-proxy ``SessionStore`` shape)."""
+
+    async def save(self, key: str, record: SessionRecord, ttl: float) -> None:
+        """Create or replace the record under ``key``, gone after ``ttl`` seconds."""
+        ...
+
+    async def load(self, key: str) -> SessionRecord | None: ...
+
+    async def delete(self, key: str) -> bool:
+        """Remove the record; True when there was one."""
+        ...
+
+    async def list_for_user(self, user_id: str) -> list[tuple[str, SessionRecord]]:
+        """The user's live sessions as ``(key, record)`` pairs."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise when the backing store cannot be reached."""
+        ...
+
+
+class RedisSessionStore:
+    """Sessions as Redis strings with a TTL, plus a sorted set per user (score: expiry)."""
+
+    def __init__(self, redis: Redis, clock: Clock) -> None:
+        self._redis = redis
+        self._clock = clock
+
+    async def save(self, key: str, record: SessionRecord, ttl: float) -> None:
+        ttl_ms = max(1, math.ceil(ttl * 1000))
+        index = redis_keys.user_sessions(record.user_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(redis_keys.session(key), record.to_bytes(), px=ttl_ms)
+            pipe.zadd(index, {key: record.expires_at})
+            # The index lives as long as the user's longest session could.
+            pipe.expire(index, max(1, math.ceil(record.expires_at - self._clock.now())), gt=True)
+            pipe.expire(index, max(1, math.ceil(record.expires_at - self._clock.now())), nx=True)
+            await pipe.execute()
+
+    async def load(self, key: str) -> SessionRecord | None:
+        raw = await self._redis.get(redis_keys.session(key))
+        return None if raw is None else SessionRecord.from_bytes(raw)
+
+    async def delete(self, key: str) -> bool:
+        raw = await self._redis.getdel(redis_keys.session(key))
+        if raw is None:
+            return False
+        record = SessionRecord.from_bytes(raw)
+        await self._redis.zrem(redis_keys.user_sessions(record.user_id), key)
+        return True
+
+    async def list_for_user(self, user_id: str) -> list[tuple[str, SessionRecord]]:
+        index = redis_keys.user_sessions(user_id)
+        await self._redis.zremrangebyscore(index, "-inf", self._clock.now())
+        members = await self._redis.zrange(index, 0, -1)
+        keys = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+        if not keys:
+            return []
+        raws = await self._redis.mget([redis_keys.session(k) for k in keys])
+        live: list[tuple[str, SessionRecord]] = []
+        gone: list[str] = []
+        for key, raw in zip(keys, raws, strict=True):
+            if raw is None:
+                gone.append(key)  # expired by its idle TTL
+            else:
+                live.append((key, SessionRecord.from_bytes(raw)))
+        if gone:
+            await self._redis.zrem(index, *gone)
+        return live
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+
+class MemorySessionStore:
+    """Sessions in this process's memory: a replica's in-process sessions, and tests."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._records: dict[str, tuple[SessionRecord, float]] = {}
+        self._by_user: dict[str, set[str]] = {}
+
+    async def save(self, key: str, record: SessionRecord, ttl: float) -> None:
+        self._records[key] = (record, self._clock.now() + ttl)
+        self._by_user.setdefault(record.user_id, set()).add(key)
+
+    async def load(self, key: str) -> SessionRecord | None:
+        entry = self._records.get(key)
+        if entry is None:
+            return None
+        record, dies_at = entry
+        if self._clock.now() >= dies_at:
+            self._forget(key, record)
+            return None
+        return record
+
+    async def delete(self, key: str) -> bool:
+        entry = self._records.get(key)
+        if entry is None:
+            return False
+        self._forget(key, entry[0])
+        return True
+
+    async def list_for_user(self, user_id: str) -> list[tuple[str, SessionRecord]]:
+        live: list[tuple[str, SessionRecord]] = []
+        for key in sorted(self._by_user.get(user_id, set())):
+            record = await self.load(key)
+            if record is not None:
+                live.append((key, record))
+        return live
+
+    async def ping(self) -> None:
+        return None
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _forget(self, key: str, record: SessionRecord) -> None:
+        self._records.pop(key, None)
+        keys = self._by_user.get(record.user_id)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_user[record.user_id]

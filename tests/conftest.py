@@ -1,0 +1,138 @@
+"""Shared fixtures: real PostgreSQL and Redis, a fresh database per test session,
+a clean Redis database per test, and the auth app on a moving clock."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from tessera_auth.app import create_app
+from tessera_auth.settings import Argon2Parameters, Settings
+from tessera_verify.clock import ManualClock
+
+pytest_plugins = ["tests.fixtures_infra"]
+
+# Cheap Argon2 for tests that are not about Argon2 (tests of the real cost set their own).
+FAST_ARGON2 = Argon2Parameters(memory_kib=1024, time_cost=1, parallelism=1)
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def test_database_url(database_url: str) -> Iterator[str]:
+    """A database of our own on the server, created for this test run and dropped after."""
+    import asyncio
+
+    name = f"tessera_test_{os.getpid()}_{secrets.token_hex(3)}"
+
+    async def admin(sql: str) -> None:
+        connection = await asyncpg.connect(database_url)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    yield _with_database(database_url, name)
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def clean_db(test_database_url: str) -> AsyncIterator[str]:
+    """The test database with every table emptied (the schema stays migrated)."""
+    connection = await asyncpg.connect(test_database_url)
+    try:
+        tables = await connection.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+            "AND tablename <> 'schema_migrations'"
+        )
+        if tables:
+            names = ", ".join(f'"{row["tablename"]}"' for row in tables)
+            await connection.execute(f"TRUNCATE {names}")
+    finally:
+        await connection.close()
+    yield test_database_url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """A client on a flushed Redis database."""
+    client = Redis.from_url(redis_url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def settings(clean_db: str, redis: Redis, redis_url: str) -> Settings:
+    return Settings(
+        database_url=clean_db,
+        redis_url=redis_url,
+        session_hash_key=secrets.token_bytes(32),
+        key_encryption_key=b"test-key-encryption-key-0123456789abcdef",
+        environment="development",
+        issuer="https://auth.tessera.test",
+        audience="tessera-api",
+        argon2=FAST_ARGON2,
+        migrate_on_start=True,
+        max_body_bytes=4096,
+    )
+
+
+AuthClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def make_auth_client(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    settings: Settings,
+    clock: ManualClock,
+) -> AuthClientFactory:
+    """Start an auth app (optionally with changed settings) on the shared clock."""
+
+    async def make(**changes: Any) -> TestClient[Any, Any]:
+        return await aiohttp_client(create_app(replace(settings, **changes), clock=clock))
+
+    return make
+
+
+@pytest.fixture
+async def auth_client(make_auth_client: AuthClientFactory) -> TestClient[Any, Any]:
+    return await make_auth_client()
+
+
+async def register_and_login(
+    client: TestClient[Any, Any], credential: str = "session", username: str | None = None
+) -> dict[str, Any]:
+    """Register a fresh user and log in; returns the login body plus the password."""
+    username = username or f"user-{uuid.uuid4().hex[:10]}"
+    password = "correct horse battery staple"
+    response = await client.post(
+        "/auth/register", json={"username": username, "password": password}
+    )
+    assert response.status == 201, await response.text()
+    response = await client.post(
+        "/auth/login", json={"username": username, "password": password, "credential": credential}
+    )
+    assert response.status == 200, await response.text()
+    body: dict[str, Any] = await response.json()
+    body["password"] = password
+    return body

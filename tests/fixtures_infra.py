@@ -1,0 +1,46 @@
+"""Session-wide PostgreSQL and Redis for the test suite.
+
+Loaded by ``pytest_plugins = ["tests.fixtures_infra"]`` in tests/conftest.py.
+``DATABASE_URL`` / ``REDIS_URL`` in the environment point the suite at
+existing servers; otherwise a real throwaway server is started for the
+session and stopped (and deleted) at its end.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tessera_stack import PostgresServer, RedisServer
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL URL whose user may create databases."""
+    if url := os.environ.get("DATABASE_URL"):
+        yield url
+        return
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        server.remove_data()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis URL (database 0) that tests may use freely."""
+    if url := os.environ.get("REDIS_URL"):
+        yield url
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        server.remove_data()

@@ -1,0 +1,214 @@
+"""One conformance suite for every SessionStore, and the SessionManager's policy on top."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from tessera_verify import redis_keys
+from tessera_verify.clock import ManualClock
+from tessera_verify.session_store import (
+    MemorySessionStore,
+    RedisSessionStore,
+    SessionRecord,
+    SessionStore,
+)
+from tessera_verify.sessions import SessionManager, SessionPolicy
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def store(
+    request: pytest.FixtureRequest, redis: Redis, clock: ManualClock
+) -> AsyncIterator[SessionStore]:
+    if request.param == "redis":
+        yield RedisSessionStore(redis, clock)
+    else:
+        yield MemorySessionStore(clock)
+
+
+def _record(clock: ManualClock, user_id: str = "u1", lifetime: float = 3600) -> SessionRecord:
+    now = clock.now()
+    return SessionRecord(
+        user_id=user_id,
+        username="alice",
+        public_id=secrets.token_urlsafe(8),
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + lifetime,
+        ip="127.0.0.1",
+        user_agent="pytest",
+    )
+
+
+def _manager(store: SessionStore, clock: ManualClock, **policy: float) -> SessionManager:
+    return SessionManager(
+        store,
+        hash_key=b"k" * 32,
+        policy=SessionPolicy(**{"idle_timeout": 600, "absolute_timeout": 3600, **policy}),
+        clock=clock,
+    )
+
+
+# --- the store contract --------------------------------------------------------------
+
+
+async def test_saved_record_loads_back_equal(store: SessionStore, clock: ManualClock) -> None:
+    record = _record(clock)
+    await store.save("key-1", record, ttl=60)
+    assert await store.load("key-1") == record
+
+
+async def test_unknown_key_loads_none(store: SessionStore) -> None:
+    assert await store.load("nope") is None
+
+
+async def test_save_replaces_existing_record(store: SessionStore, clock: ManualClock) -> None:
+    await store.save("key-1", _record(clock), ttl=60)
+    newer = _record(clock)
+    await store.save("key-1", newer, ttl=60)
+    assert await store.load("key-1") == newer
+
+
+async def test_delete_removes_record_and_reports_it(store: SessionStore, clock: ManualClock) -> None:
+    await store.save("key-1", _record(clock), ttl=60)
+    assert await store.delete("key-1") is True
+    assert await store.load("key-1") is None
+    assert await store.delete("key-1") is False
+
+
+async def test_list_for_user_returns_only_that_users_sessions(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    a1, a2, b1 = _record(clock, "a"), _record(clock, "a"), _record(clock, "b")
+    await store.save("a1", a1, ttl=60)
+    await store.save("a2", a2, ttl=60)
+    await store.save("b1", b1, ttl=60)
+    assert sorted(await store.list_for_user("a"), key=lambda kv: kv[0]) == [("a1", a1), ("a2", a2)]
+    await store.delete("a1")
+    assert await store.list_for_user("a") == [("a2", a2)]
+    assert await store.list_for_user("nobody") == []
+
+
+async def test_ping_succeeds_on_a_live_store(store: SessionStore) -> None:
+    await store.ping()
+
+
+async def test_redis_store_record_carries_a_ttl(redis: Redis, clock: ManualClock) -> None:
+    store = RedisSessionStore(redis, clock)
+    await store.save("key-1", _record(clock), ttl=42)
+    ttl_ms = await redis.pttl(redis_keys.session("key-1"))
+    assert 0 < ttl_ms <= 42_000
+    assert 0 < await redis.ttl(redis_keys.user_sessions("u1")) <= 3600
+
+
+async def test_memory_store_forgets_after_ttl(clock: ManualClock) -> None:
+    store = MemorySessionStore(clock)
+    await store.save("key-1", _record(clock), ttl=30)
+    clock.advance(29)
+    assert await store.load("key-1") is not None
+    clock.advance(2)
+    assert await store.load("key-1") is None
+    assert len(store) == 0
+
+
+# --- the manager's policy, on every store ---------------------------------------------
+
+
+async def test_session_id_has_256_bits_and_store_sees_only_its_keyed_hash(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    manager = _manager(store, clock)
+    session_id, session = await manager.create(
+        user_id="u1", username="alice", ip="127.0.0.1", user_agent="pytest"
+    )
+    assert len(session_id) == 43  # 32 random bytes, base64url without padding
+    assert session.storage_key != session_id
+    assert session_id not in session.storage_key
+    assert await store.load(session_id) is None
+    assert await store.load(session.storage_key) == session.record
+
+
+async def test_two_sessions_never_share_an_id(store: SessionStore, clock: ManualClock) -> None:
+    manager = _manager(store, clock)
+    ids = {
+        (await manager.create(user_id="u1", username="a", ip="", user_agent=""))[0]
+        for _ in range(50)
+    }
+    assert len(ids) == 50
+
+
+async def test_session_expires_after_idle_timeout(store: SessionStore, clock: ManualClock) -> None:
+    manager = _manager(store, clock, idle_timeout=600, touch_interval=60)
+    session_id, _ = await manager.create(user_id="u1", username="a", ip="", user_agent="")
+    clock.advance(599)
+    assert await manager.load(session_id) is not None  # activity resets the idle timer
+    clock.advance(599)
+    assert await manager.load(session_id) is not None
+    clock.advance(601)
+    assert await manager.load(session_id) is None
+    assert await manager.list_for_user("u1") == []
+
+
+async def test_session_expires_at_absolute_timeout_despite_activity(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    manager = _manager(store, clock, idle_timeout=600, absolute_timeout=1800, touch_interval=60)
+    session_id, _ = await manager.create(user_id="u1", username="a", ip="", user_agent="")
+    for _ in range(5):
+        clock.advance(300)
+        assert await manager.load(session_id) is not None
+    clock.advance(300)  # 1800 s after creation
+    assert await manager.load(session_id) is None
+
+
+async def test_idle_refresh_writes_at_most_once_per_touch_interval(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    manager = _manager(store, clock, idle_timeout=600, touch_interval=60)
+    session_id, session = await manager.create(user_id="u1", username="a", ip="", user_agent="")
+    created = session.record.last_seen_at
+    for _ in range(10):
+        clock.advance(5)
+        await manager.load(session_id)
+    stored = await store.load(session.storage_key)
+    assert stored is not None
+    assert stored.last_seen_at == created  # 50 s of requests: no write
+    clock.advance(15)
+    await manager.load(session_id)
+    stored = await store.load(session.storage_key)
+    assert stored is not None
+    assert stored.last_seen_at == clock.now()
+
+
+async def test_destroy_deletes_server_side(store: SessionStore, clock: ManualClock) -> None:
+    manager = _manager(store, clock)
+    session_id, session = await manager.create(user_id="u1", username="a", ip="", user_agent="")
+    assert await manager.destroy(session_id) is True
+    assert await manager.load(session_id) is None
+    assert await store.load(session.storage_key) is None
+
+
+async def test_per_user_index_lists_and_destroys_all(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    manager = _manager(store, clock)
+    ids = [
+        (await manager.create(user_id="u1", username="a", ip="", user_agent=""))[0]
+        for _ in range(3)
+    ]
+    other, _ = await manager.create(user_id="u2", username="b", ip="", user_agent="")
+    assert len(await manager.list_for_user("u1")) == 3
+    assert await manager.destroy_all_for_user("u1") == 3
+    for session_id in ids:
+        assert await manager.load(session_id) is None
+    assert await manager.load(other) is not None
+
+
+@pytest.mark.parametrize("cookie", ["", "short", "x" * 43 + "!", "../../etc", "a" * 500])
+async def test_malformed_session_ids_are_rejected_without_lookup(
+    store: SessionStore, clock: ManualClock, cookie: str
+) -> None:
+    assert await _manager(store, clock).load(cookie) is None
