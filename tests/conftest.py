@@ -51,7 +51,7 @@ def test_database_url(database_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-async def clean_db(test_database_url: str) -> AsyncIterator[str]:
+async def clean_db(test_database_url: str) -> str:
     """The test database with every table emptied (the schema stays migrated)."""
     connection = await asyncpg.connect(test_database_url)
     try:
@@ -64,7 +64,7 @@ async def clean_db(test_database_url: str) -> AsyncIterator[str]:
             await connection.execute(f"TRUNCATE {names}")
     finally:
         await connection.close()
-    yield test_database_url
+    return test_database_url
 
 
 @pytest.fixture

@@ -136,7 +136,11 @@ async def test_cross_site_logout_is_refused(auth_client: Client) -> None:
     session_id, _ = _session_cookie(await _login(auth_client, "alice"))
     response = await auth_client.post(
         "/auth/logout",
-        headers={**_cookie(session_id), "Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+        headers={
+            **_cookie(session_id),
+            "Origin": "https://evil.example",
+            "Sec-Fetch-Site": "cross-site",
+        },
     )
     assert response.status == 403
     assert (await response.json())["error"] == "csrf_rejected"

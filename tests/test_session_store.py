@@ -72,7 +72,9 @@ async def test_save_replaces_existing_record(store: SessionStore, clock: ManualC
     assert await store.load("key-1") == newer
 
 
-async def test_delete_removes_record_and_reports_it(store: SessionStore, clock: ManualClock) -> None:
+async def test_delete_removes_record_and_reports_it(
+    store: SessionStore, clock: ManualClock
+) -> None:
     await store.save("key-1", _record(clock), ttl=60)
     assert await store.delete("key-1") is True
     assert await store.load("key-1") is None

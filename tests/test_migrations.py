@@ -1,0 +1,87 @@
+"""Versioned migrations applied by a command, safe to run concurrently."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from tessera_auth import db
+
+from .conftest import _with_database
+
+
+@pytest.fixture
+async def empty_database(database_url: str) -> AsyncIterator[str]:
+    name = f"tessera_migrate_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    yield _with_database(database_url, name)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+async def _tables(url: str) -> set[str]:
+    connection = await asyncpg.connect(url)
+    try:
+        rows = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")
+    finally:
+        await connection.close()
+    return {row["tablename"] for row in rows}
+
+
+async def test_migrations_apply_in_order_and_only_once(empty_database: str) -> None:
+    connection = await asyncpg.connect(empty_database)
+    try:
+        assert [m.version for m in await db.pending_migrations(connection)] == [1, 2]
+        applied = await db.migrate(connection)
+        assert [m.name for m in applied] == ["users", "signing_keys"]
+        assert await db.migrate(connection) == []
+        assert await db.pending_migrations(connection) == []
+    finally:
+        await connection.close()
+    assert {"users", "signing_keys", "schema_migrations"} <= await _tables(empty_database)
+
+
+async def test_concurrent_migrators_do_not_race(empty_database: str) -> None:
+    connections = [await asyncpg.connect(empty_database) for _ in range(4)]
+    try:
+        results = await asyncio.gather(*(db.migrate(c) for c in connections))
+    finally:
+        for connection in connections:
+            await connection.close()
+    assert sorted(len(applied) for applied in results) == [0, 0, 0, 2]
+
+
+def test_migrate_command_applies_pending_migrations(empty_database: str, redis_url: str) -> None:
+    env = {
+        **os.environ,
+        "TESSERA_ENV": "development",
+        "DATABASE_URL": empty_database,
+        "REDIS_URL": redis_url,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "tessera_auth", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "0001_users" in result.stdout and "0002_signing_keys" in result.stdout
+    again = subprocess.run(
+        [sys.executable, "-m", "tessera_auth", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "nothing to apply" in again.stdout
