@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import asyncpg
@@ -13,6 +14,7 @@ from redis.asyncio import Redis
 from tessera_stack import PostgresServer, RedisServer, StackError, free_port
 from tessera_stack.launcher import EXIT_NOT_RUNNING, main
 from tessera_stack.processes import port_is_open
+from tessera_stack.servers import sweep_orphaned_scratch
 
 
 def test_free_port_can_be_bound_on_loopback() -> None:
@@ -73,6 +75,10 @@ async def test_postgres_data_survives_a_restart_and_remove_data_deletes_it(
     server.remove_data()
     assert not data_dir.exists()
     assert not (tmp_path / "postgres").exists()
+    # As root, pytest's 0700 tmp_path sends the cluster to a scratch wrapper.
+    assert not data_dir.parent.name.startswith("tessera-postgres-") or not (
+        data_dir.parent.exists()
+    )
 
 
 def test_detached_postgres_is_stopped_by_a_new_object_through_its_pid_file(
@@ -174,3 +180,32 @@ def test_status_and_down_without_a_stack_report_nothing_running(
     assert main(["down"]) == 0
     assert capsys.readouterr().out.strip() == "nothing was running"
     assert not (tmp_path / ".run" / "stack.env").exists()
+
+
+def test_orphaned_scratch_clusters_are_swept_and_referenced_ones_kept(tmp_path: Path) -> None:
+    def scratch(name: str, owner: Path, *, age: float) -> Path:
+        wrapper = tmp_path / f"tessera-postgres-{name}"
+        (wrapper / "data").mkdir(parents=True)
+        (wrapper / "owner").write_text(f"{owner}\n")
+        stamp = time.time() - age
+        os.utime(wrapper, (stamp, stamp))
+        return wrapper
+
+    hour = 3600.0
+    orphan = scratch("orphan", tmp_path / "gone" / "postgres", age=hour)
+    young = scratch("young", tmp_path / "gone-too" / "postgres", age=1.0)
+    link = tmp_path / "base" / "postgres"
+    link.parent.mkdir()
+    referenced = scratch("referenced", link, age=hour)
+    link.symlink_to(referenced / "data")
+    os.utime(referenced, (time.time() - hour, time.time() - hour))
+    unrelated = tmp_path / "tessera-postgres-without-owner"
+    unrelated.mkdir()
+    os.utime(unrelated, (time.time() - hour, time.time() - hour))
+
+    sweep_orphaned_scratch(tmp_path)
+
+    assert not orphan.exists()
+    assert young.exists()
+    assert referenced.exists()
+    assert unrelated.exists()

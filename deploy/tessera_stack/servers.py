@@ -53,6 +53,9 @@ LOOPBACK = "127.0.0.1"
 _PORT_ATTEMPTS = 3
 # sockaddr_un.sun_path is 108 bytes on Linux, including the trailing NUL.
 _MAX_UNIX_SOCKET_PATH = 107
+_SCRATCH_PREFIX = "tessera-postgres-"
+# Orphaned scratch clusters younger than this are left alone.
+_SCRATCH_GRACE_SECONDS = 600.0
 
 
 class _PortTakenError(StackError):
@@ -396,7 +399,11 @@ class PostgresServer(_LocalServer):
             raise StackError("stop the PostgreSQL server before removing its data")
         link = self._base_dir / "postgres"
         if link.is_symlink():
-            shutil.rmtree(link.resolve(), ignore_errors=True)
+            target = link.resolve()
+            scratch = target.parent
+            if scratch.name.startswith(_SCRATCH_PREFIX) and (scratch / "owner").exists():
+                target = scratch
+            shutil.rmtree(target, ignore_errors=True)
             link.unlink()
         elif link.exists():
             shutil.rmtree(link)
@@ -518,14 +525,7 @@ class PostgresServer(_LocalServer):
             data_dir = link
             data_dir.mkdir(mode=0o700, exist_ok=True)
         else:
-            scratch_root = Path(tempfile.gettempdir())
-            if not _can_traverse(scratch_root, os_user):
-                raise StackError(
-                    f"user {os_user.pw_name!r} can reach neither {self._base_dir} "
-                    f"nor {scratch_root}; choose another base directory"
-                )
-            data_dir = Path(tempfile.mkdtemp(prefix="tessera-postgres-", dir=scratch_root))
-            link.symlink_to(data_dir, target_is_directory=True)
+            data_dir = _make_scratch_data_dir(link, os_user)
         if os_user is not None:
             _chown_tree(data_dir, os_user.pw_uid, os_user.pw_gid)
         data_dir.chmod(0o700)
@@ -659,6 +659,66 @@ def _can_traverse(path: Path, user: pwd.struct_passwd) -> bool:
         if not st.st_mode & bit:
             return False
     return True
+
+
+def _make_scratch_data_dir(link: Path, os_user: pwd.struct_passwd) -> Path:
+    """A data directory under the system temporary directory, linked from ``link``.
+
+    Layout: ``TMP/tessera-postgres-XXXX/{owner,data/}``, where ``owner``
+    names ``link``. Wrappers whose link is gone (a killed test session whose
+    temporary directory pytest has since deleted) are swept here too.
+    """
+    scratch_root = Path(tempfile.gettempdir())
+    if not _can_traverse(scratch_root, os_user):
+        raise StackError(
+            f"user {os_user.pw_name!r} can reach neither {link.parent} "
+            f"nor {scratch_root}; choose another base directory"
+        )
+    sweep_orphaned_scratch(scratch_root)
+    scratch = Path(tempfile.mkdtemp(prefix=_SCRATCH_PREFIX, dir=scratch_root))
+    # Searchable (not listable) so the server's user reaches data/.
+    scratch.chmod(0o711)
+    (scratch / "owner").write_text(f"{link}\n", encoding="utf-8")
+    data_dir = scratch / "data"
+    data_dir.mkdir(mode=0o700)
+    link.symlink_to(data_dir, target_is_directory=True)
+    return data_dir
+
+
+def sweep_orphaned_scratch(scratch_root: Path) -> None:
+    """Delete scratch clusters under ``scratch_root`` that nothing links to.
+
+    A wrapper is kept while its ``owner`` symlink still points at it, while
+    a postmaster runs in it, while it is younger than the grace period, or
+    when it is not ours (another owner, no readable ``owner`` file).
+    """
+    now = time.time()
+    for scratch in scratch_root.glob(f"{_SCRATCH_PREFIX}*"):
+        try:
+            st = scratch.lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                continue
+            if now - st.st_mtime < _SCRATCH_GRACE_SECONDS:
+                continue  # may still be being set up
+            owner = Path((scratch / "owner").read_text(encoding="utf-8").strip())
+            data_dir = scratch / "data"
+            if owner.is_symlink() and owner.resolve() == data_dir.resolve():
+                continue
+            pid = _postmaster_pid(data_dir / "postmaster.pid")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if pid is not None and is_alive(pid, "postgres"):
+            continue
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _postmaster_pid(path: Path) -> int | None:
+    """The pid on the first line of a PostgreSQL ``postmaster.pid``."""
+    try:
+        first = path.read_text(encoding="ascii", errors="replace").split("\n", 1)[0].strip()
+    except FileNotFoundError:
+        return None
+    return int(first) if first.isdigit() else None
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:

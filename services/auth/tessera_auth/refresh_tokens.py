@@ -53,11 +53,21 @@ class RefreshTokenStore:
         await self._redis.set(self._key(token), json.dumps(asdict(grant)), ex=ttl)
         return token, grant
 
+    async def peek(self, token: str) -> RefreshGrant:
+        """What the token stands for, without spending it; :class:`InvalidGrant` if nothing."""
+        return self._grant(await self._redis.get(self._key(token)) if _TOKEN.match(token) else None)
+
     async def consume(self, token: str) -> RefreshGrant:
-        """Take the token out of the store (atomically: a second use finds nothing)."""
-        if not _TOKEN.match(token):
-            raise InvalidGrant()
-        raw = await self._redis.getdel(self._key(token))
+        """Take the token out of the store (atomically: a second use finds nothing).
+
+        Callers check everything else first (:meth:`peek`), so a refusal for
+        another reason, or an outage of another dependency, never spends it.
+        """
+        return self._grant(
+            await self._redis.getdel(self._key(token)) if _TOKEN.match(token) else None
+        )
+
+    def _grant(self, raw: bytes | str | None) -> RefreshGrant:
         if raw is None:
             raise InvalidGrant()
         grant = RefreshGrant(**json.loads(raw))

@@ -52,13 +52,15 @@ async def token(request: web.Request) -> web.Response:
     grant_type = require_str(body, "grant_type", max_length=64)
     if grant_type != "refresh_token":
         raise UnsupportedGrantType("only grant_type=refresh_token is supported here")
+    refresh_tokens = app[appkeys.REFRESH_TOKENS]
+    presented = require_str(body, "refresh_token", max_length=256)
     try:
-        grant = await app[appkeys.REFRESH_TOKENS].consume(
-            require_str(body, "refresh_token", max_length=256)
-        )
+        grant = await refresh_tokens.peek(presented)
         user = await app[appkeys.ACCOUNTS].users.by_id(grant.user_id)
         if user is None or user.disabled:
             raise InvalidGrant("the refresh token's user no longer exists or is disabled")
+        # Spent only now, atomically: of two concurrent uses exactly one gets here.
+        grant = await refresh_tokens.consume(presented)
     except InvalidGrant:
         metrics.refreshes.labels("invalid_grant").inc()
         raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -223,6 +224,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "Argon2 parameters below OWASP's minimum (m=19456 KiB, t=2) outside development"
         )
 
+    dependency_timeout = reader.parsed("TESSERA_DEPENDENCY_TIMEOUT", float, 2.0, "a number")
+    if not 0 < dependency_timeout < math.inf:  # also refuses nan
+        reader.problems.append(
+            f"TESSERA_DEPENDENCY_TIMEOUT must be positive and finite (got {dependency_timeout})"
+        )
+
     settings = Settings(
         database_url=database_url,
         redis_url=redis_url,
@@ -248,7 +255,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         trusted_proxies=reader.parsed(
             "TESSERA_TRUSTED_PROXIES", _parse_networks, (), "a comma-separated list of networks"
         ),
-        dependency_timeout=reader.parsed("TESSERA_DEPENDENCY_TIMEOUT", float, 2.0, "a number"),
+        dependency_timeout=dependency_timeout,
         db_pool_max=reader.positive_int("TESSERA_DB_POOL_MAX", 10),
         migrate_on_start=reader.flag("TESSERA_MIGRATE_ON_START", development),
         log_level=(reader.text("TESSERA_LOG_LEVEL", "INFO") or "INFO").upper(),

@@ -30,6 +30,7 @@ from .revocation import Denylist
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub", "jti")
 MAX_TOKEN_LENGTH = 8192
+_MAX_NUMERIC_DATE = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 _DECODE_OPTIONS: Any = {
     # Signature only: every claim below is checked here, against the injected clock.
@@ -131,7 +132,14 @@ class AccessTokenVerifier:
             raise InvalidClaims(f"the token lacks required claims: {', '.join(missing)}")
         exp, iat, nbf = payload["exp"], payload["iat"], payload.get("nbf", payload["iat"])
         for name, value in (("exp", exp), ("iat", iat), ("nbf", nbf)):
-            if isinstance(value, bool) or not isinstance(value, int | float):
+            # Python's JSON parser accepts NaN and Infinity (JSON has neither): a NaN exp
+            # compares false with every time and would never expire, and a huge integer
+            # overflows the float arithmetic below. Only plausible dates pass.
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 <= value <= _MAX_NUMERIC_DATE
+            ):
                 raise InvalidClaims(f"'{name}' must be a number")
         sub, jti = payload["sub"], payload["jti"]
         if not isinstance(sub, str) or not sub or not isinstance(jti, str) or not jti:

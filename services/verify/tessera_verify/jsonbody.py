@@ -35,11 +35,16 @@ async def read_body(request: web.Request, *, allow_form: bool = False) -> dict[s
         raise UnsupportedMediaType(f"expected {' or '.join(allowed)}")
     raw = await _read_bytes(request)
     if request.content_type == FORM:
-        form = await request.post()
+        try:
+            form = await request.post()
+        except ValueError as exc:  # UnicodeDecodeError: the form is not in its charset
+            raise InvalidRequest("request body is not valid form data") from exc
         return {key: value for key, value in form.items() if isinstance(value, str)}
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError, bad UTF-8 and integers longer than
+        # Python converts (4300 digits); RecursionError, nesting deeper than it recurses.
         raise MalformedJSON() from exc
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object")
@@ -62,6 +67,13 @@ def get_str(
         return default
     if not isinstance(value, str):
         raise InvalidRequest(f"'{name}' must be a string", details={"field": name})
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:  # a lone surrogate, which JSON can spell as "\ud800"
+            raise InvalidRequest(
+                f"'{name}' must be valid Unicode", details={"field": name}
+            ) from None
     if len(value) > max_length:
         raise InvalidRequest(
             f"'{name}' must be at most {max_length} characters", details={"field": name}

@@ -64,7 +64,9 @@ def parse_jwks(document: Mapping[str, Any]) -> dict[str, VerificationKey]:
     the network may only ever add public asymmetric keys.
     """
     keys: dict[str, VerificationKey] = {}
-    entries = document.get("keys")
+    # The document comes off the network: anything that is not an object of the
+    # expected shape must fail as ValueError, which the cache treats as a failed fetch.
+    entries = document.get("keys") if isinstance(document, Mapping) else None
     if not isinstance(entries, list):
         raise ValueError("JWKS document has no 'keys' list")
     for entry in entries:
@@ -73,7 +75,9 @@ def parse_jwks(document: Mapping[str, Any]) -> dict[str, VerificationKey]:
         kid, alg = entry.get("kid"), entry.get("alg")
         if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LENGTH:
             continue
-        if alg not in ASYMMETRIC_ALGORITHMS or entry.get("use", "sig") != "sig":
+        if not isinstance(alg, str) or alg not in ASYMMETRIC_ALGORITHMS:
+            continue  # (an unhashable alg would make the set lookup raise TypeError)
+        if entry.get("use", "sig") != "sig":
             continue
         if entry.get("kty") == "oct" or "d" in entry:
             continue

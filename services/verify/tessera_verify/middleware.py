@@ -67,7 +67,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         mapped = _HTTP_ERRORS.get(exc.status)
         if mapped is not None:
-            return error_response(mapped())
+            response = error_response(mapped())
+            if "Allow" in exc.headers:  # RFC 9110 §15.5.6: a 405 must say what is allowed
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
         if 400 <= exc.status < 500:
             return web.json_response(
                 {"error": "bad_request", "message": exc.reason}, status=exc.status

@@ -1,0 +1,298 @@
+"""Fail closed when Redis or PostgreSQL goes away, and recover without a restart.
+
+Each test points an auth app at a Redis or PostgreSQL server of its own
+(started here from :mod:`tessera_stack.servers`), stops that server under the
+running app, and starts it again on the same port and data directory. The
+session-wide servers of the rest of the suite are never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
+
+from tessera_stack import PostgresServer, RedisServer, free_port
+from tessera_verify.sessions import SESSION_COOKIE
+
+from .conftest import AuthClientFactory, register_and_login
+
+Client = TestClient[Any, Any]
+Server = RedisServer | PostgresServer
+S = TypeVar("S", RedisServer, PostgresServer)
+
+
+# --- dedicated servers -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    # A fixed port, so that a restart comes back where the app's client looks.
+    server = RedisServer(tmp_path_factory.mktemp("own-redis"), port=free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.remove_data()
+
+
+@pytest.fixture(scope="module")
+def own_postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    server = PostgresServer(tmp_path_factory.mktemp("own-postgres"), port=free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.remove_data()
+
+
+def _running(server: S) -> Iterator[S]:
+    """The server, running at the start of a test and again after it (whatever it did)."""
+    if not server.running:
+        server.start()
+    yield server
+    if not server.running:
+        server.start()
+
+
+@pytest.fixture
+def redis_server(own_redis_server: RedisServer) -> Iterator[RedisServer]:
+    yield from _running(own_redis_server)
+
+
+@pytest.fixture
+def postgres_server(own_postgres_server: PostgresServer) -> Iterator[PostgresServer]:
+    yield from _running(own_postgres_server)
+
+
+async def _stop(server: Server) -> None:
+    port = server.port
+    await asyncio.to_thread(server.stop)
+    assert not server.running
+    assert server.port == port
+
+
+async def _restart(server: Server, port: int) -> None:
+    """Start ``server`` again on ``port`` (and, for PostgreSQL, on the same data directory)."""
+    await asyncio.to_thread(server.start)
+    assert server.port == port
+
+
+@pytest.fixture
+async def app_on_own_redis(
+    make_auth_client: AuthClientFactory, redis_server: RedisServer
+) -> Client:
+    return await make_auth_client(redis_url=redis_server.url)
+
+
+@pytest.fixture
+async def app_on_own_postgres(
+    make_auth_client: AuthClientFactory, postgres_server: PostgresServer
+) -> Client:
+    return await make_auth_client(database_url=postgres_server.url, migrate_on_start=True)
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+async def _unavailable(response: ClientResponse) -> None:
+    text = await response.text()
+    assert response.status == 503, text
+    assert response.content_type == "application/json", text
+    assert (await response.json())["error"] == "dependency_unavailable"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+async def _register(client: Client) -> tuple[str, str]:
+    username, password = f"user-{uuid.uuid4().hex[:10]}", "correct horse battery staple"
+    response = await client.post(
+        "/auth/register", json={"username": username, "password": password}
+    )
+    assert response.status == 201, await response.text()
+    return username, password
+
+
+async def _login(client: Client, username: str, password: str, credential: str) -> ClientResponse:
+    return await client.post(
+        "/auth/login",
+        json={"username": username, "password": password, "credential": credential},
+    )
+
+
+def _session_cookie(login: ClientResponse) -> dict[str, str]:
+    assert login.status == 200
+    return {"Cookie": f"{SESSION_COOKIE}={login.cookies[SESSION_COOKIE].value}"}
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+# --- Redis -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("credential", ["session", "token"])
+async def test_login_answers_503_dependency_unavailable_while_redis_is_down(
+    app_on_own_redis: Client, redis_server: RedisServer, credential: str
+) -> None:
+    username, password = await _register(app_on_own_redis)  # registration needs no Redis
+    await _stop(redis_server)
+    await _unavailable(await _login(app_on_own_redis, username, password, credential))
+
+
+async def test_readyz_names_redis_as_down_while_healthz_stays_200(
+    app_on_own_redis: Client, redis_server: RedisServer
+) -> None:
+    await _stop(redis_server)
+    response = await app_on_own_redis.get("/readyz")
+    assert response.status == 503
+    body = await response.json()
+    assert body["status"] == "not ready"
+    assert body["checks"]["redis"].startswith("down")
+    assert body["checks"]["postgresql"] == "ok"
+    assert body["checks"]["keys"] == "ok"
+    assert (await app_on_own_redis.get("/healthz")).status == 200
+
+
+async def test_bearer_token_on_me_fails_closed_with_503_while_the_redis_denylist_is_down(
+    app_on_own_redis: Client, redis_server: RedisServer
+) -> None:
+    # The token's signature still verifies, but whether it was revoked cannot be
+    # known without the denylist: the auth service refuses rather than guesses.
+    login = await register_and_login(app_on_own_redis, credential="token")
+    await _stop(redis_server)
+    await _unavailable(
+        await app_on_own_redis.get("/auth/me", headers=_bearer(login["access_token"]))
+    )
+
+
+async def test_session_cookie_on_me_fails_closed_with_503_while_redis_is_down(
+    app_on_own_redis: Client, redis_server: RedisServer
+) -> None:
+    username, password = await _register(app_on_own_redis)
+    cookie = _session_cookie(await _login(app_on_own_redis, username, password, "session"))
+    await _stop(redis_server)
+    await _unavailable(await app_on_own_redis.get("/auth/me", headers=cookie))
+
+
+async def test_login_and_tokens_work_again_when_redis_returns_without_restarting_the_app(
+    app_on_own_redis: Client, redis_server: RedisServer
+) -> None:
+    port = redis_server.port
+    username, password = await _register(app_on_own_redis)
+    issued = await (await _login(app_on_own_redis, username, password, "token")).json()
+    await _stop(redis_server)
+    await _unavailable(await _login(app_on_own_redis, username, password, "token"))
+
+    await _restart(redis_server, port)
+
+    response = await _login(app_on_own_redis, username, password, "both")
+    assert response.status == 200, await response.text()
+    fresh = await response.json()
+    me = await app_on_own_redis.get("/auth/me", headers=_bearer(fresh["access_token"]))
+    assert me.status == 200
+    # A token issued before the outage verifies again once the denylist answers.
+    me = await app_on_own_redis.get("/auth/me", headers=_bearer(issued["access_token"]))
+    assert me.status == 200
+    assert (await me.json())["username"] == username
+    assert (await app_on_own_redis.get("/readyz")).status == 200
+
+
+# --- PostgreSQL --------------------------------------------------------------------------
+
+
+async def test_login_answers_503_dependency_unavailable_while_postgresql_is_down(
+    app_on_own_postgres: Client, postgres_server: PostgresServer
+) -> None:
+    username, password = await _register(app_on_own_postgres)
+    await _stop(postgres_server)
+    await _unavailable(await _login(app_on_own_postgres, username, password, "session"))
+
+
+async def test_register_answers_503_while_postgresql_is_down(
+    app_on_own_postgres: Client, postgres_server: PostgresServer
+) -> None:
+    await _stop(postgres_server)
+    response = await app_on_own_postgres.post(
+        "/auth/register", json={"username": "newcomer", "password": "correct horse battery"}
+    )
+    await _unavailable(response)
+
+
+async def test_readyz_names_postgresql_as_down_while_healthz_stays_200(
+    app_on_own_postgres: Client, postgres_server: PostgresServer
+) -> None:
+    await _stop(postgres_server)
+    response = await app_on_own_postgres.get("/readyz")
+    assert response.status == 503
+    body = await response.json()
+    assert body["status"] == "not ready"
+    assert body["checks"]["postgresql"].startswith("down")
+    assert body["checks"]["redis"] == "ok"
+    assert (await app_on_own_postgres.get("/healthz")).status == 200
+
+
+async def test_bearer_token_on_me_fails_closed_with_503_while_postgresql_is_down(
+    app_on_own_postgres: Client, postgres_server: PostgresServer
+) -> None:
+    # /auth/me looks the token's user up (deleted or disabled users are refused),
+    # which cannot be done without PostgreSQL.
+    login = await register_and_login(app_on_own_postgres, credential="token")
+    await _stop(postgres_server)
+    await _unavailable(
+        await app_on_own_postgres.get("/auth/me", headers=_bearer(login["access_token"]))
+    )
+
+
+async def test_an_existing_session_keeps_working_while_postgresql_is_down(
+    app_on_own_postgres: Client, postgres_server: PostgresServer
+) -> None:
+    # Sessions live in Redis, which is up: they are verified, not guessed.
+    username, password = await _register(app_on_own_postgres)
+    cookie = _session_cookie(await _login(app_on_own_postgres, username, password, "session"))
+    await _stop(postgres_server)
+    response = await app_on_own_postgres.get("/auth/me", headers=cookie)
+    assert response.status == 200, await response.text()
+    assert (await response.json())["username"] == username
+
+
+async def test_login_works_again_when_postgresql_returns_without_restarting_the_app(
+    app_on_own_postgres: Client, postgres_server: PostgresServer
+) -> None:
+    port = postgres_server.port
+    username, password = await _register(app_on_own_postgres)
+    await _stop(postgres_server)
+    await _unavailable(await _login(app_on_own_postgres, username, password, "session"))
+
+    await _restart(postgres_server, port)
+
+    # Same data directory: the user registered before the outage is still there.
+    response = await _login(app_on_own_postgres, username, password, "both")
+    assert response.status == 200, await response.text()
+    token = (await response.json())["access_token"]
+    me = await app_on_own_postgres.get("/auth/me", headers=_bearer(token))
+    assert me.status == 200
+    assert (await me.json())["username"] == username
+    assert (await app_on_own_postgres.get("/readyz")).status == 200
+
+
+async def test_a_refresh_refused_during_a_postgresql_outage_leaves_the_refresh_token_usable(
+    app_on_own_postgres: Client, postgres_server: PostgresServer
+) -> None:
+    port = postgres_server.port
+    login = await register_and_login(app_on_own_postgres, credential="token")
+    grant = {"grant_type": "refresh_token", "refresh_token": login["refresh_token"]}
+    await _stop(postgres_server)
+    await _unavailable(await app_on_own_postgres.post("/auth/token", json=grant))
+
+    await _restart(postgres_server, port)
+
+    response = await app_on_own_postgres.post("/auth/token", json=grant)
+    assert response.status == 200, await response.text()
