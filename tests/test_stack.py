@@ -91,7 +91,7 @@ def test_detached_postgres_is_stopped_by_a_new_object_through_its_pid_file(
     try:
         assert pid_path.read_text().strip() == str(first.pid)
         later = PostgresServer(tmp_path, pid_path=pid_path)
-        assert later.running
+        assert later.pid == first.pid
         later.stop()
         assert not later.running
         assert not pid_path.exists()

@@ -114,8 +114,6 @@ def _proc_state(pid: int) -> str | None:
     """The state letter from /proc/PID/stat, or ``None`` without procfs."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except FileNotFoundError:
-        return None
     except OSError:
         return None
     # The command name in parentheses may itself contain spaces or ")".

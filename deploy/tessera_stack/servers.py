@@ -47,7 +47,14 @@ from tessera_stack.processes import (
     write_pid_file,
 )
 
-__all__ = ["PostgresServer", "RedisServer", "StackError", "free_port"]
+__all__ = [
+    "PostgresServer",
+    "RedisServer",
+    "StackError",
+    "find_postgres_bindir",
+    "free_port",
+    "sweep_orphaned_scratch",
+]
 
 LOOPBACK = "127.0.0.1"
 _PORT_ATTEMPTS = 3
