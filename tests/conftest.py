@@ -57,7 +57,7 @@ async def clean_db(test_database_url: str) -> str:
     try:
         tables = await connection.fetch(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-            "AND tablename <> 'schema_migrations'"
+            "AND tablename NOT LIKE '%schema_migrations'"
         )
         if tables:
             names = ", ".join(f'"{row["tablename"]}"' for row in tables)

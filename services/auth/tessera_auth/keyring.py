@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from tessera_verify.keys import StaticKeySource, VerificationKey
+from tessera_verify.keys import StaticKeySource, VerificationKey, shared_secret_kid
 
 from .settings import Settings
 
@@ -153,7 +153,7 @@ class KeyRing:
     def _load_shared_secret(self) -> None:
         secret = self._settings.hs256_secret
         assert secret is not None
-        kid = "hs256-" + hashlib.sha256(b"tessera-kid:" + secret).hexdigest()[:16]
+        kid = shared_secret_kid(secret)
         self._active = SigningKey(kid=kid, alg="HS256", private_key=secret)
         self.verification_keys.replace([VerificationKey(kid=kid, alg="HS256", key=secret)])
         self._jwks = {"keys": []}  # a shared secret is never published

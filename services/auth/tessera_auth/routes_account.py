@@ -7,6 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
+from tessera_verify.authenticators import (
+    FORWARD_METHOD_HEADER,
+    FORWARD_USER_ID_HEADER,
+    FORWARD_USERNAME_HEADER,
+)
 from tessera_verify.client_ip import client_ip
 from tessera_verify.csrf import check_same_origin
 from tessera_verify.errors import (
@@ -27,7 +32,7 @@ from .users import MAX_PASSWORD_LENGTH, User
 
 routes = web.RouteTableDef()
 
-CREDENTIAL_KINDS = ("session", "token", "both")
+CREDENTIAL_KINDS = ("session", "token", "both", "none")
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -100,7 +105,7 @@ async def login(request: web.Request) -> web.Response:
         metrics.tokens_issued.labels("session").inc()
     if kind in ("token", "both"):
         payload.update(await token_response(app, user_id=user.id, session_link=session_link))
-    metrics.logins.labels("success").inc()
+    metrics.logins.labels("success" if kind != "none" else "password_checked").inc()
 
     response = web.json_response(payload, headers=NO_STORE)
     if new_session_id is not None:
@@ -161,6 +166,31 @@ async def logout(request: web.Request) -> web.Response:
             samesite="Lax",
         )
     return response
+
+
+@routes.get("/auth/forward")
+async def forward(request: web.Request) -> web.Response:
+    """nginx ``auth_request``: 200 with identity headers, or 401.
+
+    nginx copies the identity headers onto the proxied request; the body is
+    never looked at, and nginx sends none (``proxy_pass_request_body off``).
+    """
+    principal = await authenticate(request)
+    username = principal.username
+    if username is None:
+        user = await request.app[appkeys.ACCOUNTS].users.by_id(principal.user_id)
+        if user is None or user.disabled:
+            raise AuthenticationError("the token's user no longer exists or is disabled")
+        username = user.username
+    return web.Response(
+        status=200,
+        headers={
+            FORWARD_USER_ID_HEADER: principal.user_id,
+            FORWARD_USERNAME_HEADER: username,
+            FORWARD_METHOD_HEADER: principal.method.value,
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 @routes.get("/auth/me")

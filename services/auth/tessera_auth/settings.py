@@ -9,32 +9,27 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
+from tessera_verify.config import (
+    ConfigError,
+    Environment,
+    EnvReader,
+    check_url,
+    parse_networks,
+    read_dependency_timeout,
+    read_environment,
+    read_port,
+    read_secret,
+)
 from tessera_verify.keys import SUPPORTED_ALGORITHMS
 
+__all__ = ["Argon2Parameters", "ConfigError", "Settings", "load_settings"]
+
 log = logging.getLogger(__name__)
-
-Environment = Literal["development", "production"]
-_PLACEHOLDER_MARK = "dev-only-insecure"
-_DEV_SECRET = _PLACEHOLDER_MARK + "-change-me-0123456789abcdef0123456789"
-MIN_SECRET_BYTES = 32
-
-T = TypeVar("T")
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; ``problems`` lists every reason."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -80,103 +75,17 @@ class Settings:
         return self.environment == "development"
 
 
-class _Reader:
-    """Reads variables, remembering every problem instead of stopping at the first."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self.environ = environ
-        self.problems: list[str] = []
-
-    def raw(self, name: str) -> str | None:
-        file_name = self.environ.get(f"{name}_FILE")
-        value = self.environ.get(name)
-        if file_name and value:
-            self.problems.append(f"{name} and {name}_FILE are both set; set one")
-            return None
-        if file_name:
-            try:
-                return Path(file_name).read_text().strip()
-            except OSError as exc:
-                self.problems.append(f"{name}_FILE: cannot read {file_name}: {exc.strerror}")
-                return None
-        return value if value not in (None, "") else None
-
-    def text(self, name: str, default: str | None = None) -> str | None:
-        value = self.raw(name)
-        return default if value is None else value
-
-    def parsed(self, name: str, parse: Callable[[str], T], default: T, what: str) -> T:
-        value = self.raw(name)
-        if value is None:
-            return default
-        try:
-            return parse(value)
-        except ValueError:
-            self.problems.append(f"{name}={value!r} is not {what}")
-            return default
-
-    def positive_int(self, name: str, default: int) -> int:
-        value = self.parsed(name, int, default, "an integer")
-        if value <= 0:
-            self.problems.append(f"{name} must be positive (got {value})")
-        return value
-
-    def flag(self, name: str, default: bool) -> bool:
-        value = self.raw(name)
-        if value is None:
-            return default
-        lowered = value.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        self.problems.append(f"{name}={value!r} is not a boolean (use 1/0, true/false)")
-        return default
-
-
-def _parse_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(part.strip()) for part in value.split(",") if part.strip())
-
-
-def _check_url(reader: _Reader, name: str, value: str | None, schemes: tuple[str, ...]) -> str:
-    if value is None:
-        reader.problems.append(f"{name} is required")
-        return ""
-    if urlsplit(value).scheme not in schemes:
-        reader.problems.append(f"{name} must be a URL with scheme {' or '.join(schemes)}")
-    return value
-
-
-def _secret(reader: _Reader, name: str, development: bool) -> bytes:
-    value = reader.raw(name)
-    if value is None:
-        if development:
-            return _DEV_SECRET.encode()
-        reader.problems.append(f"{name} (or {name}_FILE) is required outside development")
-        return b""
-    if _PLACEHOLDER_MARK in value and not development:
-        reader.problems.append(f"{name} is a development placeholder; generate a real secret")
-    if len(value.encode()) < MIN_SECRET_BYTES:
-        reader.problems.append(f"{name} must be at least {MIN_SECRET_BYTES} bytes")
-    return value.encode()
-
-
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``environ`` (default: ``os.environ``); raises :class:`ConfigError`."""
-    reader = _Reader(os.environ if environ is None else environ)
-    environment = reader.text("TESSERA_ENV", "production")
-    if environment not in ("development", "production"):
-        reader.problems.append("TESSERA_ENV must be 'development' or 'production'")
-        environment = "production"
+    reader = EnvReader(os.environ if environ is None else environ)
+    environment = read_environment(reader)
     development = environment == "development"
 
-    database_url = _check_url(
+    database_url = check_url(
         reader, "DATABASE_URL", reader.text("DATABASE_URL"), ("postgresql", "postgres")
     )
-    redis_url = _check_url(reader, "REDIS_URL", reader.text("REDIS_URL"), ("redis", "rediss"))
-    port = reader.parsed("TESSERA_PORT", int, 8080, "a port number")
-    if not 0 < port < 65536:
-        reader.problems.append(f"TESSERA_PORT must be 1-65535 (got {port})")
+    redis_url = check_url(reader, "REDIS_URL", reader.text("REDIS_URL"), ("redis", "rediss"))
+    port = read_port(reader, 8080)
     issuer = reader.text("TESSERA_ISSUER")
     if issuer is None:
         if not development:
@@ -194,7 +103,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         )
     hs256_secret: bytes | None = None
     if algorithm == "HS256":
-        hs256_secret = _secret(reader, "TESSERA_JWT_HS256_SECRET", development)
+        hs256_secret = read_secret(reader, "TESSERA_JWT_HS256_SECRET", development)
     elif reader.raw("TESSERA_JWT_HS256_SECRET") is not None:
         reader.problems.append("TESSERA_JWT_HS256_SECRET is set but TESSERA_JWT_ALG is not HS256")
 
@@ -224,18 +133,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "Argon2 parameters below OWASP's minimum (m=19456 KiB, t=2) outside development"
         )
 
-    dependency_timeout = reader.parsed("TESSERA_DEPENDENCY_TIMEOUT", float, 2.0, "a number")
-    if not 0 < dependency_timeout < math.inf:  # also refuses nan
-        reader.problems.append(
-            f"TESSERA_DEPENDENCY_TIMEOUT must be positive and finite (got {dependency_timeout})"
-        )
+    dependency_timeout = read_dependency_timeout(reader)
 
     settings = Settings(
         database_url=database_url,
         redis_url=redis_url,
-        session_hash_key=_secret(reader, "TESSERA_SESSION_HASH_KEY", development),
-        key_encryption_key=_secret(reader, "TESSERA_KEY_ENCRYPTION_KEY", development),
-        environment="development" if development else "production",
+        session_hash_key=read_secret(reader, "TESSERA_SESSION_HASH_KEY", development),
+        key_encryption_key=read_secret(reader, "TESSERA_KEY_ENCRYPTION_KEY", development),
+        environment=environment,
         host=reader.text("TESSERA_HOST", "127.0.0.1") or "127.0.0.1",
         port=port,
         issuer=issuer.rstrip("/") if issuer else issuer,
@@ -253,7 +158,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         argon2=argon2,
         max_body_bytes=reader.positive_int("TESSERA_MAX_BODY_BYTES", 16 * 1024),
         trusted_proxies=reader.parsed(
-            "TESSERA_TRUSTED_PROXIES", _parse_networks, (), "a comma-separated list of networks"
+            "TESSERA_TRUSTED_PROXIES", parse_networks, (), "a comma-separated list of networks"
         ),
         dependency_timeout=dependency_timeout,
         db_pool_max=reader.positive_int("TESSERA_DB_POOL_MAX", 10),

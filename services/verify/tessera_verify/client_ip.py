@@ -10,7 +10,8 @@ from aiohttp import web
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _trusted(address: str, proxies: Sequence[Network]) -> bool:
+def is_trusted(address: str, proxies: Sequence[Network]) -> bool:
+    """Whether ``address`` is one of the configured proxies."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -21,11 +22,11 @@ def _trusted(address: str, proxies: Sequence[Network]) -> bool:
 def client_ip(request: web.Request, trusted_proxies: Sequence[Network]) -> str:
     """Walk ``X-Forwarded-For`` from the right while the hop is a trusted proxy."""
     peer = request.remote or ""
-    if not trusted_proxies or not _trusted(peer, trusted_proxies):
+    if not trusted_proxies or not is_trusted(peer, trusted_proxies):
         return peer
     hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
     for hop in reversed(hops):
-        if not _trusted(hop, trusted_proxies):
+        if not is_trusted(hop, trusted_proxies):
             try:
                 return str(ipaddress.ip_address(hop))
             except ValueError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -21,6 +22,11 @@ log = logging.getLogger(__name__)
 SUPPORTED_ALGORITHMS = frozenset({"ES256", "EdDSA", "RS256", "HS256"})
 ASYMMETRIC_ALGORITHMS = frozenset({"ES256", "EdDSA", "RS256"})
 MAX_KID_LENGTH = 128
+
+
+def shared_secret_kid(secret: bytes) -> str:
+    """The ``kid`` of the HS256 shared-secret mode: derived, so both sides agree without a JWKS."""
+    return "hs256-" + hashlib.sha256(b"tessera-kid:" + secret).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

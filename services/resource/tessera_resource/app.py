@@ -1,0 +1,136 @@
+"""The resource replica's aiohttp application."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry
+
+from tessera_verify.clock import Clock, SystemClock
+from tessera_verify.http_metrics import HttpMetrics
+from tessera_verify.integration import TesseraVerify, VerifyConfig
+from tessera_verify.middleware import error_middleware
+from tessera_verify.pg_migrations import Migrator, create_pool
+from tessera_verify.principal import PRINCIPAL, AuthMethod
+from tessera_verify.session_store import MemorySessionStore
+from tessera_verify.sessions import SessionManager, SessionPolicy
+
+from . import appkeys, routes, routes_health
+from .comments import CommentRepository
+from .password_check import PasswordChecker
+from .settings import ResourceSettings
+
+log = logging.getLogger(__name__)
+
+MIGRATOR = Migrator("tessera_resource.migrations", "resource_schema_migrations")
+ROUTE_COOKIE = "tessera_route"
+SERVED_BY_HEADER = "X-Served-By"
+AUTH_METHOD_HEADER = "X-Auth-Method"
+
+
+async def _db_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    pool = await create_pool(
+        settings.database_url, max_size=settings.db_pool_max, timeout=settings.dependency_timeout
+    )
+    if settings.migrate_on_start:
+        async with pool.acquire() as connection:
+            await MIGRATOR.migrate(connection)
+    app[appkeys.DB] = pool
+    app[appkeys.COMMENTS] = CommentRepository(pool)
+    yield
+    await pool.close()
+
+
+async def _auth_client_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    async with aiohttp.ClientSession() as session:
+        app[appkeys.PASSWORDS] = PasswordChecker(
+            session, settings.auth_url, settings.dependency_timeout
+        )
+        yield
+
+
+@web.middleware
+async def stamp_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Say which replica answered and how the caller was authenticated; keep the route cookie.
+
+    A middleware, not ``on_response_prepare``: aiohttp serialises cookies before
+    that signal fires. It sits outside the error middleware, so errors are stamped too.
+    """
+    response = await handler(request)
+    settings = request.app[appkeys.SETTINGS]
+    principal = request.get(PRINCIPAL)
+    response.headers[SERVED_BY_HEADER] = settings.replica_id
+    response.headers[AUTH_METHOD_HEADER] = principal.method.value if principal else "none"
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if request.cookies.get(ROUTE_COOKIE) != settings.replica_id:
+        # nginx's route-cookie policy maps this cookie to this replica (demo row 3).
+        response.set_cookie(
+            ROUTE_COOKIE,
+            settings.replica_id,
+            path="/",
+            secure=not settings.cookie_insecure,
+            httponly=True,
+            samesite="Lax",
+        )
+    return response
+
+
+def create_app(settings: ResourceSettings, *, clock: Clock | None = None) -> web.Application:
+    """A resource replica; nothing connects until it starts."""
+    clock = clock or SystemClock()
+    metrics = HttpMetrics(CollectorRegistry())
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[metrics.middleware(), stamp_middleware, error_middleware],
+    )
+    app[appkeys.SETTINGS] = settings
+    app[appkeys.CLOCK] = clock
+    app[appkeys.METRICS] = metrics
+    policy = SessionPolicy(
+        idle_timeout=settings.session_idle_timeout,
+        absolute_timeout=settings.session_absolute_timeout,
+    )
+    local_sessions = SessionManager(
+        MemorySessionStore(clock), hash_key=settings.session_hash_key, policy=policy, clock=clock
+    )
+    app[appkeys.LOCAL_SESSIONS] = local_sessions
+    app.cleanup_ctx.extend([_db_ctx, _auth_client_ctx])
+    asymmetric = settings.jwt_algorithm != "HS256"
+    TesseraVerify(
+        VerifyConfig(
+            issuer=settings.issuer,
+            audience=settings.audience,
+            methods=settings.auth_methods,
+            jwks_url=settings.jwks_url if asymmetric else None,
+            algorithms=(settings.jwt_algorithm,),
+            hs256_secret=settings.hs256_secret,
+            redis_url=settings.redis_url,
+            session_hash_key=settings.session_hash_key,
+            session_policy=policy,
+            local_sessions=local_sessions,
+            forward_secret=settings.forward_secret,
+            trusted_proxies=settings.trusted_proxies,
+            cookie_insecure=settings.cookie_insecure,
+            dependency_timeout=settings.dependency_timeout,
+            jwks_max_age=settings.jwks_max_age,
+            jwks_min_refetch_interval=settings.jwks_min_refetch_interval,
+        ),
+        clock=clock,
+    ).install(app)
+    app.add_routes(routes.routes)
+    app.add_routes(routes_health.routes)
+    if settings.cookie_insecure:
+        log.warning(
+            "!!! INSECURE COOKIES on replica %s: no Secure flag, no __Host- prefix. "
+            "Plain-HTTP loopback development only.",
+            settings.replica_id,
+        )
+    if AuthMethod.LOCAL_SESSION in settings.auth_methods:
+        log.info("replica %s keeps sessions in its own memory", settings.replica_id)
+    return app

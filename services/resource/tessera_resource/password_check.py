@@ -1,0 +1,47 @@
+"""Asking the auth service whether a password is right (for replicas with in-process sessions).
+
+The replica never sees a password hash: it forwards the login to the auth
+service with ``"credential": "none"`` and trusts the answer, like an app
+server that delegates password checks to an identity service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+
+from tessera_verify.errors import InvalidCredentials, InvalidRequest, ServiceUnavailable
+
+
+@dataclass(frozen=True)
+class CheckedUser:
+    user_id: str
+    username: str
+
+
+class PasswordChecker:
+    def __init__(self, session: aiohttp.ClientSession, auth_url: str, timeout: float) -> None:
+        self._session = session
+        self._url = auth_url + "/auth/login"
+        self._timeout = aiohttp.ClientTimeout(total=timeout * 10)  # Argon2 takes a while
+
+    async def check(self, username: str, password: str, *, client_ip: str) -> CheckedUser:
+        body = {"username": username, "password": password, "credential": "none"}
+        try:
+            async with self._session.post(
+                self._url, json=body, timeout=self._timeout, headers={"X-Forwarded-For": client_ip}
+            ) as response:
+                payload = await response.json(content_type=None)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise ServiceUnavailable("the auth service cannot be reached") from exc
+        if status == 200 and isinstance(payload, dict) and isinstance(payload.get("user"), dict):
+            user = payload["user"]
+            return CheckedUser(user_id=str(user["id"]), username=str(user["username"]))
+        if status == 401:
+            raise InvalidCredentials()
+        if status == 400:
+            message = payload.get("message") if isinstance(payload, dict) else None
+            raise InvalidRequest(message if isinstance(message, str) else None)
+        raise ServiceUnavailable("the auth service could not check the password")

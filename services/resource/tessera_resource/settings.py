@@ -1,0 +1,150 @@
+"""The resource replica's settings, from the environment, validated all at once."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from tessera_verify.client_ip import Network
+from tessera_verify.config import (
+    ConfigError,
+    Environment,
+    EnvReader,
+    check_url,
+    parse_networks,
+    read_dependency_timeout,
+    read_environment,
+    read_port,
+    read_secret,
+)
+from tessera_verify.keys import SUPPORTED_ALGORITHMS
+from tessera_verify.principal import AuthMethod
+
+__all__ = ["ConfigError", "ResourceSettings", "load_settings"]
+
+
+@dataclass(frozen=True)
+class ResourceSettings:
+    database_url: str
+    redis_url: str
+    auth_url: str
+    session_hash_key: bytes = field(repr=False)
+    replica_id: str = "r1"
+    environment: Environment = "production"
+    host: str = "127.0.0.1"
+    port: int = 9001
+    issuer: str = "http://127.0.0.1:8080"
+    audience: str = "tessera"
+    jwt_algorithm: str = "ES256"
+    hs256_secret: bytes | None = field(default=None, repr=False)
+    auth_methods: tuple[AuthMethod, ...] = (AuthMethod.JWT, AuthMethod.SHARED_SESSION)
+    forward_secret: bytes | None = field(default=None, repr=False)
+    trusted_proxies: tuple[Network, ...] = ()
+    cookie_insecure: bool = False
+    session_idle_timeout: int = 30 * 60
+    session_absolute_timeout: int = 12 * 3600
+    jwks_max_age: float = 300.0
+    jwks_min_refetch_interval: float = 5.0
+    max_body_bytes: int = 16 * 1024
+    dependency_timeout: float = 2.0
+    db_pool_max: int = 5
+    migrate_on_start: bool = False
+    log_level: str = "INFO"
+
+    @property
+    def jwks_url(self) -> str:
+        return self.auth_url + "/.well-known/jwks.json"
+
+
+def _parse_methods(value: str) -> tuple[AuthMethod, ...]:
+    methods = tuple(AuthMethod(part.strip()) for part in value.split(",") if part.strip())
+    if not methods:
+        raise ValueError("empty")
+    return methods
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> ResourceSettings:
+    """Settings from ``environ`` (default: ``os.environ``); raises :class:`ConfigError`."""
+    reader = EnvReader(os.environ if environ is None else environ)
+    environment = read_environment(reader)
+    development = environment == "development"
+    database_url = check_url(
+        reader, "DATABASE_URL", reader.text("DATABASE_URL"), ("postgresql", "postgres")
+    )
+    redis_url = check_url(reader, "REDIS_URL", reader.text("REDIS_URL"), ("redis", "rediss"))
+    auth_url = check_url(
+        reader, "TESSERA_AUTH_URL", reader.text("TESSERA_AUTH_URL"), ("http", "https")
+    ).rstrip("/")
+    default_methods: tuple[AuthMethod, ...] = (AuthMethod.JWT, AuthMethod.SHARED_SESSION)
+    methods = reader.parsed(
+        "TESSERA_AUTH_METHODS",
+        _parse_methods,
+        default_methods,
+        "a comma list of " + ", ".join(m.value for m in AuthMethod),
+    )
+    algorithm = reader.text("TESSERA_JWT_ALG", "ES256") or "ES256"
+    if algorithm not in SUPPORTED_ALGORITHMS:
+        reader.problems.append(
+            f"TESSERA_JWT_ALG must be one of {', '.join(sorted(SUPPORTED_ALGORITHMS))}"
+        )
+    hs256_secret = None
+    if algorithm == "HS256" and AuthMethod.JWT in methods:
+        hs256_secret = read_secret(reader, "TESSERA_JWT_HS256_SECRET", development)
+    forward_secret = None
+    if AuthMethod.FORWARD in methods:
+        forward_secret = read_secret(
+            reader, "TESSERA_FORWARD_AUTH_SECRET", development, min_bytes=16
+        )
+    no_proxies: tuple[Network, ...] = ()
+    trusted = reader.parsed(
+        "TESSERA_TRUSTED_PROXIES", parse_networks, no_proxies, "a comma-separated list of networks"
+    )
+    if AuthMethod.FORWARD in methods and not trusted:
+        reader.problems.append("forward auth needs TESSERA_TRUSTED_PROXIES (nginx's address)")
+    issuer = reader.text("TESSERA_ISSUER")
+    if issuer is None:
+        if not development:
+            reader.problems.append("TESSERA_ISSUER is required outside development")
+        issuer = auth_url
+    elif urlsplit(issuer).scheme not in ("https", "http"):
+        reader.problems.append("TESSERA_ISSUER must be an http(s) URL")
+    cookie_insecure = reader.flag("TESSERA_COOKIE_INSECURE", False)
+    if cookie_insecure and not development:
+        reader.problems.append(
+            "TESSERA_COOKIE_INSECURE is only allowed with TESSERA_ENV=development"
+        )
+    replica_id = reader.text("TESSERA_REPLICA_ID") or socket.gethostname()
+    if not replica_id.replace("-", "").replace("_", "").isalnum() or len(replica_id) > 64:
+        reader.problems.append("TESSERA_REPLICA_ID must be 1-64 letters, digits, '-' or '_'")
+
+    settings = ResourceSettings(
+        database_url=database_url,
+        redis_url=redis_url,
+        auth_url=auth_url,
+        session_hash_key=read_secret(reader, "TESSERA_SESSION_HASH_KEY", development),
+        replica_id=replica_id,
+        environment=environment,
+        host=reader.text("TESSERA_HOST", "127.0.0.1") or "127.0.0.1",
+        port=read_port(reader, 9001),
+        issuer=issuer.rstrip("/"),
+        audience=reader.text("TESSERA_AUDIENCE", "tessera") or "tessera",
+        jwt_algorithm=algorithm,
+        hs256_secret=hs256_secret,
+        auth_methods=methods,
+        forward_secret=forward_secret,
+        trusted_proxies=trusted,
+        cookie_insecure=cookie_insecure,
+        session_idle_timeout=reader.positive_int("TESSERA_SESSION_IDLE_TIMEOUT", 30 * 60),
+        session_absolute_timeout=reader.positive_int("TESSERA_SESSION_ABSOLUTE_TIMEOUT", 43200),
+        max_body_bytes=reader.positive_int("TESSERA_MAX_BODY_BYTES", 16 * 1024),
+        dependency_timeout=read_dependency_timeout(reader),
+        db_pool_max=reader.positive_int("TESSERA_DB_POOL_MAX", 5),
+        migrate_on_start=reader.flag("TESSERA_MIGRATE_ON_START", development),
+        log_level=(reader.text("TESSERA_LOG_LEVEL", "INFO") or "INFO").upper(),
+    )
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return settings

@@ -1,0 +1,105 @@
+"""Versioned SQL migrations for any tessera service that keeps data in PostgreSQL.
+
+Each service ships ``NNNN_name.sql`` files in a package and records what it
+applied in a table of its own, so services sharing one database never see
+each other's versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zlib
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+class Migrator:
+    """Applies the migrations of ``package`` and records them in ``table``."""
+
+    def __init__(self, package: str, table: str) -> None:
+        if not _TABLE_NAME.match(table):
+            raise ValueError(f"bad migrations table name {table!r}")
+        self.package = package
+        self.table = table
+        # One advisory lock per table: every replica of a service waits for the others.
+        self._lock_id = zlib.crc32(table.encode())
+
+    def available(self) -> list[Migration]:
+        """The shipped migrations, in order."""
+        found: list[Migration] = []
+        for entry in resources.files(self.package).iterdir():
+            match = _MIGRATION_NAME.match(entry.name)
+            if match:
+                found.append(Migration(int(match[1]), match[2], entry.read_text()))
+        found.sort(key=lambda m: m.version)
+        versions = [m.version for m in found]
+        if len(set(versions)) != len(versions):
+            raise RuntimeError(f"duplicate migration versions in {self.package}: {versions}")
+        return found
+
+    async def migrate(self, connection: Connection) -> list[Migration]:
+        """Apply pending migrations, each in its own transaction; returns those applied.
+
+        An advisory lock makes concurrent callers (several replicas starting at
+        once) wait for each other instead of racing.
+        """
+        await connection.execute("SELECT pg_advisory_lock($1)", self._lock_id)
+        try:
+            await connection.execute(
+                f"""CREATE TABLE IF NOT EXISTS {self.table} (
+                       version    integer PRIMARY KEY,
+                       name       text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            rows = await connection.fetch(f"SELECT version FROM {self.table}")  # noqa: S608
+            done = {row["version"] for row in rows}
+            applied: list[Migration] = []
+            for migration in self.available():
+                if migration.version in done:
+                    continue
+                async with connection.transaction():
+                    await connection.execute(migration.sql)
+                    await connection.execute(
+                        f"INSERT INTO {self.table} (version, name) VALUES ($1, $2)",  # noqa: S608
+                        migration.version,
+                        migration.name,
+                    )
+                log.info("applied migration %04d_%s", migration.version, migration.name)
+                applied.append(migration)
+            return applied
+        finally:
+            await connection.execute("SELECT pg_advisory_unlock($1)", self._lock_id)
+
+    async def pending(self, connection: Connection) -> list[Migration]:
+        exists = await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", self.table)
+        done: set[int] = set()
+        if exists:
+            rows = await connection.fetch(f"SELECT version FROM {self.table}")  # noqa: S608
+            done = {row["version"] for row in rows}
+        return [m for m in self.available() if m.version not in done]
+
+
+async def create_pool(dsn: str, *, max_size: int, timeout: float) -> asyncpg.Pool:
+    """A pool whose calls give up after ``timeout`` (acquire) / 5x (commands): no hangs."""
+    pool = await asyncpg.create_pool(
+        dsn, min_size=1, max_size=max_size, timeout=timeout, command_timeout=timeout * 5
+    )
+    assert pool is not None
+    return pool
