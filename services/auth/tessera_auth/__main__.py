@@ -7,8 +7,9 @@ import asyncio
 import logging
 import sys
 
-import asyncpg
 from aiohttp import web
+
+from tessera_verify.pg_migrations import migrate_database
 
 from . import db
 from .app import create_app
@@ -33,16 +34,6 @@ def _check_or_exit(settings: Settings) -> None:
         raise SystemExit(3)
 
 
-async def _migrate(settings: Settings) -> None:
-    connection = await asyncpg.connect(settings.database_url)
-    try:
-        applied = await db.migrate(connection)
-    finally:
-        await connection.close()
-    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "nothing to apply"
-    print(f"migrations: {names}")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tessera_auth", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -57,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "migrate":
-        asyncio.run(_migrate(settings))
+        print(asyncio.run(migrate_database(settings.database_url, db.MIGRATOR)))
         return
     _check_or_exit(settings)
     if args.command == "check":

@@ -23,7 +23,7 @@ from tessera_verify.errors import (
 )
 from tessera_verify.jsonbody import get_str, read_body, require_str
 from tessera_verify.principal import bearer_token
-from tessera_verify.sessions import Session
+from tessera_verify.sessions import Session, clear_session_cookie, set_session_cookie
 
 from . import appkeys
 from .authenticate import authenticate, session_cookie_name
@@ -109,13 +109,8 @@ async def login(request: web.Request) -> web.Response:
 
     response = web.json_response(payload, headers=NO_STORE)
     if new_session_id is not None:
-        response.set_cookie(
-            cookie_name,
-            new_session_id,
-            path="/",
-            secure=not settings.cookie_insecure,
-            httponly=True,
-            samesite="Lax",
+        set_session_cookie(
+            response, cookie_name, new_session_id, secure=not settings.cookie_insecure
         )
     return response
 
@@ -158,12 +153,8 @@ async def logout(request: web.Request) -> web.Response:
         raise AuthenticationError("present a session cookie, a bearer token or a refresh token")
     response = web.json_response({"revoked": revoked}, headers=NO_STORE)
     if session_id:
-        response.del_cookie(
-            cookie_name,
-            path="/",
-            secure=not app[appkeys.SETTINGS].cookie_insecure,
-            httponly=True,
-            samesite="Lax",
+        clear_session_cookie(
+            response, cookie_name, secure=not app[appkeys.SETTINGS].cookie_insecure
         )
     return response
 

@@ -18,14 +18,16 @@ from tessera_verify.config import (
     ConfigError,
     Environment,
     EnvReader,
-    check_url,
-    parse_networks,
+    read_cookie_insecure,
     read_dependency_timeout,
+    read_dependency_urls,
     read_environment,
+    read_jwt_algorithm,
+    read_log_level,
     read_port,
     read_secret,
+    read_trusted_proxies,
 )
-from tessera_verify.keys import SUPPORTED_ALGORITHMS
 
 __all__ = ["Argon2Parameters", "ConfigError", "Settings", "load_settings"]
 
@@ -81,10 +83,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     environment = read_environment(reader)
     development = environment == "development"
 
-    database_url = check_url(
-        reader, "DATABASE_URL", reader.text("DATABASE_URL"), ("postgresql", "postgres")
-    )
-    redis_url = check_url(reader, "REDIS_URL", reader.text("REDIS_URL"), ("redis", "rediss"))
+    database_url, redis_url = read_dependency_urls(reader)
     port = read_port(reader, 8080)
     issuer = reader.text("TESSERA_ISSUER")
     if issuer is None:
@@ -96,22 +95,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     elif urlsplit(issuer).scheme == "http" and not development:
         reader.problems.append("TESSERA_ISSUER must use https outside development")
 
-    algorithm = reader.text("TESSERA_JWT_ALG", "ES256") or "ES256"
-    if algorithm not in SUPPORTED_ALGORITHMS:
-        reader.problems.append(
-            f"TESSERA_JWT_ALG must be one of {', '.join(sorted(SUPPORTED_ALGORITHMS))}"
-        )
+    algorithm = read_jwt_algorithm(reader)
     hs256_secret: bytes | None = None
     if algorithm == "HS256":
         hs256_secret = read_secret(reader, "TESSERA_JWT_HS256_SECRET", development)
     elif reader.raw("TESSERA_JWT_HS256_SECRET") is not None:
         reader.problems.append("TESSERA_JWT_HS256_SECRET is set but TESSERA_JWT_ALG is not HS256")
 
-    cookie_insecure = reader.flag("TESSERA_COOKIE_INSECURE", False)
-    if cookie_insecure and not development:
-        reader.problems.append(
-            "TESSERA_COOKIE_INSECURE is only allowed with TESSERA_ENV=development"
-        )
+    cookie_insecure = read_cookie_insecure(reader, development)
 
     idle = reader.positive_int("TESSERA_SESSION_IDLE_TIMEOUT", 30 * 60)
     absolute = reader.positive_int("TESSERA_SESSION_ABSOLUTE_TIMEOUT", 12 * 3600)
@@ -157,16 +148,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         registration_enabled=reader.flag("TESSERA_REGISTRATION_ENABLED", True),
         argon2=argon2,
         max_body_bytes=reader.positive_int("TESSERA_MAX_BODY_BYTES", 16 * 1024),
-        trusted_proxies=reader.parsed(
-            "TESSERA_TRUSTED_PROXIES", parse_networks, (), "a comma-separated list of networks"
-        ),
+        trusted_proxies=read_trusted_proxies(reader),
         dependency_timeout=dependency_timeout,
         db_pool_max=reader.positive_int("TESSERA_DB_POOL_MAX", 10),
         migrate_on_start=reader.flag("TESSERA_MIGRATE_ON_START", development),
-        log_level=(reader.text("TESSERA_LOG_LEVEL", "INFO") or "INFO").upper(),
+        log_level=read_log_level(reader),
     )
-    if settings.log_level not in logging.getLevelNamesMapping():
-        reader.problems.append(f"TESSERA_LOG_LEVEL={settings.log_level!r} is not a log level")
     if reader.problems:
         raise ConfigError(reader.problems)
     return settings

@@ -7,8 +7,9 @@ import asyncio
 import logging
 import sys
 
-import asyncpg
 from aiohttp import web
+
+from tessera_verify.pg_migrations import migrate_database
 
 from .app import MIGRATOR, create_app
 from .settings import ConfigError, ResourceSettings, load_settings
@@ -20,16 +21,6 @@ def _load_or_exit() -> ResourceSettings:
     except ConfigError as error:
         print(f"tessera-resource: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-async def _migrate(settings: ResourceSettings) -> None:
-    connection = await asyncpg.connect(settings.database_url)
-    try:
-        applied = await MIGRATOR.migrate(connection)
-    finally:
-        await connection.close()
-    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "nothing to apply"
-    print(f"migrations: {names}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         format=f"%(asctime)s %(levelname)s {settings.replica_id} %(name)s: %(message)s",
     )
     if args.command == "migrate":
-        asyncio.run(_migrate(settings))
+        print(asyncio.run(migrate_database(settings.database_url, MIGRATOR)))
         return
     web.run_app(
         create_app(settings),

@@ -12,6 +12,7 @@ from tessera_verify.errors import InvalidRequest, NotFound
 from tessera_verify.integration import tessera_verify
 from tessera_verify.jsonbody import read_body, require_str
 from tessera_verify.principal import AuthMethod, Principal, get_principal
+from tessera_verify.sessions import clear_session_cookie, set_session_cookie
 
 from . import appkeys
 from .comments import MAX_COMMENT_LENGTH
@@ -103,13 +104,8 @@ async def local_login(request: web.Request) -> web.Response:
         },
         headers=NO_STORE,
     )
-    response.set_cookie(
-        verify.local_session_cookie,
-        session_id,
-        path="/",
-        secure=not settings.cookie_insecure,
-        httponly=True,
-        samesite="Lax",
+    set_session_cookie(
+        response, verify.local_session_cookie, session_id, secure=not settings.cookie_insecure
     )
     return response
 
@@ -122,11 +118,9 @@ async def local_logout(request: web.Request) -> web.Response:
     app = request.app
     await app[appkeys.LOCAL_SESSIONS].destroy_by_key(principal.session.storage_key)
     response = web.json_response({"revoked": ["session"]}, headers=NO_STORE)
-    response.del_cookie(
+    clear_session_cookie(
+        response,
         tessera_verify(app).local_session_cookie,
-        path="/",
         secure=not app[appkeys.SETTINGS].cookie_insecure,
-        httponly=True,
-        samesite="Lax",
     )
     return response

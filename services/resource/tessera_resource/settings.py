@@ -14,13 +14,16 @@ from tessera_verify.config import (
     Environment,
     EnvReader,
     check_url,
-    parse_networks,
+    read_cookie_insecure,
     read_dependency_timeout,
+    read_dependency_urls,
     read_environment,
+    read_jwt_algorithm,
+    read_log_level,
     read_port,
     read_secret,
+    read_trusted_proxies,
 )
-from tessera_verify.keys import SUPPORTED_ALGORITHMS
 from tessera_verify.principal import AuthMethod
 
 __all__ = ["ConfigError", "ResourceSettings", "load_settings"]
@@ -71,10 +74,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> ResourceSettings:
     reader = EnvReader(os.environ if environ is None else environ)
     environment = read_environment(reader)
     development = environment == "development"
-    database_url = check_url(
-        reader, "DATABASE_URL", reader.text("DATABASE_URL"), ("postgresql", "postgres")
-    )
-    redis_url = check_url(reader, "REDIS_URL", reader.text("REDIS_URL"), ("redis", "rediss"))
+    database_url, redis_url = read_dependency_urls(reader)
     auth_url = check_url(
         reader, "TESSERA_AUTH_URL", reader.text("TESSERA_AUTH_URL"), ("http", "https")
     ).rstrip("/")
@@ -85,11 +85,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> ResourceSettings:
         default_methods,
         "a comma list of " + ", ".join(m.value for m in AuthMethod),
     )
-    algorithm = reader.text("TESSERA_JWT_ALG", "ES256") or "ES256"
-    if algorithm not in SUPPORTED_ALGORITHMS:
-        reader.problems.append(
-            f"TESSERA_JWT_ALG must be one of {', '.join(sorted(SUPPORTED_ALGORITHMS))}"
-        )
+    algorithm = read_jwt_algorithm(reader)
     hs256_secret = None
     if algorithm == "HS256" and AuthMethod.JWT in methods:
         hs256_secret = read_secret(reader, "TESSERA_JWT_HS256_SECRET", development)
@@ -98,10 +94,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> ResourceSettings:
         forward_secret = read_secret(
             reader, "TESSERA_FORWARD_AUTH_SECRET", development, min_bytes=16
         )
-    no_proxies: tuple[Network, ...] = ()
-    trusted = reader.parsed(
-        "TESSERA_TRUSTED_PROXIES", parse_networks, no_proxies, "a comma-separated list of networks"
-    )
+    trusted = read_trusted_proxies(reader)
     if AuthMethod.FORWARD in methods and not trusted:
         reader.problems.append("forward auth needs TESSERA_TRUSTED_PROXIES (nginx's address)")
     issuer = reader.text("TESSERA_ISSUER")
@@ -111,11 +104,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> ResourceSettings:
         issuer = auth_url
     elif urlsplit(issuer).scheme not in ("https", "http"):
         reader.problems.append("TESSERA_ISSUER must be an http(s) URL")
-    cookie_insecure = reader.flag("TESSERA_COOKIE_INSECURE", False)
-    if cookie_insecure and not development:
-        reader.problems.append(
-            "TESSERA_COOKIE_INSECURE is only allowed with TESSERA_ENV=development"
-        )
+    cookie_insecure = read_cookie_insecure(reader, development)
     replica_id = reader.text("TESSERA_REPLICA_ID") or socket.gethostname()
     if not replica_id.replace("-", "").replace("_", "").isalnum() or len(replica_id) > 64:
         reader.problems.append("TESSERA_REPLICA_ID must be 1-64 letters, digits, '-' or '_'")
@@ -143,7 +132,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> ResourceSettings:
         dependency_timeout=read_dependency_timeout(reader),
         db_pool_max=reader.positive_int("TESSERA_DB_POOL_MAX", 5),
         migrate_on_start=reader.flag("TESSERA_MIGRATE_ON_START", development),
-        log_level=(reader.text("TESSERA_LOG_LEVEL", "INFO") or "INFO").upper(),
+        log_level=read_log_level(reader),
     )
     if reader.problems:
         raise ConfigError(reader.problems)

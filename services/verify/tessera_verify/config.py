@@ -8,6 +8,7 @@ stopping at the first, so an operator fixes a configuration in one pass.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 from .client_ip import Network
+from .keys import SUPPORTED_ALGORITHMS
 
 Environment = Literal["development", "production"]
 PLACEHOLDER_MARK = "dev-only-insecure"
@@ -140,3 +142,44 @@ def read_dependency_timeout(reader: EnvReader) -> float:
         )
         return 2.0
     return timeout
+
+
+def read_dependency_urls(reader: EnvReader) -> tuple[str, str]:
+    """``DATABASE_URL`` and ``REDIS_URL``, both required."""
+    database_url = check_url(
+        reader, "DATABASE_URL", reader.text("DATABASE_URL"), ("postgresql", "postgres")
+    )
+    redis_url = check_url(reader, "REDIS_URL", reader.text("REDIS_URL"), ("redis", "rediss"))
+    return database_url, redis_url
+
+
+def read_jwt_algorithm(reader: EnvReader) -> str:
+    algorithm = reader.text("TESSERA_JWT_ALG", "ES256") or "ES256"
+    if algorithm not in SUPPORTED_ALGORITHMS:
+        reader.problems.append(
+            f"TESSERA_JWT_ALG must be one of {', '.join(sorted(SUPPORTED_ALGORITHMS))}"
+        )
+    return algorithm
+
+
+def read_cookie_insecure(reader: EnvReader, development: bool) -> bool:
+    insecure = reader.flag("TESSERA_COOKIE_INSECURE", False)
+    if insecure and not development:
+        reader.problems.append(
+            "TESSERA_COOKIE_INSECURE is only allowed with TESSERA_ENV=development"
+        )
+    return insecure
+
+
+def read_log_level(reader: EnvReader) -> str:
+    level = (reader.text("TESSERA_LOG_LEVEL", "INFO") or "INFO").upper()
+    if level not in logging.getLevelNamesMapping():
+        reader.problems.append(f"TESSERA_LOG_LEVEL={level!r} is not a log level")
+    return level
+
+
+def read_trusted_proxies(reader: EnvReader) -> tuple[Network, ...]:
+    none: tuple[Network, ...] = ()
+    return reader.parsed(
+        "TESSERA_TRUSTED_PROXIES", parse_networks, none, "a comma-separated list of networks"
+    )

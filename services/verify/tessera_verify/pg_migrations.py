@@ -96,6 +96,17 @@ class Migrator:
         return [m for m in self.available() if m.version not in done]
 
 
+async def migrate_database(dsn: str, migrator: Migrator) -> str:
+    """Apply ``migrator``'s pending migrations to ``dsn``; a one-line summary for the CLI."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        applied = await migrator.migrate(connection)
+    finally:
+        await connection.close()
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "nothing to apply"
+    return f"migrations: {names}"
+
+
 async def create_pool(dsn: str, *, max_size: int, timeout: float) -> asyncpg.Pool:
     """A pool whose calls give up after ``timeout`` (acquire) / 5x (commands): no hangs."""
     pool = await asyncpg.create_pool(

@@ -13,6 +13,8 @@ import re
 import secrets
 from dataclasses import dataclass, replace
 
+from aiohttp import web
+
 from .clock import Clock
 from .session_store import SessionRecord, SessionStore
 
@@ -22,6 +24,18 @@ INSECURE_SESSION_COOKIE = "tessera_session"
 
 SESSION_ID_BYTES = 32  # 256 bits
 _SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{43}$")
+
+
+def set_session_cookie(
+    response: web.StreamResponse, name: str, session_id: str, *, secure: bool
+) -> None:
+    """The session cookie as OWASP wants it: HttpOnly, Secure, SameSite=Lax, Path=/,
+    no Domain (with the ``__Host-`` prefix browsers enforce that), no expiry."""
+    response.set_cookie(name, session_id, path="/", secure=secure, httponly=True, samesite="Lax")
+
+
+def clear_session_cookie(response: web.StreamResponse, name: str, *, secure: bool) -> None:
+    response.del_cookie(name, path="/", secure=secure, httponly=True, samesite="Lax")
 
 
 @dataclass(frozen=True)
