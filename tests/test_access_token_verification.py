@@ -615,7 +615,7 @@ async def test_revoked_token_id_is_refused_by_verify_but_not_by_the_cacheable_ch
     make_verifier: MakeVerifier, clock: ManualClock, redis: Redis
 ) -> None:
     denylist = Denylist(redis, clock)
-    verifier = make_verifier(denylist=denylist)
+    verifier = make_verifier(revocations=denylist)
     claims = _claims(clock)
     token = _signer("ES256").sign(claims)
     other = _signer("ES256").sign(_claims(clock))

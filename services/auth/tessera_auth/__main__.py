@@ -1,4 +1,12 @@
-"""``python -m tessera_auth serve|migrate|check``."""
+"""``python -m tessera_auth``: run the service, and the operators' admin commands.
+
+serve      validate the configuration, reach every dependency, run
+check      validate the configuration and reach every dependency
+migrate    apply pending database migrations
+users ...  create, disable, enable, show users (see ``users --help``)
+sessions . list and revoke a user's sessions and tokens
+keys ...   key status and rotation
+"""
 
 from __future__ import annotations
 
@@ -11,8 +19,9 @@ from aiohttp import web
 
 from tessera_verify.pg_migrations import migrate_database
 
-from . import db
+from . import cli_keys, cli_users, db
 from .app import create_app
+from .cli_common import CommandError
 from .settings import ConfigError, Settings, load_settings
 from .startup import check_dependencies
 
@@ -34,14 +43,23 @@ def _check_or_exit(settings: Settings) -> None:
         raise SystemExit(3)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tessera_auth", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tessera_auth",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="validate the configuration and run the service")
     commands.add_parser("migrate", help="apply pending database migrations")
     commands.add_parser("check", help="validate the configuration and reach every dependency")
-    args = parser.parse_args(argv)
+    cli_users.add_commands(commands)
+    cli_keys.add_commands(commands)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     settings = _load_or_exit()
     logging.basicConfig(
         level=settings.log_level,
@@ -49,6 +67,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.command == "migrate":
         print(asyncio.run(migrate_database(settings.database_url, db.MIGRATOR)))
+        return
+    if args.command not in ("serve", "check"):
+        try:
+            asyncio.run(args.run(settings, args))
+        except CommandError as error:
+            print(f"tessera-auth: {error}", file=sys.stderr)
+            raise SystemExit(1) from None
         return
     _check_or_exit(settings)
     if args.command == "check":

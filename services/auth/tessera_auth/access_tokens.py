@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -46,8 +47,15 @@ class AccessTokenIssuer:
         self._ttl = ttl
         self._clock = clock
 
-    def issue(self, *, subject: str, session_link: str) -> IssuedAccessToken:
+    def issue(
+        self, *, subject: str, session_link: str, valid_after: float | None = None
+    ) -> IssuedAccessToken:
+        """A new token. ``valid_after`` is the user's last "revoke everything" time: a
+        token issued within the same second must not look older than it (``iat`` is whole
+        seconds), so ``iat`` is rounded up past it, never more than a second ahead."""
         now = int(self._clock.now())
+        if valid_after is not None and now < valid_after:
+            now = math.ceil(valid_after)
         token_id = secrets.token_urlsafe(16)
         claims: dict[str, Any] = {
             "iss": self._issuer,

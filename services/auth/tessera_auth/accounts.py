@@ -25,6 +25,14 @@ class Accounts:
         password_hash = await self.hasher.hash(password)
         return await self.users.create(normalized, password_hash, now=self._clock.now())
 
+    async def set_disabled(self, user_id: str, disabled: bool) -> None:
+        await self.users.set_disabled(user_id, disabled)
+
+    async def change_password(self, user_id: str, password: str) -> None:
+        check_password_policy(password)
+        password_hash = await self.hasher.hash(password)
+        await self.users.set_password(user_id, password_hash, now=self._clock.now())
+
     async def authenticate(self, username: str, password: str) -> User:
         """The user, or :class:`InvalidCredentials` with the same work for every failure."""
         try:

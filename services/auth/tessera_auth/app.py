@@ -13,23 +13,33 @@ from redis.asyncio import Redis
 from tessera_verify.access_tokens import AccessTokenVerifier
 from tessera_verify.clock import Clock, SystemClock
 from tessera_verify.middleware import DEPENDENCY_ERRORS, error_middleware
-from tessera_verify.revocation import Denylist
+from tessera_verify.revocation_cache import RevocationCache
+from tessera_verify.session_cache import AnnouncingSessionStore, CachedSessionStore
 from tessera_verify.session_store import RedisSessionStore
 from tessera_verify.sessions import SessionManager, SessionPolicy
+from tessera_verify.ttl_cache import TTLCache
 
-from . import appkeys, db, routes_account, routes_discovery, routes_health, routes_token
+from . import (
+    appkeys,
+    db,
+    routes_account,
+    routes_discovery,
+    routes_health,
+    routes_oauth,
+    routes_sessions,
+    routes_token,
+)
 from .access_tokens import AccessTokenIssuer
 from .accounts import Accounts
 from .keyring import KeyRing
 from .metrics import AuthMetrics
 from .passwords import PasswordHasher
 from .refresh_tokens import RefreshTokenStore
+from .revoker import Revoker
 from .settings import Settings
 from .users import UserRepository
 
 log = logging.getLogger(__name__)
-
-KEY_RELOAD_INTERVAL = 30.0
 
 
 def create_redis(settings: Settings) -> Redis:
@@ -61,13 +71,21 @@ async def _db_ctx(app: web.Application) -> AsyncIterator[None]:
     await pool.close()
 
 
-async def _reload_keys_forever(keyring: KeyRing) -> None:
+async def _maintain_keys_forever(keyring: KeyRing, clock: Clock, interval: float) -> None:
+    """Every ``interval`` s: run the key-rotation schedule, then reload the keys.
+
+    Every replica runs this; the key ring's advisory lock makes one of them act
+    on each step, and every one picks the result up on its reload.
+    """
     while True:
-        await asyncio.sleep(KEY_RELOAD_INTERVAL)
+        await asyncio.sleep(interval)
         try:
-            await keyring.reload()
+            await keyring.run_schedule(now=clock.now())
         except DEPENDENCY_ERRORS as exc:
-            log.warning("key reload failed, keeping the loaded keys: %r", exc)
+            log.warning("key maintenance failed, keeping the loaded keys: %r", exc)
+        except Exception:
+            # Never let one bad step stop the reloads for good.
+            log.exception("key maintenance failed, keeping the loaded keys")
 
 
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -77,20 +95,30 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     hasher = await asyncio.get_running_loop().run_in_executor(None, PasswordHasher, settings.argon2)
     keyring = KeyRing(pool, settings)
     await keyring.load(now=clock.now())
-    denylist = Denylist(redis, clock)
+    revocations = RevocationCache(redis, clock)
+    denylist = revocations.denylist
     app[appkeys.KEYRING] = keyring
     app[appkeys.DENYLIST] = denylist
+    app[appkeys.REVOCATIONS] = revocations
     app[appkeys.ACCOUNTS] = Accounts(UserRepository(pool), hasher, clock)
-    app[appkeys.SESSIONS] = SessionManager(
-        RedisSessionStore(redis, clock),
-        hash_key=settings.session_hash_key,
-        policy=SessionPolicy(
-            idle_timeout=settings.session_idle_timeout,
-            absolute_timeout=settings.session_absolute_timeout,
-            touch_interval=settings.session_touch_interval,
+    policy = SessionPolicy(
+        idle_timeout=settings.session_idle_timeout,
+        absolute_timeout=settings.session_absolute_timeout,
+        touch_interval=settings.session_touch_interval,
+    )
+    sessions = SessionManager(
+        CachedSessionStore(
+            AnnouncingSessionStore(RedisSessionStore(redis, clock), denylist),
+            revocations,
+            clock,
+            idle_timeout=policy.idle_timeout,
+            ttl=settings.cache_ttl,
         ),
+        hash_key=settings.session_hash_key,
+        policy=policy,
         clock=clock,
     )
+    app[appkeys.SESSIONS] = sessions
     app[appkeys.ISSUER] = AccessTokenIssuer(
         keyring,
         issuer=settings.issuer,
@@ -105,16 +133,35 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         audience=settings.audience,
         algorithms=[settings.jwt_algorithm],
         clock=clock,
+        revocations=revocations,
+        cache=TTLCache(settings.cache_max_entries),
+    )
+    refresh_tokens = RefreshTokenStore(
+        redis,
+        hash_key=settings.session_hash_key,
+        ttl=settings.refresh_token_ttl,
+        clock=clock,
+        grace=settings.refresh_grace,
+    )
+    app[appkeys.REFRESH_TOKENS] = refresh_tokens
+    app[appkeys.REVOKER] = Revoker(
+        sessions=sessions,
+        refresh_tokens=refresh_tokens,
         denylist=denylist,
+        access_token_ttl=settings.access_token_ttl,
+        clock=clock,
+        metrics=app[appkeys.METRICS],
     )
-    app[appkeys.REFRESH_TOKENS] = RefreshTokenStore(
-        redis, hash_key=settings.session_hash_key, ttl=settings.refresh_token_ttl, clock=clock
+    feed = asyncio.create_task(revocations.run())
+    await revocations.wait_synced(settings.dependency_timeout)
+    reloader = asyncio.create_task(
+        _maintain_keys_forever(keyring, clock, settings.key_reload_interval)
     )
-    reloader = asyncio.create_task(_reload_keys_forever(keyring))
     yield
-    reloader.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await reloader
+    for task in (reloader, feed):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -136,6 +183,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     for table in (
         routes_account.routes,
         routes_token.routes,
+        routes_sessions.routes,
+        routes_oauth.routes,
         routes_discovery.routes,
         routes_health.routes,
     ):

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from tessera_verify.access_tokens import AccessTokenVerifier
 from tessera_verify.clock import Clock
 from tessera_verify.revocation import Denylist
+from tessera_verify.revocation_cache import RevocationCache
 from tessera_verify.sessions import SessionManager
 
 from .access_tokens import AccessTokenIssuer
@@ -16,6 +17,7 @@ from .accounts import Accounts
 from .keyring import KeyRing
 from .metrics import AuthMetrics
 from .refresh_tokens import RefreshTokenStore
+from .revoker import Revoker
 from .settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -30,3 +32,5 @@ ISSUER = web.AppKey("issuer", AccessTokenIssuer)
 VERIFIER = web.AppKey("verifier", AccessTokenVerifier)
 REFRESH_TOKENS = web.AppKey("refresh_tokens", RefreshTokenStore)
 DENYLIST = web.AppKey("denylist", Denylist)
+REVOCATIONS = web.AppKey("revocations", RevocationCache)
+REVOKER = web.AppKey("revoker", Revoker)

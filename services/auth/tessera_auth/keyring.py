@@ -1,18 +1,43 @@
-"""Signing keys: generated once, stored encrypted in PostgreSQL, shared by every auth replica.
+"""Signing keys: stored encrypted in PostgreSQL, shared by every auth replica, rotated.
 
-A key is ``published`` (in JWKS, not signing), ``active`` (signing; one per
-algorithm) or ``retired``. Every non-retired key is in the JWKS so that tokens
-signed with a key stay verifiable while it is being replaced.
+Life cycle of a key (at most one ``active`` key per algorithm)::
+
+    published --lead time--> active --successor activated--> inactive --tokens expired--> retired
+
+``published``
+    In the JWKS, not signing yet, for at least the publish lead time. The lead
+    time covers every auth replica's next reload (after which its JWKS lists
+    the key) plus the verifiers' minimum JWKS refetch interval, so when the
+    first token names the key, every verifier either has it already or is
+    allowed to refetch the JWKS on the unknown ``kid``.
+``active``
+    Signs new tokens.
+``inactive``
+    Verify-only, still in the JWKS, until every token it can have signed has
+    expired: other replicas may keep signing with it until their next reload,
+    and a token lives ``access_token_ttl`` after that (plus a leeway for clock
+    skew between hosts).
+``retired``
+    Out of the JWKS; the row stays as a record.
+
+Every state change is one PostgreSQL transaction under an advisory lock, so
+several replicas running the schedule at once make one change, not several.
+Decisions take ``now`` from the injected clock. The HS256 shared-secret mode
+has no key rotation: its secret comes from the configuration, not from here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import asyncpg
@@ -27,12 +52,37 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-_KEY_GENERATION_LOCK_ID = 0x7E55E7B
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+_KEY_LOCK_ID = 0x7E55E7B
 _THUMBPRINT_MEMBERS = {
     "EC": ("crv", "kty", "x", "y"),
     "OKP": ("crv", "kty", "x"),
     "RSA": ("e", "kty", "n"),
 }
+
+#: Seconds an inactive key outlives the last token it can have signed: covers the
+#: verifiers' expiry leeway (5 s) and clock skew between hosts.
+RETIRE_LEEWAY = 60.0
+
+
+class KeyState(StrEnum):
+    PUBLISHED = "published"
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+    RETIRED = "retired"
+
+
+class KeyRotationUnsupported(Exception):
+    """Rotation was asked for in the HS256 shared-secret mode."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "key rotation is not available in the HS256 shared-secret mode: the secret comes "
+            "from TESSERA_JWT_HS256_SECRET, not from the key ring. To change it, deploy a new "
+            "secret to the auth service and every verifier at once (tokens signed with the "
+            "old secret are refused from then on), or switch to an asymmetric TESSERA_JWT_ALG."
+        )
 
 
 @dataclass(frozen=True)
@@ -40,6 +90,70 @@ class SigningKey:
     kid: str
     alg: str
     private_key: Any  # a cryptography private key, or the HMAC secret (bytes)
+
+
+@dataclass(frozen=True)
+class RotationPolicy:
+    """When keys change state, in seconds."""
+
+    interval: float  # an active key's age at which its successor is published; 0: never
+    publish_lead_time: float  # how long a new key is published before it signs
+    retire_after: float  # how long after it stops signing a key leaves the JWKS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RotationPolicy:
+        return cls(
+            interval=settings.key_rotation_interval,
+            publish_lead_time=settings.key_publish_lead_time,
+            retire_after=settings.access_token_ttl + settings.key_reload_interval + RETIRE_LEEWAY,
+        )
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    """A key that moved to ``state``."""
+
+    kid: str
+    state: KeyState
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """The outcome of :meth:`KeyRing.rotate`: the new key and every change made."""
+
+    kid: str
+    changes: list[KeyChange]
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    """One stored key, for operators; ``next_change_at`` is the earliest the schedule acts."""
+
+    kid: str
+    algorithm: str
+    state: KeyState
+    created_at: datetime
+    activated_at: datetime | None
+    deactivated_at: datetime | None
+    retired_at: datetime | None
+    next_change: str | None
+    next_change_at: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        def iso(value: datetime | None) -> str | None:
+            return None if value is None else value.isoformat()
+
+        return {
+            "kid": self.kid,
+            "alg": self.algorithm,
+            "state": str(self.state),
+            "created_at": iso(self.created_at),
+            "activated_at": iso(self.activated_at),
+            "deactivated_at": iso(self.deactivated_at),
+            "retired_at": iso(self.retired_at),
+            "next_change": self.next_change,
+            "next_change_at": iso(self.next_change_at),
+        }
 
 
 def generate_private_key(alg: str) -> PrivateKeyTypes:
@@ -73,21 +187,37 @@ def _verification_key(jwk: dict[str, Any], private_key: PrivateKeyTypes) -> Veri
     return VerificationKey(kid=jwk["kid"], alg=jwk["alg"], key=private_key.public_key())
 
 
+def _at(now: float) -> datetime:
+    return datetime.fromtimestamp(now, tz=UTC)
+
+
 class KeyRing:
-    """The keys this service signs with and publishes; reload() picks up other replicas' changes."""
+    """The keys this service signs with and publishes.
+
+    ``reload()`` picks up other replicas' changes; ``run_schedule()`` moves keys
+    along their life cycle (every replica's background loop calls it; the
+    advisory lock makes one of them act).
+    """
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self._pool = pool
         self._settings = settings
         self._alg = settings.jwt_algorithm
         self._passphrase = settings.key_encryption_key
+        self.policy = RotationPolicy.from_settings(settings)
         self.verification_keys = StaticKeySource()
         self._active: SigningKey | None = None
         self._jwks: dict[str, Any] = {"keys": []}
+        # Decrypted keys by kid: decrypting (RS256: tens of ms) once, not on every reload.
+        self._private_keys: dict[str, PrivateKeyTypes] = {}
 
     @property
     def algorithm(self) -> str:
         return self._alg
+
+    @property
+    def shared_secret(self) -> bool:
+        return self._alg == "HS256"
 
     @property
     def active(self) -> SigningKey:
@@ -104,15 +234,25 @@ class KeyRing:
 
     async def load(self, *, now: float) -> None:
         """Load keys, generating the first one for the configured algorithm if none exists."""
-        if self._alg == "HS256":
+        if self.shared_secret:
             self._load_shared_secret()
             return
-        if await self._active_row() is None:
-            await self._create_first_key(now)
+        active = await self._pool.fetchval(
+            "SELECT kid FROM signing_keys WHERE state = 'active' AND algorithm = $1", self._alg
+        )
+        if active is None:
+            # Several replicas may start at once: one generates, the others reuse its key.
+            async with self._locked() as connection:
+                await self._ensure_active(connection, now)
         await self.reload()
 
     async def reload(self) -> None:
-        if self._alg == "HS256":
+        """Replace the loaded keys with the stored ones: sign with the active key, publish the rest.
+
+        A key becomes active in the database only after it was published for the
+        lead time, so by then this replica has served it in its JWKS too.
+        """
+        if self.shared_secret:
             return
         rows = await self._pool.fetch(
             "SELECT kid, algorithm, private_key, public_jwk, state FROM signing_keys "
@@ -121,34 +261,188 @@ class KeyRing:
         verification: list[VerificationKey] = []
         published: list[dict[str, Any]] = []
         active: SigningKey | None = None
+        private_keys: dict[str, PrivateKeyTypes] = {}
         for row in rows:
             jwk = _jwk_from_row(row["public_jwk"])
-            private_key = serialization.load_pem_private_key(row["private_key"], self._passphrase)
+            private_key = self._private_keys.get(row["kid"])
+            if private_key is None:
+                private_key = serialization.load_pem_private_key(
+                    row["private_key"], self._passphrase
+                )
+            private_keys[row["kid"]] = private_key
             verification.append(_verification_key(jwk, private_key))
             published.append(jwk)
-            if row["state"] == "active" and row["algorithm"] == self._alg:
+            if row["state"] == KeyState.ACTIVE and row["algorithm"] == self._alg:
                 active = SigningKey(kid=row["kid"], alg=row["algorithm"], private_key=private_key)
         if active is None:
             raise RuntimeError(f"no active {self._alg} signing key")
         self.verification_keys.replace(verification)
         self._jwks = {"keys": published}
         self._active = active
+        self._private_keys = private_keys
 
-    async def _active_row(self) -> asyncpg.Record | None:
-        return await self._pool.fetchrow(
-            "SELECT kid FROM signing_keys WHERE state = 'active' AND algorithm = $1", self._alg
+    async def run_schedule(self, *, now: float) -> list[KeyChange]:
+        """One step of the schedule, then reload.
+
+        Activates a key published for at least the lead time (the active key
+        becomes inactive), retires inactive keys whose tokens have all expired,
+        and publishes a successor once the active key is ``interval`` old.
+        """
+        if self.shared_secret:
+            return []
+        policy = self.policy
+        async with self._locked() as connection:
+            changes: list[KeyChange] = []
+            rows = await connection.fetch(
+                "SELECT kid, state, created_at, activated_at FROM signing_keys "
+                "WHERE algorithm = $1 AND state IN ('published', 'active') ORDER BY created_at",
+                self._alg,
+            )
+            active = next((r for r in rows if r["state"] == KeyState.ACTIVE), None)
+            published = [r for r in rows if r["state"] == KeyState.PUBLISHED]
+            due = [
+                r
+                for r in published
+                if r["created_at"].timestamp() + policy.publish_lead_time <= now
+            ]
+            if due:
+                changes += await self._activate(connection, due[0]["kid"], now)
+            changes += await self._retire(connection, now)
+            if active is None and not published:
+                changes += await self._ensure_active(connection, now)
+            elif (
+                policy.interval > 0
+                and not published
+                and active is not None
+                and active["activated_at"].timestamp() + policy.interval <= now
+            ):
+                changes += await self._publish(connection, now)
+        await self.reload()
+        return changes
+
+    async def rotate(self, *, now: float, activate_now: bool = False) -> Rotation:
+        """Publish a new key now; it signs after the lead time (the schedule activates it).
+
+        A key already published and waiting is reused rather than joined by
+        another, so concurrent or repeated requests make one key.
+        ``activate_now`` signs with it at once: for emergencies only, since a
+        verifier that fetched the JWKS moments ago refuses the new tokens until
+        it may refetch (its minimum refetch interval).
+        """
+        self._refuse_shared_secret()
+        async with self._locked() as connection:
+            changes: list[KeyChange] = []
+            kid = await connection.fetchval(
+                "SELECT kid FROM signing_keys WHERE algorithm = $1 AND state = 'published' "
+                "ORDER BY created_at LIMIT 1",
+                self._alg,
+            )
+            if kid is None:
+                changes += await self._publish(connection, now)
+                kid = changes[-1].kid
+            if activate_now:
+                changes += await self._activate(connection, kid, now)
+        await self.reload()
+        return Rotation(kid=str(kid), changes=changes)
+
+    async def retire_expired(self, *, now: float) -> list[KeyChange]:
+        """Retire the inactive keys whose tokens have all expired, then reload."""
+        self._refuse_shared_secret()
+        async with self._locked() as connection:
+            changes = await self._retire(connection, now)
+        await self.reload()
+        return changes
+
+    async def status(self, *, now: float) -> list[KeyStatus]:
+        """Every stored key, oldest first, with the schedule's next step for each."""
+        rows = await self._pool.fetch(
+            "SELECT kid, algorithm, state, created_at, activated_at, deactivated_at, retired_at "
+            "FROM signing_keys ORDER BY created_at"
+        )
+        waiting = any(
+            r["state"] == KeyState.PUBLISHED and r["algorithm"] == self._alg for r in rows
+        )
+        return [self._key_status(row, waiting) for row in rows]
+
+    def _key_status(self, row: asyncpg.Record, successor_waiting: bool) -> KeyStatus:
+        policy, state = self.policy, KeyState(row["state"])
+        change: str | None = None
+        change_at: float | None = None
+        own = row["algorithm"] == self._alg and not self.shared_secret
+        if state is KeyState.INACTIVE:
+            change, change_at = "retire", row["deactivated_at"].timestamp() + policy.retire_after
+        elif own and state is KeyState.PUBLISHED:
+            change = "activate"
+            change_at = row["created_at"].timestamp() + policy.publish_lead_time
+        elif own and state is KeyState.ACTIVE and policy.interval > 0 and not successor_waiting:
+            change = "publish successor"
+            change_at = row["activated_at"].timestamp() + policy.interval
+        return KeyStatus(
+            kid=row["kid"],
+            algorithm=row["algorithm"],
+            state=state,
+            created_at=row["created_at"],
+            activated_at=row["activated_at"],
+            deactivated_at=row["deactivated_at"],
+            retired_at=row["retired_at"],
+            next_change=change,
+            next_change_at=None if change_at is None else _at(change_at),
         )
 
-    async def _create_first_key(self, now: float) -> None:
+    @asynccontextmanager
+    async def _locked(self) -> AsyncIterator[Connection]:
+        """A transaction holding the key ring's advisory lock (released at commit)."""
         async with self._pool.acquire() as connection, connection.transaction():
-            # Several replicas may start at once: one generates, the others wait and reuse it.
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", _KEY_GENERATION_LOCK_ID)
-            exists = await connection.fetchval(
-                "SELECT 1 FROM signing_keys WHERE state = 'active' AND algorithm = $1", self._alg
-            )
-            if exists:
-                return
-            await insert_key(connection, self._alg, self._passphrase, state="active", now=now)
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", _KEY_LOCK_ID)
+            yield connection
+
+    async def _ensure_active(self, connection: Connection, now: float) -> list[KeyChange]:
+        exists = await connection.fetchval(
+            "SELECT 1 FROM signing_keys WHERE state = 'active' AND algorithm = $1", self._alg
+        )
+        if exists:
+            return []
+        kid = await insert_key(connection, self._alg, self._passphrase, state="active", now=now)
+        return [KeyChange(kid, KeyState.ACTIVE)]
+
+    async def _publish(self, connection: Connection, now: float) -> list[KeyChange]:
+        kid = await insert_key(connection, self._alg, self._passphrase, state="published", now=now)
+        return [KeyChange(kid, KeyState.PUBLISHED)]
+
+    async def _activate(self, connection: Connection, kid: str, now: float) -> list[KeyChange]:
+        # Demote first: the unique index allows one active key per algorithm.
+        demoted = await connection.fetch(
+            "UPDATE signing_keys SET state = 'inactive', deactivated_at = $2 "
+            "WHERE algorithm = $1 AND state = 'active' RETURNING kid",
+            self._alg,
+            _at(now),
+        )
+        await connection.execute(
+            "UPDATE signing_keys SET state = 'active', activated_at = $2 WHERE kid = $1",
+            kid,
+            _at(now),
+        )
+        changes = [KeyChange(row["kid"], KeyState.INACTIVE) for row in demoted]
+        changes.append(KeyChange(kid, KeyState.ACTIVE))
+        for change in changes:
+            log.info("signing key %s is now %s", change.kid, change.state)
+        return changes
+
+    async def _retire(self, connection: Connection, now: float) -> list[KeyChange]:
+        # Any algorithm: an inactive key's deactivation time is all that matters.
+        rows = await connection.fetch(
+            "UPDATE signing_keys SET state = 'retired', retired_at = $2 "
+            "WHERE state = 'inactive' AND deactivated_at <= $1 RETURNING kid",
+            _at(now - self.policy.retire_after),
+            _at(now),
+        )
+        for row in rows:
+            log.info("signing key %s is now retired", row["kid"])
+        return [KeyChange(row["kid"], KeyState.RETIRED) for row in rows]
+
+    def _refuse_shared_secret(self) -> None:
+        if self.shared_secret:
+            raise KeyRotationUnsupported()
 
     def _load_shared_secret(self) -> None:
         secret = self._settings.hs256_secret
@@ -160,7 +454,7 @@ class KeyRing:
 
 
 async def insert_key(
-    connection: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    connection: Connection,
     alg: str,
     passphrase: bytes,
     *,
@@ -168,14 +462,11 @@ async def insert_key(
     now: float,
 ) -> str:
     """Generate and store a new key in ``state``; returns its kid."""
-    private_key = generate_private_key(alg)
-    jwk = public_jwk(alg, private_key)
-    pem = private_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase),
+    # RSA generation takes tens of milliseconds: not on the event loop.
+    jwk, pem = await asyncio.get_running_loop().run_in_executor(
+        None, _new_encrypted_key, alg, passphrase
     )
-    when = datetime.fromtimestamp(now, tz=UTC)
+    when = _at(now)
     await connection.execute(
         """INSERT INTO signing_keys (kid, algorithm, private_key, public_jwk, state,
                                      created_at, activated_at)
@@ -190,6 +481,17 @@ async def insert_key(
     )
     log.info("generated %s signing key %s (%s)", alg, jwk["kid"], state)
     return str(jwk["kid"])
+
+
+def _new_encrypted_key(alg: str, passphrase: bytes) -> tuple[dict[str, Any], bytes]:
+    """A new key's public JWK and its private key as encrypted PKCS#8 PEM."""
+    private_key = generate_private_key(alg)
+    pem = private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(passphrase),
+    )
+    return public_jwk(alg, private_key), pem
 
 
 def _jwk_from_row(value: Any) -> dict[str, Any]:

@@ -89,6 +89,7 @@ async def login(request: web.Request) -> web.Response:
     payload: dict[str, Any] = {"user": _user_json(user)}
     session_link = secrets.token_urlsafe(12)
     new_session_id: str | None = None
+    session_key: str | None = None
     if kind in ("session", "both"):
         # Fixation: whatever session the client brought is destroyed, never upgraded.
         previous = request.cookies.get(cookie_name)
@@ -100,11 +101,15 @@ async def login(request: web.Request) -> web.Response:
             ip=client_ip(request, settings.trusted_proxies),
             user_agent=request.headers.get("User-Agent", ""),
         )
-        session_link = session.record.public_id
+        session_link, session_key = session.record.public_id, session.storage_key
         payload["session"] = _session_json(session)
         metrics.tokens_issued.labels("session").inc()
     if kind in ("token", "both"):
-        payload.update(await token_response(app, user_id=user.id, session_link=session_link))
+        payload.update(
+            await token_response(
+                app, user_id=user.id, session_link=session_link, session_key=session_key
+            )
+        )
     metrics.logins.labels("success" if kind != "none" else "password_checked").inc()
 
     response = web.json_response(payload, headers=NO_STORE)
@@ -119,20 +124,21 @@ async def login(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     """Revoke what the caller presents: session cookie, bearer token, refresh token."""
     app = request.app
-    metrics = app[appkeys.METRICS]
     revoked: list[str] = []
     refresh_token: str | None = None
     if request.body_exists:
         body = await read_body(request, allow_form=True)
         refresh_token = get_str(body, "refresh_token", required=False, max_length=256)
 
+    revoker = app[appkeys.REVOKER]
     cookie_name = session_cookie_name(app)
     session_id = request.cookies.get(cookie_name)
     if session_id:
         check_same_origin(request)
-        if await app[appkeys.SESSIONS].destroy(session_id):
+        session = await app[appkeys.SESSIONS].load(session_id)
+        if session is not None:
+            await revoker.revoke_session(session)
             revoked.append("session")
-            metrics.revocations.labels("session").inc()
 
     token = bearer_token(request)
     if token is not None:
@@ -141,13 +147,14 @@ async def logout(request: web.Request) -> web.Response:
         except InvalidTokenError:
             claims = None  # expired, already revoked or forged: nothing left to revoke
         if claims is not None:
-            await app[appkeys.DENYLIST].revoke(claims.token_id, claims.expires_at)
+            await revoker.revoke_access_token(claims.token_id, claims.expires_at)
             revoked.append("access_token")
-            metrics.revocations.labels("access_token").inc()
 
-    if refresh_token is not None and await app[appkeys.REFRESH_TOKENS].revoke(refresh_token):
-        revoked.append("refresh_token")
-        metrics.revocations.labels("refresh_token").inc()
+    if refresh_token is not None:
+        family = await app[appkeys.REFRESH_TOKENS].revoke(refresh_token)
+        if family is not None:
+            await revoker.revoke_family(family, reason="logout")
+            revoked.append("refresh_token")
 
     if not session_id and token is None and refresh_token is None:
         raise AuthenticationError("present a session cookie, a bearer token or a refresh token")

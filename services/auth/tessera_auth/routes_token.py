@@ -1,8 +1,7 @@
-"""The token endpoint (RFC 6749 §5): the refresh-token grant."""
+"""The token endpoint (RFC 6749 §5): the refresh-token grant, with rotation and reuse detection."""
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from aiohttp import web
@@ -11,6 +10,7 @@ from tessera_verify.errors import InvalidGrant, UnsupportedGrantType
 from tessera_verify.jsonbody import read_body, require_str
 
 from . import appkeys
+from .refresh_tokens import RefreshGrant
 
 routes = web.RouteTableDef()
 
@@ -22,17 +22,25 @@ async def token_response(
     *,
     user_id: str,
     session_link: str,
-    family_id: str | None = None,
-    family_expires_at: float | None = None,
+    session_key: str | None = None,
+    rotated_from: RefreshGrant | None = None,
 ) -> dict[str, Any]:
-    """A new access + refresh token pair, shaped like RFC 6749 §5.1."""
-    access = app[appkeys.ISSUER].issue(subject=user_id, session_link=session_link)
-    refresh, _ = await app[appkeys.REFRESH_TOKENS].issue(
-        user_id=user_id,
-        family_id=family_id or secrets.token_urlsafe(12),
-        session_link=session_link,
-        expires_at=family_expires_at,
+    """A new access + refresh token pair, shaped like RFC 6749 §5.1.
+
+    Without ``rotated_from`` this starts a refresh family (a login); with it, the
+    new refresh token continues that family.
+    """
+    valid_after = await app[appkeys.DENYLIST].user_valid_after(user_id)
+    access = app[appkeys.ISSUER].issue(
+        subject=user_id, session_link=session_link, valid_after=valid_after
     )
+    refresh_tokens = app[appkeys.REFRESH_TOKENS]
+    if rotated_from is None:
+        refresh, _ = await refresh_tokens.start_family(
+            user_id=user_id, session_link=session_link, session_key=session_key
+        )
+    else:
+        refresh, _ = await refresh_tokens.rotate(rotated_from)
     metrics = app[appkeys.METRICS]
     metrics.tokens_issued.labels("access_token").inc()
     metrics.tokens_issued.labels("refresh_token").inc()
@@ -55,21 +63,29 @@ async def token(request: web.Request) -> web.Response:
     refresh_tokens = app[appkeys.REFRESH_TOKENS]
     presented = require_str(body, "refresh_token", max_length=256)
     try:
+        # Everything that can refuse is checked before the token is spent, so a
+        # refusal (or an outage) never burns a good token.
         grant = await refresh_tokens.peek(presented)
         user = await app[appkeys.ACCOUNTS].users.by_id(grant.user_id)
         if user is None or user.disabled:
             raise InvalidGrant("the refresh token's user no longer exists or is disabled")
-        # Spent only now, atomically: of two concurrent uses exactly one gets here.
-        grant = await refresh_tokens.consume(presented)
+        claim = await refresh_tokens.claim(presented, grant)
     except InvalidGrant:
         metrics.refreshes.labels("invalid_grant").inc()
         raise
+    if claim.outcome == "reuse":
+        family = await refresh_tokens.family(grant.family_id)
+        if family is not None:
+            await app[appkeys.REVOKER].revoke_family(family, reason="refresh token reuse")
+        metrics.refreshes.labels("reuse_detected").inc()
+        raise InvalidGrant("refresh token reuse detected: this login has been revoked")
+    if claim.outcome == "grace":
+        assert claim.successor is not None
+        metrics.refreshes.labels("concurrent").inc()
+        return web.json_response(claim.successor, headers=NO_STORE)
     payload = await token_response(
-        app,
-        user_id=grant.user_id,
-        session_link=grant.session_link,
-        family_id=grant.family_id,
-        family_expires_at=grant.expires_at,
+        app, user_id=grant.user_id, session_link=grant.session_link, rotated_from=grant
     )
+    await refresh_tokens.record_successor(presented, payload)
     metrics.refreshes.labels("success").inc()
     return web.json_response(payload, headers=NO_STORE)

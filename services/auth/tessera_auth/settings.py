@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,13 @@ from tessera_verify.config import (
 __all__ = ["Argon2Parameters", "ConfigError", "Settings", "load_settings"]
 
 log = logging.getLogger(__name__)
+
+# Key rotation defaults (seconds); see tessera_auth.keyring for the life cycle.
+KEY_ROTATION_INTERVAL = 30 * 24 * 3600
+KEY_PUBLISH_LEAD_TIME = 60
+KEY_RELOAD_INTERVAL = 30.0
+# tessera_verify's JWKSCache refetches on an unknown kid at most this often (its default).
+VERIFIER_MIN_REFETCH_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,9 @@ class Settings:
     client_id: str = "tessera-web"
     jwt_algorithm: str = "ES256"
     hs256_secret: bytes | None = field(default=None, repr=False)
+    key_rotation_interval: int = KEY_ROTATION_INTERVAL
+    key_publish_lead_time: int = KEY_PUBLISH_LEAD_TIME
+    key_reload_interval: float = KEY_RELOAD_INTERVAL
     access_token_ttl: int = 300
     refresh_token_ttl: int = 14 * 24 * 3600
     session_idle_timeout: int = 30 * 60
@@ -68,6 +79,10 @@ class Settings:
     max_body_bytes: int = 16 * 1024
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     dependency_timeout: float = 2.0
+    refresh_grace: float = 10.0
+    cache_ttl: float = 30.0
+    cache_max_entries: int = 10_000
+    introspection_clients: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     db_pool_max: int = 10
     migrate_on_start: bool = False
     log_level: str = "INFO"
@@ -75,6 +90,57 @@ class Settings:
     @property
     def development(self) -> bool:
         return self.environment == "development"
+
+
+def _parse_clients(value: str) -> tuple[tuple[str, bytes], ...]:
+    clients = []
+    for part in value.replace("\n", ",").split(","):
+        if not part.strip():
+            continue
+        client_id, sep, secret = part.strip().partition(":")
+        if not sep or not client_id or len(secret) < 16:
+            raise ValueError(part)
+        clients.append((client_id, secret.encode()))
+    return tuple(clients)
+
+
+def _introspection_clients(reader: EnvReader) -> tuple[tuple[str, bytes], ...]:
+    none: tuple[tuple[str, bytes], ...] = ()
+    return reader.parsed(
+        "TESSERA_INTROSPECTION_CLIENTS",
+        _parse_clients,
+        none,
+        "a list of client_id:secret pairs (secrets of at least 16 characters)",
+    )
+
+
+def _read_key_rotation(reader: EnvReader) -> tuple[int, int, float]:
+    """Rotation interval (0: no automatic rotation), publish lead time, reload interval."""
+    interval = reader.parsed(
+        "TESSERA_KEY_ROTATION_INTERVAL", int, KEY_ROTATION_INTERVAL, "an integer"
+    )
+    lead_time = reader.positive_int("TESSERA_KEY_PUBLISH_LEAD_TIME", KEY_PUBLISH_LEAD_TIME)
+    reload_interval = reader.parsed(
+        "TESSERA_KEY_RELOAD_INTERVAL", float, KEY_RELOAD_INTERVAL, "a number"
+    )
+    if not 0 < reload_interval < math.inf:  # also refuses nan
+        reader.problems.append(
+            f"TESSERA_KEY_RELOAD_INTERVAL must be positive and finite (got {reload_interval})"
+        )
+    # A new key may sign only once every auth replica has reloaded it into its JWKS
+    # and every verifier that fetched the JWKS just before is allowed to refetch.
+    elif lead_time < reload_interval + VERIFIER_MIN_REFETCH_INTERVAL:
+        reader.problems.append(
+            "TESSERA_KEY_PUBLISH_LEAD_TIME must be at least TESSERA_KEY_RELOAD_INTERVAL + "
+            f"{VERIFIER_MIN_REFETCH_INTERVAL:g} s (the verifiers' minimum JWKS refetch "
+            f"interval): {lead_time} < {reload_interval + VERIFIER_MIN_REFETCH_INTERVAL:g}"
+        )
+    if interval < 0 or 0 < interval < lead_time:
+        reader.problems.append(
+            "TESSERA_KEY_ROTATION_INTERVAL must be 0 (no automatic rotation) or at least "
+            f"TESSERA_KEY_PUBLISH_LEAD_TIME (got {interval})"
+        )
+    return interval, lead_time, reload_interval
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -102,6 +168,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     elif reader.raw("TESSERA_JWT_HS256_SECRET") is not None:
         reader.problems.append("TESSERA_JWT_HS256_SECRET is set but TESSERA_JWT_ALG is not HS256")
 
+    key_rotation_interval, key_publish_lead_time, key_reload_interval = _read_key_rotation(reader)
     cookie_insecure = read_cookie_insecure(reader, development)
 
     idle = reader.positive_int("TESSERA_SESSION_IDLE_TIMEOUT", 30 * 60)
@@ -139,6 +206,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         client_id=reader.text("TESSERA_CLIENT_ID", "tessera-web") or "tessera-web",
         jwt_algorithm=algorithm,
         hs256_secret=hs256_secret,
+        key_rotation_interval=key_rotation_interval,
+        key_publish_lead_time=key_publish_lead_time,
+        key_reload_interval=key_reload_interval,
         access_token_ttl=reader.positive_int("TESSERA_ACCESS_TOKEN_TTL", 300),
         refresh_token_ttl=reader.positive_int("TESSERA_REFRESH_TOKEN_TTL", 14 * 24 * 3600),
         session_idle_timeout=idle,
@@ -150,6 +220,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_body_bytes=reader.positive_int("TESSERA_MAX_BODY_BYTES", 16 * 1024),
         trusted_proxies=read_trusted_proxies(reader),
         dependency_timeout=dependency_timeout,
+        refresh_grace=reader.parsed("TESSERA_REFRESH_GRACE_SECONDS", float, 10.0, "a number"),
+        cache_ttl=reader.parsed("TESSERA_CACHE_TTL", float, 30.0, "a number"),
+        cache_max_entries=reader.positive_int("TESSERA_CACHE_MAX_ENTRIES", 10_000),
+        introspection_clients=_introspection_clients(reader),
         db_pool_max=reader.positive_int("TESSERA_DB_POOL_MAX", 10),
         migrate_on_start=reader.flag("TESSERA_MIGRATE_ON_START", development),
         log_level=read_log_level(reader),

@@ -108,6 +108,14 @@ class UserRepository:
             new_hash,
         )
 
+    async def set_password(self, user_id: str, password_hash: str, *, now: float) -> None:
+        await self._pool.execute(
+            "UPDATE users SET password_hash = $2, password_changed_at = $3 WHERE id = $1",
+            uuid.UUID(user_id),
+            password_hash,
+            _timestamp(now),
+        )
+
     async def set_disabled(self, user_id: str, disabled: bool) -> bool:
         result = await self._pool.execute(
             "UPDATE users SET disabled = $2 WHERE id = $1", uuid.UUID(user_id), disabled

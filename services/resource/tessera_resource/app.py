@@ -118,6 +118,7 @@ def create_app(settings: ResourceSettings, *, clock: Clock | None = None) -> web
             trusted_proxies=settings.trusted_proxies,
             cookie_insecure=settings.cookie_insecure,
             dependency_timeout=settings.dependency_timeout,
+            cache_ttl=settings.cache_ttl,
             jwks_max_age=settings.jwks_max_age,
             jwks_min_refetch_interval=settings.jwks_min_refetch_interval,
         ),

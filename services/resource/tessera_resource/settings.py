@@ -49,6 +49,7 @@ class ResourceSettings:
     cookie_insecure: bool = False
     session_idle_timeout: int = 30 * 60
     session_absolute_timeout: int = 12 * 3600
+    cache_ttl: float = 30.0
     jwks_max_age: float = 300.0
     jwks_min_refetch_interval: float = 5.0
     max_body_bytes: int = 16 * 1024
@@ -129,6 +130,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> ResourceSettings:
         session_idle_timeout=reader.positive_int("TESSERA_SESSION_IDLE_TIMEOUT", 30 * 60),
         session_absolute_timeout=reader.positive_int("TESSERA_SESSION_ABSOLUTE_TIMEOUT", 43200),
         max_body_bytes=reader.positive_int("TESSERA_MAX_BODY_BYTES", 16 * 1024),
+        cache_ttl=reader.parsed("TESSERA_CACHE_TTL", float, 30.0, "a number"),
         dependency_timeout=read_dependency_timeout(reader),
         db_pool_max=reader.positive_int("TESSERA_DB_POOL_MAX", 5),
         migrate_on_start=reader.flag("TESSERA_MIGRATE_ON_START", development),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 
@@ -25,7 +25,7 @@ from .errors import (
     RevokedToken,
 )
 from .keys import MAX_KID_LENGTH, SUPPORTED_ALGORITHMS, KeySource
-from .revocation import Denylist
+from .ttl_cache import TTLCache
 
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub", "jti")
@@ -44,6 +44,12 @@ _DECODE_OPTIONS: Any = {
     "verify_jti": False,
     "require": [],
 }
+
+
+class RevocationChecker(Protocol):
+    """The revocation plane as a verifier sees it (Redis directly, or a local cache)."""
+
+    async def is_token_revoked(self, claims: AccessTokenClaims) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,8 @@ class AccessTokenVerifier:
         algorithms: Collection[str],
         clock: Clock,
         leeway: float = 5.0,
-        denylist: Denylist | None = None,
+        revocations: RevocationChecker | None = None,
+        cache: TTLCache[str, AccessTokenClaims] | None = None,
     ) -> None:
         unknown = set(algorithms) - SUPPORTED_ALGORITHMS
         if unknown or not algorithms:
@@ -82,17 +89,28 @@ class AccessTokenVerifier:
         self._algorithms = frozenset(algorithms)
         self._clock = clock
         self._leeway = leeway
-        self._denylist = denylist
+        self._revocations = revocations
+        self._cache = cache
 
     async def verify(self, token: str) -> AccessTokenClaims:
-        """Verify ``token`` completely, or raise an :class:`InvalidTokenError` subclass."""
-        claims = await self.verify_signature_and_claims(token)
-        if self._denylist is not None and await self._denylist.is_revoked(claims.token_id):
+        """Verify ``token`` completely, or raise an :class:`InvalidTokenError` subclass.
+
+        With a cache, a token seen before skips the signature check (the costly
+        part) until it expires; revocation is checked on every call.
+        """
+        claims = None
+        if self._cache is not None:
+            claims = self._cache.get(token, self._clock.now())
+        if claims is None:
+            claims = await self.verify_signature_and_claims(token)
+            if self._cache is not None:
+                self._cache.put(token, claims, claims.expires_at + self._leeway)
+        if self._revocations is not None and await self._revocations.is_token_revoked(claims):
             raise RevokedToken()
         return claims
 
     async def verify_signature_and_claims(self, token: str) -> AccessTokenClaims:
-        """Everything but the denylist: what a cache of verified tokens may remember."""
+        """Everything but revocation: what a cache of verified tokens may remember."""
         if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
             raise MalformedToken()
         try:

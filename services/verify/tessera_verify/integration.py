@@ -11,6 +11,8 @@ the caller is anonymous). Connections open and close with the app
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -19,7 +21,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.asyncio import Redis
 
-from .access_tokens import AccessTokenVerifier
+from .access_tokens import AccessTokenClaims, AccessTokenVerifier
 from .authenticators import (
     Authenticator,
     BearerTokenAuthenticator,
@@ -30,7 +32,8 @@ from .client_ip import Network
 from .clock import Clock, SystemClock
 from .keys import JWKSCache, KeySource, StaticKeySource, VerificationKey, shared_secret_kid
 from .principal import AuthMethod, set_principal
-from .revocation import Denylist
+from .revocation_cache import RevocationCache
+from .session_cache import CachedSessionStore
 from .session_store import RedisSessionStore
 from .sessions import (
     INSECURE_SESSION_COOKIE,
@@ -38,6 +41,7 @@ from .sessions import (
     SessionManager,
     SessionPolicy,
 )
+from .ttl_cache import TTLCache
 
 LOCAL_SESSION_COOKIE = "__Host-tessera_local_session"
 INSECURE_LOCAL_SESSION_COOKIE = "tessera_local_session"
@@ -61,6 +65,8 @@ class VerifyConfig:
     trusted_proxies: Sequence[Network] = ()
     cookie_insecure: bool = False
     dependency_timeout: float = 2.0
+    cache_ttl: float = 30.0
+    cache_max_entries: int = 10_000
     jwks_max_age: float = 300.0
     jwks_min_refetch_interval: float = 5.0
     public_paths: Sequence[str] = ("/healthz", "/readyz", "/metrics")
@@ -97,6 +103,9 @@ class TesseraVerify:
         self.http: aiohttp.ClientSession | None = None
         self.verifier: AccessTokenVerifier | None = None
         self.shared_sessions: SessionManager | None = None
+        self.revocations: RevocationCache | None = None
+        self.token_cache: TTLCache[str, AccessTokenClaims] = TTLCache(config.cache_max_entries)
+        self.session_cache: CachedSessionStore | None = None
         self.authenticators: list[Authenticator] = []
 
     def install(self, app: web.Application) -> None:
@@ -124,10 +133,20 @@ class TesseraVerify:
                 health_check_interval=30,
             )
         self.http = aiohttp.ClientSession()
+        feed: asyncio.Task[None] | None = None
+        if self.redis is not None:
+            self.revocations = RevocationCache(self.redis, self.clock)
+            feed = asyncio.create_task(self.revocations.run())
+            # Start serving either way: until synced, checks go to Redis directly.
+            await self.revocations.wait_synced(config.dependency_timeout)
         self.authenticators = self._build_authenticators()
         try:
             yield
         finally:
+            if feed is not None:
+                feed.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await feed
             await self.http.close()
             if self.redis is not None:
                 await self.redis.aclose()
@@ -153,21 +172,30 @@ class TesseraVerify:
         built: list[Authenticator] = []
         for method in config.methods:
             if method is AuthMethod.JWT:
-                assert self.redis is not None
                 self.verifier = AccessTokenVerifier(
                     self._key_source(),
                     issuer=config.issuer,
                     audience=config.audience,
                     algorithms=config.algorithms,
                     clock=self.clock,
-                    denylist=Denylist(self.redis, self.clock),
+                    revocations=self.revocations,
+                    cache=self.token_cache,
                 )
                 built.append(BearerTokenAuthenticator(self.verifier))
             elif method is AuthMethod.SHARED_SESSION:
                 assert self.redis is not None
+                assert self.revocations is not None
                 assert config.session_hash_key is not None
-                self.shared_sessions = SessionManager(
+                self.session_cache = CachedSessionStore(
                     RedisSessionStore(self.redis, self.clock),
+                    self.revocations,
+                    self.clock,
+                    idle_timeout=config.session_policy.idle_timeout,
+                    ttl=config.cache_ttl,
+                    max_entries=config.cache_max_entries,
+                )
+                self.shared_sessions = SessionManager(
+                    self.session_cache,
                     hash_key=config.session_hash_key,
                     policy=config.session_policy,
                     clock=self.clock,

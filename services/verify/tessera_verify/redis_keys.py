@@ -17,3 +17,19 @@ def revoked_jti(jti: str) -> str:
 
 def refresh_token(token_hash: str) -> str:
     return f"{PREFIX}:refresh:{token_hash}"
+
+
+def revoked_sid(sid: str) -> str:
+    return f"{PREFIX}:revoked-sid:{sid}"
+
+
+def user_valid_after(user_id: str) -> str:
+    return f"{PREFIX}:user-valid-after:{user_id}"
+
+
+def refresh_family(family_id: str) -> str:
+    return f"{PREFIX}:refresh-family:{family_id}"
+
+
+def user_refresh_families(user_id: str) -> str:
+    return f"{PREFIX}:user-refresh-families:{user_id}"

@@ -1,0 +1,105 @@
+"""Session stores layered on a real one: a replica's cache, and the auth service's announcer."""
+
+from __future__ import annotations
+
+from .clock import Clock
+from .revocation import Denylist, RevocationEvent, RevocationKind
+from .revocation_cache import RevocationCache
+from .session_store import SessionRecord, SessionStore
+from .ttl_cache import TTLCache
+
+
+class CachedSessionStore:
+    """Remembers loaded sessions for ``ttl`` seconds, only while the revocation feed is synced.
+
+    A deleted session is announced on the feed (see :class:`AnnouncingSessionStore`)
+    and dropped here at once; when the feed is interrupted the cache is emptied
+    and bypassed, so a revoked session is never served from memory.
+    """
+
+    def __init__(
+        self,
+        inner: SessionStore,
+        revocations: RevocationCache,
+        clock: Clock,
+        *,
+        idle_timeout: float,
+        ttl: float = 30.0,
+        max_entries: int = 10_000,
+    ) -> None:
+        self._inner = inner
+        self._idle_timeout = idle_timeout
+        self._revocations = revocations
+        self._clock = clock
+        self._ttl = ttl
+        self.cache: TTLCache[str, SessionRecord] = TTLCache(max_entries)
+        revocations.add_listener(self._on_revocation)
+
+    def _on_revocation(self, event: RevocationEvent | None) -> None:
+        if event is None:
+            self.cache.clear()
+        elif event.kind is RevocationKind.SESSION:
+            self.cache.evict(event.value)
+        elif event.kind is RevocationKind.USER:
+            self.cache.evict_where(lambda _, record: record.user_id == event.value)
+
+    def _remember(self, key: str, record: SessionRecord) -> None:
+        if self._revocations.synced:
+            # Never served past the moment this copy would look idle: another replica
+            # may have refreshed the session since, and only Redis knows.
+            dies_at = min(
+                self._clock.now() + self._ttl,
+                record.expires_at,
+                record.last_seen_at + self._idle_timeout,
+            )
+            self.cache.put(key, record, dies_at)
+
+    async def save(self, key: str, record: SessionRecord, ttl: float) -> None:
+        await self._inner.save(key, record, ttl)
+        self._remember(key, record)
+
+    async def load(self, key: str) -> SessionRecord | None:
+        if self._revocations.synced:
+            cached = self.cache.get(key, self._clock.now())
+            if cached is not None:
+                return cached
+        record = await self._inner.load(key)
+        if record is not None:
+            self._remember(key, record)
+        return record
+
+    async def delete(self, key: str) -> bool:
+        self.cache.evict(key)
+        return await self._inner.delete(key)
+
+    async def list_for_user(self, user_id: str) -> list[tuple[str, SessionRecord]]:
+        return await self._inner.list_for_user(user_id)
+
+    async def ping(self) -> None:
+        await self._inner.ping()
+
+
+class AnnouncingSessionStore:
+    """Publishes every deletion on the revocation feed, so replicas' caches forget it."""
+
+    def __init__(self, inner: SessionStore, denylist: Denylist) -> None:
+        self._inner = inner
+        self._denylist = denylist
+
+    async def save(self, key: str, record: SessionRecord, ttl: float) -> None:
+        await self._inner.save(key, record, ttl)
+
+    async def load(self, key: str) -> SessionRecord | None:
+        return await self._inner.load(key)
+
+    async def delete(self, key: str) -> bool:
+        deleted = await self._inner.delete(key)
+        if deleted:
+            await self._denylist.announce_session_deleted(key)
+        return deleted
+
+    async def list_for_user(self, user_id: str) -> list[tuple[str, SessionRecord]]:
+        return await self._inner.list_for_user(user_id)
+
+    async def ping(self) -> None:
+        await self._inner.ping()
