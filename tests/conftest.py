@@ -3,6 +3,7 @@ a clean Redis database per test, and the auth app on a moving clock."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import uuid
@@ -13,12 +14,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from tessera_auth.app import create_app
 from tessera_auth.settings import Argon2Parameters, Settings
+from tessera_resource.app import create_app as create_resource_app
+from tessera_resource.settings import ResourceSettings
 from tessera_verify.clock import ManualClock
+from tessera_verify.principal import AuthMethod
 
 pytest_plugins = ["tests.fixtures_infra"]
 
@@ -136,3 +140,55 @@ async def register_and_login(
     body: dict[str, Any] = await response.json()
     body["password"] = password
     return body
+
+
+# --- an auth server and resource replicas in-process (real PostgreSQL and Redis) --------
+
+FORWARD_SECRET = b"forward-secret-0123456789"
+ResourceFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+async def auth_server(
+    aiohttp_server: Callable[..., Awaitable[TestServer]], settings: Settings, clock: ManualClock
+) -> TestServer:
+    return await aiohttp_server(create_app(settings, clock=clock))
+
+
+@pytest.fixture
+async def auth(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]], auth_server: TestServer
+) -> TestClient[Any, Any]:
+    return await aiohttp_client(auth_server)
+
+
+@pytest.fixture
+def make_replica(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    auth_server: TestServer,
+    settings: Settings,
+    clock: ManualClock,
+) -> ResourceFactory:
+    """A resource replica validating against ``auth_server`` (every auth method on)."""
+
+    async def make(replica_id: str = "r1", **changes: Any) -> TestClient[Any, Any]:
+        resource_settings = ResourceSettings(
+            database_url=settings.database_url,
+            redis_url=settings.redis_url,
+            auth_url=str(auth_server.make_url("")).rstrip("/"),
+            session_hash_key=settings.session_hash_key,
+            replica_id=replica_id,
+            environment="development",
+            issuer=settings.issuer,
+            audience=settings.audience,
+            auth_methods=tuple(AuthMethod),
+            forward_secret=FORWARD_SECRET,
+            trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),),
+            migrate_on_start=True,
+            max_body_bytes=4096,
+        )
+        return await aiohttp_client(
+            create_resource_app(replace(resource_settings, **changes), clock=clock)
+        )
+
+    return make

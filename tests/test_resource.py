@@ -3,69 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from tessera_auth.app import create_app as create_auth_app
-from tessera_auth.settings import Settings
-from tessera_resource.app import create_app as create_resource_app
-from tessera_resource.settings import ResourceSettings
-from tessera_verify.clock import ManualClock
 from tessera_verify.principal import AuthMethod
 from tessera_verify.sessions import SESSION_COOKIE
 
-from .conftest import register_and_login
+from .conftest import FORWARD_SECRET, ResourceFactory, register_and_login
 
 Client = TestClient[Any, Any]
-ResourceFactory = Callable[..., Awaitable[Client]]
-FORWARD_SECRET = b"forward-secret-0123456789"
 LOCAL_COOKIE = "__Host-tessera_local_session"
-
-
-@pytest.fixture
-async def auth_server(
-    aiohttp_server: Callable[..., Awaitable[TestServer]], settings: Settings, clock: ManualClock
-) -> TestServer:
-    return await aiohttp_server(create_auth_app(settings, clock=clock))
-
-
-@pytest.fixture
-async def auth(aiohttp_client: Callable[..., Awaitable[Client]], auth_server: TestServer) -> Client:
-    return await aiohttp_client(auth_server)
-
-
-@pytest.fixture
-def make_replica(
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    auth_server: TestServer,
-    settings: Settings,
-    clock: ManualClock,
-) -> ResourceFactory:
-    async def make(replica_id: str = "r1", **changes: Any) -> Client:
-        resource_settings = ResourceSettings(
-            database_url=settings.database_url,
-            redis_url=settings.redis_url,
-            auth_url=str(auth_server.make_url("")).rstrip("/"),
-            session_hash_key=settings.session_hash_key,
-            replica_id=replica_id,
-            environment="development",
-            issuer=settings.issuer,
-            audience=settings.audience,
-            auth_methods=tuple(AuthMethod),
-            forward_secret=FORWARD_SECRET,
-            trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),),
-            migrate_on_start=True,
-            max_body_bytes=4096,
-        )
-        return await aiohttp_client(
-            create_resource_app(replace(resource_settings, **changes), clock=clock)
-        )
-
-    return make
 
 
 def _bearer(token: str) -> dict[str, str]:

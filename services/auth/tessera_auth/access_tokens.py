@@ -50,12 +50,12 @@ class AccessTokenIssuer:
     def issue(
         self, *, subject: str, session_link: str, valid_after: float | None = None
     ) -> IssuedAccessToken:
-        """A new token. ``valid_after`` is the user's last "revoke everything" time: a
-        token issued within the same second must not look older than it (``iat`` is whole
-        seconds), so ``iat`` is rounded up past it, never more than a second ahead."""
+        """A new token. ``valid_after`` is the user's last "revoke everything" time, and
+        tokens with ``iat`` at or before it are refused; ``iat`` is whole seconds, so a
+        token issued in that same second is dated one second later (within any leeway)."""
         now = int(self._clock.now())
-        if valid_after is not None and now < valid_after:
-            now = math.ceil(valid_after)
+        if valid_after is not None and now <= valid_after:
+            now = math.floor(valid_after) + 1
         token_id = secrets.token_urlsafe(16)
         claims: dict[str, Any] = {
             "iss": self._issuer,

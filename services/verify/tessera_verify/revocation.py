@@ -68,7 +68,9 @@ def token_is_revoked_by(
     """The one rule, shared by the Redis check and the local cache."""
     if jti_revoked or sid_revoked:
         return True
-    return user_valid_after is not None and claims.issued_at < user_valid_after
+    # ``iat`` is whole seconds: a token issued in the second of the revocation is
+    # revoked too, and the issuer dates new tokens after it (AccessTokenIssuer.issue).
+    return user_valid_after is not None and claims.issued_at <= user_valid_after
 
 
 class Denylist:
