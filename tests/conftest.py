@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -82,7 +83,8 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def clock() -> ManualClock:
-    return ManualClock()
+    """Starts at the real time, so processes on the wall clock (the admin CLI) agree with it."""
+    return ManualClock(start=float(int(time.time())))
 
 
 @pytest.fixture

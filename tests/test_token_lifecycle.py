@@ -235,17 +235,26 @@ async def test_password_change_revokes_everything_and_the_old_password(auth: Cli
 
 
 async def test_disabling_a_user_from_the_admin_command_revokes_everything(
-    auth: Client, settings: Settings, capsys: pytest.CaptureFixture[str]
+    auth: Client,
+    make_replica: ResourceFactory,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    import argparse
+
     from tessera_auth.cli_users import users_set_disabled
 
     body = await register_and_login(auth, credential="none")
     tokens = await (await _login(auth, body, "token")).json()
-    import argparse
-
+    replica = await make_replica()
+    assert (await replica.get("/api/me", headers=_bearer(tokens["access_token"]))).status == 200
+    before = _applied(replica)
     args = argparse.Namespace(users_command="disable", username=body["user"]["username"])
     await users_set_disabled(settings, args)
     assert '"disabled": true' in capsys.readouterr().out
+    await _feed_caught_up(replica, before)
+    # The replica never asks PostgreSQL: only the revocation plane can stop this token.
+    assert (await replica.get("/api/me", headers=_bearer(tokens["access_token"]))).status == 401
     assert (await auth.get("/auth/me", headers=_bearer(tokens["access_token"]))).status == 401
     assert (await _refresh(auth, tokens["refresh_token"])).status == 400
     assert (await _login(auth, body, "token")).status == 401
@@ -418,3 +427,77 @@ async def test_metadata_advertises_introspection_and_revocation(oauth_auth: Clie
     document = await (await oauth_auth.get("/.well-known/oauth-authorization-server")).json()
     assert document["introspection_endpoint"].endswith("/auth/introspect")
     assert document["revocation_endpoint"].endswith("/auth/revoke")
+
+
+# --- the admin command --------------------------------------------------------------------
+
+CLI_HASH_KEY = "cli-test-session-hash-key-0123456789abcdef"
+
+
+async def _cli(settings: Settings, *args: str, stdin: str = "") -> tuple[int, str, str]:
+    import os
+    import sys
+
+    env = {
+        **os.environ,
+        "TESSERA_ENV": "development",
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "TESSERA_SESSION_HASH_KEY": CLI_HASH_KEY,
+        "TESSERA_KEY_ENCRYPTION_KEY": settings.key_encryption_key.decode(),
+        "TESSERA_ISSUER": settings.issuer,
+        "TESSERA_AUDIENCE": settings.audience,
+        "TESSERA_ARGON2_MEMORY_KIB": str(settings.argon2.memory_kib),
+        "TESSERA_ARGON2_TIME_COST": str(settings.argon2.time_cost),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tessera_auth",
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin.encode()), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_admin_commands_create_list_and_revoke_a_users_sessions(
+    make_auth_client: AuthClientFactory, make_replica: ResourceFactory, settings: Settings
+) -> None:
+    import json
+
+    code, out, err = await _cli(
+        settings, "users", "create", "Carol", "--password-stdin", stdin="carol's passphrase\n"
+    )
+    assert code == 0, err
+    assert json.loads(out)["username"] == "carol"
+    client = await make_auth_client(session_hash_key=CLI_HASH_KEY.encode())
+    replica = await make_replica(session_hash_key=CLI_HASH_KEY.encode())
+    body = {"user": {"username": "carol"}, "password": "carol's passphrase"}
+    session_id = _session_id(await _login(client, body, "session"))
+    tokens = await (await _login(client, body, "token")).json()
+    code, out, err = await _cli(settings, "sessions", "list", "carol")
+    assert code == 0, err
+    listing = json.loads(out)
+    assert len(listing["sessions"]) == 1
+    assert len(listing["refresh_token_families"]) == 1
+
+    before = _applied(replica)
+    code, out, err = await _cli(settings, "sessions", "revoke-all", "carol")
+    assert code == 0, err
+    assert json.loads(out)["revoked"]["sessions"] == 1
+    await _feed_caught_up(replica, before, count=2)
+    assert (await replica.get("/api/me", headers=_cookie(session_id))).status == 401
+    assert (await replica.get("/api/me", headers=_bearer(tokens["access_token"]))).status == 401
+    assert (await _refresh(client, tokens["refresh_token"])).status == 400
+
+    code, _, err = await _cli(settings, "sessions", "revoke", "carol", "no-such-session")
+    assert code == 1
+    assert "no session" in err
+    code, _, err = await _cli(settings, "users", "show", "nobody")
+    assert code == 1
+    assert "no user" in err

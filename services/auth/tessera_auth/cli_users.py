@@ -1,4 +1,8 @@
-"""``users`` and ``sessions``: account administration for operators."""
+"""``users`` and ``sessions``: account administration for operators.
+
+Every command goes through the same services as the HTTP API, so a revocation
+made here reaches the replicas over the revocation feed like a logout.
+"""
 
 from __future__ import annotations
 
@@ -68,7 +72,53 @@ async def users_set_disabled(settings: Settings, args: argparse.Namespace) -> No
     async with running_app(settings) as app:
         user = await _find(app, args.username)
         await app[appkeys.ACCOUNTS].set_disabled(user.id, disable)
+        if disable:
+            await app[appkeys.REVOKER].revoke_everything(user.id, reason="account disabled")
         print(json.dumps(_user_json(await _find(app, args.username))))
+
+
+async def sessions_list(settings: Settings, args: argparse.Namespace) -> None:
+    async with running_app(settings) as app:
+        user = await _find(app, args.username)
+        sessions = await app[appkeys.SESSIONS].list_for_user(user.id)
+        families = await app[appkeys.REFRESH_TOKENS].families_of(user.id)
+    listing = {
+        "user": user.username,
+        "sessions": [
+            {
+                "id": s.record.public_id,
+                "created_at": s.record.created_at,
+                "last_seen_at": s.record.last_seen_at,
+                "expires_at": s.record.expires_at,
+                "ip": s.record.ip,
+                "user_agent": s.record.user_agent,
+            }
+            for s in sessions
+        ],
+        "refresh_token_families": [
+            {"id": f.family_id, "session_link": f.session_link, "expires_at": f.expires_at}
+            for f in families
+        ],
+    }
+    print(json.dumps(listing, indent=2))
+
+
+async def sessions_revoke(settings: Settings, args: argparse.Namespace) -> None:
+    async with running_app(settings) as app:
+        user = await _find(app, args.username)
+        for session in await app[appkeys.SESSIONS].list_for_user(user.id):
+            if session.record.public_id == args.session_id:
+                await app[appkeys.REVOKER].revoke_session(session)
+                print(json.dumps({"revoked": {"session": args.session_id}}))
+                return
+    raise CommandError(f"{user.username} has no session {args.session_id!r}")
+
+
+async def sessions_revoke_all(settings: Settings, args: argparse.Namespace) -> None:
+    async with running_app(settings) as app:
+        user = await _find(app, args.username)
+        summary = await app[appkeys.REVOKER].revoke_everything(user.id, reason="admin command")
+    print(json.dumps({"revoked": summary.to_json()}))
 
 
 def add_commands(commands: Any) -> None:
@@ -85,3 +135,20 @@ def add_commands(commands: Any) -> None:
     show = sub.add_parser("show", help="show a user")
     show.add_argument("username")
     show.set_defaults(run=users_show)
+
+    sessions: argparse.ArgumentParser = commands.add_parser(
+        "sessions", help="a user's sessions and tokens"
+    )
+    sub = sessions.add_subparsers(dest="sessions_command", required=True)
+    listing = sub.add_parser("list", help="list a user's sessions and refresh-token families")
+    listing.add_argument("username")
+    listing.set_defaults(run=sessions_list)
+    revoke = sub.add_parser("revoke", help="revoke one session (and tokens issued with it)")
+    revoke.add_argument("username")
+    revoke.add_argument("session_id")
+    revoke.set_defaults(run=sessions_revoke)
+    revoke_all = sub.add_parser(
+        "revoke-all", help="log a user out everywhere: sessions, refresh and access tokens"
+    )
+    revoke_all.add_argument("username")
+    revoke_all.set_defaults(run=sessions_revoke_all)
