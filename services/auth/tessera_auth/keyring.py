@@ -393,7 +393,7 @@ class KeyRing:
     async def _locked(self) -> AsyncIterator[Connection]:
         """A transaction holding the key ring's advisory lock (released at commit)."""
         async with self._pool.acquire() as connection, connection.transaction():
-            pass
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", _KEY_LOCK_ID)
             yield connection
 
     async def _ensure_active(self, connection: Connection, now: float) -> list[KeyChange]:
