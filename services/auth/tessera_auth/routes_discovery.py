@@ -14,10 +14,12 @@ METADATA_PATH = "/.well-known/oauth-authorization-server"
 
 @routes.get(JWKS_PATH)
 async def jwks(request: web.Request) -> web.Response:
-    # Short enough that a rotation is seen soon; verifiers also refetch on an unknown kid.
+    # A verifier that only refetches when its copy expires (not on an unknown kid) must
+    # still see a new key before it signs: keep copies younger than the publish lead time.
+    max_age = max(0, request.app[appkeys.SETTINGS].key_publish_lead_time // 2)
     return web.json_response(
         request.app[appkeys.KEYRING].jwks(),
-        headers={"Cache-Control": "public, max-age=300"},
+        headers={"Cache-Control": f"public, max-age={max_age}"},
         content_type="application/jwk-set+json",
     )
 
