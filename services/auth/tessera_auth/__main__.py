@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from aiohttp import web
 
+from tessera_verify.observability import configure_logging
 from tessera_verify.pg_migrations import migrate_database
 
 from . import cli_keys, cli_users, db
@@ -61,9 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     settings = _load_or_exit()
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    configure_logging(
+        "auth",
+        settings.log_level,
+        json_logs=settings.log_json,
+        access_log_enabled=settings.access_log,
     )
     if args.command == "migrate":
         print(asyncio.run(migrate_database(settings.database_url, db.MIGRATOR)))

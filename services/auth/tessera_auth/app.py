@@ -8,11 +8,15 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from prometheus_client import Histogram
 from redis.asyncio import Redis
 
-from tessera_verify.access_tokens import AccessTokenVerifier
+from tessera_verify import redis_keys
+from tessera_verify.access_tokens import AccessTokenClaims, AccessTokenVerifier
 from tessera_verify.clock import Clock, SystemClock
+from tessera_verify.dependency_metrics import instrumented_redis
 from tessera_verify.middleware import DEPENDENCY_ERRORS, error_middleware
+from tessera_verify.observability import request_id_middleware
 from tessera_verify.revocation_cache import RevocationCache
 from tessera_verify.session_cache import AnnouncingSessionStore, CachedSessionStore
 from tessera_verify.session_store import RedisSessionStore
@@ -42,17 +46,14 @@ from .users import UserRepository
 log = logging.getLogger(__name__)
 
 
-def create_redis(settings: Settings) -> Redis:
-    return Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.dependency_timeout,
-        socket_connect_timeout=settings.dependency_timeout,
-        health_check_interval=30,
+def create_redis(settings: Settings, latency: Histogram | None = None) -> Redis:
+    return instrumented_redis(
+        settings.redis_url, timeout=settings.dependency_timeout, latency=latency
     )
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    redis = create_redis(app[appkeys.SETTINGS])
+    redis = create_redis(app[appkeys.SETTINGS], app[appkeys.METRICS].dependency_latency)
     app[appkeys.REDIS] = redis
     yield
     await redis.aclose()
@@ -61,7 +62,10 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _db_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[appkeys.SETTINGS]
     pool = await db.create_pool(
-        settings.database_url, max_size=settings.db_pool_max, timeout=settings.dependency_timeout
+        settings.database_url,
+        max_size=settings.db_pool_max,
+        timeout=settings.dependency_timeout,
+        latency=app[appkeys.METRICS].dependency_latency,
     )
     if settings.migrate_on_start:
         async with pool.acquire() as connection:
@@ -88,6 +92,24 @@ async def _maintain_keys_forever(keyring: KeyRing, clock: Clock, interval: float
             log.exception("key maintenance failed, keeping the loaded keys")
 
 
+SESSION_COUNT_INTERVAL = 30.0
+
+
+async def _count_sessions_forever(redis: Redis, metrics: AuthMetrics) -> None:
+    """Keep ``tessera_sessions_live{store="redis"}`` current with a background SCAN
+    (never on a request's path; its cost grows with the number of sessions)."""
+    pattern = redis_keys.session("*")
+    while True:
+        try:
+            count = 0
+            async for _ in redis.scan_iter(match=pattern, count=1000):
+                count += 1
+            metrics.sessions_live.labels("redis").set(count)
+        except DEPENDENCY_ERRORS as exc:
+            log.warning("could not count sessions: %r", exc)
+        await asyncio.sleep(SESSION_COUNT_INTERVAL)
+
+
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, clock = app[appkeys.SETTINGS], app[appkeys.CLOCK]
     redis, pool = app[appkeys.REDIS], app[appkeys.DB]
@@ -106,19 +128,22 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         absolute_timeout=settings.session_absolute_timeout,
         touch_interval=settings.session_touch_interval,
     )
+    sessions_cache = CachedSessionStore(
+        AnnouncingSessionStore(RedisSessionStore(redis, clock), denylist),
+        revocations,
+        clock,
+        idle_timeout=policy.idle_timeout,
+        ttl=settings.cache_ttl,
+        max_entries=settings.cache_max_entries,
+    )
     sessions = SessionManager(
-        CachedSessionStore(
-            AnnouncingSessionStore(RedisSessionStore(redis, clock), denylist),
-            revocations,
-            clock,
-            idle_timeout=policy.idle_timeout,
-            ttl=settings.cache_ttl,
-        ),
+        sessions_cache,
         hash_key=settings.session_hash_key,
         policy=policy,
         clock=clock,
     )
     app[appkeys.SESSIONS] = sessions
+    token_cache: TTLCache[str, AccessTokenClaims] = TTLCache(settings.cache_max_entries)
     app[appkeys.ISSUER] = AccessTokenIssuer(
         keyring,
         issuer=settings.issuer,
@@ -134,7 +159,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         algorithms=[settings.jwt_algorithm],
         clock=clock,
         revocations=revocations,
-        cache=TTLCache(settings.cache_max_entries),
+        cache=token_cache,
     )
     refresh_tokens = RefreshTokenStore(
         redis,
@@ -152,13 +177,18 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         clock=clock,
         metrics=app[appkeys.METRICS],
     )
+    metrics = app[appkeys.METRICS]
+    session_cache = sessions_cache.cache
+    metrics.watch_cache("verified_tokens", lambda: (token_cache.hits, token_cache.misses))
+    metrics.watch_cache("sessions", lambda: (session_cache.hits, session_cache.misses))
     feed = asyncio.create_task(revocations.run())
     await revocations.wait_synced(settings.dependency_timeout)
     reloader = asyncio.create_task(
         _maintain_keys_forever(keyring, clock, settings.key_reload_interval)
     )
+    counter = asyncio.create_task(_count_sessions_forever(redis, metrics))
     yield
-    for task in (reloader, feed):
+    for task in (reloader, feed, counter):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -173,7 +203,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     metrics = AuthMetrics()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[metrics.middleware(), error_middleware],
+        middlewares=[request_id_middleware, metrics.middleware(), error_middleware],
     )
     app[appkeys.SETTINGS] = settings
     app[appkeys.CLOCK] = clock or SystemClock()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from tessera_verify.errors import AuthenticationError
+from tessera_verify.authenticators import decision_outcome
+from tessera_verify.errors import AuthenticationError, InvalidSession
 from tessera_verify.principal import AuthMethod, Principal, bearer_token
 from tessera_verify.sessions import INSECURE_SESSION_COOKIE, SESSION_COOKIE
 
@@ -18,19 +19,29 @@ def session_cookie_name(app: web.Application) -> str:
 async def authenticate(request: web.Request) -> Principal:
     """The caller, from a bearer token first, then the session cookie; 401 otherwise."""
     app = request.app
+    decisions = app[appkeys.METRICS].auth_decisions
     token = bearer_token(request)
     if token is not None:
-        claims = await app[appkeys.VERIFIER].verify(token)
+        try:
+            claims = await app[appkeys.VERIFIER].verify(token)
+        except AuthenticationError as error:
+            decisions.labels(AuthMethod.JWT.value, decision_outcome(error)).inc()
+            raise
+        decisions.labels(AuthMethod.JWT.value, "ok").inc()
         return Principal(user_id=claims.subject, method=AuthMethod.JWT, token=claims)
     session_id = request.cookies.get(session_cookie_name(app))
     if session_id:
         session = await app[appkeys.SESSIONS].load(session_id)
-        if session is not None:
-            record = session.record
-            return Principal(
-                user_id=record.user_id,
-                username=record.username,
-                method=AuthMethod.SHARED_SESSION,
-                session=session,
-            )
+        method = AuthMethod.SHARED_SESSION.value
+        if session is None:
+            decisions.labels(method, "unknown").inc()
+            raise InvalidSession()
+        decisions.labels(method, "ok").inc()
+        record = session.record
+        return Principal(
+            user_id=record.user_id,
+            username=record.username,
+            method=AuthMethod.SHARED_SESSION,
+            session=session,
+        )
     raise AuthenticationError()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter
 
-from tessera_verify.http_metrics import HttpMetrics
+from tessera_verify.http_metrics import ServiceMetrics
 
 
-class AuthMetrics(HttpMetrics):
+class AuthMetrics(ServiceMetrics):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         super().__init__(registry or CollectorRegistry())
         self.logins = Counter(

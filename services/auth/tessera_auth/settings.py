@@ -24,6 +24,7 @@ from tessera_verify.config import (
     read_dependency_urls,
     read_environment,
     read_jwt_algorithm,
+    read_log_json,
     read_log_level,
     read_port,
     read_secret,
@@ -86,6 +87,8 @@ class Settings:
     db_pool_max: int = 10
     migrate_on_start: bool = False
     log_level: str = "INFO"
+    log_json: bool = True
+    access_log: bool = True
 
     @property
     def development(self) -> bool:
@@ -227,6 +230,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         db_pool_max=reader.positive_int("TESSERA_DB_POOL_MAX", 10),
         migrate_on_start=reader.flag("TESSERA_MIGRATE_ON_START", development),
         log_level=read_log_level(reader),
+        log_json=read_log_json(reader),
+        access_log=reader.flag("TESSERA_ACCESS_LOG", True),
     )
     if reader.problems:
         raise ConfigError(reader.problems)

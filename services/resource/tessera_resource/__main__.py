@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from aiohttp import web
 
+from tessera_verify.observability import configure_logging
 from tessera_verify.pg_migrations import migrate_database
 
 from .app import MIGRATOR, create_app
@@ -30,9 +30,11 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("migrate", help="apply the resource service's migrations")
     args = parser.parse_args(argv)
     settings = _load_or_exit()
-    logging.basicConfig(
-        level=settings.log_level,
-        format=f"%(asctime)s %(levelname)s {settings.replica_id} %(name)s: %(message)s",
+    configure_logging(
+        f"resource-{settings.replica_id}",
+        settings.log_level,
+        json_logs=settings.log_json,
+        access_log_enabled=settings.access_log,
     )
     if args.command == "migrate":
         print(asyncio.run(migrate_database(settings.database_url, MIGRATOR)))

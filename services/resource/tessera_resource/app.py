@@ -11,9 +11,10 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
 
 from tessera_verify.clock import Clock, SystemClock
-from tessera_verify.http_metrics import HttpMetrics
+from tessera_verify.http_metrics import ServiceMetrics
 from tessera_verify.integration import TesseraVerify, VerifyConfig
 from tessera_verify.middleware import error_middleware
+from tessera_verify.observability import request_id_middleware
 from tessera_verify.pg_migrations import Migrator, create_pool
 from tessera_verify.principal import PRINCIPAL, AuthMethod
 from tessera_verify.session_store import MemorySessionStore
@@ -35,7 +36,10 @@ AUTH_METHOD_HEADER = "X-Auth-Method"
 async def _db_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[appkeys.SETTINGS]
     pool = await create_pool(
-        settings.database_url, max_size=settings.db_pool_max, timeout=settings.dependency_timeout
+        settings.database_url,
+        max_size=settings.db_pool_max,
+        timeout=settings.dependency_timeout,
+        latency=app[appkeys.METRICS].dependency_latency,
     )
     if settings.migrate_on_start:
         async with pool.acquire() as connection:
@@ -84,10 +88,15 @@ async def stamp_middleware(request: web.Request, handler: Handler) -> web.Stream
 def create_app(settings: ResourceSettings, *, clock: Clock | None = None) -> web.Application:
     """A resource replica; nothing connects until it starts."""
     clock = clock or SystemClock()
-    metrics = HttpMetrics(CollectorRegistry())
+    metrics = ServiceMetrics(CollectorRegistry())
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[metrics.middleware(), stamp_middleware, error_middleware],
+        middlewares=[
+            request_id_middleware,
+            metrics.middleware(),
+            stamp_middleware,
+            error_middleware,
+        ],
     )
     app[appkeys.SETTINGS] = settings
     app[appkeys.CLOCK] = clock
@@ -96,9 +105,11 @@ def create_app(settings: ResourceSettings, *, clock: Clock | None = None) -> web
         idle_timeout=settings.session_idle_timeout,
         absolute_timeout=settings.session_absolute_timeout,
     )
+    local_store = MemorySessionStore(clock)
     local_sessions = SessionManager(
-        MemorySessionStore(clock), hash_key=settings.session_hash_key, policy=policy, clock=clock
+        local_store, hash_key=settings.session_hash_key, policy=policy, clock=clock
     )
+    metrics.sessions_live.labels("memory").set_function(lambda: len(local_store))
     app[appkeys.LOCAL_SESSIONS] = local_sessions
     app.cleanup_ctx.extend([_db_ctx, _auth_client_ctx])
     asymmetric = settings.jwt_algorithm != "HS256"
@@ -123,6 +134,7 @@ def create_app(settings: ResourceSettings, *, clock: Clock | None = None) -> web
             jwks_min_refetch_interval=settings.jwks_min_refetch_interval,
         ),
         clock=clock,
+        metrics=metrics,
     ).install(app)
     app.add_routes(routes.routes)
     app.add_routes(routes_health.routes)

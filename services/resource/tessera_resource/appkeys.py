@@ -6,7 +6,7 @@ import asyncpg
 from aiohttp import web
 
 from tessera_verify.clock import Clock
-from tessera_verify.http_metrics import HttpMetrics
+from tessera_verify.http_metrics import ServiceMetrics
 from tessera_verify.sessions import SessionManager
 
 from .comments import CommentRepository
@@ -15,7 +15,7 @@ from .settings import ResourceSettings
 
 SETTINGS = web.AppKey("settings", ResourceSettings)
 CLOCK = web.AppKey("clock", Clock)
-METRICS = web.AppKey("metrics", HttpMetrics)
+METRICS = web.AppKey("metrics", ServiceMetrics)
 DB = web.AppKey("db", asyncpg.Pool)
 COMMENTS = web.AppKey("comments", CommentRepository)
 LOCAL_SESSIONS = web.AppKey("local_sessions", SessionManager)

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from .access_tokens import AccessTokenVerifier
 from .client_ip import Network, is_trusted
-from .errors import AuthenticationError, InvalidSession
+from .errors import AuthenticationError, ExpiredToken, InvalidSession, RevokedToken
 from .principal import AuthMethod, Principal, bearer_token
 from .sessions import SessionManager
 
@@ -25,6 +25,17 @@ FORWARD_USER_ID_HEADER = "X-Tessera-User-Id"
 FORWARD_USERNAME_HEADER = "X-Tessera-Username"
 FORWARD_SECRET_HEADER = "X-Tessera-Forward-Secret"  # noqa: S105 - a header name
 FORWARD_METHOD_HEADER = "X-Tessera-Auth-Method"
+
+
+def decision_outcome(error: AuthenticationError) -> str:
+    """The ``outcome`` label of ``tessera_auth_decisions_total`` for a refusal."""
+    if isinstance(error, ExpiredToken):
+        return "expired"
+    if isinstance(error, RevokedToken):
+        return "revoked"
+    if isinstance(error, InvalidSession):
+        return "unknown"  # no such session (never issued, expired or logged out)
+    return "invalid"
 
 
 class Authenticator(Protocol):

@@ -183,3 +183,11 @@ def read_trusted_proxies(reader: EnvReader) -> tuple[Network, ...]:
     return reader.parsed(
         "TESSERA_TRUSTED_PROXIES", parse_networks, none, "a comma-separated list of networks"
     )
+
+
+def read_log_json(reader: EnvReader) -> bool:
+    """``TESSERA_LOG_FORMAT``: ``json`` (default, one object per line) or ``text``."""
+    value = (reader.text("TESSERA_LOG_FORMAT", "json") or "json").lower()
+    if value not in ("json", "text"):
+        reader.problems.append("TESSERA_LOG_FORMAT must be 'json' or 'text'")
+    return value != "text"

@@ -1,22 +1,54 @@
-"""Prometheus request metrics for any aiohttp service, on a registry of its own."""
+"""Prometheus metrics every tessera service exports, on a registry of its own.
+
+Names and labels are documented in README.md ("Metrics"); the Grafana dashboard
+in deploy/ uses only these names (a test checks it).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from .dependency_metrics import DEPENDENCY_BUCKETS
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-class HttpMetrics:
-    """Request counts and latency by route template (never the raw path: bounded labels)."""
+class ServiceMetrics:
+    """Requests by route template (never the raw path: bounded labels), authentication
+    decisions, dependency latency, caches and live sessions."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        registry = registry or CollectorRegistry()
         self.registry = registry
+        self.auth_decisions = Counter(
+            "tessera_auth_decisions_total",
+            "Authentication decisions by credential method and outcome",
+            ("method", "outcome"),
+            registry=registry,
+        )
+        self.dependency_latency = Histogram(
+            "tessera_dependency_duration_seconds",
+            "Latency of Redis commands and PostgreSQL queries",
+            ("dependency", "operation"),
+            buckets=DEPENDENCY_BUCKETS,
+            registry=registry,
+        )
+        self.sessions_live = Gauge(
+            "tessera_sessions_live",
+            "Live sessions by store (redis: all shared sessions; memory: this replica's own)",
+            ("store",),
+            registry=registry,
+        )
+        self._caches = _CacheCollector()
+        registry.register(self._caches)
         self.requests = Counter(
             "tessera_http_requests_total",
             "HTTP requests by route, method and status",
@@ -30,6 +62,10 @@ class HttpMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+
+    def watch_cache(self, name: str, counts: Callable[[], tuple[int, int]]) -> None:
+        """Export a cache's (hits, misses) counters, read at scrape time (no hot-path cost)."""
+        self._caches.caches[name] = counts
 
     def middleware(self) -> web.typedefs.Middleware:  # type: ignore[name-defined]
         @web.middleware
@@ -64,3 +100,20 @@ def _route_name(request: web.Request) -> str:
     if resource is None:
         return "unmatched"
     return resource.canonical
+
+
+class _CacheCollector(Collector):
+    def __init__(self) -> None:
+        self.caches: dict[str, Callable[[], tuple[int, int]]] = {}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "tessera_cache_requests",
+            "Cache look-ups by cache and result",
+            labels=("cache", "result"),
+        )
+        for name, counts in sorted(self.caches.items()):
+            hits, misses = counts()
+            family.add_metric((name, "hit"), hits)
+            family.add_metric((name, "miss"), misses)
+        yield family

@@ -27,9 +27,13 @@ from .authenticators import (
     BearerTokenAuthenticator,
     ForwardedIdentityAuthenticator,
     SessionCookieAuthenticator,
+    decision_outcome,
 )
 from .client_ip import Network
 from .clock import Clock, SystemClock
+from .dependency_metrics import instrumented_redis
+from .errors import AuthenticationError
+from .http_metrics import ServiceMetrics
 from .keys import JWKSCache, KeySource, StaticKeySource, VerificationKey, shared_secret_kid
 from .principal import AuthMethod, set_principal
 from .revocation_cache import RevocationCache
@@ -96,8 +100,15 @@ class VerifyConfig:
 class TesseraVerify:
     """Owns the connections and authenticators; install() wires them into an app."""
 
-    def __init__(self, config: VerifyConfig, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: VerifyConfig,
+        *,
+        clock: Clock | None = None,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
         self.config = config
+        self.metrics = metrics
         self.clock = clock or SystemClock()
         self.redis: Redis | None = None
         self.http: aiohttp.ClientSession | None = None
@@ -126,11 +137,10 @@ class TesseraVerify:
     async def _lifetime(self, app: web.Application) -> AsyncIterator[None]:
         config = self.config
         if config.redis_url is not None:
-            self.redis = Redis.from_url(
+            self.redis = instrumented_redis(
                 config.redis_url,
-                socket_timeout=config.dependency_timeout,
-                socket_connect_timeout=config.dependency_timeout,
-                health_check_interval=30,
+                timeout=config.dependency_timeout,
+                latency=None if self.metrics is None else self.metrics.dependency_latency,
             )
         self.http = aiohttp.ClientSession()
         feed: asyncio.Task[None] | None = None
@@ -140,6 +150,12 @@ class TesseraVerify:
             # Start serving either way: until synced, checks go to Redis directly.
             await self.revocations.wait_synced(config.dependency_timeout)
         self.authenticators = self._build_authenticators()
+        if self.metrics is not None:
+            cache = self.token_cache
+            self.metrics.watch_cache("verified_tokens", lambda: (cache.hits, cache.misses))
+            if self.session_cache is not None:
+                sessions = self.session_cache.cache
+                self.metrics.watch_cache("sessions", lambda: (sessions.hits, sessions.misses))
         try:
             yield
         finally:
@@ -229,11 +245,20 @@ class TesseraVerify:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in self.config.public_paths:
             for authenticator in self.authenticators:
-                principal = await authenticator.authenticate(request)
+                try:
+                    principal = await authenticator.authenticate(request)
+                except AuthenticationError as error:
+                    self._decided(authenticator.method, decision_outcome(error))
+                    raise
                 if principal is not None:
+                    self._decided(authenticator.method, "ok")
                     set_principal(request, principal)
                     break
         return await handler(request)
+
+    def _decided(self, method: AuthMethod, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.auth_decisions.labels(method.value, outcome).inc()
 
     async def ping(self) -> None:
         """Raise when Redis (if used) cannot be reached."""

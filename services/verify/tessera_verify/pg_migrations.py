@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from importlib import resources
 
 import asyncpg
+from prometheus_client import Histogram
+
+from .dependency_metrics import query_timer
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +110,20 @@ async def migrate_database(dsn: str, migrator: Migrator) -> str:
     return f"migrations: {names}"
 
 
-async def create_pool(dsn: str, *, max_size: int, timeout: float) -> asyncpg.Pool:
-    """A pool whose calls give up after ``timeout`` (acquire) / 5x (commands): no hangs."""
+async def create_pool(
+    dsn: str, *, max_size: int, timeout: float, latency: Histogram | None = None
+) -> asyncpg.Pool:
+    """A pool whose calls give up after ``timeout`` (acquire) / 5x (commands): no hangs.
+
+    With ``latency``, every query is timed into it (``tessera_dependency_duration_seconds``).
+    """
     pool = await asyncpg.create_pool(
-        dsn, min_size=1, max_size=max_size, timeout=timeout, command_timeout=timeout * 5
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        timeout=timeout,
+        command_timeout=timeout * 5,
+        init=None if latency is None else query_timer(latency),
     )
     assert pool is not None
     return pool
