@@ -296,3 +296,27 @@ async def test_a_refresh_refused_during_a_postgresql_outage_leaves_the_refresh_t
 
     response = await app_on_own_postgres.post("/auth/token", json=grant)
     assert response.status == 200, await response.text()
+
+
+async def test_logout_during_a_postgresql_outage_succeeds_and_its_audit_event_lands_later(
+    app_on_own_postgres: Client, postgres_server: PostgresServer
+) -> None:
+    from tessera_auth import appkeys
+
+    port = postgres_server.port
+    username, password = await _register(app_on_own_postgres)
+    cookie = _session_cookie(await _login(app_on_own_postgres, username, password, "session"))
+    audit = app_on_own_postgres.app[appkeys.AUDIT]
+    await _stop(postgres_server)
+    # Sessions live in Redis: logging out needs no PostgreSQL, and the audit row waits.
+    response = await app_on_own_postgres.post("/auth/logout", headers=cookie)
+    assert response.status == 200
+    assert audit.pending >= 1
+
+    await _restart(postgres_server, port)
+    for _ in range(500):
+        if audit.pending == 0:
+            break
+        await asyncio.sleep(0.02)
+    events = await audit.query(kind="logout")
+    assert len(events) == 1

@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("check", help="validate the configuration and reach every dependency")
     cli_users.add_commands(commands)
     cli_keys.add_commands(commands)
+    cli_users.add_audit_command(commands)
     return parser
 
 

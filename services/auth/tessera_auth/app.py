@@ -35,6 +35,7 @@ from . import (
 )
 from .access_tokens import AccessTokenIssuer
 from .accounts import Accounts
+from .audit import AuditLog
 from .keyring import KeyRing
 from .metrics import AuthMetrics
 from .passwords import PasswordHasher
@@ -75,7 +76,9 @@ async def _db_ctx(app: web.Application) -> AsyncIterator[None]:
     await pool.close()
 
 
-async def _maintain_keys_forever(keyring: KeyRing, clock: Clock, interval: float) -> None:
+async def _maintain_keys_forever(
+    keyring: KeyRing, clock: Clock, interval: float, audit: AuditLog
+) -> None:
     """Every ``interval`` s: run the key-rotation schedule, then reload the keys.
 
     Every replica runs this; the key ring's advisory lock makes one of them act
@@ -84,7 +87,8 @@ async def _maintain_keys_forever(keyring: KeyRing, clock: Clock, interval: float
     while True:
         await asyncio.sleep(interval)
         try:
-            await keyring.run_schedule(now=clock.now())
+            for change in await keyring.run_schedule(now=clock.now()):
+                audit.record("key.rotation", kid=change.kid, state=change.state, by="schedule")
         except DEPENDENCY_ERRORS as exc:
             log.warning("key maintenance failed, keeping the loaded keys: %r", exc)
         except Exception:
@@ -169,6 +173,8 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         grace=settings.refresh_grace,
     )
     app[appkeys.REFRESH_TOKENS] = refresh_tokens
+    audit = AuditLog(pool, clock, app[appkeys.METRICS])
+    app[appkeys.AUDIT] = audit
     app[appkeys.REVOKER] = Revoker(
         sessions=sessions,
         refresh_tokens=refresh_tokens,
@@ -176,6 +182,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         access_token_ttl=settings.access_token_ttl,
         clock=clock,
         metrics=app[appkeys.METRICS],
+        audit=audit,
     )
     metrics = app[appkeys.METRICS]
     session_cache = sessions_cache.cache
@@ -184,14 +191,19 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     feed = asyncio.create_task(revocations.run())
     await revocations.wait_synced(settings.dependency_timeout)
     reloader = asyncio.create_task(
-        _maintain_keys_forever(keyring, clock, settings.key_reload_interval)
+        _maintain_keys_forever(keyring, clock, settings.key_reload_interval, audit)
     )
     counter = asyncio.create_task(_count_sessions_forever(redis, metrics))
+    auditor = asyncio.create_task(audit.run())
     yield
-    for task in (reloader, feed, counter):
+    for task in (reloader, feed, counter, auditor):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    try:
+        await audit.flush()
+    except DEPENDENCY_ERRORS as exc:
+        log.warning("%d audit events not written at shutdown: %r", audit.pending, exc)
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:

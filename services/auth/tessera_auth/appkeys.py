@@ -14,6 +14,7 @@ from tessera_verify.sessions import SessionManager
 
 from .access_tokens import AccessTokenIssuer
 from .accounts import Accounts
+from .audit import AuditLog
 from .keyring import KeyRing
 from .metrics import AuthMetrics
 from .refresh_tokens import RefreshTokenStore
@@ -34,3 +35,4 @@ REFRESH_TOKENS = web.AppKey("refresh_tokens", RefreshTokenStore)
 DENYLIST = web.AppKey("denylist", Denylist)
 REVOCATIONS = web.AppKey("revocations", RevocationCache)
 REVOKER = web.AppKey("revoker", Revoker)
+AUDIT = web.AppKey("audit", AuditLog)

@@ -90,6 +90,10 @@ async def keys_rotate(settings: Settings, args: argparse.Namespace) -> None:
             )
         except KeyRotationUnsupported as error:
             raise CommandError(str(error)) from None
+        for change in rotation.changes:
+            app[appkeys.AUDIT].record(
+                "key.rotation", kid=change.kid, state=change.state, by="admin command"
+            )
         keys = {key.kid: key for key in await keyring.status(now=app[appkeys.CLOCK].now())}
     if args.activate_now:
         print(

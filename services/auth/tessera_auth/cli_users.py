@@ -72,6 +72,12 @@ async def users_set_disabled(settings: Settings, args: argparse.Namespace) -> No
     async with running_app(settings) as app:
         user = await _find(app, args.username)
         await app[appkeys.ACCOUNTS].set_disabled(user.id, disable)
+        app[appkeys.AUDIT].record(
+            "user.disabled" if disable else "user.enabled",
+            user_id=user.id,
+            username=user.username,
+            by="admin command",
+        )
         if disable:
             await app[appkeys.REVOKER].revoke_everything(user.id, reason="account disabled")
         print(json.dumps(_user_json(await _find(app, args.username))))
@@ -152,3 +158,21 @@ def add_commands(commands: Any) -> None:
     )
     revoke_all.add_argument("username")
     revoke_all.set_defaults(run=sessions_revoke_all)
+
+
+async def audit_list(settings: Settings, args: argparse.Namespace) -> None:
+    async with running_app(settings) as app:
+        user_id = None if args.user is None else (await _find(app, args.user)).id
+        events = await app[appkeys.AUDIT].query(user_id=user_id, kind=args.kind, limit=args.limit)
+    for event in events:
+        print(json.dumps(event))
+
+
+def add_audit_command(commands: Any) -> None:
+    audit: argparse.ArgumentParser = commands.add_parser(
+        "audit", help="the audit trail of security events, newest first (JSON lines)"
+    )
+    audit.add_argument("--user", help="only this user's events")
+    audit.add_argument("--kind", help="only this kind (e.g. login, revocation, key.rotation)")
+    audit.add_argument("--limit", type=int, default=100)
+    audit.set_defaults(run=audit_list)

@@ -28,6 +28,11 @@ class AuthMetrics(ServiceMetrics):
             ("kind",),
             registry=self.registry,
         )
+        self.audit_dropped = Counter(
+            "tessera_audit_dropped_total",
+            "Audit events dropped because PostgreSQL stayed unreachable and the queue was full",
+            registry=self.registry,
+        )
         self.revocations = Counter(
             "tessera_revocations_total",
             "Credentials revoked by kind",

@@ -14,6 +14,7 @@ from tessera_verify.clock import Clock
 from tessera_verify.revocation import Denylist
 from tessera_verify.sessions import Session, SessionManager
 
+from .audit import AuditLog
 from .metrics import AuthMetrics
 from .refresh_tokens import Family, RefreshTokenStore
 
@@ -44,8 +45,10 @@ class Revoker:
         access_token_ttl: float,
         clock: Clock,
         metrics: AuthMetrics,
+        audit: AuditLog,
         leeway: float = 5.0,
     ) -> None:
+        self._audit = audit
         self._sessions = sessions
         self._refresh = refresh_tokens
         self._denylist = denylist
@@ -57,6 +60,7 @@ class Revoker:
     async def revoke_access_token(self, jti: str, expires_at: float) -> None:
         await self._denylist.revoke(jti, expires_at)
         self._metrics.revocations.labels("access_token").inc()
+        self._audit.record("revocation.access_token", jti=jti)
 
     async def revoke_session_link(self, session_link: str) -> None:
         """Every access token carrying this link dies now."""
@@ -71,6 +75,12 @@ class Revoker:
         if family.session_key:
             await self._sessions.destroy_by_key(family.session_key)
         self._metrics.revocations.labels("refresh_family").inc()
+        self._audit.record(
+            "revocation.refresh_family",
+            user_id=family.user_id,
+            family=family.family_id,
+            reason=reason,
+        )
         log.info(
             "revoked refresh family %s of user %s (%s)", family.family_id, family.user_id, reason
         )
@@ -83,6 +93,12 @@ class Revoker:
             if family.session_link == session.record.public_id:
                 await self._refresh.revoke_family(family.family_id)
         self._metrics.revocations.labels("session").inc()
+        self._audit.record(
+            "revocation.session",
+            user_id=session.record.user_id,
+            username=session.record.username,
+            session=session.record.public_id,
+        )
 
     async def revoke_everything(self, user_id: str, *, reason: str) -> RevocationSummary:
         """Logout everywhere: sessions, refresh families, and every access token issued so far."""
@@ -92,6 +108,13 @@ class Revoker:
             await self._refresh.revoke_family(family.family_id)
         before = await self._denylist.revoke_user_tokens(user_id, self._token_lifetime)
         self._metrics.revocations.labels("user").inc()
+        self._audit.record(
+            "revocation.user",
+            user_id=user_id,
+            reason=reason,
+            sessions=sessions,
+            refresh_families=len(families),
+        )
         log.info(
             "revoked everything of user %s (%s): %d sessions, %d refresh families",
             user_id,

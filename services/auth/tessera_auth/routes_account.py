@@ -75,10 +75,13 @@ async def login(request: web.Request) -> web.Response:
             f"'credential' must be one of {', '.join(CREDENTIAL_KINDS)}",
             details={"field": "credential"},
         )
+    ip = client_ip(request, settings.trusted_proxies)
+    audit = app[appkeys.AUDIT]
     try:
         user = await app[appkeys.ACCOUNTS].authenticate(username, password)
     except InvalidCredentials:
         metrics.logins.labels("invalid_credentials").inc()
+        audit.record("login", outcome="failure", username=username[:64], ip=ip)
         raise
     except Exception:
         metrics.logins.labels("error").inc()
@@ -98,7 +101,7 @@ async def login(request: web.Request) -> web.Response:
         new_session_id, session = await sessions.create(
             user_id=user.id,
             username=user.username,
-            ip=client_ip(request, settings.trusted_proxies),
+            ip=ip,
             user_agent=request.headers.get("User-Agent", ""),
         )
         session_link, session_key = session.record.public_id, session.storage_key
@@ -111,6 +114,7 @@ async def login(request: web.Request) -> web.Response:
             )
         )
     metrics.logins.labels("success" if kind != "none" else "password_checked").inc()
+    audit.record("login", user_id=user.id, username=user.username, ip=ip, credential=kind)
 
     response = web.json_response(payload, headers=NO_STORE)
     if new_session_id is not None:
@@ -156,6 +160,12 @@ async def logout(request: web.Request) -> web.Response:
             await revoker.revoke_family(family, reason="logout")
             revoked.append("refresh_token")
 
+    if revoked:
+        app[appkeys.AUDIT].record(
+            "logout",
+            ip=client_ip(request, app[appkeys.SETTINGS].trusted_proxies),
+            revoked=revoked,
+        )
     if not session_id and token is None and refresh_token is None:
         raise AuthenticationError("present a session cookie, a bearer token or a refresh token")
     response = web.json_response({"revoked": revoked}, headers=NO_STORE)

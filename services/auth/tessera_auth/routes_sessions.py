@@ -92,5 +92,6 @@ async def change_password(request: web.Request) -> web.Response:
     if user is None or not await accounts.hasher.verify(user.password_hash, current):
         raise InvalidCredentials("the current password is wrong")
     await accounts.change_password(user.id, new)
+    app[appkeys.AUDIT].record("password.change", user_id=user.id, username=user.username)
     summary = await app[appkeys.REVOKER].revoke_everything(user.id, reason="password change")
     return web.json_response({"revoked": summary.to_json()}, headers=NO_STORE)

@@ -78,6 +78,9 @@ async def token(request: web.Request) -> web.Response:
         if family is not None:
             await app[appkeys.REVOKER].revoke_family(family, reason="refresh token reuse")
         metrics.refreshes.labels("reuse_detected").inc()
+        app[appkeys.AUDIT].record(
+            "refresh.reuse", outcome="failure", user_id=grant.user_id, family=grant.family_id
+        )
         raise InvalidGrant("refresh token reuse detected: this login has been revoked")
     if claim.outcome == "grace":
         assert claim.successor is not None
