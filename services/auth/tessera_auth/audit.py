@@ -55,6 +55,17 @@ class AuditEvent:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def _clean(value: Any) -> Any:
+    """PostgreSQL text and jsonb refuse NUL characters; attackers like to send them."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
 def _uuid(value: str | None) -> uuid.UUID | None:
     if value is None:
         return None
@@ -147,10 +158,10 @@ class AuditLog:
                     e.kind,
                     e.outcome,
                     _uuid(e.user_id),
-                    e.username,
-                    e.ip,
-                    e.request_id,
-                    json.dumps(e.details, default=str),
+                    _clean(e.username),
+                    _clean(e.ip),
+                    _clean(e.request_id),
+                    json.dumps(_clean(e.details), default=str),
                 )
                 for e in batch
             ],
@@ -170,10 +181,12 @@ class AuditLog:
                 await asyncio.sleep(retry_delay)
                 self._wake.set()
             except Exception:
-                # The writer must outlive any one bad batch; the events stay queued.
-                log.exception("audit trail not written (%d queued), retrying", self.pending)
-                await asyncio.sleep(retry_delay)
-                self._wake.set()
+                # A batch PostgreSQL refuses for its content would block the trail for
+                # good if retried: drop it, loudly, and go on.
+                dropped = len(self._queue)
+                self._queue.clear()
+                self._metrics.audit_dropped.inc(dropped)
+                log.exception("dropped %d audit events PostgreSQL refused", dropped)
 
     async def query(
         self,
