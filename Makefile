@@ -11,38 +11,68 @@ PY := $(VENV)/bin/python
 # Overridable on the command line, e.g. `make test PYTEST_ARGS='-k jwks -x'`.
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
-PORT ?= 8080
-ALG ?= ES256
+# Stack options: empty means "what runs now, else the launcher's default"
+# (row 4, 3 replicas, https port 8443, auth port 8080, ES256).
+PORT ?=
+HTTPS_PORT ?=
+ALG ?=
+ROW ?=
+POLICY ?=
+REPLICAS ?=
+ROWS ?=
+ID ?=
 NAME ?=
 PURGE ?=
 
-.PHONY: help bootstrap up down status logs test lint fmt bench clean
+STACK := $(PY) -m tessera_stack
+UP_ARGS := $(if $(PORT),--port $(PORT)) $(if $(HTTPS_PORT),--https-port $(HTTPS_PORT)) \
+	$(if $(ALG),--alg $(ALG)) $(if $(ROW),--row $(ROW)) $(if $(POLICY),--policy $(POLICY)) \
+	$(if $(REPLICAS),--replicas $(REPLICAS))
+
+.PHONY: help bootstrap up down status logs demo row scale kill-replica test lint fmt bench clean
 
 help: ## List the targets
 	@echo "usage: make TARGET [VAR=value ...]"
 	@echo
-	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-10s %s\n", $$1, $$2 }' \
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-13s %s\n", $$1, $$2 }' \
 		$(MAKEFILE_LIST)
 	@echo
-	@echo "variables: PORT=$(PORT) ALG=$(ALG) (up), NAME=auth|migrate|postgres|redis (logs),"
-	@echo "           PURGE=1 (down), PYTEST_ARGS (test), BENCH_ARGS (bench)"
+	@echo "variables: ROW=1..6 REPLICAS=N POLICY=least_conn|... HTTPS_PORT=8443 PORT=8080 ALG=ES256 (up),"
+	@echo "           ROW (row), REPLICAS (scale), ID=r2 (kill-replica), ROWS=1-6 (demo),"
+	@echo "           NAME=auth|nginx|nginx-access|r1|postgres|redis|migrate (logs), PURGE=1 (down),"
+	@echo "           PYTEST_ARGS (test), BENCH_ARGS (bench)"
 
 bootstrap: ## Install missing system packages, create .venv, install the project
 	@deploy/scripts/bootstrap.sh
 
-up: bootstrap ## Start the local stack (PostgreSQL, Redis, auth) under .run/
-	@$(PY) -m tessera_stack up --port $(PORT) --alg $(ALG)
+up: bootstrap ## Start the stack under .run/: PostgreSQL, Redis, auth, replicas, nginx (TLS)
+	@$(STACK) up $(UP_ARGS)
 
 down: ## Stop the local stack (PURGE=1 also deletes .run/: data, logs, secrets)
-	@if [ -x $(PY) ]; then $(PY) -m tessera_stack down $(if $(PURGE),--purge); fi
+	@if [ -x $(PY) ]; then $(STACK) down $(if $(PURGE),--purge); fi
 
 status: ## Show which stack processes are alive
-	@$(PY) -m tessera_stack status
+	@$(STACK) status
 
 logs: ## Print the end of the stack's logs (NAME=auth for one)
-	@$(PY) -m tessera_stack logs $(NAME)
+	@$(STACK) logs $(NAME)
 
-test: bootstrap ## Run the test suite (real PostgreSQL and Redis are started for it)
+demo: bootstrap ## Walk the load-balancer rows 1-6 (ROWS=2,3 for some) and print the table
+	@$(STACK) demo $(if $(ROWS),--rows $(ROWS))
+
+row: ## Switch the running stack to another demonstration row (ROW=N, POLICY=...)
+	@test -n "$(ROW)" || { echo "usage: make row ROW=1..6 [POLICY=least_conn]" >&2; exit 2; }
+	@$(STACK) row $(ROW) $(if $(POLICY),--policy $(POLICY))
+
+scale: ## Add or remove replicas on the running stack (REPLICAS=N); nginx reloads gracefully
+	@test -n "$(REPLICAS)" || { echo "usage: make scale REPLICAS=N" >&2; exit 2; }
+	@$(STACK) scale $(REPLICAS)
+
+kill-replica: ## SIGKILL one replica to simulate a crash (ID=r2); nginx is not told
+	@test -n "$(ID)" || { echo "usage: make kill-replica ID=r2" >&2; exit 2; }
+	@$(STACK) kill-replica $(ID)
+
+test: bootstrap ## Run the test suite (real PostgreSQL, Redis and nginx are started for it)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: bootstrap ## Lint, check formatting, type-check, check import contracts
@@ -59,7 +89,7 @@ bench: bootstrap ## Run the micro-benchmarks
 	$(PY) -m bench.micro $(BENCH_ARGS)
 
 clean: ## Stop the stack, delete .run/ and caches (keeps .venv)
-	@if [ -x $(PY) ]; then $(PY) -m tessera_stack down --purge >/dev/null; fi
+	@if [ -x $(PY) ]; then $(STACK) down --purge >/dev/null; fi
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache .import_linter_cache build dist
 	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name '*.egg-info' \) \
 		-type d -prune -exec rm -rf {} +

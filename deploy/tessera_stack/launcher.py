@@ -1,200 +1,135 @@
 """The local stack launcher behind ``python -m tessera_stack``.
 
 ``up`` starts PostgreSQL and Redis (unless ``DATABASE_URL`` / ``REDIS_URL``
-point elsewhere), generates the service's secrets once, migrates the
-database and starts the auth service, all as background processes that
-outlive the launcher. Everything lives under ``.run/`` in the current
-directory (the repository root)::
+point elsewhere), generates the secrets and the TLS certificate once,
+migrates the databases, and starts the auth service, N resource replicas
+and nginx in front of them, all as background processes that outlive the
+launcher. The replicas and the nginx policy follow a row of the
+load-balancer demonstration (``--row``, see :mod:`tessera_stack.rows`).
 
-    .run/data/        PostgreSQL cluster and Redis working directory
-    .run/logs/        NAME.log: stdout and stderr of each process
-    .run/pids/        NAME.pid
-    .run/secrets/     session_hash_key, key_encryption_key (mode 0600)
-    .run/state.json   what ``up`` started and where, for status and down
-    .run/stack.env    URLs for scripts: BASE_URL, AUTH_URL, JWKS_URL, ...
+While the stack runs, ``row N`` switches it to another row, ``add-replica``
+/ ``remove-replica`` / ``scale N`` change the number of replicas (nginx
+reloads gracefully: requests in flight finish, new ones see the new set),
+``kill-replica ID`` SIGKILLs one (a crash: nginx is not told), ``status``
+shows what runs, ``logs NAME`` prints a log, ``demo`` walks every row, and
+``down`` stops everything. Every command that changes the stack brings it
+to its recorded shape, so a killed replica comes back with the next one.
 
-``down`` stops what ``up`` started (``--purge`` also deletes ``.run/``),
-``status`` tells what is alive, ``logs NAME`` prints the end of a log.
+Files live under the run directory (``--run-dir``, default ``./.run``); see
+:mod:`tessera_stack.state`.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tessera_stack import services
+from tessera_stack.demo import add_arguments as add_demo_arguments
+from tessera_stack.demo import run_from_cli as run_demo
+from tessera_stack.nginx_conf import POLICIES, NginxConfig, Replica, render_to
 from tessera_stack.processes import (
     StackError,
-    is_alive,
+    free_port,
     log_tail,
     port_is_open,
     read_pid_file,
     terminate,
     wait_until,
-    write_pid_file,
 )
-from tessera_stack.servers import PostgresServer, RedisServer
+from tessera_stack.rows import DEFAULT_ROW, ROWS, Row, policy_problem
+from tessera_stack.services import AUTH_PROGRAM, REPLICA_PROGRAM, ServiceSettings
+from tessera_stack.state import AUTH, NGINX, REPLICA_PREFIX, Layout, ReplicaEntry, StackState
+from tessera_stack.tls import ensure_certificate
 
-__all__ = ["main"]
+__all__ = ["EXIT_NOT_RUNNING", "main"]
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 8080
+DEFAULT_HTTPS_PORT = 8443
 DEFAULT_ALG = "ES256"
-READY_TIMEOUT = 30.0
-MIGRATE_TIMEOUT = 300.0
+DEFAULT_REPLICAS = 3
+MAX_REPLICAS = 16
 STOP_TIMEOUT = 10.0
-SECRET_NAMES = ("session_hash_key", "key_encryption_key")
-AUTH = "auth"
-LOG_NAMES = ("auth", "migrate", "postgres", "redis")
+SECRET_NAMES = ("session_hash_key", "key_encryption_key", "forward_auth_secret")
 # Exit status of "status" when the stack is not running (as LSB init scripts).
 EXIT_NOT_RUNNING = 3
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where the launcher keeps everything, under ``root`` (``.run/``)."""
-
-    root: Path
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def pids(self) -> Path:
-        return self.root / "pids"
-
-    @property
-    def secrets(self) -> Path:
-        return self.root / "secrets"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state.json"
-
-    @property
-    def stack_env(self) -> Path:
-        return self.root / "stack.env"
-
-    def log(self, name: str) -> Path:
-        return self.logs / f"{name}.log"
-
-    def pid(self, name: str) -> Path:
-        return self.pids / f"{name}.pid"
-
-    def create(self) -> None:
-        for directory in (self.root, self.data, self.logs, self.pids):
-            directory.mkdir(parents=True, exist_ok=True)
-        self.secrets.mkdir(mode=0o700, exist_ok=True)
-        self.secrets.chmod(0o700)
-
-    def postgres(self) -> PostgresServer:
-        return PostgresServer(
-            self.data,
-            log_path=self.log("postgres"),
-            pid_path=self.pid("postgres"),
-            detached=True,
-        )
-
-    def redis(self) -> RedisServer:
-        return RedisServer(
-            self.data, log_path=self.log("redis"), pid_path=self.pid("redis"), detached=True
-        )
 
 
 @dataclass(frozen=True)
 class StackUrls:
     """The URLs a running stack answers on, as written to ``stack.env``."""
 
-    port: int
+    https_port: int
+    auth_port: int
     database_url: str
     redis_url: str
+    replicas: tuple[ReplicaEntry, ...]
+    row: int
+    policy: str
+    ca_cert: Path
 
     @property
     def base_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def auth_url(self) -> str:
-        # The same origin until nginx fronts the stack and mounts auth at /auth.
-        return self.base_url
+        return f"https://{LOOPBACK}:{self.https_port}"
 
     def env(self) -> dict[str, str]:
         return {
             "BASE_URL": self.base_url,
-            "AUTH_URL": self.auth_url,
-            "JWKS_URL": f"{self.auth_url}/.well-known/jwks.json",
-            "METADATA_URL": f"{self.auth_url}/.well-known/oauth-authorization-server",
+            # nginx routes /auth/ and /.well-known/ to the auth service.
+            "AUTH_URL": self.base_url,
+            "JWKS_URL": f"{self.base_url}/.well-known/jwks.json",
+            "METADATA_URL": f"{self.base_url}/.well-known/oauth-authorization-server",
+            "REPLICA_URLS": ",".join(f"http://{LOOPBACK}:{r.port}" for r in self.replicas),
+            "AUTH_INTERNAL_URL": f"http://{LOOPBACK}:{self.auth_port}",
+            "ROW": str(self.row),
+            "POLICY": self.policy,
+            "CA_CERT": str(self.ca_cert),
             "DATABASE_URL": self.database_url,
             "REDIS_URL": self.redis_url,
         }
 
 
-# -- state --------------------------------------------------------------------
+@dataclass(frozen=True)
+class UpOptions:
+    """``up``'s options; ``None`` keeps what runs (or takes the default)."""
+
+    port: int | None = None
+    https_port: int | None = None
+    alg: str | None = None
+    row: int | None = None
+    policy: str | None = None
+    replicas: int | None = None
 
 
-def _read_state(layout: Layout) -> dict[str, str]:
-    try:
-        raw = json.loads(layout.state.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-    if not isinstance(raw, dict):
-        return {}
-    return {str(k): str(v) for k, v in raw.items()}
-
-
-def _write_state(layout: Layout, state: dict[str, str]) -> None:
-    tmp = layout.state.with_name(".state.json.tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(layout.state)
+# -- small helpers ------------------------------------------------------------
 
 
 def _auth_pid(layout: Layout) -> int | None:
-    pid = read_pid_file(layout.pid(AUTH))
-    return pid if pid is not None and is_alive(pid, "tessera_auth") else None
+    return services.running_pid(layout, AUTH, AUTH_PROGRAM)
 
 
-# -- up -----------------------------------------------------------------------
+def _replica_pid(layout: Layout, replica: ReplicaEntry) -> int | None:
+    return services.running_pid(layout, replica.process, REPLICA_PROGRAM)
 
 
-def _ensure_postgres(layout: Layout, state: dict[str, str]) -> str:
-    if url := os.environ.get("DATABASE_URL"):
-        state["postgres"] = "external"
-        return url
-    server = layout.postgres()
-    if server.running and (url := state.get("database_url")):
-        return url
-    server.stop()  # clears a stale pid file, if any
-    print("starting PostgreSQL ...", flush=True)
-    server.start()
-    state["postgres"] = "managed"
-    return server.url
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
-def _ensure_redis(layout: Layout, state: dict[str, str]) -> str:
-    if url := os.environ.get("REDIS_URL"):
-        state["redis"] = "external"
-        return url
-    server = layout.redis()
-    if server.running and (url := state.get("redis_url")):
-        return url
-    server.stop()
-    print("starting Redis ...", flush=True)
-    server.start()
-    state["redis"] = "managed"
-    return server.url
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
 
 
 def _ensure_secret(path: Path) -> None:
@@ -208,99 +143,40 @@ def _ensure_secret(path: Path) -> None:
         handle.write(secrets.token_urlsafe(48))
 
 
-def _service_env(layout: Layout, urls: StackUrls, alg: str) -> dict[str, str]:
-    env = dict(os.environ)
-    # The service refuses a secret given both inline and as a file.
-    for name in ("TESSERA_SESSION_HASH_KEY", "TESSERA_KEY_ENCRYPTION_KEY"):
-        env.pop(name, None)
-    env.update(
-        DATABASE_URL=urls.database_url,
-        REDIS_URL=urls.redis_url,
-        TESSERA_ENV="development",
-        TESSERA_HOST=LOOPBACK,
-        TESSERA_PORT=str(urls.port),
-        TESSERA_ISSUER=urls.auth_url,
-        TESSERA_SESSION_HASH_KEY_FILE=str(layout.secrets / "session_hash_key"),
-        TESSERA_KEY_ENCRYPTION_KEY_FILE=str(layout.secrets / "key_encryption_key"),
-        # Loopback development without TLS; nginx with TLS comes in front later.
-        TESSERA_COOKIE_INSECURE="1",
-        TESSERA_JWT_ALG=alg,
-        PYTHONUNBUFFERED="1",
+def _settings(state: StackState) -> ServiceSettings:
+    if state.port is None or state.https_port is None:
+        raise StackError("the stack is not running; start it with `python -m tessera_stack up`")
+    return ServiceSettings(
+        database_url=state.database_url,
+        redis_url=state.redis_url,
+        auth_port=state.port,
+        https_port=state.https_port,
+        alg=state.alg or DEFAULT_ALG,
     )
-    return env
 
 
-def _migrate(layout: Layout, env: dict[str, str]) -> None:
-    log_path = layout.log("migrate")
-    with log_path.open("ab") as log:
-        log.write(b"\n--- tessera_stack: python -m tessera_auth migrate\n")
-        log.flush()
-        try:
-            result = subprocess.run(
-                [sys.executable, "-m", "tessera_auth", "migrate"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                check=False,
-                timeout=MIGRATE_TIMEOUT,
-            )
-        except subprocess.TimeoutExpired:
-            raise StackError(
-                f"migration did not finish within {MIGRATE_TIMEOUT:g} s; "
-                f"last lines of {log_path}:\n{log_tail(log_path)}"
-            ) from None
-    if result.returncode != 0:
-        raise StackError(
-            f"migration failed with status {result.returncode}; "
-            f"last lines of {log_path}:\n{log_tail(log_path)}"
-        )
+def _running_state(layout: Layout) -> StackState:
+    """The state of a running stack; StackError when none runs."""
+    state = StackState.load(layout)
+    if _auth_pid(layout) is None or state.https_port is None or state.row is None:
+        raise StackError("the stack is not running; start it with `python -m tessera_stack up`")
+    return state
 
 
-def _readyz(port: int) -> bool:
-    # http.client, not urllib: no proxy environment variables apply.
-    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=2.0)
-    try:
-        connection.request("GET", "/readyz")
-        return connection.getresponse().status == 200
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        connection.close()
-
-
-def _start_auth(layout: Layout, env: dict[str, str], port: int) -> int:
-    log_path = layout.log(AUTH)
-    with log_path.open("ab") as log:
-        log.write(f"\n--- tessera_stack: python -m tessera_auth serve (port {port})\n".encode())
-        log.flush()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tessera_auth", "serve"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    write_pid_file(layout.pid(AUTH), proc.pid)
-
-    def exited() -> str | None:
-        code = proc.poll()
-        return None if code is None else f"the auth service exited with status {code}"
-
-    try:
-        ready = wait_until(lambda: _readyz(port), timeout=READY_TIMEOUT, abort=exited)
-    except StackError as exc:
-        layout.pid(AUTH).unlink(missing_ok=True)
-        raise StackError(f"{exc}; last lines of {log_path}:\n{log_tail(log_path)}") from None
-    if not ready:
-        terminate(proc.pid, timeout=STOP_TIMEOUT)
-        layout.pid(AUTH).unlink(missing_ok=True)
-        raise StackError(
-            f"http://{LOOPBACK}:{port}/readyz did not answer 200 within {READY_TIMEOUT:g} s; "
-            f"last lines of {log_path}:\n{log_tail(log_path)}"
-        )
-    return proc.pid
+def _urls(layout: Layout, state: StackState) -> StackUrls:
+    assert state.port is not None
+    assert state.https_port is not None
+    assert state.row is not None
+    return StackUrls(
+        https_port=state.https_port,
+        auth_port=state.port,
+        database_url=state.database_url,
+        redis_url=state.redis_url,
+        replicas=tuple(state.replicas),
+        row=state.row,
+        policy=state.policy,
+        ca_cert=layout.tls.ca_cert.absolute(),
+    )
 
 
 def _write_stack_env(layout: Layout, urls: StackUrls) -> None:
@@ -310,94 +186,401 @@ def _write_stack_env(layout: Layout, urls: StackUrls) -> None:
     tmp.replace(layout.stack_env)
 
 
-def _print_urls(layout: Layout, urls: StackUrls) -> None:
+def _describe_row(state: StackState) -> str:
+    if state.row is None or state.row not in ROWS:
+        return ""
+    selected = ROWS[state.row]
+    return (
+        f"row {selected.number}: credentials in {selected.state}; replicas accept "
+        f"{state.methods or selected.methods}; nginx policy {state.policy}"
+    )
+
+
+def _print_urls(layout: Layout, urls: StackUrls, state: StackState) -> None:
     env = urls.env()
     rows = [
         ("base URL", env["BASE_URL"]),
-        ("auth", env["AUTH_URL"]),
+        ("auth", f"{env['AUTH_URL']}/auth/  (directly: {env['AUTH_INTERNAL_URL']})"),
         ("JWKS", env["JWKS_URL"]),
         ("metadata", env["METADATA_URL"]),
+        ("replicas", ", ".join(f"{r.id}={LOOPBACK}:{r.port}" for r in urls.replicas)),
+        ("CA cert", _display(Path(env["CA_CERT"])) + "  (curl --cacert ...)"),
         ("database", env["DATABASE_URL"]),
         ("redis", env["REDIS_URL"]),
         ("env file", _display(layout.stack_env)),
-        ("logs", "python -m tessera_stack logs auth"),
+        ("logs", "python -m tessera_stack logs NAME  (auth, nginx, r1, ...)"),
         ("stop", "python -m tessera_stack down"),
     ]
     width = max(len(label) for label, _ in rows)
+    print(f"  {_describe_row(state)}")
     for label, value in rows:
         print(f"  {label:<{width}}  {value}")
-    print("  (cookies without Secure: TESSERA_COOKIE_INSECURE=1, loopback development only)")
 
 
-def _display(path: Path) -> str:
+# -- infrastructure -------------------------------------------------------------
+
+
+def _ensure_postgres(layout: Layout, state: StackState) -> None:
+    if url := os.environ.get("DATABASE_URL"):
+        state.postgres, state.database_url = "external", url
+        return
+    server = layout.postgres()
+    if server.running and state.database_url:
+        return
+    server.stop()  # clears a stale pid file, if any
+    print("starting PostgreSQL ...", flush=True)
+    server.start()
+    state.postgres, state.database_url = "managed", server.url
+
+
+def _ensure_redis(layout: Layout, state: StackState) -> None:
+    if url := os.environ.get("REDIS_URL"):
+        state.redis, state.redis_url = "external", url
+        return
+    server = layout.redis()
+    if server.running and state.redis_url:
+        return
+    server.stop()
+    print("starting Redis ...", flush=True)
+    server.start()
+    state.redis, state.redis_url = "managed", server.url
+
+
+# -- replicas and nginx ---------------------------------------------------------
+
+
+def _new_replica(existing: Sequence[ReplicaEntry], auth_port: int, https_port: int) -> ReplicaEntry:
+    """The next replica: the next number, on auth port + number when that is free."""
+    number = max((entry.number for entry in existing), default=0) + 1
+    taken = {entry.port for entry in existing} | {auth_port, https_port}
+    port = auth_port + number
+    if port in taken or port >= 65536 or port_is_open(port):
+        port = free_port(LOOPBACK)
+        while port in taken:
+            port = free_port(LOOPBACK)
+    return ReplicaEntry(f"r{number}", port)
+
+
+def _nginx_config(
+    layout: Layout, state: StackState, replicas: Sequence[ReplicaEntry]
+) -> NginxConfig:
+    assert state.port is not None
+    assert state.https_port is not None
+    tls = layout.tls
+    forward_secret = None
+    if state.policy == "forward_auth":
+        forward_secret = layout.secret("forward_auth_secret").read_text(encoding="ascii").strip()
+    return NginxConfig(
+        policy=state.policy,
+        nginx_dir=layout.nginx.absolute(),
+        log_dir=layout.logs.absolute(),
+        https_port=state.https_port,
+        auth_port=state.port,
+        replicas=tuple(Replica(entry.id, entry.port) for entry in replicas),
+        tls_cert=tls.cert.absolute(),
+        tls_key=tls.key.absolute(),
+        forward_secret=forward_secret,
+    )
+
+
+def _reconcile(
+    layout: Layout,
+    state: StackState,
+    desired: Sequence[ReplicaEntry],
+    selected: Row,
+    policy: str,
+    *,
+    restart: bool = False,
+) -> None:
+    """Bring replicas and nginx to ``desired`` / ``selected`` / ``policy``.
+
+    Order matters for requests in flight: new replicas start and become
+    ready before nginx is told about them; nginx stops sending requests to
+    a replica (graceful reload) before that replica is stopped (SIGTERM,
+    which lets its own in-flight requests finish).
+    """
+    settings = _settings(state)
+    restart_all = restart or state.methods != selected.methods
+    to_start = [entry for entry in desired if restart_all or _replica_pid(layout, entry) is None]
+    for entry in to_start:
+        services.stop(layout, entry.process, REPLICA_PROGRAM)
+    if to_start:
+        names = ", ".join(entry.id for entry in to_start)
+        print(f"starting replicas {names} ({selected.methods}) ...", flush=True)
+    started = [
+        services.spawn(
+            layout,
+            entry.process,
+            REPLICA_PROGRAM,
+            services.replica_env(layout, settings, entry, selected.methods),
+            entry.port,
+        )
+        for entry in to_start
+    ]
+    failures: list[str] = []
+    for running in started:
+        try:
+            services.wait_ready(layout, running)
+        except StackError as exc:
+            failures.append(str(exc))
+    if failures:
+        raise StackError("\n".join(failures))
+
+    state.row, state.policy, state.methods = selected.number, policy, selected.methods
+    render_to(_nginx_config(layout, state, desired), layout.nginx_conf)
+    assert state.https_port is not None
+    nginx = layout.nginx_server(state.https_port)
+    if nginx.running:
+        print(f"reloading nginx ({policy}) ...", flush=True)
+        nginx.reload()
+    else:
+        print(f"starting nginx ({policy}) on port {state.https_port} ...", flush=True)
+        nginx.start()
+
+    wanted = {entry.id for entry in desired}
+    for entry in state.replicas:
+        if entry.id not in wanted and services.stop(layout, entry.process, REPLICA_PROGRAM):
+            print(f"stopped replica {entry.id}", flush=True)
+    state.replicas = list(desired)
+    state.save(layout)
+
+
+# -- up ---------------------------------------------------------------------------
+
+
+def _up_conflicts(state: StackState, options: UpOptions) -> list[str]:
+    """Settings ``up`` cannot change on a running stack (they need `down` first)."""
+    conflicts = []
+    pairs = (
+        ("--port", options.port, state.port),
+        ("--https-port", options.https_port, state.https_port),
+        ("--alg", options.alg, state.alg or None),
+    )
+    for flag, wanted, current in pairs:
+        if wanted is not None and current is not None and wanted != current:
+            conflicts.append(f"{flag} {wanted} (it runs with {current})")
+    return conflicts
+
+
+def cmd_up(layout: Layout, options: UpOptions) -> int:
+    """Start (or complete) the stack; 0 when it is up."""
+    state = StackState.load(layout)
+    auth_pid = _auth_pid(layout)
+    if auth_pid is not None and state.https_port is None:
+        # An auth service from before nginx fronted the stack (plain HTTP,
+        # insecure cookies): replace it.
+        services.stop(layout, AUTH, AUTH_PROGRAM)
+        auth_pid = None
+    if auth_pid is not None and (conflicts := _up_conflicts(state, options)):
+        return _error(
+            "the running stack was started with other settings: "
+            + "; ".join(conflicts)
+            + "; stop it first (python -m tessera_stack down)"
+        )
+
+    port = state.port if auth_pid is not None and state.port else options.port or DEFAULT_PORT
+    https_port = (
+        state.https_port
+        if auth_pid is not None and state.https_port
+        else options.https_port or DEFAULT_HTTPS_PORT
+    )
+    alg = state.alg if auth_pid is not None and state.alg else options.alg or DEFAULT_ALG
+    row_number = options.row or state.row or DEFAULT_ROW
+    selected = ROWS[row_number]
+    policy = options.policy or (
+        state.policy if state.row == row_number and state.policy else selected.policy
+    )
+    if problem := policy_problem(selected, policy):
+        return _error(problem)
+    count = options.replicas or len(state.replicas) or DEFAULT_REPLICAS
+
+    if auth_pid is None and port_is_open(port):
+        return _error(
+            f"port {port} on {LOOPBACK} is already in use by another program; "
+            "choose another with --port"
+        )
+    if not layout.nginx_server(https_port).running and port_is_open(https_port):
+        return _error(
+            f"port {https_port} on {LOOPBACK} is already in use by another program; "
+            "choose another with --https-port"
+        )
+
+    layout.create()
+    if auth_pid is None:
+        state.port = None  # "up" is complete once this is set again
     try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def cmd_up(layout: Layout, port: int, alg: str) -> int:
-    """Start the stack; 0 when it is up (or already was)."""
-    if (pid := _auth_pid(layout)) is not None:
-        state = _read_state(layout)
-        print(f"tessera is already running (auth pid {pid}).")
-        if {"port", "database_url", "redis_url"} <= state.keys():
-            urls = StackUrls(int(state["port"]), state["database_url"], state["redis_url"])
-            _print_urls(layout, urls)
-        return 0
-    if port_is_open(port):
+        _ensure_postgres(layout, state)
+        state.save(layout)
+        _ensure_redis(layout, state)
+        state.save(layout)
+        for name in SECRET_NAMES:
+            _ensure_secret(layout.secret(name))
+        if alg == "HS256":
+            _ensure_secret(layout.secret("jwt_hs256_secret"))
+        ensure_certificate(layout.tls.directory)
+        settings = ServiceSettings(state.database_url, state.redis_url, port, https_port, alg)
+        if auth_pid is None:
+            print("migrating the databases ...", flush=True)
+            services.migrate(layout, AUTH_PROGRAM, services.auth_env(layout, settings))
+            print("starting the auth service ...", flush=True)
+            started = services.spawn(
+                layout, AUTH, AUTH_PROGRAM, services.auth_env(layout, settings), port
+            )
+            services.wait_ready(layout, started)
+        state.port, state.https_port, state.alg = port, https_port, alg
+        state.save(layout)
+        replicas = list(state.replicas[:count])
+        while len(replicas) < count:
+            replicas.append(_new_replica(replicas, port, https_port))
+        if any(_replica_pid(layout, entry) is None for entry in replicas):
+            placeholder = replicas[0]
+            services.migrate(
+                layout,
+                REPLICA_PROGRAM,
+                services.replica_env(layout, settings, placeholder, selected.methods),
+            )
+        _reconcile(layout, state, replicas, selected, policy)
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         print(
-            f"error: port {port} on {LOOPBACK} is already in use by another program; "
-            "choose another with --port",
+            "whatever started is left running; `python -m tessera_stack down` stops it.",
             file=sys.stderr,
         )
         return 1
 
-    layout.create()
-    state = _read_state(layout)
-    state.pop("port", None)
-    try:
-        state["database_url"] = _ensure_postgres(layout, state)
-        _write_state(layout, state)
-        state["redis_url"] = _ensure_redis(layout, state)
-        _write_state(layout, state)
-        for name in SECRET_NAMES:
-            _ensure_secret(layout.secrets / name)
-        urls = StackUrls(port, state["database_url"], state["redis_url"])
-        env = _service_env(layout, urls, alg)
-        print("migrating the database ...", flush=True)
-        _migrate(layout, env)
-        print("starting the auth service ...", flush=True)
-        pid = _start_auth(layout, env, port)
-    except StackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if any(layout.pid(name).exists() for name in ("postgres", "redis")):
-            print(
-                "PostgreSQL/Redis are left running; `python -m tessera_stack down` stops them.",
-                file=sys.stderr,
-            )
-        return 1
-
-    state["port"] = str(port)
-    _write_state(layout, state)
+    urls = _urls(layout, state)
     _write_stack_env(layout, urls)
-    print(f"tessera is up (auth pid {pid}):")
-    _print_urls(layout, urls)
+    print("tessera is up:")
+    _print_urls(layout, urls, state)
     return 0
 
 
-# -- down, status, logs -------------------------------------------------------
+# -- changing a running stack -----------------------------------------------------
+
+
+def cmd_row(layout: Layout, number: int, policy: str | None) -> int:
+    """Switch the running stack to row ``number`` (replicas restart: sessions in them go)."""
+    try:
+        state = _running_state(layout)
+        selected = ROWS[number]
+        chosen = policy or selected.policy
+        if problem := policy_problem(selected, chosen):
+            return _error(problem)
+        _reconcile(layout, state, state.replicas, selected, chosen, restart=True)
+    except StackError as exc:
+        return _error(str(exc))
+    _write_stack_env(layout, _urls(layout, state))
+    print(f"now {_describe_row(state)}")
+    return 0
+
+
+def _resize(layout: Layout, state: StackState, desired: list[ReplicaEntry]) -> None:
+    assert state.row is not None
+    _reconcile(layout, state, desired, ROWS[state.row], state.policy)
+    _write_stack_env(layout, _urls(layout, state))
+
+
+def cmd_add_replica(layout: Layout) -> int:
+    """Start one more replica, then let nginx send it requests."""
+    try:
+        state = _running_state(layout)
+        if len(state.replicas) >= MAX_REPLICAS:
+            return _error(f"at most {MAX_REPLICAS} replicas")
+        assert state.port is not None
+        assert state.https_port is not None
+        entry = _new_replica(state.replicas, state.port, state.https_port)
+        _resize(layout, state, [*state.replicas, entry])
+    except StackError as exc:
+        return _error(str(exc))
+    print(f"added replica {entry.id} on {LOOPBACK}:{entry.port}")
+    return 0
+
+
+def cmd_remove_replica(layout: Layout, replica_id: str | None) -> int:
+    """Take a replica out of nginx, then stop it (default: the newest)."""
+    try:
+        state = _running_state(layout)
+        if not state.replicas:
+            return _error("there are no replicas")
+        target = (
+            max(state.replicas, key=lambda entry: entry.number)
+            if replica_id is None
+            else state.replica(replica_id)
+        )
+        if target is None:
+            known = ", ".join(entry.id for entry in state.replicas)
+            return _error(f"no replica {replica_id!r} (there are: {known})")
+        if len(state.replicas) == 1:
+            return _error("cannot remove the last replica")
+        _resize(layout, state, [entry for entry in state.replicas if entry.id != target.id])
+    except StackError as exc:
+        return _error(str(exc))
+    print(f"removed replica {target.id}")
+    return 0
+
+
+def cmd_scale(layout: Layout, count: int) -> int:
+    """Add or remove replicas (newest first) until there are ``count``."""
+    if not 1 <= count <= MAX_REPLICAS:
+        return _error(f"the replica count must be 1-{MAX_REPLICAS}")
+    try:
+        state = _running_state(layout)
+        assert state.port is not None
+        assert state.https_port is not None
+        desired = sorted(state.replicas, key=lambda entry: entry.number)[:count]
+        while len(desired) < count:
+            desired.append(_new_replica(desired, state.port, state.https_port))
+        _resize(layout, state, desired)
+    except StackError as exc:
+        return _error(str(exc))
+    print(f"{count} replicas: {', '.join(entry.id for entry in desired)}")
+    return 0
+
+
+def cmd_kill_replica(layout: Layout, replica_id: str) -> int:
+    """SIGKILL a replica and tell nobody (a crash); nginx finds out by itself."""
+    state = StackState.load(layout)
+    entry = state.replica(replica_id)
+    if entry is None:
+        known = ", ".join(e.id for e in state.replicas) or "none"
+        return _error(f"no replica {replica_id!r} (there are: {known})")
+    pid = _replica_pid(layout, entry)
+    if pid is None:
+        return _error(f"replica {replica_id} is not running")
+    terminate(pid, sig=signal.SIGKILL, timeout=STOP_TIMEOUT, expect=REPLICA_PROGRAM)
+    # Its port must be closed before this returns: the crash has happened.
+    if not wait_until(lambda: not port_is_open(entry.port), timeout=STOP_TIMEOUT):
+        return _error(f"port {entry.port} still answers after killing {replica_id}")
+    layout.pid(entry.process).unlink(missing_ok=True)
+    print(f"killed replica {replica_id} (pid {pid}); nginx was not told")
+    return 0
+
+
+# -- down, status, logs ---------------------------------------------------------
 
 
 def cmd_down(layout: Layout, purge: bool) -> int:
-    """Stop everything ``up`` started; with ``purge`` delete ``.run/`` too."""
+    """Stop everything ``up`` started; with ``purge`` delete the run directory too."""
     stopped: list[str] = []
-    pid = read_pid_file(layout.pid(AUTH))
-    if pid is not None and terminate(
-        pid, sig=signal.SIGTERM, timeout=STOP_TIMEOUT, expect="tessera_auth"
+    state = StackState.load(layout)
+    if state.https_port is not None:
+        nginx = layout.nginx_server(state.https_port)
+        if nginx.running:
+            stopped.append(NGINX)
+        nginx.stop(timeout=STOP_TIMEOUT)
+    elif (pid := read_pid_file(layout.pid(NGINX))) is not None and terminate(
+        pid, sig=signal.SIGQUIT, timeout=STOP_TIMEOUT, expect="nginx"
     ):
+        stopped.append(NGINX)
+    layout.pid(NGINX).unlink(missing_ok=True)
+    replica_names = {entry.process for entry in state.replicas}
+    if layout.pids.is_dir():
+        replica_names |= {path.stem for path in layout.pids.glob(f"{REPLICA_PREFIX}*.pid")}
+    for name in sorted(replica_names):
+        if services.stop(layout, name, REPLICA_PROGRAM):
+            stopped.append(name)
+    if services.stop(layout, AUTH, AUTH_PROGRAM):
         stopped.append(AUTH)
-    layout.pid(AUTH).unlink(missing_ok=True)
     for server in (layout.redis(), layout.postgres()):
         if server.running:
             stopped.append(server.name)
@@ -405,7 +588,7 @@ def cmd_down(layout: Layout, purge: bool) -> int:
     layout.stack_env.unlink(missing_ok=True)
     layout.state.unlink(missing_ok=True)
     if purge and layout.root.exists():
-        # The PostgreSQL cluster may live outside .run/ behind a symlink.
+        # The PostgreSQL cluster may live outside the run directory behind a symlink.
         layout.postgres().remove_data()
         shutil.rmtree(layout.root)
     print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
@@ -414,81 +597,173 @@ def cmd_down(layout: Layout, purge: bool) -> int:
     return 0
 
 
-def cmd_status(layout: Layout) -> int:
-    """Print what is alive; 0 when the auth service runs, else 3."""
-    state = _read_state(layout)
-    rows: list[tuple[str, str, str]] = []
-    auth_pid = _auth_pid(layout)
-    auth_url = f"http://{LOOPBACK}:{state['port']}" if "port" in state else ""
-    rows.append((AUTH, _liveness(auth_pid), auth_url if auth_pid else ""))
-    for server, url_key in ((layout.postgres(), "database_url"), (layout.redis(), "redis_url")):
-        if state.get(server.name) == "external":
-            rows.append((server.name, "external", state.get(url_key, "")))
-        else:
-            pid = server.pid
-            rows.append((server.name, _liveness(pid), state.get(url_key, "") if pid else ""))
-    width = max(len(name) for name, _, _ in rows)
-    for name, liveness, url in rows:
-        print(f"{name:<{width}}  {liveness:<22}  {url}".rstrip())
-    return 0 if auth_pid is not None else EXIT_NOT_RUNNING
-
-
 def _liveness(pid: int | None) -> str:
     return f"running (pid {pid})" if pid is not None else "stopped"
 
 
+def cmd_status(layout: Layout) -> int:
+    """Print what is alive; 0 when the auth service runs, else 3."""
+    state = StackState.load(layout)
+    rows: list[tuple[str, str, str]] = []
+    auth_pid = _auth_pid(layout)
+    auth_url = f"http://{LOOPBACK}:{state.port}" if state.port is not None else ""
+    rows.append((AUTH, _liveness(auth_pid), auth_url if auth_pid else ""))
+    for server, url in (
+        (layout.postgres(), state.database_url),
+        (layout.redis(), state.redis_url),
+    ):
+        if getattr(state, server.name) == "external":
+            rows.append((server.name, "external", url))
+        else:
+            pid = server.pid
+            rows.append((server.name, _liveness(pid), url if pid else ""))
+    if state.https_port is not None:
+        nginx_pid = layout.nginx_server(state.https_port).pid
+        url = f"https://{LOOPBACK}:{state.https_port}" if nginx_pid else ""
+        rows.append((NGINX, _liveness(nginx_pid), url))
+    for entry in state.replicas:
+        pid = _replica_pid(layout, entry)
+        rows.append((entry.process, _liveness(pid), f"http://{LOOPBACK}:{entry.port}"))
+    width = max(len(name) for name, _, _ in rows)
+    for name, liveness, url in rows:
+        print(f"{name:<{width}}  {liveness:<22}  {url}".rstrip())
+    if auth_pid is not None and (description := _describe_row(state)):
+        print(description)
+    return 0 if auth_pid is not None else EXIT_NOT_RUNNING
+
+
+def _log_names(layout: Layout) -> list[str]:
+    return sorted(path.stem for path in layout.logs.glob("*.log")) if layout.logs.is_dir() else []
+
+
 def cmd_logs(layout: Layout, name: str | None, lines: int) -> int:
-    """Print the tail of one log, or of every log when ``name`` is None."""
+    """Print the tail of one log (``r1`` means ``resource-r1``), or of every log."""
     if name is not None:
+        names = _log_names(layout)
+        if name not in names and f"{REPLICA_PREFIX}{name}" in names:
+            name = f"{REPLICA_PREFIX}{name}"
         path = layout.log(name)
         if not path.exists():
-            print(f"no log yet: {_display(path)}", file=sys.stderr)
+            available = ", ".join(names) or "none yet"
+            print(f"no log {_display(path)} (logs: {available})", file=sys.stderr)
             return 1
         print(log_tail(path, lines))
         return 0
-    paths = sorted(layout.logs.glob("*.log")) if layout.logs.is_dir() else []
-    if not paths:
+    names = _log_names(layout)
+    if not names:
         print(f"no logs yet in {_display(layout.logs)}", file=sys.stderr)
         return 1
-    for path in paths:
+    for each in names:
+        path = layout.log(each)
         print(f"==> {_display(path)} <==")
         print(log_tail(path, lines))
         print()
     return 0
 
 
-# -- CLI ----------------------------------------------------------------------
+# -- CLI ------------------------------------------------------------------------------
+
+
+def _row_number(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a row number: {text!r}") from None
+    if number not in ROWS:
+        raise argparse.ArgumentTypeError(f"rows are {min(ROWS)}-{max(ROWS)}")
+    return number
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"invalid port {port}")
+    return port
+
+
+def _count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= count <= MAX_REPLICAS:
+        raise argparse.ArgumentTypeError(f"the replica count must be 1-{MAX_REPLICAS}")
+    return count
+
+
+def _rows_help() -> str:
+    return "; ".join(f"{r.number} = {r.label} ({r.methods}, {r.policy})" for r in ROWS.values())
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tessera_stack",
-        description="Run tessera's local stack (PostgreSQL, Redis, auth) under ./.run/.",
+        description=(
+            "Run tessera's local stack: PostgreSQL, Redis, the auth service, resource "
+            "replicas and nginx with TLS, as local processes."
+        ),
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path(".run"),
+        help="where the stack keeps data, logs, pids and secrets (default ./.run)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = commands.add_parser("up", help="start the stack (idempotent)")
+    up = commands.add_parser("up", help="start the stack (idempotent; completes a partial one)")
     up.add_argument(
         "--port",
-        type=int,
-        default=DEFAULT_PORT,
-        help=f"auth service port on {LOOPBACK} (default {DEFAULT_PORT})",
+        type=_port,
+        help=f"the auth service's own port on {LOOPBACK} (default {DEFAULT_PORT})",
     )
     up.add_argument(
-        "--alg",
-        default=DEFAULT_ALG,
-        help=f"JWT signing algorithm, TESSERA_JWT_ALG (default {DEFAULT_ALG})",
+        "--https-port",
+        type=_port,
+        help=f"nginx's TLS port on {LOOPBACK} (default {DEFAULT_HTTPS_PORT})",
     )
+    up.add_argument("--alg", help=f"JWT signing algorithm, TESSERA_JWT_ALG (default {DEFAULT_ALG})")
+    up.add_argument(
+        "--row",
+        type=_row_number,
+        help=f"demonstration row (default {DEFAULT_ROW}): {_rows_help()}",
+    )
+    up.add_argument("--policy", choices=POLICIES, help="nginx policy (default: the row's)")
+    up.add_argument(
+        "--replicas",
+        type=_count,
+        help=f"number of resource replicas (default {DEFAULT_REPLICAS})",
+    )
+
+    row = commands.add_parser("row", help="switch the running stack to another row")
+    row.add_argument("number", type=_row_number, help=_rows_help())
+    row.add_argument("--policy", choices=POLICIES, help="nginx policy (default: the row's)")
+
+    commands.add_parser("add-replica", help="start one more replica and reload nginx")
+    remove = commands.add_parser("remove-replica", help="reload nginx without it, then stop it")
+    remove.add_argument("id", nargs="?", help="which replica (default: the newest)")
+    scale = commands.add_parser("scale", help="add or remove replicas to have N")
+    scale.add_argument("count", type=_count)
+    kill = commands.add_parser("kill-replica", help="SIGKILL a replica (a crash; nginx not told)")
+    kill.add_argument("id", help="which replica, e.g. r2")
+
+    demo = commands.add_parser("demo", help="walk the demonstration rows and print a table")
+    add_demo_arguments(demo)
 
     down = commands.add_parser("down", help="stop everything `up` started")
     down.add_argument(
-        "--purge", action="store_true", help="also delete .run/ (data, logs, secrets)"
+        "--purge", action="store_true", help="also delete the run directory (data, logs, secrets)"
     )
 
     commands.add_parser("status", help="show which processes are alive")
 
     logs = commands.add_parser("logs", help="print the end of a log")
-    logs.add_argument("name", nargs="?", choices=LOG_NAMES, help="which log (default: all)")
+    logs.add_argument(
+        "name", nargs="?", help="auth, nginx, nginx-access, r1 (a replica), ... (default: all)"
+    )
     logs.add_argument("-n", "--lines", type=int, default=50, help="how many lines (default 50)")
     return parser
 
@@ -496,14 +771,33 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the launcher CLI; returns the process exit status."""
     args = _parser().parse_args(argv)
-    layout = Layout(Path.cwd() / ".run")
+    run_dir: Path = args.run_dir
+    layout = Layout(run_dir if run_dir.is_absolute() else Path.cwd() / run_dir)
     command: str = args.command
     if command == "up":
-        port: int = args.port
-        if not 0 < port < 65536:
-            print(f"error: invalid port {port}", file=sys.stderr)
-            return 2
-        return cmd_up(layout, port, str(args.alg))
+        return cmd_up(
+            layout,
+            UpOptions(
+                port=args.port,
+                https_port=args.https_port,
+                alg=args.alg,
+                row=args.row,
+                policy=args.policy,
+                replicas=args.replicas,
+            ),
+        )
+    if command == "row":
+        return cmd_row(layout, int(args.number), args.policy)
+    if command == "add-replica":
+        return cmd_add_replica(layout)
+    if command == "remove-replica":
+        return cmd_remove_replica(layout, args.id)
+    if command == "scale":
+        return cmd_scale(layout, int(args.count))
+    if command == "kill-replica":
+        return cmd_kill_replica(layout, str(args.id))
+    if command == "demo":
+        return run_demo(layout, args)
     if command == "down":
         return cmd_down(layout, purge=bool(args.purge))
     if command == "status":

@@ -202,7 +202,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
             await task
     try:
         await audit.flush()
-    except Exception as exc:  # noqa: BLE001 - shutting down: report, never raise
+    except Exception as exc:  # shutting down: report, never raise
         log.warning("%d audit events not written at shutdown: %r", audit.pending, exc)
 
 
