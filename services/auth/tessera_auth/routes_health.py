@@ -22,6 +22,7 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready: Redis and PostgreSQL answer and a signing key is loaded."""
     app = request.app
     return await readiness_response(
+        app,
         {"redis": app[appkeys.REDIS].ping(), "postgresql": app[appkeys.DB].fetchval("SELECT 1")},
         timeout=app[appkeys.SETTINGS].dependency_timeout,
         states={"keys": "ok" if app[appkeys.KEYRING].ready else "not loaded"},

@@ -87,6 +87,8 @@ class Settings:
     db_pool_max: int = 10
     migrate_on_start: bool = False
     log_level: str = "INFO"
+    drain_seconds: float = 0.0
+    shutdown_timeout: float = 10.0
     log_json: bool = True
     access_log: bool = True
 
@@ -231,6 +233,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         migrate_on_start=reader.flag("TESSERA_MIGRATE_ON_START", development),
         log_level=read_log_level(reader),
         log_json=read_log_json(reader),
+        drain_seconds=reader.parsed("TESSERA_DRAIN_SECONDS", float, 0.0, "a number"),
+        shutdown_timeout=reader.parsed("TESSERA_SHUTDOWN_TIMEOUT", float, 10.0, "a number"),
         access_log=reader.flag("TESSERA_ACCESS_LOG", True),
     )
     if reader.problems:

@@ -6,8 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from aiohttp import web
-
+from tessera_verify import serve
 from tessera_verify.observability import configure_logging
 from tessera_verify.pg_migrations import migrate_database
 
@@ -39,13 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "migrate":
         print(asyncio.run(migrate_database(settings.database_url, MIGRATOR)))
         return
-    web.run_app(
+    serve.run(
         create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=10.0,
+        settings.host,
+        settings.port,
+        drain_seconds=settings.drain_seconds,
+        shutdown_timeout=settings.shutdown_timeout,
     )
 
 

@@ -21,6 +21,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
     return await readiness_response(
+        app,
         {"redis": tessera_verify(app).ping(), "postgresql": app[appkeys.DB].fetchval("SELECT 1")},
         timeout=app[appkeys.SETTINGS].dependency_timeout,
     )
