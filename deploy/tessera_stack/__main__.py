@@ -1,4 +1,4 @@
-"""``python -m tessera_stack up|down|status|logs [NAME]``: the local stack."""
+"""``python -m tessera_stack COMMAND``: the local stack (see tessera_stack.launcher)."""
 
 from tessera_stack.launcher import main
 

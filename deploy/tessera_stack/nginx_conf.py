@@ -1,0 +1,247 @@
+"""Render the checked-in nginx templates (``nginx/``) for one load-balancing policy.
+
+The templates are real nginx configuration with ``{{ name }}`` placeholders
+for what only the running stack knows: ports, paths, the replicas and, for
+forward auth, the shared secret. ``policies/<policy>.conf`` is the entry
+file; it includes the shared files (``main.conf``, ``http.conf``,
+``server.conf``, ...), which are rendered next to it so that nginx resolves
+the relative includes against the rendered directory::
+
+    render_to(config, Path(".run/nginx/conf"))  # writes nginx.conf and friends
+    nginx -p .run/nginx/ -e stderr -c .run/nginx/conf/nginx.conf
+
+Lists (the replicas' ``server`` lines, the route-cookie map) are produced
+here and indented to the placeholder's column.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tessera_stack.processes import StackError
+
+__all__ = [
+    "POLICIES",
+    "ConfigTarget",
+    "NginxConfig",
+    "Replica",
+    "default_template_dir",
+    "render",
+    "render_to",
+]
+
+POLICIES = ("round_robin", "ip_hash", "route_cookie", "least_conn", "forward_auth")
+ENTRY_FILE = "nginx.conf"
+# Rendered for every policy; identity_forward.conf only for forward_auth.
+SHARED_FILES = (
+    "main.conf",
+    "http.conf",
+    "server.conf",
+    "proxy.conf",
+    "identity_cleared.conf",
+    "replica_retry.conf",
+)
+FORWARD_FILE = "identity_forward.conf"
+# A replica that failed once is left alone this long before nginx tries it again.
+FAIL_TIMEOUT_SECONDS = 5
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
+_REPLICA_ID = re.compile(r"^r[0-9]{1,4}$")
+# Characters that never need quoting in an nginx argument.
+_BARE = re.compile(r"^[A-Za-z0-9_./:@%+=,-]+$")
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One resource replica as nginx sees it: an ID and a loopback port."""
+
+    id: str
+    port: int
+    host: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        if not _REPLICA_ID.match(self.id):
+            raise ValueError(f"replica id must look like r1, r2, ... (got {self.id!r})")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"invalid port {self.port} for replica {self.id}")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NginxConfig:
+    """Everything a policy's configuration depends on."""
+
+    policy: str
+    nginx_dir: Path
+    log_dir: Path
+    https_port: int
+    auth_port: int
+    replicas: tuple[Replica, ...]
+    tls_cert: Path
+    tls_key: Path
+    forward_secret: str | None = None
+    host: str = "127.0.0.1"
+    server_names: tuple[str, ...] = ("127.0.0.1", "localhost")
+    worker_processes: str = "auto"
+    error_log_level: str = "notice"
+
+    def problems(self) -> list[str]:
+        """Every reason this configuration cannot be rendered (empty when fine)."""
+        found: list[str] = []
+        if self.policy not in POLICIES:
+            found.append(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+        if not self.replicas:
+            found.append("at least one replica is needed")
+        ids = [replica.id for replica in self.replicas]
+        if len(set(ids)) != len(ids):
+            found.append(f"replica ids repeat: {', '.join(ids)}")
+        if self.policy == "forward_auth":
+            if not self.forward_secret:
+                found.append("forward_auth needs the forward-auth secret")
+            elif not re.fullmatch(r"[A-Za-z0-9_-]{32,}", self.forward_secret):
+                # It is written inside a quoted nginx string.
+                found.append("the forward-auth secret must be 32+ URL-safe characters")
+        return found
+
+
+@dataclass(frozen=True)
+class ConfigTarget:
+    """Where a rendered configuration lives on disk."""
+
+    directory: Path
+
+    @property
+    def entry(self) -> Path:
+        """The file to pass to ``nginx -c``."""
+        return self.directory / ENTRY_FILE
+
+
+def default_template_dir() -> Path:
+    """``nginx/`` at the repository root (the package lives in ``deploy/``)."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "nginx", Path.cwd() / "nginx"):
+        if (candidate / "policies").is_dir():
+            return candidate
+    raise StackError(
+        f"nginx templates not found (looked in {here.parents[2] / 'nginx'} and ./nginx)"
+    )
+
+
+def _quote(value: str | Path) -> str:
+    text = str(value)
+    if _BARE.match(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _server_lines(replicas: Sequence[Replica], *, backup_except: str | None = None) -> list[str]:
+    lines = []
+    for replica in replicas:
+        backup = backup_except is not None and replica.id != backup_except
+        params = f"max_fails=1 fail_timeout={FAIL_TIMEOUT_SECONDS}s"
+        lines.append(
+            f"server {replica.address} {params}{' backup' if backup else ''};  # {replica.id}"
+        )
+    return lines
+
+
+def _route_upstreams(replicas: Sequence[Replica]) -> list[str]:
+    lines: list[str] = []
+    for replica in replicas:
+        # The primary first: nginx lists backups after it whatever the order.
+        ordered = [replica, *(other for other in replicas if other.id != replica.id)]
+        lines.append(f"upstream tessera_route_{replica.id} {{")
+        lines.append("    zone tessera_routes 256k;")
+        lines += [f"    {line}" for line in _server_lines(ordered, backup_except=replica.id)]
+        lines.append("    keepalive 8;")
+        lines.append("}")
+    return lines
+
+
+def _values(config: NginxConfig) -> dict[str, str | list[str]]:
+    temp = config.nginx_dir / "tmp"
+    return {
+        "pid_file": _quote(config.nginx_dir / "nginx.pid"),
+        "lock_file": _quote(config.nginx_dir / "nginx.lock"),
+        "temp_client_body": _quote(temp / "client_body"),
+        "temp_proxy": _quote(temp / "proxy"),
+        "temp_fastcgi": _quote(temp / "fastcgi"),
+        "temp_uwsgi": _quote(temp / "uwsgi"),
+        "temp_scgi": _quote(temp / "scgi"),
+        "access_log": _quote(config.log_dir / "nginx-access.log"),
+        "worker_processes": config.worker_processes,
+        "error_log_level": config.error_log_level,
+        "auth_address": f"{config.host}:{config.auth_port}",
+        "listen_address": f"{config.host}:{config.https_port}",
+        "server_names": " ".join(config.server_names),
+        "tls_cert": _quote(config.tls_cert),
+        "tls_key": _quote(config.tls_key),
+        "replica_servers": _server_lines(config.replicas),
+        "route_map": [f"{replica.id} tessera_route_{replica.id};" for replica in config.replicas],
+        "route_upstreams": _route_upstreams(config.replicas),
+        "forward_secret": config.forward_secret or "",
+    }
+
+
+def _substitute(name: str, text: str, values: Mapping[str, str | list[str]]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key not in values:
+            raise StackError(f"nginx template {name}: unknown placeholder {{{{ {key} }}}}")
+        value = values[key]
+        if isinstance(value, str):
+            return value
+        # Continuation lines take the placeholder's indentation.
+        line_start = text.rfind("\n", 0, match.start()) + 1
+        indent = " " * (match.start() - line_start)
+        return f"\n{indent}".join(value)
+
+    return _PLACEHOLDER.sub(replace, text)
+
+
+def render(config: NginxConfig, template_dir: Path | None = None) -> dict[str, str]:
+    """The rendered files of ``config``'s policy, by file name (``nginx.conf`` first)."""
+    if problems := config.problems():
+        raise StackError("cannot render the nginx configuration: " + "; ".join(problems))
+    templates = template_dir or default_template_dir()
+    values = _values(config)
+    sources = {ENTRY_FILE: templates / "policies" / f"{config.policy}.conf"}
+    names = [*SHARED_FILES, FORWARD_FILE] if config.policy == "forward_auth" else SHARED_FILES
+    sources.update({name: templates / name for name in names})
+    rendered: dict[str, str] = {}
+    for name, source in sources.items():
+        try:
+            text = source.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise StackError(f"cannot read nginx template {source}: {exc.strerror}") from None
+        rendered[name] = _substitute(name, text, values)
+    return rendered
+
+
+def render_to(
+    config: NginxConfig, directory: Path, template_dir: Path | None = None
+) -> ConfigTarget:
+    """Render ``config`` into ``directory`` (mode 0700: it may hold the secret)."""
+    files = render(config, template_dir)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    for stale in directory.glob("*.conf"):
+        if stale.name not in files:
+            stale.unlink()
+    for name, text in files.items():
+        path = directory / name
+        tmp = path.with_name(f".{name}.tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        tmp.replace(path)
+    (config.nginx_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    return ConfigTarget(directory)

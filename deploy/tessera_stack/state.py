@@ -1,0 +1,198 @@
+"""Where the local stack keeps its files, and what it remembers between commands.
+
+Everything lives under one run directory (``.run/`` by default)::
+
+    data/        PostgreSQL cluster and Redis working directory
+    logs/        NAME.log: stdout and stderr of each process; nginx-access.log
+    pids/        NAME.pid
+    secrets/     session_hash_key, key_encryption_key, forward_auth_secret (0600)
+    tls/         ca.pem (trust this), server.pem, server.key
+    nginx/       nginx's prefix: conf/ (rendered, 0700), tmp/, pid and lock files
+    state.json   what runs and where, for every later command
+    stack.env    URLs for scripts: BASE_URL, AUTH_URL, JWKS_URL, REPLICA_URLS, ...
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tessera_stack.servers import NginxServer, PostgresServer, RedisServer
+from tessera_stack.tls import TlsFiles
+
+__all__ = ["AUTH", "NGINX", "REPLICA_PREFIX", "Layout", "ReplicaEntry", "StackState"]
+
+AUTH = "auth"
+NGINX = "nginx"
+#: Process (pid and log file) name of replica ``r1``: ``resource-r1``.
+REPLICA_PREFIX = "resource-"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the launcher keeps everything, under ``root`` (``.run/``)."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.root / "pids"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def tls(self) -> TlsFiles:
+        return TlsFiles(self.root / "tls")
+
+    @property
+    def nginx(self) -> Path:
+        return self.root / "nginx"
+
+    @property
+    def nginx_conf(self) -> Path:
+        return self.nginx / "conf"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def stack_env(self) -> Path:
+        return self.root / "stack.env"
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def pid(self, name: str) -> Path:
+        return self.pids / f"{name}.pid"
+
+    def secret(self, name: str) -> Path:
+        return self.secrets / name
+
+    def create(self) -> None:
+        for directory in (self.root, self.data, self.logs, self.pids, self.nginx):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.secrets.mkdir(mode=0o700, exist_ok=True)
+        self.secrets.chmod(0o700)
+
+    def postgres(self) -> PostgresServer:
+        return PostgresServer(
+            self.data,
+            log_path=self.log("postgres"),
+            pid_path=self.pid("postgres"),
+            detached=True,
+        )
+
+    def redis(self) -> RedisServer:
+        return RedisServer(
+            self.data, log_path=self.log("redis"), pid_path=self.pid("redis"), detached=True
+        )
+
+    def nginx_server(self, https_port: int) -> NginxServer:
+        return NginxServer(
+            self.nginx,
+            self.nginx_conf / "nginx.conf",
+            port=https_port,
+            log_path=self.log(NGINX),
+            pid_path=self.pid(NGINX),
+            detached=True,
+        )
+
+
+@dataclass(frozen=True)
+class ReplicaEntry:
+    """A resource replica the stack runs: ``r1`` on a loopback port."""
+
+    id: str
+    port: int
+
+    @property
+    def process(self) -> str:
+        """Its pid and log file name."""
+        return f"{REPLICA_PREFIX}{self.id}"
+
+    @property
+    def number(self) -> int:
+        return int(self.id[1:])
+
+
+@dataclass
+class StackState:
+    """What ``state.json`` records; every field is empty until known."""
+
+    postgres: str = ""  # "managed" or "external"
+    redis: str = ""
+    database_url: str = ""
+    redis_url: str = ""
+    port: int | None = None  # the auth service's port, set once it is up
+    https_port: int | None = None
+    alg: str = ""
+    row: int | None = None
+    policy: str = ""
+    # The TESSERA_AUTH_METHODS the running replicas were started with.
+    methods: str = ""
+    replicas: list[ReplicaEntry] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, layout: Layout) -> StackState:
+        """The saved state, or an empty one when there is none (or it is garbled)."""
+        try:
+            raw = json.loads(layout.state.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return cls()
+        return cls.from_json(raw) if isinstance(raw, dict) else cls()
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> StackState:
+        def text(key: str) -> str:
+            value = raw.get(key)
+            return str(value) if value is not None else ""
+
+        def number(key: str) -> int | None:
+            value = raw.get(key)
+            try:
+                return int(value) if value is not None and value != "" else None
+            except (TypeError, ValueError):
+                return None
+
+        replicas: list[ReplicaEntry] = []
+        for item in raw.get("replicas") or []:
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                try:
+                    replicas.append(ReplicaEntry(item["id"], int(item["port"])))
+                except (KeyError, TypeError, ValueError):
+                    continue
+        return cls(
+            postgres=text("postgres"),
+            redis=text("redis"),
+            database_url=text("database_url"),
+            redis_url=text("redis_url"),
+            port=number("port"),
+            https_port=number("https_port"),
+            alg=text("alg"),
+            row=number("row"),
+            policy=text("policy"),
+            methods=text("methods"),
+            replicas=replicas,
+        )
+
+    def save(self, layout: Layout) -> None:
+        """Write ``state.json`` atomically."""
+        tmp = layout.state.with_name(".state.json.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n", "utf-8")
+        tmp.replace(layout.state)
+
+    def replica(self, replica_id: str) -> ReplicaEntry | None:
+        return next((entry for entry in self.replicas if entry.id == replica_id), None)

@@ -1,0 +1,573 @@
+"""The nginx policies: every rendered configuration passes ``nginx -t``, and a real
+nginx in front of stand-in upstreams routes, retries and guards headers as the
+templates say it does.
+
+The stand-in replicas and auth service are small aiohttp apps that record what
+nginx sent them; nginx, TLS and the balancing are the real thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from tessera_stack import StackError, free_port
+from tessera_stack.nginx_conf import POLICIES, NginxConfig, Replica, render, render_to
+from tessera_stack.servers import NginxServer, nginx_check
+from tessera_stack.tls import TlsFiles, ensure_certificate
+from tests.stack_clients import https_client, source_address
+
+SECRET = "forward-secret-" + "x" * 40
+IDENTITY_HEADERS = (
+    "X-Tessera-User-Id",
+    "X-Tessera-Username",
+    "X-Tessera-Auth-Method",
+    "X-Tessera-Forward-Secret",
+)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return ensure_certificate(tmp_path_factory.mktemp("tls"))
+
+
+def _config(
+    tmp_path: Path,
+    tls: TlsFiles,
+    policy: str,
+    replicas: Sequence[Replica],
+    *,
+    https_port: int = 8443,
+    auth_port: int = 8080,
+) -> NginxConfig:
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    return NginxConfig(
+        policy=policy,
+        nginx_dir=tmp_path / "nginx",
+        log_dir=tmp_path / "logs",
+        https_port=https_port,
+        auth_port=auth_port,
+        replicas=tuple(replicas),
+        tls_cert=tls.cert,
+        tls_key=tls.key,
+        forward_secret=SECRET if policy == "forward_auth" else None,
+        worker_processes="2",
+    )
+
+
+THREE = (Replica("r1", 18081), Replica("r2", 18082), Replica("r3", 18083))
+
+
+# -- rendering -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_every_policy_renders_to_a_configuration_nginx_accepts(
+    policy: str, tmp_path: Path, tls: TlsFiles
+) -> None:
+    target = render_to(_config(tmp_path, tls, policy, THREE), tmp_path / "nginx" / "conf")
+    nginx_check(target.entry, tmp_path / "nginx")
+    text = target.entry.read_text()
+    assert "{{" not in "".join(path.read_text() for path in target.directory.glob("*.conf"))
+    for replica in THREE:
+        assert f"server 127.0.0.1:{replica.port} " in text
+
+
+def test_paths_with_spaces_are_quoted_and_still_accepted(tmp_path: Path, tls: TlsFiles) -> None:
+    base = tmp_path / "run dir with spaces"
+    base.mkdir()
+    target = render_to(_config(base, tls, "round_robin", THREE), base / "nginx" / "conf")
+    nginx_check(target.entry, base / "nginx")
+    assert f'pid "{base}/nginx/nginx.pid";' in (target.directory / "main.conf").read_text()
+
+
+def test_route_cookie_gives_each_replica_a_group_with_the_others_as_backup(
+    tmp_path: Path, tls: TlsFiles
+) -> None:
+    text = render(_config(tmp_path, tls, "route_cookie", THREE))["nginx.conf"]
+    group = text[text.index("upstream tessera_route_r2 {") :]
+    group = group[: group.index("}")]
+    servers = [line.strip() for line in group.splitlines() if line.strip().startswith("server")]
+    assert servers[0].startswith("server 127.0.0.1:18082 ") and "backup" not in servers[0]
+    assert all(line.endswith("backup;") for line in (s.split("  #")[0] for s in servers[1:]))
+    assert len(servers) == 3
+    assert "r2 tessera_route_r2;" in text
+
+
+def test_forward_auth_subrequest_carries_no_body_and_the_secret_reaches_only_replicas(
+    tmp_path: Path, tls: TlsFiles
+) -> None:
+    files = render(_config(tmp_path, tls, "forward_auth", THREE))
+    entry = files["nginx.conf"]
+    internal = entry[entry.index("location = /_tessera/forward-auth") :]
+    internal = internal[: internal.index("}")]
+    assert "internal;" in internal
+    assert "proxy_pass_request_body off;" in internal
+    assert 'proxy_set_header Content-Length "";' in internal
+    assert SECRET in files["identity_forward.conf"]
+    assert "identity_forward.conf" not in render(_config(tmp_path, tls, "round_robin", THREE))
+
+
+def test_rendered_configuration_is_private_because_it_may_hold_the_secret(
+    tmp_path: Path, tls: TlsFiles
+) -> None:
+    target = render_to(_config(tmp_path, tls, "forward_auth", THREE), tmp_path / "conf")
+    assert target.directory.stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in target.directory.glob("*.conf"))
+
+
+def test_invalid_configurations_are_refused_with_every_reason(
+    tmp_path: Path, tls: TlsFiles
+) -> None:
+    config = _config(tmp_path, tls, "forward_auth", ())
+    bad = NginxConfig(**{**config.__dict__, "forward_secret": None, "policy": "forward_auth"})
+    with pytest.raises(StackError) as excinfo:
+        render(bad)
+    assert "at least one replica" in str(excinfo.value)
+    assert "forward-auth secret" in str(excinfo.value)
+    with pytest.raises(StackError, match="unknown policy"):
+        render(_config(tmp_path, tls, "sticky", THREE))
+    with pytest.raises(ValueError, match="replica id"):
+        Replica("r1; evil", 1)
+
+
+def test_an_unknown_placeholder_in_a_template_is_an_error(tmp_path: Path, tls: TlsFiles) -> None:
+    from tessera_stack.nginx_conf import default_template_dir
+
+    templates = tmp_path / "templates"
+    shutil.copytree(default_template_dir(), templates)
+    server = templates / "server.conf"
+    server.write_text(server.read_text() + "\n# {{ no_such_value }}\n")
+    with pytest.raises(StackError, match="no_such_value"):
+        render(_config(tmp_path, tls, "round_robin", THREE), templates)
+
+
+# -- stand-in upstreams -----------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+@dataclass
+class Upstream:
+    """A stand-in service on a free loopback port that records every request."""
+
+    name: str
+    seen: list[Seen] = field(default_factory=list)
+    runner: web.AppRunner | None = None
+    port: int = 0
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+async def _serve(
+    upstream: Upstream, handler: Callable[[web.Request], Awaitable[web.Response]]
+) -> None:
+    async def record(request: web.Request) -> web.Response:
+        upstream.seen.append(
+            Seen(
+                request.method, request.path_qs, CIMultiDict(request.headers), await request.read()
+            )
+        )
+        return await handler(request)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    upstream.runner = runner
+    upstream.port = runner.addresses[0][1]
+
+
+async def fake_replica(name: str) -> Upstream:
+    """Answers like a replica: X-Served-By, and the route cookie when it differs."""
+    upstream = Upstream(name)
+
+    async def handler(request: web.Request) -> web.Response:
+        response = web.json_response(
+            {"replica": name}, headers={"X-Served-By": name, "X-Auth-Method": "shared_session"}
+        )
+        if request.cookies.get("tessera_route") != name:
+            response.set_cookie(
+                "tessera_route", name, path="/", secure=True, httponly=True, samesite="Lax"
+            )
+        return response
+
+    await _serve(upstream, handler)
+    return upstream
+
+
+async def fake_auth() -> Upstream:
+    """``/auth/forward`` knows the cookie ``session=good``; everything else echoes."""
+    upstream = Upstream("auth")
+
+    async def handler(request: web.Request) -> web.Response:
+        if request.path == "/auth/forward":
+            if request.cookies.get("session") == "good":
+                return web.Response(
+                    headers={
+                        "X-Tessera-User-Id": "user-1",
+                        "X-Tessera-Username": "alice",
+                        "X-Tessera-Auth-Method": "session",
+                    }
+                )
+            return web.json_response(
+                {"error": "unauthorized"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="tessera"'},
+            )
+        return web.json_response({"service": "auth", "path": request.path})
+
+    await _serve(upstream, handler)
+    return upstream
+
+
+@dataclass
+class Crasher:
+    """Reads a request's head, then drops the connection: a replica dying mid-request."""
+
+    server: asyncio.Server
+    port: int
+    requests: list[bytes] = field(default_factory=list)
+
+
+async def crashing_upstream() -> Crasher:
+    holder: list[Crasher] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            holder[0].requests.append(head)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        writer.transport.abort()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    holder.append(Crasher(server, port))
+    return holder[0]
+
+
+@asynccontextmanager
+async def running_nginx(
+    tmp_path: Path, tls: TlsFiles, policy: str, replicas: Sequence[Replica], auth_port: int
+) -> AsyncIterator[tuple[NginxServer, str]]:
+    https_port = free_port()
+    config = _config(tmp_path, tls, policy, replicas, https_port=https_port, auth_port=auth_port)
+    target = render_to(config, tmp_path / "nginx" / "conf")
+    server = NginxServer(
+        tmp_path / "nginx", target.entry, port=https_port, log_path=tmp_path / "logs" / "nginx.log"
+    )
+    await asyncio.to_thread(server.start)
+    try:
+        yield server, f"https://127.0.0.1:{https_port}"
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+@pytest.fixture
+async def replicas() -> AsyncIterator[list[Upstream]]:
+    started = [await fake_replica(f"r{n}") for n in (1, 2, 3)]
+    yield started
+    for upstream in started:
+        await upstream.stop()
+
+
+@pytest.fixture
+async def auth() -> AsyncIterator[Upstream]:
+    upstream = await fake_auth()
+    yield upstream
+    await upstream.stop()
+
+
+def _set_only_cookie(client: aiohttp.ClientSession, url: str, name: str, value: str) -> None:
+    client.cookie_jar.clear()
+    client.cookie_jar.update_cookies({name: value}, response_url=URL(url))
+
+
+def _replicas(upstreams: Sequence[Upstream]) -> list[Replica]:
+    return [Replica(u.name, u.port) for u in upstreams]
+
+
+# -- behaviour ----------------------------------------------------------------------
+
+
+async def test_round_robin_spreads_requests_and_sends_request_id_and_client_address(
+    tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream
+) -> None:
+    async with (
+        running_nginx(tmp_path, tls, "round_robin", _replicas(replicas), auth.port) as (_, url),
+        https_client(tls.ca_cert, source_address(4)) as client,
+    ):
+        served = []
+        for _ in range(6):
+            async with client.get(f"{url}/api/me") as response:
+                assert response.status == 200
+                served.append(response.headers["X-Served-By"])
+                request_id = response.headers["X-Request-ID"]
+        assert sorted(served) == ["r1", "r1", "r2", "r2", "r3", "r3"]
+    everything = [seen for u in replicas for seen in u.seen]
+    assert request_id in {seen.headers["X-Request-ID"] for seen in everything}
+    assert len({seen.headers["X-Request-ID"] for seen in everything}) == 6
+    for seen in everything:
+        assert seen.headers["X-Forwarded-For"] == source_address(4) == "127.0.5.1"
+        assert seen.headers["X-Forwarded-Proto"] == "https"
+        assert seen.headers["Host"] == url.removeprefix("https://")
+        # HTTP/1.1 without "Connection: close": the upstream connection is kept alive.
+        assert "close" not in seen.headers.get("Connection", "").lower()
+
+
+@pytest.mark.parametrize("policy", ["round_robin", "ip_hash", "route_cookie", "least_conn"])
+async def test_client_supplied_identity_and_forwarding_headers_never_reach_a_replica(
+    policy: str, tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream
+) -> None:
+    forged = {name: "forged" for name in IDENTITY_HEADERS}
+    forged["X-Forwarded-For"] = "203.0.113.9"
+    forged["X-Request-ID"] = "chosen-by-client"
+    async with (
+        running_nginx(tmp_path, tls, policy, _replicas(replicas), auth.port) as (_, url),
+        https_client(tls.ca_cert, source_address(0)) as client,
+    ):
+        for path in ("/api/me", "/auth/me"):
+            async with client.get(url + path, headers=forged) as response:
+                assert response.status == 200
+    everything = [seen for upstream in (*replicas, auth) for seen in upstream.seen]
+    assert len(everything) == 2
+    for seen in everything:
+        assert not any(name in seen.headers for name in IDENTITY_HEADERS)
+        assert seen.headers["X-Forwarded-For"] == "127.0.1.1"
+        assert seen.headers["X-Request-ID"] != "chosen-by-client"
+
+
+async def test_the_certificate_is_valid_for_127_0_0_1_and_localhost(
+    tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream
+) -> None:
+    async with (
+        running_nginx(tmp_path, tls, "round_robin", _replicas(replicas), auth.port) as (_, url),
+        https_client(tls.ca_cert) as client,
+    ):
+        for base in (url, url.replace("127.0.0.1", "localhost")):
+            async with client.get(f"{base}/.well-known/jwks.json") as response:
+                assert response.status == 200
+                assert await response.json() == {
+                    "service": "auth",
+                    "path": "/.well-known/jwks.json",
+                }
+            async with client.get(f"{base}/elsewhere") as response:
+                assert response.status == 404
+                assert (await response.json())["error"] == "not_found"
+
+
+async def test_ip_hash_keeps_each_slash_24_on_one_replica(
+    tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream
+) -> None:
+    async def served_to(url: str, address: str) -> set[str]:
+        async with https_client(tls.ca_cert, address) as client:
+            seen = set()
+            for _ in range(4):
+                async with client.get(f"{url}/api/me") as response:
+                    seen.add(response.headers["X-Served-By"])
+            return seen
+
+    async with running_nginx(tmp_path, tls, "ip_hash", _replicas(replicas), auth.port) as (_, url):
+        by_network = [await served_to(url, source_address(i)) for i in range(3)]
+        # Same /24 as source_address(0): nginx cannot tell them apart.
+        neighbour = await served_to(url, "127.0.1.77")
+    assert all(len(seen) == 1 for seen in by_network)
+    assert set().union(*by_network) == {"r1", "r2", "r3"}
+    assert neighbour == by_network[0]
+
+
+async def test_route_cookie_sticks_and_falls_back_to_a_live_replica_when_its_own_is_gone(
+    tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream
+) -> None:
+    async with (
+        running_nginx(tmp_path, tls, "route_cookie", _replicas(replicas), auth.port) as (_, url),
+        https_client(tls.ca_cert, source_address(1)) as client,
+    ):
+        first = []
+        for _ in range(3):
+            client.cookie_jar.clear()
+            async with client.get(f"{url}/api/me") as response:
+                first.append(response.headers["X-Served-By"])
+        # Without the cookie: round-robin, so new visitors spread.
+        assert sorted(first) == ["r1", "r2", "r3"]
+
+        _set_only_cookie(client, url, "tessera_route", "r2")
+        for _ in range(4):
+            async with client.get(f"{url}/api/me") as response:
+                assert response.headers["X-Served-By"] == "r2"
+
+        await replicas[1].stop()
+        async with client.get(f"{url}/api/me") as response:
+            assert response.status == 200
+            fallback = response.headers["X-Served-By"]
+            assert fallback in {"r1", "r3"}
+            assert response.cookies["tessera_route"].value == fallback
+        async with client.get(f"{url}/api/me") as response:
+            assert response.headers["X-Served-By"] == fallback
+
+        _set_only_cookie(client, url, "tessera_route", "r9")
+        async with client.get(f"{url}/api/me") as response:
+            assert response.status == 200
+
+
+async def test_forward_auth_passes_identity_from_auth_and_refuses_strangers_itself(
+    tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream
+) -> None:
+    forged = {name: "forged" for name in IDENTITY_HEADERS}
+    async with (
+        running_nginx(tmp_path, tls, "forward_auth", _replicas(replicas), auth.port) as (_, url),
+        https_client(tls.ca_cert, source_address(2)) as client,
+    ):
+        async with client.get(f"{url}/api/me", headers=forged) as response:
+            assert response.status == 401
+            assert response.headers["WWW-Authenticate"] == 'Bearer realm="tessera"'
+            assert (await response.json())["error"] == "unauthorized"
+            assert "X-Request-ID" in response.headers
+        assert not any(upstream.seen for upstream in replicas)
+
+        _set_only_cookie(client, url, "session", "good")
+        body = b'{"body": "' + b"x" * 2000 + b'"}'
+        async with client.post(
+            f"{url}/api/comments",
+            data=body,
+            headers={**forged, "Content-Type": "application/json"},
+        ) as response:
+            assert response.status == 200
+        async with client.get(f"{url}/_tessera/forward-auth") as response:
+            assert response.status == 404
+
+    (seen,) = [s for upstream in replicas for s in upstream.seen]
+    assert seen.method == "POST"
+    assert seen.body == body
+    assert seen.headers["X-Tessera-User-Id"] == "user-1"
+    assert seen.headers["X-Tessera-Username"] == "alice"
+    assert seen.headers["X-Tessera-Auth-Method"] == "session"
+    assert seen.headers.getall("X-Tessera-Forward-Secret") == [SECRET]
+    checks = [s for s in auth.seen if s.path == "/auth/forward"]
+    assert len(checks) == 2
+    post_check = checks[1]
+    assert post_check.method == "GET"
+    assert post_check.body == b""
+    assert "Content-Length" not in post_check.headers
+    assert post_check.headers["X-Original-Method"] == "POST"
+    assert post_check.headers["X-Original-URI"] == "/api/comments"
+    assert not any(name in post_check.headers for name in IDENTITY_HEADERS)
+
+
+async def test_forward_auth_answers_503_when_the_auth_service_is_down(
+    tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream
+) -> None:
+    async with (
+        running_nginx(tmp_path, tls, "forward_auth", _replicas(replicas), auth.port) as (_, url),
+        https_client(tls.ca_cert) as client,
+    ):
+        await auth.stop()
+        async with client.get(f"{url}/api/me", cookies={"session": "good"}) as response:
+            assert response.status == 503
+            assert (await response.json())["error"] == "dependency_unavailable"
+    assert not any(upstream.seen for upstream in replicas)
+
+
+async def test_a_get_in_flight_on_a_dying_replica_is_retried_but_a_post_is_not(
+    tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream
+) -> None:
+    crasher = await crashing_upstream()
+    # The crashing replica is listed first, so round-robin picks it first.
+    upstreams = [Replica("r9", crasher.port), Replica("r1", replicas[0].port)]
+    try:
+        async with (
+            running_nginx(tmp_path, tls, "round_robin", upstreams, auth.port) as (_, url),
+            https_client(tls.ca_cert) as client,
+        ):
+            async with client.get(f"{url}/api/comments") as response:
+                assert response.status == 200
+                assert response.headers["X-Served-By"] == "r1"
+            assert len(crasher.requests) == 1
+        async with (
+            running_nginx(tmp_path, tls, "round_robin", upstreams, auth.port) as (_, url),
+            https_client(tls.ca_cert) as client,
+        ):
+            async with client.post(f"{url}/api/comments", json={"body": "once"}) as response:
+                assert response.status == 502
+                assert (await response.json())["error"] == "bad_gateway"
+            assert crasher.requests[-1].startswith(b"POST ")
+            # A refused connection is safe to retry even for a POST.
+            async with client.post(f"{url}/api/comments", json={"body": "again"}) as response:
+                assert response.status == 200
+    finally:
+        crasher.server.close()
+        await crasher.server.wait_closed()
+    assert [seen.method for seen in replicas[0].seen] == ["GET", "POST"]
+
+
+async def test_every_replica_down_is_a_json_502(
+    tmp_path: Path, tls: TlsFiles, auth: Upstream
+) -> None:
+    dead = [Replica("r1", free_port()), Replica("r2", free_port())]
+    async with (
+        running_nginx(tmp_path, tls, "round_robin", dead, auth.port) as (_, url),
+        https_client(tls.ca_cert) as client,
+        client.get(f"{url}/api/me") as response,
+    ):
+        assert response.status == 502
+        assert response.headers["Content-Type"] == "application/json"
+        assert (await response.json())["error"] == "bad_gateway"
+        assert "X-Request-ID" in response.headers
+
+
+async def test_reload_switches_to_the_new_replica_set_and_a_bad_config_changes_nothing(
+    tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream
+) -> None:
+    async with (
+        running_nginx(tmp_path, tls, "round_robin", _replicas(replicas[:1]), auth.port) as (
+            server,
+            url,
+        ),
+        https_client(tls.ca_cert) as client,
+    ):
+        old_workers = server.workers()
+        assert old_workers
+        config = _config(
+            tmp_path,
+            tls,
+            "round_robin",
+            _replicas(replicas[1:]),
+            https_port=server.port,
+            auth_port=auth.port,
+        )
+        render_to(config, server.conf.parent)
+        await asyncio.to_thread(server.reload)
+        assert not server.workers() & old_workers
+        served = set()
+        for _ in range(4):
+            async with client.get(f"{url}/api/me") as response:
+                served.add(response.headers["X-Served-By"])
+        assert served == {"r2", "r3"}
+
+        server.conf.write_text(server.conf.read_text() + "\nthis is not nginx;\n")
+        with pytest.raises(StackError, match="nginx rejects"):
+            await asyncio.to_thread(server.reload)
+        async with client.get(f"{url}/api/me") as response:
+            assert response.status == 200
