@@ -263,6 +263,30 @@ async def test_disabling_a_user_from_the_admin_command_revokes_everything(
 # --- the pushed channel, the caches and the fallback ------------------------------------
 
 
+async def test_a_logout_reaches_three_replicas_over_the_feed_with_no_round_trip(
+    auth: Client, make_replica: ResourceFactory, record_property: Callable[[str, object], None]
+) -> None:
+    """Measures (and records, never asserts) how long the revocation takes to arrive."""
+    import time
+
+    login = await register_and_login(auth, credential="token")
+    replicas = [await make_replica(name) for name in ("r1", "r2", "r3")]
+    bearer = _bearer(login["access_token"])
+    for replica in replicas:
+        assert (await replica.get("/api/me", headers=bearer)).status == 200
+    before = [_applied(r) for r in replicas]
+    started = time.perf_counter()
+    assert (await auth.post("/auth/logout", headers=bearer)).status == 200
+    for replica, applied in zip(replicas, before, strict=True):
+        await _feed_caught_up(replica, applied)
+    record_property("revocation_propagation_ms", round((time.perf_counter() - started) * 1e3, 3))
+    for replica in replicas:
+        assert (await replica.get("/api/me", headers=bearer)).status == 401
+        cache = tessera_verify(replica.app).revocations
+        assert cache is not None
+        assert cache.fallback_checks == 0  # every check, the refusal included, was local
+
+
 async def test_replicas_check_revocations_locally_while_the_feed_is_up(
     auth: Client, make_replica: ResourceFactory
 ) -> None:
