@@ -81,13 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "check":
         print("configuration and dependencies: ok")
         return
-    serve.run(
-        create_app(settings),
-        settings.host,
-        settings.port,
-        drain_seconds=settings.drain_seconds,
-        shutdown_timeout=settings.shutdown_timeout,
-    )
+    serve.run(create_app(settings), settings)
 
 
 if __name__ == "__main__":

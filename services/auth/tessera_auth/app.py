@@ -17,6 +17,7 @@ from tessera_verify.clock import Clock, SystemClock
 from tessera_verify.dependency_metrics import instrumented_redis
 from tessera_verify.middleware import DEPENDENCY_ERRORS, error_middleware
 from tessera_verify.observability import request_id_middleware
+from tessera_verify.pg_migrations import open_database
 from tessera_verify.revocation_cache import RevocationCache
 from tessera_verify.session_cache import AnnouncingSessionStore, CachedSessionStore
 from tessera_verify.session_store import RedisSessionStore
@@ -62,15 +63,9 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _db_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[appkeys.SETTINGS]
-    pool = await db.create_pool(
-        settings.database_url,
-        max_size=settings.db_pool_max,
-        timeout=settings.dependency_timeout,
-        latency=app[appkeys.METRICS].dependency_latency,
+    pool = await open_database(
+        settings, db.MIGRATOR, latency=app[appkeys.METRICS].dependency_latency
     )
-    if settings.migrate_on_start:
-        async with pool.acquire() as connection:
-            await db.migrate(connection)
     app[appkeys.DB] = pool
     yield
     await pool.close()

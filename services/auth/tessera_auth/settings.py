@@ -20,13 +20,11 @@ from tessera_verify.config import (
     Environment,
     EnvReader,
     read_cookie_insecure,
-    read_dependency_timeout,
     read_dependency_urls,
     read_environment,
     read_jwt_algorithm,
-    read_log_json,
-    read_log_level,
     read_port,
+    read_process_settings,
     read_secret,
     read_trusted_proxies,
 )
@@ -196,15 +194,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "Argon2 parameters below OWASP's minimum (m=19456 KiB, t=2) outside development"
         )
 
-    dependency_timeout = read_dependency_timeout(reader)
-
     settings = Settings(
+        **read_process_settings(reader, development=development, default_pool=10),
         database_url=database_url,
         redis_url=redis_url,
         session_hash_key=read_secret(reader, "TESSERA_SESSION_HASH_KEY", development),
         key_encryption_key=read_secret(reader, "TESSERA_KEY_ENCRYPTION_KEY", development),
         environment=environment,
-        host=reader.text("TESSERA_HOST", "127.0.0.1") or "127.0.0.1",
         port=port,
         issuer=issuer.rstrip("/") if issuer else issuer,
         audience=reader.text("TESSERA_AUDIENCE", "tessera") or "tessera",
@@ -222,20 +218,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         cookie_insecure=cookie_insecure,
         registration_enabled=reader.flag("TESSERA_REGISTRATION_ENABLED", True),
         argon2=argon2,
-        max_body_bytes=reader.positive_int("TESSERA_MAX_BODY_BYTES", 16 * 1024),
         trusted_proxies=read_trusted_proxies(reader),
-        dependency_timeout=dependency_timeout,
         refresh_grace=reader.parsed("TESSERA_REFRESH_GRACE_SECONDS", float, 10.0, "a number"),
-        cache_ttl=reader.parsed("TESSERA_CACHE_TTL", float, 30.0, "a number"),
         cache_max_entries=reader.positive_int("TESSERA_CACHE_MAX_ENTRIES", 10_000),
         introspection_clients=_introspection_clients(reader),
-        db_pool_max=reader.positive_int("TESSERA_DB_POOL_MAX", 10),
-        migrate_on_start=reader.flag("TESSERA_MIGRATE_ON_START", development),
-        log_level=read_log_level(reader),
-        log_json=read_log_json(reader),
-        drain_seconds=reader.parsed("TESSERA_DRAIN_SECONDS", float, 0.0, "a number"),
-        shutdown_timeout=reader.parsed("TESSERA_SHUTDOWN_TIMEOUT", float, 10.0, "a number"),
-        access_log=reader.flag("TESSERA_ACCESS_LOG", True),
     )
     if reader.problems:
         raise ConfigError(reader.problems)

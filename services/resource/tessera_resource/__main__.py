@@ -38,13 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "migrate":
         print(asyncio.run(migrate_database(settings.database_url, MIGRATOR)))
         return
-    serve.run(
-        create_app(settings),
-        settings.host,
-        settings.port,
-        drain_seconds=settings.drain_seconds,
-        shutdown_timeout=settings.shutdown_timeout,
-    )
+    serve.run(create_app(settings), settings)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from tessera_verify.http_metrics import ServiceMetrics
 from tessera_verify.integration import TesseraVerify, VerifyConfig
 from tessera_verify.middleware import error_middleware
 from tessera_verify.observability import request_id_middleware
-from tessera_verify.pg_migrations import Migrator, create_pool
+from tessera_verify.pg_migrations import Migrator, open_database
 from tessera_verify.principal import PRINCIPAL, AuthMethod
 from tessera_verify.session_store import MemorySessionStore
 from tessera_verify.sessions import SessionManager, SessionPolicy
@@ -35,15 +35,7 @@ AUTH_METHOD_HEADER = "X-Auth-Method"
 
 async def _db_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[appkeys.SETTINGS]
-    pool = await create_pool(
-        settings.database_url,
-        max_size=settings.db_pool_max,
-        timeout=settings.dependency_timeout,
-        latency=app[appkeys.METRICS].dependency_latency,
-    )
-    if settings.migrate_on_start:
-        async with pool.acquire() as connection:
-            await MIGRATOR.migrate(connection)
+    pool = await open_database(settings, MIGRATOR, latency=app[appkeys.METRICS].dependency_latency)
     app[appkeys.DB] = pool
     app[appkeys.COMMENTS] = CommentRepository(pool)
     yield

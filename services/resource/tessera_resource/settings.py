@@ -15,13 +15,11 @@ from tessera_verify.config import (
     EnvReader,
     check_url,
     read_cookie_insecure,
-    read_dependency_timeout,
     read_dependency_urls,
     read_environment,
     read_jwt_algorithm,
-    read_log_json,
-    read_log_level,
     read_port,
+    read_process_settings,
     read_secret,
     read_trusted_proxies,
 )
@@ -116,13 +114,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> ResourceSettings:
         reader.problems.append("TESSERA_REPLICA_ID must be 1-64 letters, digits, '-' or '_'")
 
     settings = ResourceSettings(
+        **read_process_settings(reader, development=development, default_pool=5),
         database_url=database_url,
         redis_url=redis_url,
         auth_url=auth_url,
         session_hash_key=read_secret(reader, "TESSERA_SESSION_HASH_KEY", development),
         replica_id=replica_id,
         environment=environment,
-        host=reader.text("TESSERA_HOST", "127.0.0.1") or "127.0.0.1",
         port=read_port(reader, 9001),
         issuer=issuer.rstrip("/"),
         audience=reader.text("TESSERA_AUDIENCE", "tessera") or "tessera",
@@ -134,16 +132,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> ResourceSettings:
         cookie_insecure=cookie_insecure,
         session_idle_timeout=reader.positive_int("TESSERA_SESSION_IDLE_TIMEOUT", 30 * 60),
         session_absolute_timeout=reader.positive_int("TESSERA_SESSION_ABSOLUTE_TIMEOUT", 43200),
-        max_body_bytes=reader.positive_int("TESSERA_MAX_BODY_BYTES", 16 * 1024),
-        cache_ttl=reader.parsed("TESSERA_CACHE_TTL", float, 30.0, "a number"),
-        dependency_timeout=read_dependency_timeout(reader),
-        db_pool_max=reader.positive_int("TESSERA_DB_POOL_MAX", 5),
-        migrate_on_start=reader.flag("TESSERA_MIGRATE_ON_START", development),
-        log_level=read_log_level(reader),
-        log_json=read_log_json(reader),
-        drain_seconds=reader.parsed("TESSERA_DRAIN_SECONDS", float, 0.0, "a number"),
-        shutdown_timeout=reader.parsed("TESSERA_SHUTDOWN_TIMEOUT", float, 10.0, "a number"),
-        access_log=reader.flag("TESSERA_ACCESS_LOG", True),
     )
     if reader.problems:
         raise ConfigError(reader.problems)

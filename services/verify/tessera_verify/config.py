@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, TypedDict, TypeVar
 from urllib.parse import urlsplit
 
 from .client_ip import Network
@@ -191,3 +191,37 @@ def read_log_json(reader: EnvReader) -> bool:
     if value not in ("json", "text"):
         reader.problems.append("TESSERA_LOG_FORMAT must be 'json' or 'text'")
     return value != "text"
+
+
+class ProcessSettings(TypedDict):
+    """What every tessera process reads the same way (unpacked into its settings)."""
+
+    host: str
+    max_body_bytes: int
+    dependency_timeout: float
+    cache_ttl: float
+    db_pool_max: int
+    migrate_on_start: bool
+    log_level: str
+    log_json: bool
+    access_log: bool
+    drain_seconds: float
+    shutdown_timeout: float
+
+
+def read_process_settings(
+    reader: EnvReader, *, development: bool, default_pool: int
+) -> ProcessSettings:
+    return ProcessSettings(
+        host=reader.text("TESSERA_HOST", "127.0.0.1") or "127.0.0.1",
+        max_body_bytes=reader.positive_int("TESSERA_MAX_BODY_BYTES", 16 * 1024),
+        dependency_timeout=read_dependency_timeout(reader),
+        cache_ttl=reader.parsed("TESSERA_CACHE_TTL", float, 30.0, "a number"),
+        db_pool_max=reader.positive_int("TESSERA_DB_POOL_MAX", default_pool),
+        migrate_on_start=reader.flag("TESSERA_MIGRATE_ON_START", development),
+        log_level=read_log_level(reader),
+        log_json=read_log_json(reader),
+        access_log=reader.flag("TESSERA_ACCESS_LOG", True),
+        drain_seconds=reader.parsed("TESSERA_DRAIN_SECONDS", float, 0.0, "a number"),
+        shutdown_timeout=reader.parsed("TESSERA_SHUTDOWN_TIMEOUT", float, 10.0, "a number"),
+    )

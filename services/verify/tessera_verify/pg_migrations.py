@@ -12,6 +12,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from importlib import resources
+from typing import Protocol
 
 import asyncpg
 from prometheus_client import Histogram
@@ -126,4 +127,36 @@ async def create_pool(
         init=None if latency is None else query_timer(latency),
     )
     assert pool is not None
+    return pool
+
+
+class DatabaseSettings(Protocol):
+    """Read-only view of the settings this needs."""
+
+    @property
+    def database_url(self) -> str: ...
+
+    @property
+    def db_pool_max(self) -> int: ...
+
+    @property
+    def dependency_timeout(self) -> float: ...
+
+    @property
+    def migrate_on_start(self) -> bool: ...
+
+
+async def open_database(
+    settings: DatabaseSettings, migrator: Migrator, *, latency: Histogram | None = None
+) -> asyncpg.Pool:
+    """The service's pool, with its migrations applied first when the settings ask."""
+    pool = await create_pool(
+        settings.database_url,
+        max_size=settings.db_pool_max,
+        timeout=settings.dependency_timeout,
+        latency=latency,
+    )
+    if settings.migrate_on_start:
+        async with pool.acquire() as connection:
+            await migrator.migrate(connection)
     return pool

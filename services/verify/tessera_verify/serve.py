@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Protocol
 
 from aiohttp import web
 
@@ -55,14 +56,30 @@ async def serve(
         log.info("stopped")
 
 
-def run(
-    app: web.Application,
-    host: str,
-    port: int,
-    *,
-    drain_seconds: float = 0.0,
-    shutdown_timeout: float = 10.0,
-) -> None:
+class ServeSettings(Protocol):
+    """Read-only view of the settings this needs."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def drain_seconds(self) -> float: ...
+
+    @property
+    def shutdown_timeout(self) -> float: ...
+
+
+def run(app: web.Application, settings: ServeSettings) -> None:
+    """Serve until SIGTERM/SIGINT with the settings' address and shutdown timing."""
     asyncio.run(
-        serve(app, host, port, drain_seconds=drain_seconds, shutdown_timeout=shutdown_timeout)
+        serve(
+            app,
+            settings.host,
+            settings.port,
+            drain_seconds=settings.drain_seconds,
+            shutdown_timeout=settings.shutdown_timeout,
+        )
     )
