@@ -41,6 +41,7 @@ from .keyring import KeyRing
 from .metrics import AuthMetrics
 from .passwords import PasswordHasher
 from .refresh_tokens import RefreshTokenStore
+from .regulation import Regulator
 from .revoker import Revoker
 from .settings import Settings
 from .users import UserRepository
@@ -168,6 +169,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         grace=settings.refresh_grace,
     )
     app[appkeys.REFRESH_TOKENS] = refresh_tokens
+    app[appkeys.REGULATOR] = Regulator(redis, clock, settings.regulation)
     audit = AuditLog(pool, clock, app[appkeys.METRICS])
     app[appkeys.AUDIT] = audit
     app[appkeys.REVOKER] = Revoker(

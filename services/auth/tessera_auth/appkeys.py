@@ -18,6 +18,7 @@ from .audit import AuditLog
 from .keyring import KeyRing
 from .metrics import AuthMetrics
 from .refresh_tokens import RefreshTokenStore
+from .regulation import Regulator
 from .revoker import Revoker
 from .settings import Settings
 
@@ -36,3 +37,4 @@ DENYLIST = web.AppKey("denylist", Denylist)
 REVOCATIONS = web.AppKey("revocations", RevocationCache)
 REVOKER = web.AppKey("revoker", Revoker)
 AUDIT = web.AppKey("audit", AuditLog)
+REGULATOR = web.AppKey("regulator", Regulator)

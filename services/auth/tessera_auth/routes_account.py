@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import unicodedata
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from tessera_verify.errors import (
     InvalidRequest,
     InvalidTokenError,
     RegistrationDisabled,
+    TooManyAttempts,
 )
 from tessera_verify.jsonbody import get_str, read_body, require_str
 from tessera_verify.principal import bearer_token
@@ -77,16 +79,26 @@ async def login(request: web.Request) -> web.Response:
         )
     ip = client_ip(request, settings.trusted_proxies)
     audit = app[appkeys.AUDIT]
+    regulator = app[appkeys.REGULATOR]
+    account = unicodedata.normalize("NFKC", username).strip().casefold()
+    try:
+        await regulator.check(account, ip)
+    except TooManyAttempts:
+        metrics.logins.labels("throttled").inc()
+        audit.record("login", outcome="throttled", username=username[:64], ip=ip)
+        raise
     try:
         user = await app[appkeys.ACCOUNTS].authenticate(username, password)
     except InvalidCredentials:
         metrics.logins.labels("invalid_credentials").inc()
         audit.record("login", outcome="failure", username=username[:64], ip=ip)
+        await regulator.record_failure(account, ip)
         raise
     except Exception:
         metrics.logins.labels("error").inc()
         raise
 
+    await regulator.record_success(account)
     sessions = app[appkeys.SESSIONS]
     cookie_name = session_cookie_name(app)
     payload: dict[str, Any] = {"user": _user_json(user)}

@@ -29,6 +29,8 @@ from tessera_verify.config import (
     read_trusted_proxies,
 )
 
+from .regulation import RegulationPolicy
+
 __all__ = ["Argon2Parameters", "ConfigError", "Settings", "load_settings"]
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ class Settings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     dependency_timeout: float = 2.0
     refresh_grace: float = 10.0
+    regulation: RegulationPolicy = field(default_factory=RegulationPolicy)
     cache_ttl: float = 30.0
     cache_max_entries: int = 10_000
     introspection_clients: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
@@ -222,6 +225,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         refresh_grace=reader.parsed("TESSERA_REFRESH_GRACE_SECONDS", float, 10.0, "a number"),
         cache_max_entries=reader.positive_int("TESSERA_CACHE_MAX_ENTRIES", 10_000),
         introspection_clients=_introspection_clients(reader),
+        regulation=RegulationPolicy(
+            max_failures_per_account=reader.parsed(
+                "TESSERA_LOGIN_MAX_FAILURES", int, 10, "an integer"
+            ),
+            max_failures_per_address=reader.parsed(
+                "TESSERA_LOGIN_MAX_FAILURES_PER_ADDRESS", int, 100, "an integer"
+            ),
+            window=reader.positive_int("TESSERA_LOGIN_FAILURE_WINDOW", 300),
+        ),
     )
     if reader.problems:
         raise ConfigError(reader.problems)

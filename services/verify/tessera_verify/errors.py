@@ -29,6 +29,9 @@ class TesseraError(Exception):
     def www_authenticate(self) -> str | None:
         return None
 
+    def extra_headers(self) -> dict[str, str]:
+        return {}
+
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {"error": self.code, "message": self.message}
         if self.details:
@@ -118,6 +121,21 @@ class InvalidGrant(BadRequest):
 class UnsupportedGrantType(BadRequest):
     code = "unsupported_grant_type"
     default_message = "unsupported grant_type"
+
+
+class TooManyAttempts(TesseraError):
+    """Login throttling: too many recent failures for this account or address."""
+
+    status = 429
+    code = "too_many_attempts"
+    default_message = "too many failed attempts; try again later"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(details={"retry_after": retry_after})
+        self.retry_after = retry_after
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 # --- 401: who are you? -----------------------------------------------------------------

@@ -52,8 +52,9 @@ def error_response(error: TesseraError) -> web.Response:
     challenge = error.www_authenticate()
     if challenge:
         response.headers["WWW-Authenticate"] = challenge
-    if error.status in (401, 503):
+    if error.status in (401, 429, 503):
         response.headers["Cache-Control"] = "no-store"
+    response.headers.update(error.extra_headers())
     return response
 
 

@@ -33,3 +33,7 @@ def refresh_family(family_id: str) -> str:
 
 def user_refresh_families(user_id: str) -> str:
     return f"{PREFIX}:user-refresh-families:{user_id}"
+
+
+def login_failures(subject: str, window: int) -> str:
+    return f"{PREFIX}:login-failures:{subject}:{window}"
