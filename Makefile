@@ -29,18 +29,18 @@ UP_ARGS := $(if $(PORT),--port $(PORT)) $(if $(HTTPS_PORT),--https-port $(HTTPS_
 	$(if $(ALG),--alg $(ALG)) $(if $(ROW),--row $(ROW)) $(if $(POLICY),--policy $(POLICY)) \
 	$(if $(REPLICAS),--replicas $(REPLICAS))
 
-.PHONY: help bootstrap up down status logs demo row scale kill-replica test lint fmt bench clean
+.PHONY: help bootstrap up down status logs demo row scale kill-replica restart-replicas test lint fmt bench bench-quick clean
 
 help: ## List the targets
 	@echo "usage: make TARGET [VAR=value ...]"
 	@echo
-	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-13s %s\n", $$1, $$2 }' \
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-17s %s\n", $$1, $$2 }' \
 		$(MAKEFILE_LIST)
 	@echo
 	@echo "variables: ROW=1..6 REPLICAS=N POLICY=least_conn|... HTTPS_PORT=8443 PORT=8080 ALG=ES256 (up),"
-	@echo "           ROW (row), REPLICAS (scale), ID=r2 (kill-replica), ROWS=1-6 (demo),"
+	@echo "           ROW (row), REPLICAS (scale), ID=r2 (kill-replica, restart-replicas), ROWS=1-6 (demo),"
 	@echo "           NAME=auth|nginx|nginx-access|r1|postgres|redis|migrate (logs), PURGE=1 (down),"
-	@echo "           PYTEST_ARGS (test), BENCH_ARGS (bench)"
+	@echo "           PYTEST_ARGS (test), BENCH_ARGS (bench, bench-quick: e.g. '--only validation,rows')"
 
 bootstrap: ## Install missing system packages, create .venv, install the project
 	@deploy/scripts/bootstrap.sh
@@ -72,6 +72,9 @@ kill-replica: ## SIGKILL one replica to simulate a crash (ID=r2); nginx is not t
 	@test -n "$(ID)" || { echo "usage: make kill-replica ID=r2" >&2; exit 2; }
 	@$(STACK) kill-replica $(ID)
 
+restart-replicas: ## Rolling restart of the replicas, one at a time out of nginx (ID=r2 for one)
+	@$(STACK) restart-replicas $(ID)
+
 test: bootstrap ## Run the test suite (real PostgreSQL, Redis and nginx are started for it)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -85,8 +88,11 @@ fmt: bootstrap ## Format the code and apply safe lint fixes
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: bootstrap ## Run the micro-benchmarks
-	$(PY) -m bench.micro $(BENCH_ARGS)
+bench: bootstrap ## Benchmark and load test on a stack of its own (~15 min): report in bench/results/
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-quick: bootstrap ## The same, every part with short runs (< 3 min)
+	$(PY) -m bench --quick $(BENCH_ARGS)
 
 clean: ## Stop the stack, delete .run/ and caches (keeps .venv)
 	@if [ -x $(PY) ]; then $(STACK) down --purge >/dev/null; fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a Debian/Ubuntu machine to build, test and run tessera locally:
 #   - the Debian packages the stack runs (PostgreSQL, Redis, nginx, openssl,
-#     curl), installed only when missing;
+#     curl) and Prometheus (promtool and the server, for the tests),
+#     installed only when missing;
 #   - .venv with Python >= 3.11, created only when missing;
 #   - `pip install -e '.[dev]'`, rerun only when pyproject.toml changed
 #     (its sha256 is kept in .venv/.tessera-installed).
@@ -101,9 +102,11 @@ install_packages() {
 missing=()
 have redis-server || missing+=(redis-server)
 have_postgres_server || missing+=(postgresql)
-have nginx || missing+=(nginx-light)
+have nginx || missing+=(nginx)  # "nginx" exists in every Debian/Ubuntu release; -light not in all
 have openssl || missing+=(openssl)
 have curl || missing+=(curl)
+# promtool and the Prometheus server: the tests lint /metrics and scrape the stack.
+have promtool || missing+=(prometheus)
 
 PYTHON="$(find_python)"
 if [ -z "$PYTHON" ]; then

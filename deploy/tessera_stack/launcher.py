@@ -10,7 +10,9 @@ load-balancer demonstration (``--row``, see :mod:`tessera_stack.rows`).
 While the stack runs, ``row N`` switches it to another row, ``add-replica``
 / ``remove-replica`` / ``scale N`` change the number of replicas (nginx
 reloads gracefully: requests in flight finish, new ones see the new set),
-``kill-replica ID`` SIGKILLs one (a crash: nginx is not told), ``status``
+``kill-replica ID`` SIGKILLs one (a crash: nginx is not told),
+``restart-replicas`` restarts them one at a time with nginx routing around
+each (a rolling restart that fails no request), ``status``
 shows what runs, ``logs NAME`` prints a log, ``demo`` walks every row, and
 ``down`` stops everything. Every command that changes the stack brings it
 to its recorded shape, so a killed replica comes back with the next one.
@@ -39,6 +41,7 @@ from tessera_stack.processes import (
     StackError,
     free_port,
     log_tail,
+    port_is_bindable,
     port_is_open,
     read_pid_file,
     terminate,
@@ -254,7 +257,7 @@ def _new_replica(existing: Sequence[ReplicaEntry], auth_port: int, https_port: i
     number = max((entry.number for entry in existing), default=0) + 1
     taken = {entry.port for entry in existing} | {auth_port, https_port}
     port = auth_port + number
-    if port in taken or port >= 65536 or port_is_open(port):
+    if port in taken or port >= 65536 or not port_is_bindable(port, LOOPBACK):
         port = free_port(LOOPBACK)
         while port in taken:
             port = free_port(LOOPBACK)
@@ -556,6 +559,72 @@ def cmd_kill_replica(layout: Layout, replica_id: str) -> int:
     return 0
 
 
+def _restart_targets(state: StackState, replica_ids: Sequence[str]) -> list[ReplicaEntry]:
+    """The replicas to restart, in the stack's order; StackError for an unknown ID."""
+    if not replica_ids:
+        return sorted(state.replicas, key=lambda entry: entry.number)
+    targets: list[ReplicaEntry] = []
+    for replica_id in replica_ids:
+        entry = state.replica(replica_id)
+        if entry is None:
+            known = ", ".join(e.id for e in state.replicas) or "none"
+            raise StackError(f"no replica {replica_id!r} (there are: {known})")
+        if entry not in targets:
+            targets.append(entry)
+    return targets
+
+
+def cmd_restart_replicas(layout: Layout, replica_ids: Sequence[str]) -> int:
+    """Restart replicas one at a time (default: all) without failing a request.
+
+    For each replica in turn: nginx reloads without it (its old workers
+    finish the requests in flight, the new ones send nothing to it); it gets
+    SIGTERM (it finishes its own requests, after ``TESSERA_DRAIN_SECONDS`` of
+    not being ready); it starts again on its port with this command's
+    environment, and once ``/readyz`` answers 200 nginx reloads with it back,
+    before the next one goes. Sessions kept in a replica's memory (rows 1-3)
+    are lost with it. With a single replica nobody can take over, and
+    requests fail while it restarts.
+    """
+    try:
+        state = _running_state(layout)
+        assert state.row is not None
+        assert state.https_port is not None
+        targets = _restart_targets(state, replica_ids)
+        settings = _settings(state)
+        methods = state.methods or ROWS[state.row].methods
+        nginx = layout.nginx_server(state.https_port)
+        if len(state.replicas) == 1:
+            print("one replica: requests fail while it restarts", file=sys.stderr)
+        for entry in targets:
+            others = [other for other in state.replicas if other.id != entry.id]
+            if others and nginx.running:
+                print(f"reloading nginx without {entry.id} ...", flush=True)
+                render_to(_nginx_config(layout, state, others), layout.nginx_conf)
+                nginx.reload()
+            services.stop(layout, entry.process, REPLICA_PROGRAM)
+            print(f"starting replica {entry.id} ({methods}) ...", flush=True)
+            started = services.spawn(
+                layout,
+                entry.process,
+                REPLICA_PROGRAM,
+                services.replica_env(layout, settings, entry, methods),
+                entry.port,
+            )
+            services.wait_ready(layout, started)
+            render_to(_nginx_config(layout, state, state.replicas), layout.nginx_conf)
+            if nginx.running:
+                print(f"reloading nginx with {entry.id} ...", flush=True)
+                nginx.reload()
+            else:
+                print(f"starting nginx ({state.policy}) on port {state.https_port} ...", flush=True)
+                nginx.start()
+            print(f"restarted replica {entry.id} (pid {started.proc.pid})", flush=True)
+    except StackError as exc:
+        return _error(str(exc))
+    return 0
+
+
 # -- down, status, logs ---------------------------------------------------------
 
 
@@ -749,6 +818,11 @@ def _parser() -> argparse.ArgumentParser:
     scale.add_argument("count", type=_count)
     kill = commands.add_parser("kill-replica", help="SIGKILL a replica (a crash; nginx not told)")
     kill.add_argument("id", help="which replica, e.g. r2")
+    restart = commands.add_parser(
+        "restart-replicas",
+        help="rolling restart: one replica at a time, out of nginx while it restarts",
+    )
+    restart.add_argument("ids", nargs="*", metavar="id", help="which replicas (default: all)")
 
     demo = commands.add_parser("demo", help="walk the demonstration rows and print a table")
     add_demo_arguments(demo)
@@ -796,6 +870,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_scale(layout, int(args.count))
     if command == "kill-replica":
         return cmd_kill_replica(layout, str(args.id))
+    if command == "restart-replicas":
+        return cmd_restart_replicas(layout, [str(each) for each in args.ids])
     if command == "demo":
         return run_demo(layout, args)
     if command == "down":

@@ -88,6 +88,9 @@ class NginxConfig:
     tls_key: Path
     forward_secret: str | None = None
     host: str = "127.0.0.1"
+    # Where nginx listens, when not on ``host`` (in a container: 0.0.0.0 while
+    # ``host`` names the auth service).
+    listen_host: str | None = None
     server_names: tuple[str, ...] = ("127.0.0.1", "localhost")
     worker_processes: str = "auto"
     error_log_level: str = "notice"
@@ -179,7 +182,7 @@ def _values(config: NginxConfig) -> dict[str, str | list[str]]:
         "worker_processes": config.worker_processes,
         "error_log_level": config.error_log_level,
         "auth_address": f"{config.host}:{config.auth_port}",
-        "listen_address": f"{config.host}:{config.https_port}",
+        "listen_address": f"{config.listen_host or config.host}:{config.https_port}",
         "server_names": " ".join(config.server_names),
         "tls_cert": _quote(config.tls_cert),
         "tls_key": _quote(config.tls_key),

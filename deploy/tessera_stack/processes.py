@@ -43,6 +43,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def port_is_bindable(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could bind ``host:port`` now.
+
+    Stricter than "nothing listens there": in the ephemeral range a port may be
+    the local end of some outgoing connection, which also makes a bind fail.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def port_is_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
     """Whether something accepts TCP connections on ``host:port``."""
     try:

@@ -1,0 +1,18 @@
+# nginx for docker-compose.yml: the configuration rendered from nginx/ by
+#   python -m tessera_stack.compose_nginx      (into deploy/compose/nginx/)
+# Runs as the image's unprivileged nginx user (uid 101): everything it
+# writes is under /tmp/nginx, and it listens on 8443. The TLS certificate and
+# key arrive as compose secrets in /run/secrets/.
+#   docker build -f deploy/docker/nginx.Dockerfile -t tessera-nginx:local .
+FROM nginx:1.27.3-alpine
+RUN mkdir -p /tmp/nginx/tmp /tmp/nginx/logs \
+    && ln -sf /dev/stdout /tmp/nginx/logs/nginx-access.log \
+    && chown -R nginx:nginx /tmp/nginx
+COPY deploy/compose/nginx/ /etc/nginx/tessera/
+USER 101:101
+EXPOSE 8443
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["wget", "-q", "-O", "/dev/null", "--no-check-certificate", "https://127.0.0.1:8443/nginx-health"]
+# SIGQUIT: graceful shutdown (requests in flight finish).
+STOPSIGNAL SIGQUIT
+CMD ["nginx", "-c", "/etc/nginx/tessera/nginx.conf"]
