@@ -1,0 +1,531 @@
+"""The report a person reads at a glance: Markdown tables from the raw results.
+
+``report.md`` has everything; ``summary.md`` (printed at the end of a run,
+and what the README shows) has the budget and the headline tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bench import budget
+
+__all__ = ["render_report", "render_summary", "verdicts"]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: int = 1) -> str:
+    """A Markdown table; columns from ``right`` on are right-aligned."""
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join("---:" if i >= right else "---" for i in range(len(header))) + "|")
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _n(value: Any, digits: int = 0, suffix: str = "") -> str:
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def _pct(value: Any) -> str:
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:.0%}"
+
+
+def _shares(share: dict[str, float]) -> str:
+    if not share:
+        return "-"
+    return "/".join(f"{round(100 * value)}" for _, value in sorted(share.items(), key=_rid))
+
+
+def _rid(item: tuple[str, float]) -> int:
+    rid = item[0]
+    return int(rid[1:]) if rid[1:].isdigit() else 999
+
+
+def _share_names(share: dict[str, float]) -> str:
+    return "/".join(rid for rid, _ in sorted(share.items(), key=_rid))
+
+
+def verdicts(results: dict[str, Any]) -> list[budget.Verdict]:
+    found: list[budget.Verdict] = []
+    if "validation" in results:
+        found += budget.validation_verdicts(results["validation"])
+    if "micro" in results:
+        found += budget.micro_verdicts(results["micro"])
+    if "logins" in results:
+        found += budget.login_verdicts(results["logins"])
+    if "rows" in results:
+        found += budget.rows_verdicts(results["rows"])
+    return found
+
+
+def _budget_section(results: dict[str, Any]) -> str:
+    rows = []
+    for verdict in verdicts(results):
+        mark = "n/a" if verdict.met is None else ("**met**" if verdict.met else "**missed**")
+        rows.append([verdict.target, verdict.measured, mark, verdict.gap or ""])
+    if not rows:
+        return ""
+    return "## Performance budget\n\n" + _table(["target", "measured", "", "gap"], rows, right=99)
+
+
+def _validation_section(validation: dict[str, Any], meta: dict[str, Any]) -> str:
+    scenarios = validation["scenarios"]
+    base_cost = scenarios["baseline"]["cost_us"]
+    rows = []
+    for value in scenarios.values():
+        extra = value["cost_us"] - base_cost
+        hit = value.get("cache_hit_ratio")
+        rows.append(
+            [
+                value["label"],
+                _n(value["rate"]),
+                _pct(value["ratio_to_baseline"]),
+                _pct(value["cost_ratio_to_baseline"]),
+                _n(value["cost_us"]),
+                "" if value["kind"] == "ceiling" else f"{extra:+.0f}",
+                _n(value["p50_ms"], 2),
+                _n(value["p99_ms"], 2),
+                "-" if hit is None else _pct(hit),
+            ]
+        )
+    cores = validation.get("cores")
+    where = (
+        f"the measured process alone on core {cores['server']}; wrk (1 thread, "
+        f"{meta['config']['connections']} connections), nginx, the auth service, Redis, "
+        f"PostgreSQL and the driver on core {cores['load']}"
+        if cores
+        else "nothing pinned (one core)"
+    )
+    forward = scenarios["forward_auth"]["cost_cpu_us"]
+    ceiling = scenarios["nginx_ceiling"]
+    wrk_max = max(v["wrk_utilisation"] for v in scenarios.values())
+    server_min = min(
+        v["server_utilisation"]
+        for key, v in scenarios.items()
+        if v["kind"] != "ceiling" and key != "forward_auth"
+    )
+    text = [
+        "## 1. Validation cost per request, one replica",
+        "",
+        f"Median of {meta['config']['rounds']} interleaved runs of "
+        f"{meta['config']['run_seconds']:g} s each; {where}. *vs baseline (req/s)* is the "
+        "measured throughput ratio within a round; *(CPU)* is the inverse ratio of the "
+        "server's CPU time per request, i.e. the throughput ratio of a saturated core, "
+        "which other programs taking the core for a while do not move.",
+        "",
+        _table(
+            [
+                "credential",
+                "req/s",
+                "vs baseline (req/s)",
+                "vs baseline (CPU)",
+                "CPU µs/req",
+                "µs vs baseline",
+                "p50 ms",
+                "p99 ms",
+                "cache hits",
+            ],
+            rows,
+        ),
+        "",
+        f"- Raw {validation['algorithm']} signature check (pyjwt, signature only, same core): "
+        f"**{validation['signature_us']:.0f} µs** of CPU. A first-seen token costs "
+        f"{scenarios['jwt_first_seen']['cost_us'] - scenarios['jwt_repeated']['cost_us']:.0f} µs "
+        "more than a repeated one.",
+        "- Forward auth, CPU per request by process: "
+        + ", ".join(f"{name} {_n(us)} µs" for name, us in forward.items())
+        + " (nginx with TLS and the auth service share the load core with wrk, so this row is "
+        "bound by that core, not by the replica).",
+        f"- Load generator: wrk used at most {_pct(wrk_max)} of its core in any scenario, and "
+        f"drove nginx alone to {_n(ceiling['rate'])} req/s; the measured Python process used at "
+        f"least {_pct(server_min)} of its core in every run but forward auth's (100% = it was "
+        "the bottleneck; less means another program had the core for a while). "
+        f"Other programs on this machine used a median "
+        f"{_n(_median([v['background_cores'] for v in scenarios.values()]), 2)} cores during "
+        "these runs.",
+    ]
+    return "\n".join(text)
+
+
+def _median(values: list[float]) -> float:
+    clean = sorted(v for v in values if v == v)
+    if not clean:
+        return float("nan")
+    middle = len(clean) // 2
+    return clean[middle] if len(clean) % 2 else (clean[middle - 1] + clean[middle]) / 2
+
+
+def _peers_section(validation: dict[str, Any]) -> str:
+    scenarios = validation["scenarios"]
+    rows = []
+    for ours, peer in (
+        ("jwt_repeated", "peer_jwt"),
+        ("jwt_first_seen", "peer_jwt"),
+        ("shared_session", "peer_session"),
+        ("local_session", "peer_session"),
+    ):
+        a, b = scenarios[ours], scenarios[peer]
+        rows.append(
+            [
+                f"{a['label']} vs {b['label'].removeprefix('peer: ')}",
+                _n(a["rate"]),
+                _n(b["rate"]),
+                f"{a['rate'] / b['rate']:.2f}x",
+                f"{b['cost_us'] / a['cost_us']:.2f}x",
+            ]
+        )
+    return "\n".join(
+        [
+            "## 4. Against what a Python user would otherwise pick",
+            "",
+            "Same machine, same run, same core, same wrk settings; the peers are minimal aiohttp "
+            "apps (`bench/peers.py`) without tessera's middleware (request IDs, metrics, "
+            "replica stamp). The session peer's cost includes Redis's CPU.",
+            "",
+            _table(
+                ["comparison", "tessera req/s", "peer req/s", "speed-up (req/s)", "speed-up (CPU)"],
+                rows,
+            ),
+        ]
+    )
+
+
+def _rows_section(rows: dict[str, Any]) -> str:
+    entries = list(rows["rows"].values())
+    capacity_rows = []
+    for entry in entries:
+        capacity = entry["capacity"]
+        capacity_rows.append(
+            [
+                f"{entry['row']}",
+                entry["label"],
+                _n(capacity["rate"]),
+                _pct(capacity["success_rate"]),
+                _n(capacity["ok_rate"]),
+                f"{_shares(capacity['share'])} ({_share_names(capacity['share'])})",
+                _n(capacity["p50_ms"], 1),
+                _n(capacity["p99_ms"], 1),
+                str(capacity["server_errors"] + capacity["socket_errors"]),
+                _pct(capacity["wrk_utilisation"]),
+            ]
+        )
+    scale_rows = []
+    kill_rows = []
+    for entry in entries:
+        scale, kill = entry["scale_out"], entry["kill"]
+        added = scale["replica"]
+        scale_rows.append(
+            [
+                f"{entry['row']}",
+                entry["label"],
+                _pct(scale["before"]["success_rate"]),
+                _shares(scale["before"]["share"]),
+                added,
+                _pct(scale["settled"]["share"].get(added, 0.0)),
+                "never" if scale.get("rebalance_s") is None else f"{scale['rebalance_s']:.1f} s",
+                f"{scale['users_lost']} of {scale['users']}",
+                str(scale["failed"]),
+                _pct(scale["settled"]["success_rate"]),
+            ]
+        )
+        last = kill["last_failure_after_event_s"]
+        kill_rows.append(
+            [
+                f"{entry['row']}",
+                entry["label"],
+                _pct(kill["before"]["success_rate"]),
+                _shares(kill["before"]["share"]),
+                kill["replica"],
+                str(kill["failed"]),
+                "-" if last is None else f"{last:.1f} s",
+                f"{kill['users_lost']} of {kill['users']}",
+                _pct(kill["settled"]["success_rate"]),
+                _shares(kill["settled"]["share"]),
+                f"{_n(kill['before']['p99_ms'], 0)} / {_n(kill['settled']['p99_ms'], 0)}",
+            ]
+        )
+    first = entries[0]
+    lag = max(
+        entry[kind]["driver_lag_p99_ms"] for entry in entries for kind in ("scale_out", "kill")
+    )
+    driver = max(
+        entry[kind]["driver_utilisation"] for entry in entries for kind in ("scale_out", "kill")
+    )
+    return "\n".join(
+        [
+            "## 2. The demonstration rows under load (nginx with TLS, 3 replicas)",
+            "",
+            f"**Capacity** (wrk, closed loop, {first['capacity']['runs']} run(s) of each row, "
+            f"median): {rows['users']} users logged in from 127.0.0.1, wrk's own address, their "
+            "credentials sent in turn. *ok* = authenticated 2xx. Row 2 is therefore the "
+            '"everyone behind one NAT" case: `ip_hash` gives all of them one replica.',
+            "",
+            _table(
+                [
+                    "row",
+                    "credential / policy",
+                    "req/s",
+                    "ok",
+                    "ok/s",
+                    "% by replica",
+                    "p50 ms",
+                    "p99 ms",
+                    "5xx+socket",
+                    "wrk CPU",
+                ],
+                capacity_rows,
+                right=2,
+            ),
+            "",
+            f"**Scale-out** (Python driver): {rows['users']} users, each from its own /24 "
+            f"(127.0.N.1), {rows['offered_rate']:g} requests/s in all (9 GET /api/me : 1 POST "
+            "/api/comments); a replica added a third of the way in. *rebalance* = from the end "
+            "of the scale-out until the new replica first carries half its fair share; "
+            "*settled* = from one second after the event to the end.",
+            "",
+            _table(
+                [
+                    "row",
+                    "credential / policy",
+                    "ok before",
+                    "% by r1/r2/r3",
+                    "added",
+                    "its share, settled",
+                    "rebalance",
+                    "users lost",
+                    "failed",
+                    "ok settled",
+                ],
+                scale_rows,
+                right=2,
+            ),
+            "",
+            "**Kill**: the same load; the replica most users live on (else r1) SIGKILLed a "
+            "third of the way in, nginx not told. *failed* = 5xx or no answer, as users saw "
+            "them (a POST in flight on the killed replica is not retried by nginx); *users "
+            "lost* = a success before, none once settled.",
+            "",
+            _table(
+                [
+                    "row",
+                    "credential / policy",
+                    "ok before",
+                    "% by replica",
+                    "killed",
+                    "failed",
+                    "last failure after kill",
+                    "users lost",
+                    "ok settled",
+                    "% by replica, settled",
+                    "p99 ms before / settled",
+                ],
+                kill_rows,
+                right=2,
+            ),
+            "",
+            f"Driver check: it sent at most {lag:.0f} ms late (p99 of its schedule lag) and used "
+            f"at most {_pct(driver)} of a core; wrk and the stack were not pinned in this part.",
+        ]
+    )
+
+
+def _logins_section(logins: dict[str, Any]) -> str:
+    summary = logins["summary"]
+    argon2 = logins["argon2"]
+    rows = [
+        [
+            f"raw Argon2id verify (m={argon2['memory_kib']}, t={argon2['time_cost']}, "
+            f"p={argon2['parallelism']}), 1 thread",
+            _n(summary["argon2"]["rate"], 1),
+            _n(summary["argon2"]["cpu_ms"], 1),
+            "100%",
+            "100%",
+            "",
+            "",
+        ]
+    ]
+    for key, label in (
+        ("login_session", "login -> session cookie"),
+        ("login_token", "login -> access + refresh token"),
+    ):
+        entry = summary[key]
+        rows.append(
+            [
+                label,
+                _n(entry["rate"], 1),
+                _n(entry["auth_cpu_ms"], 1),
+                _pct(entry["rate_share_of_argon2"]),
+                _pct(entry["cost_share_of_argon2"]),
+                _n(entry["p50_ms"], 0),
+                _n(entry["p99_ms"], 0),
+            ]
+        )
+    refresh = summary["refresh"]
+    rows.append(
+        [
+            "refresh (rotating refresh token, no hashing)",
+            _n(refresh["rate"], 0),
+            _n(refresh["auth_cpu_ms"], 2),
+            f"{refresh['per_login']:.0f}x a login",
+            "",
+            _n(refresh["p50_ms"], 0),
+            _n(refresh["p99_ms"], 0),
+        ]
+    )
+    cores = logins.get("cores")
+    where = (
+        f"the auth service alone on core {cores['server']} (raw Argon2 there too); the driver, "
+        f"PostgreSQL and Redis on core {cores['load']}"
+        if cores
+        else "nothing pinned"
+    )
+    concurrency = logins["concurrency"]
+    driver = max(
+        summary[kind]["driver_utilisation"] for kind in ("login_session", "login_token", "refresh")
+    )
+    return "\n".join(
+        [
+            "## 3. Logins and refreshes vs raw Argon2",
+            "",
+            f"{where}; {concurrency['login']} concurrent logins, {concurrency['refresh']} "
+            "concurrent refresh chains, median of interleaved rounds. *vs raw* columns: measured "
+            "rate / raw rate, and raw CPU per hash / the service's CPU per login.",
+            "",
+            _table(
+                [
+                    "operation",
+                    "per second",
+                    "CPU ms each",
+                    "vs raw (rate)",
+                    "vs raw (CPU)",
+                    "p50 ms",
+                    "p99 ms",
+                ],
+                rows,
+            ),
+            "",
+            f"A login spends {summary['login_session']['not_hashing_ms']:.1f} ms of CPU (session) "
+            f"and {summary['login_token']['not_hashing_ms']:.1f} ms (tokens) on everything but "
+            f"the hash. Driver: at most {_pct(driver)} of its core.",
+        ]
+    )
+
+
+def _micro_section(micro: dict[str, Any]) -> str:
+    rows = [[name, _n(seconds * 1e6, 1)] for name, seconds in micro["figures"].items()]
+    return "\n".join(
+        [
+            "## Micro-benchmark (`python -m bench.micro`, in-process, own PostgreSQL and Redis)",
+            "",
+            _table(["operation", "µs per op"], rows),
+        ]
+    )
+
+
+def _profile_costs(results: dict[str, Any]) -> dict[str, float]:
+    """CPU µs per request of each profiled validation scenario, to put µs on the shares."""
+    costs: dict[str, float] = {}
+    for key, value in results.get("validation", {}).get("scenarios", {}).items():
+        costs[key] = float(value["server_cpu_us"])
+    # Not for logins: the auth service hashes in an executor thread, and a sample of
+    # the event loop waiting for the core to come back counts as runnable, so its
+    # shares are of wall time, not of the CPU time per login.
+    return costs
+
+
+def _profiles_section(results: dict[str, Any]) -> str:
+    profiles: dict[str, Any] = {}
+    profiles.update(results.get("validation", {}).get("profiles", {}))
+    profiles.update(results.get("logins", {}).get("profiles", {}))
+    if not profiles:
+        return ""
+    costs = _profile_costs(results)
+    text = [
+        "## Where the time goes (py-spy, for the missed targets)",
+        "",
+        "Share of samples in which a thread of the measured process was running or runnable "
+        "(threads waiting in epoll or for executor work left out), in separate runs under "
+        "the same load; *≈ µs* applies the share to the CPU time per request measured above. "
+        "*Including callees* leaves out what more than 60% of samples pass through (the "
+        "middleware chain every request runs). Collapsed stacks are in `profiles/`.",
+    ]
+    for key, profile in profiles.items():
+        if not profile["samples"]:
+            continue
+        cost = costs.get(key)
+
+        def share(value: float, cost: float | None = cost) -> str:
+            return f"{value:.0%}" if cost is None else f"{value:.0%} ≈ {value * cost:,.0f} µs"
+
+        components = ", ".join(f"{name} {share(s)}" for name, s in profile["by_component"][:8])
+        own = "; ".join(f"{name} {share(s)}" for name, s in profile["self_time"][:8])
+        below = [(name, s) for name, s in profile["inclusive"] if s <= 0.6][:8]
+        inclusive = "; ".join(f"{name} {share(s)}" for name, s in below)
+        per = "" if cost is None else f", {cost:,.0f} µs of CPU per request"
+        text += [
+            "",
+            f"**{key}** ({profile['samples']} samples{per})",
+            f"- by component: {components}",
+            f"- own time: {own}",
+            f"- including callees: {inclusive or '-'}",
+        ]
+    return "\n".join(text)
+
+
+def _header(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    lines = [
+        f"# tessera benchmark, {meta['started']}",
+        "",
+        f"`{meta['command']}` ({meta['config']['name']} mode, {meta['elapsed_s'] / 60:.1f} min) · "
+        f"git {meta['git']} · {meta['cpu_model']}, {meta['cpus']} cores · Python "
+        f"{meta['python']} · {meta['algorithm']} · loopback only · load average "
+        f"{meta['loadavg_before']} before, {meta['loadavg_after']} after. Every figure is a "
+        "median of repeated runs; the headline figures are ratios measured side by side.",
+    ]
+    return "\n".join(lines)
+
+
+def render_summary(results: dict[str, Any]) -> str:
+    """Budget and headline tables: what the README shows."""
+    parts = [_header(results), _budget_section(results)]
+    meta = results["meta"]
+    if "validation" in results:
+        parts.append(_validation_section(results["validation"], meta))
+        parts.append(_peers_section(results["validation"]))
+    if "rows" in results and results["rows"].get("rows"):
+        parts.append(_rows_section(results["rows"]))
+    if "logins" in results:
+        parts.append(_logins_section(results["logins"]))
+    return "\n\n".join(part for part in parts if part) + "\n"
+
+
+def render_report(results: dict[str, Any], charts: Sequence[str]) -> str:
+    """Everything: the summary, the micro-benchmark, the profiles, the charts, the method."""
+    parts = [render_summary(results).rstrip("\n")]
+    if "micro" in results:
+        parts.append(_micro_section(results["micro"]))
+    parts.append(_profiles_section(results))
+    if charts:
+        parts.append("## Charts\n\n" + "\n\n".join(f"![{name}]({name})" for name in charts))
+    parts.append(
+        "## How this was measured\n\n"
+        "- The stack is tessera's own launcher (`python -m tessera_stack`) in a run directory "
+        "of the benchmark's, on free loopback ports, with `TESSERA_ACCESS_LOG=0` and "
+        "`TESSERA_LOG_LEVEL=WARNING` so that logging is not what is measured.\n"
+        "- Raw throughput comes from wrk (Debian's package, one thread, Lua script "
+        "`bench/lua/requests.lua` that formats every request once and sends them in turn); "
+        "scenario logic (many source addresses, kills, scale-out, logins, refresh chains) "
+        "from a Python driver whose own CPU use and schedule lag are reported.\n"
+        '- CPU time per process comes from /proc; "other programs" is the machine\'s busy '
+        "time minus ours. The machine is shared and noisy: compare ratios, not absolute rates.\n"
+        "- First-seen JWTs: more distinct tokens than the replica's verified-token cache holds "
+        "(LRU), minted with the auth service's issuer and active key, sent in turn and carried "
+        "on from run to run; the replica's /metrics confirms the cache missed.\n"
+        "- Raw JSON: `results.json`; service logs: `logs/`."
+    )
+    return "\n\n".join(part for part in parts if part) + "\n"

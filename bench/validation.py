@@ -1,0 +1,558 @@
+"""Parts 1 and 4: what validating a credential costs one replica, next to no authentication
+and next to what a Python user would otherwise pick.
+
+One replica started for the benchmark (``bench``) accepts JWTs, shared
+sessions and sessions in its own memory, so every credential is measured on
+the same process, the same routes and the same middleware:
+
+* *baseline*: ``GET /healthz``, which runs the same middleware chain (request
+  ID, metrics, the stamp, errors, tessera's authentication middleware, which
+  skips public paths) and answers a small JSON object without authenticating;
+* ``GET /api/me`` with a repeated JWT (verified-token cache hit), with a new JWT
+  on every request (more distinct tokens than the cache holds, sent in turn,
+  so the LRU cache misses every time: checked on the replica's /metrics), with
+  a shared Redis session (cache fed by the revocation feed) and with a
+  session in the replica's memory;
+* forward auth through nginx (TLS, ``auth_request`` to the auth service, then
+  the stack's replica r1), and nginx's own ``/nginx-health`` as the ceiling of
+  wrk + TLS + nginx on this machine;
+* the peers (:mod:`bench.peers`): pyjwt ``jwt.decode`` per request and
+  aiohttp-session's Redis storage, as their own processes.
+
+The process under test runs alone on the server core; wrk (one thread) and
+everything else share the other core. Scenarios are interleaved round by
+round (the order rotates), and ratios are taken within a round, then the
+median over rounds: the machine is noisy, and drift hits both sides of a
+ratio alike.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import secrets
+import ssl
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench import budget
+from bench.config import BenchConfig, Cores
+from bench.credentials import (
+    LOCAL_SESSION_COOKIE,
+    SESSION_COOKIE,
+    auth_settings,
+    login_local,
+    login_session,
+    login_tokens,
+    mint_access_tokens,
+    register,
+)
+from bench.peers import PEER_SESSION_COOKIE
+from bench.procs import MACHINE, ORIGINAL_CORES, pin, pinned_command
+from bench.profiling import Profile, start_recording, summarise
+from bench.stack import BenchStack, ExtraProcess
+from bench.wrk import WrkResult, WrkRun, run_wrk
+from tessera_stack import free_port
+
+__all__ = ["Scenario", "bench_environment", "header_line", "run_validation"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The replicas' verified-token cache size (VerifyConfig's default).
+TOKEN_CACHE_ENTRIES = 10_000
+MINTED_TOKEN_TTL = 3600
+ROUTE_COOKIE = "tessera_route"
+_METRIC = re.compile(
+    r'^tessera_cache_requests_total\{cache="(?P<cache>[^"]+)",result="(?P<result>[^"]+)"\}'
+    r" (?P<value>[0-9.e+]+)$"
+)
+
+
+def bench_environment() -> dict[str, str]:
+    """The environment for ``python -m bench.*`` subprocesses (the repository on the path)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        part for part in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if part
+    )
+    return env
+
+
+def header_line(**headers: str) -> str:
+    """One wrk request line (see lua/requests.lua): headers joined by TABs."""
+    return "\t".join(f"{name.replace('_', '-')}: {value}" for name, value in headers.items())
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    label: str
+    url: str
+    headers: Sequence[str]
+    #: The CpuMeter group of the process that serves the request.
+    server: str
+    #: What the answer's X-Auth-Method must say (``None``: not checked).
+    expect_method: str | None
+    kind: str  # "tessera", "peer" or "ceiling"
+    #: Processes whose CPU time makes up the request's cost (forward auth: several).
+    cost_groups: tuple[str, ...] = ()
+    ssl_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+
+
+def _cache_counts(port: int) -> dict[str, float]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if match := _METRIC.match(line):
+            counts[f"{match['cache']}:{match['result']}"] = float(match["value"])
+    return counts
+
+
+async def _check(http: aiohttp.ClientSession, scenario: Scenario) -> None:
+    """One request as the scenario sends it: it must be answered, and as expected."""
+    first = scenario.headers[0]
+    headers = {}
+    if first != "-":
+        for field_text in first.split("\t"):
+            name, _, value = field_text.partition(": ")
+            headers[name] = value
+    tls = scenario.ssl_context if scenario.ssl_context is not None else True
+    async with http.get(scenario.url, headers=headers, ssl=tls) as response:
+        await response.read()
+        method = response.headers.get("X-Auth-Method")
+        if response.status != 200 or (
+            scenario.expect_method is not None and method != scenario.expect_method
+        ):
+            raise RuntimeError(
+                f"{scenario.label}: {scenario.url} answered {response.status} "
+                f"(X-Auth-Method {method}), expected 200 ({scenario.expect_method})"
+            )
+
+
+def _raw_signature_us(jwks_url: str, token: str, seconds: float, cores: Cores | None) -> float:
+    command = pinned_command(
+        [
+            sys.executable,
+            "-m",
+            "bench.rawcost",
+            "jwt",
+            "--jwks-url",
+            jwks_url,
+            "--token",
+            token,
+            "--seconds",
+            str(seconds),
+        ],
+        None if cores is None else [cores.server],
+    )
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=bench_environment(), check=True, timeout=120
+    )
+    return float(json.loads(result.stdout.strip().splitlines()[-1])["signature_us"])
+
+
+def _median(values: Sequence[float]) -> float:
+    clean = [value for value in values if value == value]  # drop NaN
+    return statistics.median(clean) if clean else float("nan")
+
+
+def cost_us(scenario: Scenario, run: WrkResult) -> float:
+    """CPU microseconds per request in every process that served it."""
+    return sum(
+        run.cpu_us_per_request(group) for group in scenario.cost_groups or (scenario.server,)
+    )
+
+
+def _summary(
+    scenario: Scenario,
+    runs: list[WrkResult],
+    ratios: list[float],
+    cost_ratios: list[float],
+    hits: list[float],
+) -> dict[str, Any]:
+    cost_groups = scenario.cost_groups or (scenario.server,)
+    return {
+        "label": scenario.label,
+        "kind": scenario.kind,
+        "url": scenario.url,
+        "server": scenario.server,
+        "runs": len(runs),
+        "rate": _median([run.rate for run in runs]),
+        "ratio_to_baseline": _median(ratios),
+        "cost_us": _median([cost_us(scenario, run) for run in runs]),
+        "cost_ratio_to_baseline": _median(cost_ratios),
+        "p50_ms": _median([run.latency_us["p50"] / 1000 for run in runs]),
+        "p90_ms": _median([run.latency_us["p90"] / 1000 for run in runs]),
+        "p99_ms": _median([run.latency_us["p99"] / 1000 for run in runs]),
+        "server_cpu_us": _median([run.cpu_us_per_request(scenario.server) for run in runs]),
+        "cost_cpu_us": {
+            group: _median([run.cpu_us_per_request(group) for run in runs]) for group in cost_groups
+        },
+        "server_utilisation": _median([run.utilisation(scenario.server) for run in runs]),
+        "wrk_utilisation": _median([run.wrk_utilisation for run in runs]),
+        "background_cores": _median([_background(run) for run in runs]),
+        "failures": sum(run.failures for run in runs),
+        "cache_hit_ratio": _median(hits) if hits else None,
+    }
+
+
+def _background(run: WrkResult) -> float:
+    """Cores' worth of CPU used by processes that are not ours during the run."""
+    ours = sum(value for name, value in run.cpu_seconds.items() if name != MACHINE)
+    machine = run.cpu_seconds.get(MACHINE, 0.0)
+    return max(0.0, machine - ours - run.wrk_cpu_seconds) / run.seconds if run.seconds else 0.0
+
+
+async def run_validation(
+    stack: BenchStack,
+    config: BenchConfig,
+    cores: Cores | None,
+    out_dir: Path,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """Measure parts 1 and 4 on ``stack`` (row 6, one replica); leaves nothing pinned."""
+    env = bench_environment()
+    auth_env = stack.auth_environment()
+    settings = auth_settings(auth_env)
+    jwks_url = f"{stack.auth_url}/.well-known/jwks.json"
+    progress("starting the all-methods replica and the peers")
+    replica = stack.spawn_replica("bench", "jwt,shared_session,local_session")
+    peer_jwt_identity = f"peerjwt{secrets.token_hex(3)}"
+    peer_jwt = stack.spawn(
+        "peer-jwt",
+        peer_jwt_identity,
+        port := free_port(),
+        [
+            sys.executable,
+            "-m",
+            "bench.peers",
+            "jwt",
+            "--port",
+            str(port),
+            "--identity",
+            peer_jwt_identity,
+            "--jwks-url",
+            jwks_url,
+            "--issuer",
+            settings.issuer,
+            "--audience",
+            settings.audience,
+        ],
+        env,
+    )
+    peer_session_identity = f"peersession{secrets.token_hex(3)}"
+    peer_session = stack.spawn(
+        "peer-session",
+        peer_session_identity,
+        port := free_port(),
+        [
+            sys.executable,
+            "-m",
+            "bench.peers",
+            "session",
+            "--port",
+            str(port),
+            "--identity",
+            peer_session_identity,
+            "--redis-url",
+            stack.settings.redis_url,
+        ],
+        env,
+    )
+    try:
+        return await _measure(
+            stack, config, cores, out_dir, progress, replica, peer_jwt, peer_session, jwks_url
+        )
+    finally:
+        if cores is not None:
+            pin([os.getpid()], ORIGINAL_CORES)
+            stack.pin_all(ORIGINAL_CORES)
+        for extra in (peer_session, peer_jwt, replica):
+            extra.stop()
+            stack.extras.remove(extra)
+
+
+async def _measure(
+    stack: BenchStack,
+    config: BenchConfig,
+    cores: Cores | None,
+    out_dir: Path,
+    progress: Callable[[str], None],
+    replica: ExtraProcess,
+    peer_jwt: ExtraProcess,
+    peer_session: ExtraProcess,
+    jwks_url: str,
+) -> dict[str, Any]:
+    auth_env = stack.auth_environment()
+    username = f"bench-v-{secrets.token_hex(3)}"
+    progress("logging in (shared session, tokens, a session in the replica's memory)")
+    async with aiohttp.ClientSession() as http:
+        await register(http, stack.auth_url, username)
+        shared = await login_session(http, stack.auth_url, username)
+        pair = await login_tokens(http, stack.auth_url, username)
+        local = await login_local(http, replica.url, username)
+        claims = pair.claims()
+        async with http.post(
+            f"{peer_session.url}/login", json={"user_id": claims["sub"], "username": username}
+        ) as response:
+            peer_cookie = response.cookies[PEER_SESSION_COOKIE].value
+    first_seen_count = int(TOKEN_CACHE_ENTRIES * 1.25)
+    progress(f"minting {first_seen_count} distinct access tokens (first-seen JWTs)")
+    minted = await mint_access_tokens(
+        auth_env,
+        subject=str(claims["sub"]),
+        session_link=str(claims["sid"]),
+        count=first_seen_count + 1,
+        ttl=MINTED_TOKEN_TTL,
+    )
+    repeated, first_seen = minted[0], minted[1:]
+    route = f"{ROUTE_COOKIE}={replica.identity}"
+    r1 = stack.replicas()[0]
+    tls = ssl.create_default_context(cafile=str(stack.ca_cert))
+    scenarios = [
+        Scenario(
+            "baseline",
+            "no authentication (GET /healthz)",
+            f"{replica.url}/healthz",
+            [header_line(Cookie=route)],
+            "bench",
+            None,
+            "tessera",
+        ),
+        Scenario(
+            "jwt_repeated",
+            "JWT, repeated (verified-token cache)",
+            f"{replica.url}/api/me",
+            [header_line(Authorization=f"Bearer {repeated}", Cookie=route)],
+            "bench",
+            "jwt",
+            "tessera",
+        ),
+        Scenario(
+            "jwt_first_seen",
+            f"JWT, first seen ({first_seen_count} distinct, LRU misses)",
+            f"{replica.url}/api/me",
+            [header_line(Authorization=f"Bearer {token}", Cookie=route) for token in first_seen],
+            "bench",
+            "jwt",
+            "tessera",
+        ),
+        Scenario(
+            "shared_session",
+            "shared Redis session (feed-invalidated cache)",
+            f"{replica.url}/api/me",
+            [header_line(Cookie=f"{SESSION_COOKIE}={shared}; {route}")],
+            "bench",
+            "shared_session",
+            "tessera",
+            cost_groups=("bench", "redis"),
+        ),
+        Scenario(
+            "local_session",
+            "session in the replica's memory",
+            f"{replica.url}/api/me",
+            [header_line(Cookie=f"{LOCAL_SESSION_COOKIE}={local}; {route}")],
+            "bench",
+            "local_session",
+            "tessera",
+        ),
+        Scenario(
+            "forward_auth",
+            "forward auth via nginx (TLS, auth_request)",
+            f"{stack.base_url}/api/me",
+            [header_line(Cookie=f"{SESSION_COOKIE}={shared}; {ROUTE_COOKIE}={r1.id}")],
+            r1.id,
+            "forward",
+            "tessera",
+            cost_groups=(r1.id, "auth", "nginx", "redis"),
+            ssl_context=tls,
+        ),
+        Scenario(
+            "nginx_ceiling",
+            "nginx alone (TLS, GET /nginx-health)",
+            f"{stack.base_url}/nginx-health",
+            ["-"],
+            "nginx",
+            None,
+            "ceiling",
+            ssl_context=tls,
+        ),
+        Scenario(
+            "peer_jwt",
+            "peer: pyjwt jwt.decode per request",
+            f"{peer_jwt.url}/api/me",
+            [header_line(Authorization=f"Bearer {repeated}")],
+            "peer-jwt",
+            None,
+            "peer",
+        ),
+        Scenario(
+            "peer_session",
+            "peer: aiohttp-session + RedisStorage",
+            f"{peer_session.url}/api/me",
+            [header_line(Cookie=f"{PEER_SESSION_COOKIE}={peer_cookie}")],
+            "peer-session",
+            None,
+            "peer",
+            cost_groups=("peer-session", "redis"),
+        ),
+    ]
+    async with aiohttp.ClientSession() as http:
+        for scenario in scenarios:
+            await _check(http, scenario)
+        # A token from /auth/login works the same as the minted ones.
+        async with http.get(
+            f"{replica.url}/api/me", headers={"Authorization": f"Bearer {pair.access_token}"}
+        ) as response:
+            if response.status != 200:
+                raise RuntimeError(f"a logged-in token was refused: {response.status}")
+
+    if cores is not None:
+        stack.pin_all([cores.load])
+        pin([os.getpid()], [cores.load])
+        pin([replica.pid, peer_jwt.pid, peer_session.pid], [cores.server])
+        if (r1_pid := stack.replica_pid(r1.id)) is not None:
+            pin([r1_pid], [cores.server])
+    load_cores = None if cores is None else [cores.load]
+    groups = stack.service_pids()
+
+    # Where each scenario's request list goes on from: a run of first-seen tokens
+    # starts after the last token the previous run sent, so no token comes back
+    # while the cache could still hold it.
+    sent: dict[str, int] = {}
+
+    def run(scenario: Scenario, seconds: float) -> WrkResult:
+        offset = sent.get(scenario.key, 0) % len(scenario.headers)
+        result = run_wrk(
+            WrkRun(
+                url=scenario.url,
+                headers=[*scenario.headers[offset:], *scenario.headers[:offset]],
+                duration=seconds,
+                connections=config.connections,
+                cores=load_cores,
+            ),
+            groups,
+        )
+        sent[scenario.key] = offset + result.requests
+        return result
+
+    if config.warmup_seconds > 0:
+        progress("warming up every scenario")
+        for scenario in scenarios:
+            run(scenario, config.warmup_seconds)
+
+    results: dict[str, list[WrkResult]] = {s.key: [] for s in scenarios}
+    ratios: dict[str, list[float]] = {s.key: [] for s in scenarios}
+    # Throughput a saturated core would give, relative to the baseline: the
+    # inverse ratio of CPU time per request. Unlike the measured rates it does
+    # not move when another program takes the core for a while.
+    cost_ratios: dict[str, list[float]] = {s.key: [] for s in scenarios}
+    by_key = {s.key: s for s in scenarios}
+    hits: dict[str, list[float]] = {s.key: [] for s in scenarios}
+    signature_us: list[float] = []
+    for round_number in range(config.rounds):
+        progress(f"round {round_number + 1}/{config.rounds}: {len(scenarios)} scenarios")
+        shift = round_number % len(scenarios)
+        order = scenarios[shift:] + scenarios[:shift]
+        this_round: dict[str, WrkResult] = {}
+        for scenario in order:
+            before = _cache_counts(replica.port) if scenario.server == "bench" else {}
+            result = run(scenario, config.run_seconds)
+            if scenario.server == "bench":
+                after = _cache_counts(replica.port)
+                hit_ratio = _hit_ratio(before, after, scenario.key)
+                if hit_ratio is not None:
+                    hits[scenario.key].append(hit_ratio)
+            results[scenario.key].append(result)
+            this_round[scenario.key] = result
+        baseline = this_round["baseline"].rate
+        baseline_cost = this_round["baseline"].cpu_us_per_request("bench")
+        for key, result in this_round.items():
+            ratios[key].append(result.rate / baseline if baseline else float("nan"))
+            cost = cost_us(by_key[key], result)
+            cost_ratios[key].append(baseline_cost / cost if cost else float("nan"))
+        signature_us.append(
+            _raw_signature_us(jwks_url, repeated, max(0.5, config.run_seconds / 2), cores)
+        )
+
+    summaries = {
+        s.key: _summary(s, results[s.key], ratios[s.key], cost_ratios[s.key], hits[s.key])
+        for s in scenarios
+    }
+    profiles = _profiles(
+        summaries, _median(signature_us), scenarios, run, config, out_dir, groups, progress
+    )
+    return {
+        "user": username,
+        "first_seen_tokens": first_seen_count,
+        "token_cache_entries": TOKEN_CACHE_ENTRIES,
+        "algorithm": stack.settings.alg,
+        "cores": None if cores is None else {"server": cores.server, "load": cores.load},
+        "signature_us": _median(signature_us),
+        "signature_us_runs": signature_us,
+        "scenarios": summaries,
+        "runs": {key: [run.to_json() for run in runs] for key, runs in results.items()},
+        "profiles": {key: profile.to_json() for key, profile in profiles.items()},
+    }
+
+
+def _hit_ratio(before: dict[str, float], after: dict[str, float], key: str) -> float | None:
+    cache = {
+        "jwt_repeated": "verified_tokens",
+        "jwt_first_seen": "verified_tokens",
+        "shared_session": "sessions",
+    }.get(key)
+    if cache is None:
+        return None
+    hit = after.get(f"{cache}:hit", 0.0) - before.get(f"{cache}:hit", 0.0)
+    miss = after.get(f"{cache}:miss", 0.0) - before.get(f"{cache}:miss", 0.0)
+    return hit / (hit + miss) if hit + miss else None
+
+
+def _profiles(
+    summaries: dict[str, dict[str, Any]],
+    signature_us: float,
+    scenarios: list[Scenario],
+    run: Callable[[Scenario, float], WrkResult],
+    config: BenchConfig,
+    out_dir: Path,
+    groups: dict[str, list[int]],
+    progress: Callable[[str], None],
+) -> dict[str, Profile]:
+    """py-spy profiles of the scenarios whose budget was missed (and of the baseline then)."""
+    verdicts = budget.validation_verdicts({"scenarios": summaries, "signature_us": signature_us})
+    missed = list(dict.fromkeys(v.profile for v in verdicts if v.profile is not None))
+    if not missed:
+        return {}
+    wanted = ["baseline", *missed]
+    by_key = {scenario.key: scenario for scenario in scenarios}
+    profiles: dict[str, Profile] = {}
+    profile_dir = out_dir / "profiles"
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    for key in wanted:
+        scenario = by_key[key]
+        pids = groups.get(scenario.server, [])
+        if not pids:
+            continue
+        progress(f"profiling {key} with py-spy ({config.profile_seconds:g} s)")
+        output = profile_dir / f"{key}.collapsed.txt"
+        recorder = start_recording(pids[0], config.profile_seconds, output)
+        time.sleep(0.3)  # py-spy attaches
+        run(scenario, config.profile_seconds + 1)
+        recorder.communicate(timeout=60)
+        if output.exists():
+            profiles[key] = summarise(output)
+    return profiles

@@ -1,0 +1,341 @@
+"""The benchmark harness's code paths run: structure, never speed.
+
+``make bench-quick`` takes minutes on a stack of its own; these tests run its
+parts on tiny inputs in seconds: wrk with the request script against a
+local server, the peers, the timeline analysis, the profile summary, the
+aggregations, the budget verdicts, the report and the charts. No figure
+is asserted to be fast or slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from bench import budget
+from bench.charts import draw_all
+from bench.config import FULL, QUICK
+from bench.logins import _summarise as summarise_logins
+from bench.peers import PEER_SESSION_COOKIE, jwt_peer, session_peer
+from bench.profiling import summarise
+from bench.report import render_report, render_summary
+from bench.rows import _wrk_summary
+from bench.timeline import Sample, analyse
+from bench.validation import Scenario, _summary, header_line
+from bench.wrk import WrkResult, WrkRun, run_wrk
+from cryptography.hazmat.primitives.asymmetric import ec
+
+
+def _wrk_result(rate: float, cpu_us: float, served_by: dict[str, int] | None = None) -> WrkResult:
+    seconds = 1.0
+    requests = int(rate * seconds)
+    ok = sum((served_by or {}).values()) or requests
+    return WrkResult(
+        requests=requests,
+        seconds=seconds,
+        errors={"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0},
+        latency_us={"p50": 1500, "p90": 2500, "p99": 4000, "p999": 6000, "mean": 1700, "max": 9000},
+        counts={"ok": ok, "unauthenticated": requests - ok, "server_errors": 0, "other": 0},
+        served_by=served_by or {},
+        wrk_cpu_seconds=0.2,
+        cpu_seconds={
+            "server": requests * cpu_us / 1e6,
+            "redis": 0.0,
+            "machine": requests * cpu_us / 1e6 + 0.3,
+        },
+    )
+
+
+def _scenario(key: str, kind: str = "tessera") -> Scenario:
+    groups = ("server", "redis") if "session" in key else ()
+    return Scenario(
+        key,
+        key.replace("_", " "),
+        "http://127.0.0.1:1/",
+        ["-"],
+        "server",
+        None,
+        kind,
+        cost_groups=groups,
+    )
+
+
+def _validation() -> dict[str, Any]:
+    costs = {
+        "baseline": 90.0,
+        "jwt_repeated": 100.0,
+        "jwt_first_seen": 260.0,
+        "shared_session": 110.0,
+        "local_session": 115.0,
+        "forward_auth": 300.0,
+        "nginx_ceiling": 15.0,
+        "peer_jwt": 250.0,
+        "peer_session": 170.0,
+    }
+    kinds = {"nginx_ceiling": "ceiling", "peer_jwt": "peer", "peer_session": "peer"}
+    scenarios = {}
+    for key, cost in costs.items():
+        runs = [_wrk_result(1e6 / cost, cost), _wrk_result(0.9e6 / cost, cost)]
+        ratio = costs["baseline"] / cost
+        scenarios[key] = _summary(
+            _scenario(key, kinds.get(key, "tessera")), runs, [ratio, ratio], [ratio], [1.0]
+        )
+    return {
+        "algorithm": "ES256",
+        "cores": {"server": 1, "load": 0},
+        "signature_us": 110.0,
+        "scenarios": scenarios,
+        "profiles": {},
+    }
+
+
+def _samples(victim: str, *, users: int = 6, duration: float = 6.0) -> list[Sample]:
+    """Users spread over r1-r3 at 10 requests/s; from t=2 s the victim's users get 401s."""
+    samples = []
+    for user in range(users):
+        home = f"r{user % 3 + 1}"
+        for step in range(int(duration * 10)):
+            sent = step / 10 + user / 100
+            lost = sent >= 2.0 and home == victim
+            served = home if not (sent >= 2.0 and home == victim) else "r2"
+            samples.append(Sample(user, sent, 0.002, "GET", 401 if lost else 200, served, not lost))
+    return samples
+
+
+def _rows() -> dict[str, Any]:
+    entries = {}
+    for number in (1, 2):
+        kill = analyse(
+            _samples("r1"), duration=6.0, event_start=2.0, event_end=2.3, users=6, replica="r1"
+        )
+        kill["driver_utilisation"] = 0.1
+        scale = analyse(
+            _samples("none"),
+            duration=6.0,
+            event_start=2.0,
+            event_end=3.0,
+            users=6,
+            replica="r4",
+            fair_share=0.25,
+        )
+        scale["driver_utilisation"] = 0.1
+        capacity = _wrk_summary(
+            [_wrk_result(9000, 100, {"r1": 3000, "r2": 3000, "r3": 3000})], ["server"]
+        )
+        entries[str(number)] = {
+            "row": number,
+            "label": f"row {number} label",
+            "capacity": capacity,
+            "scale_out": scale,
+            "kill": kill,
+            "steady_failures": capacity["not_ok"] + kill["before"]["not_ok"],
+        }
+    return {"users": 6, "offered_rate": 60.0, "rows": entries}
+
+
+def _logins() -> dict[str, Any]:
+    records = {
+        "argon2": [{"rate": 50.0, "cpu_ms": 20.0}] * 2,
+        "login_session": [],
+        "login_token": [],
+        "refresh": [],
+    }
+    for kind, rate in (("login_session", 40.0), ("login_token", 38.0), ("refresh", 800.0)):
+        records[kind] = [
+            {
+                "rate": rate,
+                "p50_ms": 90.0,
+                "p99_ms": 120.0,
+                "auth_cpu_ms": 1000 / rate,
+                "auth_utilisation": 0.95,
+                "driver_utilisation": 0.1,
+                "background_cores": 0.2,
+                "failed": 0,
+            }
+        ] * 2
+    return {
+        "argon2": {"memory_kib": 19456, "time_cost": 2, "parallelism": 1},
+        "cores": {"server": 1, "load": 0},
+        "concurrency": {"login": 4, "refresh": 8},
+        "summary": summarise_logins(records),
+        "profiles": {},
+    }
+
+
+def test_quick_mode_is_shorter_than_the_full_one_in_every_part() -> None:
+    for field in ("rounds", "run_seconds", "event_run_seconds", "login_rounds", "users"):
+        assert getattr(QUICK, field) <= getattr(FULL, field)
+
+
+def test_a_killed_replica_loses_exactly_its_users_in_the_timeline() -> None:
+    result = analyse(
+        _samples("r1"), duration=6.0, event_start=2.0, event_end=2.3, users=6, replica="r1"
+    )
+    assert result["before"]["success_rate"] == 1.0
+    assert result["users_lost"] == 2  # users 0 and 3 lived on r1
+    assert result["lost"] == [0, 3]
+    assert result["failed"] == 0
+    assert result["timeline"][0]["t"] == 0.0
+    assert sum(bucket["requests"] for bucket in result["timeline"]) == len(_samples("r1"))
+
+
+def test_a_replica_that_gets_no_traffic_never_rebalances() -> None:
+    result = analyse(
+        _samples("none"),
+        duration=6.0,
+        event_start=2.0,
+        event_end=3.0,
+        users=6,
+        replica="r4",
+        fair_share=0.25,
+    )
+    assert result["rebalance_s"] is None
+    assert result["users_lost"] == 0
+
+
+def test_profile_summary_leaves_idle_threads_out(tmp_path: Path) -> None:
+    collapsed = tmp_path / "p.txt"
+    collapsed.write_text(
+        "main (app.py:1);handle (aiohttp/web_protocol.py:10);verify (jwt/api_jws.py:5) 6\n"
+        "main (app.py:1);handle (aiohttp/web_protocol.py:10) 2\n"
+        "main (app.py:1);EpollSelector.select (selectors.py:468) 50\n"
+        "worker (threading.py:1);_worker (concurrent/futures/thread.py:81) 40\n"
+    )
+    # The idle leaves are matched on their short path, as py-spy writes them.
+    profile = summarise(collapsed)
+    components = dict(profile.by_component)
+    assert profile.samples == 8
+    assert components["pyjwt"] == pytest.approx(0.75)
+    assert components["aiohttp"] == pytest.approx(0.25)
+
+
+def test_report_and_charts_render_from_the_aggregations(tmp_path: Path) -> None:
+    results: dict[str, Any] = {
+        "meta": {
+            "started": "2026-01-01 00:00 UTC",
+            "command": "make bench-quick",
+            "config": QUICK.to_json(),
+            "git": "abc1234",
+            "cpu_model": "test CPU",
+            "cpus": 2,
+            "python": "3.11",
+            "algorithm": "ES256",
+            "loadavg_before": "0 0 0",
+            "loadavg_after": "0 0 0",
+            "elapsed_s": 60.0,
+        },
+        "validation": _validation(),
+        "rows": _rows(),
+        "logins": _logins(),
+        "micro": {
+            "figures": {"raw pyjwt signature check (ES256)": 110e-6},
+            "ratios": {"first_seen_jwt_overhead_us": 30.0},
+        },
+    }
+    charts = draw_all(results, tmp_path)
+    assert set(charts) == {
+        "validation_throughput.png",
+        "throughput_by_row.png",
+        "replica_share_over_time.png",
+        "latency_percentiles.png",
+        "logins.png",
+    }
+    for name in charts:
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+    summary = render_summary(results)
+    report = render_report(results, charts)
+    for heading in ("## Performance budget", "## 1.", "## 2.", "## 3.", "## 4."):
+        assert heading in summary
+    assert "![replica_share_over_time.png]" in report
+    verdicts = {v.key: v for v in budget.validation_verdicts(results["validation"])}
+    assert verdicts["jwt_repeated"].met is True  # 90 µs / 100 µs
+    assert verdicts["shared_session"].met is False  # 90 / 110 = 82%
+    assert verdicts["jwt_first_seen"].met is False  # 160 µs more than a repeated one: raw 110 + 50
+    assert budget.rows_verdicts(results["rows"])[0].met is True
+    assert [v.met for v in budget.login_verdicts(results["logins"])] == [False, False]
+
+
+async def _local_api() -> web.Application:
+    async def me(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != "Bearer good":
+            return web.json_response({"error": "unauthorized"}, status=401)
+        return web.json_response(
+            {"ok": True}, headers={"X-Served-By": "r1", "X-Auth-Method": "jwt"}
+        )
+
+    app = web.Application()
+    app.router.add_get("/api/me", me)
+    return app
+
+
+@pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="wrk is not installed (make bench installs it)"
+)
+async def test_wrk_sends_each_request_line_in_turn_and_counts_answers() -> None:
+    server = TestServer(await _local_api(), host="127.0.0.1")
+    await server.start_server()
+    try:
+        lines: Sequence[str] = [
+            header_line(Authorization="Bearer good"),
+            header_line(Authorization="Bearer bad"),
+        ]
+        run = WrkRun(
+            str(server.make_url("/api/me")), lines, duration=1, connections=2, count_responses=True
+        )
+        started = time.monotonic()
+        result = await asyncio.to_thread(run_wrk, run, {})
+        assert time.monotonic() - started < 15
+    finally:
+        await server.close()
+    assert result.requests > 0
+    assert result.counts["ok"] > 0
+    assert result.counts["unauthenticated"] > 0
+    assert result.served_by.get("r1") == result.counts["ok"]
+    assert set(result.latency_us) >= {"p50", "p90", "p99"}
+    assert result.wrk_cpu_seconds >= 0
+
+
+async def test_the_jwt_peer_decodes_every_token_it_is_given() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    jwk.update(kid="k1", alg="ES256")
+    now = int(time.time())
+    claims = {
+        "iss": "https://i",
+        "aud": "tessera",
+        "sub": "u1",
+        "jti": "j",
+        "iat": now,
+        "exp": now + 60,
+    }
+    token = jwt.encode(claims, key, algorithm="ES256", headers={"kid": "k1"})
+    app = jwt_peer("peer", jwks={"keys": [jwk]}, issuer="https://i", audience="tessera")
+    async with TestClient(TestServer(app)) as client:
+        ok = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+        assert ok.status == 200
+        assert (await ok.json())["user_id"] == "u1"
+        refused = await client.get("/api/me", headers={"Authorization": "Bearer x.y.z"})
+        assert refused.status == 401
+
+
+# aiohttp-session keeps its state under string keys, which aiohttp warns about.
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_the_session_peer_keeps_sessions_in_redis(redis_url: str) -> None:
+    async with TestClient(TestServer(session_peer("peer", redis_url=redis_url))) as client:
+        login = await client.post("/login", json={"user_id": "u1", "username": "alice"})
+        assert login.status == 200
+        cookie = login.cookies[PEER_SESSION_COOKIE].value
+        client.session.cookie_jar.clear()
+        me = await client.get("/api/me", headers={"Cookie": f"{PEER_SESSION_COOKIE}={cookie}"})
+        assert me.status == 200
+        assert (await me.json())["username"] == "alice"
+        anonymous = await client.get("/api/me")
+        assert anonymous.status == 401
