@@ -167,10 +167,12 @@ class AuditLog:
             ],
         )
 
-    async def run(self, retry_delay: float = 1.0) -> None:
-        """Write events as they come, in batches; retry while PostgreSQL is away."""
+    async def run(self, retry_delay: float = 1.0, gather: float = 0.05) -> None:
+        """Write events in batches (gathered for ``gather`` seconds, so a busy service
+        writes one INSERT per batch, not per login); retry while PostgreSQL is away."""
         while True:
             await self._wake.wait()
+            await asyncio.sleep(gather)
             self._wake.clear()
             try:
                 await self.flush()

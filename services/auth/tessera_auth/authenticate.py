@@ -19,24 +19,24 @@ def session_cookie_name(app: web.Application) -> str:
 async def authenticate(request: web.Request) -> Principal:
     """The caller, from a bearer token first, then the session cookie; 401 otherwise."""
     app = request.app
-    decisions = app[appkeys.METRICS].auth_decisions
+    metrics = app[appkeys.METRICS]
     token = bearer_token(request)
     if token is not None:
         try:
             claims = await app[appkeys.VERIFIER].verify(token)
         except AuthenticationError as error:
-            decisions.labels(AuthMethod.JWT.value, decision_outcome(error)).inc()
+            metrics.decided(AuthMethod.JWT.value, decision_outcome(error))
             raise
-        decisions.labels(AuthMethod.JWT.value, "ok").inc()
+        metrics.decided(AuthMethod.JWT.value, "ok")
         return Principal(user_id=claims.subject, method=AuthMethod.JWT, token=claims)
     session_id = request.cookies.get(session_cookie_name(app))
     if session_id:
         session = await app[appkeys.SESSIONS].load(session_id)
         method = AuthMethod.SHARED_SESSION.value
         if session is None:
-            decisions.labels(method, "unknown").inc()
+            metrics.decided(method, "unknown")
             raise InvalidSession()
-        decisions.labels(method, "ok").inc()
+        metrics.decided(method, "ok")
         record = session.record
         return Principal(
             user_id=record.user_id,

@@ -34,6 +34,7 @@ from typing import Any, Literal
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from tessera_verify import redis_keys
 from tessera_verify.clock import Clock
@@ -143,8 +144,11 @@ class RefreshTokenStore:
             pipe.expire(redis_keys.refresh_family(family.family_id), ttl)
             pipe.sadd(index, family.family_id)
             pipe.expire(index, ttl)
+            token, grant = self._queue_token(
+                pipe, family.family_id, user_id, session_link, family.expires_at
+            )
             await pipe.execute()
-        return await self._issue(family.family_id, user_id, session_link, family.expires_at)
+        return token, grant
 
     async def rotate(self, grant: RefreshGrant) -> tuple[str, RefreshGrant]:
         """The next token of ``grant``'s family."""
@@ -155,26 +159,32 @@ class RefreshTokenStore:
     async def _issue(
         self, family_id: str, user_id: str, session_link: str, expires_at: float
     ) -> tuple[str, RefreshGrant]:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            issued = self._queue_token(pipe, family_id, user_id, session_link, expires_at)
+            await pipe.execute()
+        return issued
+
+    def _queue_token(
+        self, pipe: Pipeline, family_id: str, user_id: str, session_link: str, expires_at: float
+    ) -> tuple[str, RefreshGrant]:
         now = self._clock.now()
         grant = RefreshGrant(user_id, family_id, session_link, now, expires_at)
         token = secrets.token_urlsafe(32)
         key = self._key(token)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                key,
-                mapping={
-                    "user_id": user_id,
-                    "family_id": family_id,
-                    "session_link": session_link,
-                    "issued_at": repr(now),
-                    "expires_at": repr(expires_at),
-                    "used_at": "",
-                    "successor": "",
-                },
-            )
-            # Kept (spent) until the family ends, so a replay is recognised as reuse.
-            pipe.expire(key, max(1, math.ceil(expires_at - now)))
-            await pipe.execute()
+        pipe.hset(
+            key,
+            mapping={
+                "user_id": user_id,
+                "family_id": family_id,
+                "session_link": session_link,
+                "issued_at": repr(now),
+                "expires_at": repr(expires_at),
+                "used_at": "",
+                "successor": "",
+            },
+        )
+        # Kept (spent) until the family ends, so a replay is recognised as reuse.
+        pipe.expire(key, max(1, math.ceil(expires_at - now)))
         return token, grant
 
     # --- using -----------------------------------------------------------------------

@@ -52,10 +52,11 @@ class Regulator:
             retry_after,
         )
 
-    async def check(self, account: str, address: str) -> None:
-        """Raise :class:`TooManyAttempts` when either count is over its limit."""
+    async def check(self, account: str, address: str) -> bool:
+        """Raise :class:`TooManyAttempts` when either count is over its limit; else
+        whether the account has recent failures (which a success must then clear)."""
         if not self.policy.enabled:
-            return
+            return False
         checks = (
             (_subject("account", account), self.policy.max_failures_per_account),
             (_subject("address", address), self.policy.max_failures_per_address),
@@ -68,6 +69,7 @@ class Regulator:
         for index, (subject, limit) in enumerate(checks):
             if limit > 0 and counts[2 * index] + counts[2 * index + 1] >= limit:
                 raise TooManyAttempts(retry_after=self._buckets(subject)[2])
+        return counts[0] + counts[1] > 0
 
     async def record_failure(self, account: str, address: str) -> None:
         if not self.policy.enabled:

@@ -82,7 +82,7 @@ async def login(request: web.Request) -> web.Response:
     regulator = app[appkeys.REGULATOR]
     account = unicodedata.normalize("NFKC", username).strip().casefold()
     try:
-        await regulator.check(account, ip)
+        account_has_failures = await regulator.check(account, ip)
     except TooManyAttempts:
         metrics.logins.labels("throttled").inc()
         audit.record("login", outcome="throttled", username=username[:64], ip=ip)
@@ -98,7 +98,8 @@ async def login(request: web.Request) -> web.Response:
         metrics.logins.labels("error").inc()
         raise
 
-    await regulator.record_success(account)
+    if account_has_failures:  # most logins have none: no Redis write then
+        await regulator.record_success(account)
     sessions = app[appkeys.SESSIONS]
     cookie_name = session_cookie_name(app)
     payload: dict[str, Any] = {"user": _user_json(user)}

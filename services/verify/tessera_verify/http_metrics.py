@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -48,6 +49,8 @@ class ServiceMetrics:
             registry=registry,
         )
         self._caches = _CacheCollector()
+        self._decisions: dict[tuple[str, str], Any] = {}
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         registry.register(self._caches)
         self.requests = Counter(
             "tessera_http_requests_total",
@@ -62,6 +65,13 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+
+    def decided(self, method: str, outcome: str) -> None:
+        """Count one authentication decision (label children cached: this is per request)."""
+        child = self._decisions.get((method, outcome))
+        if child is None:
+            child = self._decisions[(method, outcome)] = self.auth_decisions.labels(method, outcome)
+        child.inc()
 
     def watch_cache(self, name: str, counts: Callable[[], tuple[int, int]]) -> None:
         """Export a cache's (hits, misses) counters, read at scrape time (no hot-path cost)."""
@@ -80,9 +90,15 @@ class ServiceMetrics:
                 status = exc.status
                 raise
             finally:
-                route = _route_name(request)
-                self.requests.labels(route, request.method, str(status)).inc()
-                self.latency.labels(route, request.method).observe(time.perf_counter() - started)
+                key = (_route_name(request), request.method, status)
+                children = self._request_children.get(key)
+                if children is None:
+                    children = self._request_children[key] = (
+                        self.requests.labels(key[0], key[1], str(status)),
+                        self.latency.labels(key[0], key[1]),
+                    )
+                children[0].inc()
+                children[1].observe(time.perf_counter() - started)
 
         return metrics_middleware
 

@@ -258,7 +258,7 @@ class TesseraVerify:
 
     def _decided(self, method: AuthMethod, outcome: str) -> None:
         if self.metrics is not None:
-            self.metrics.auth_decisions.labels(method.value, outcome).inc()
+            self.metrics.decided(method.value, outcome)
 
     async def ping(self) -> None:
         """Raise when Redis (if used) cannot be reached."""

@@ -84,7 +84,7 @@ class SessionManager:
         self._clock = clock
 
     def storage_key(self, session_id: str) -> str:
-        return hmac.new(self._hash_key, session_id.encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self._hash_key, session_id.encode(), hashlib.sha256).hex()
 
     async def create(
         self, *, user_id: str, username: str, ip: str, user_agent: str
