@@ -49,6 +49,7 @@ class ResourceSettings:
     session_idle_timeout: int = 30 * 60
     session_absolute_timeout: int = 12 * 3600
     cache_ttl: float = 30.0
+    cache_max_entries: int = 10_000
     jwks_max_age: float = 300.0
     jwks_min_refetch_interval: float = 5.0
     max_body_bytes: int = 16 * 1024
@@ -127,6 +128,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> ResourceSettings:
         jwt_algorithm=algorithm,
         hs256_secret=hs256_secret,
         auth_methods=methods,
+        cache_max_entries=reader.positive_int("TESSERA_CACHE_MAX_ENTRIES", 10_000),
         forward_secret=forward_secret,
         trusted_proxies=trusted,
         cookie_insecure=cookie_insecure,
