@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from tessera_verify.authenticators import decision_outcome
+from tessera_verify.cookies import cookie_value
 from tessera_verify.errors import AuthenticationError, InvalidSession
 from tessera_verify.principal import AuthMethod, Principal, bearer_token
 from tessera_verify.sessions import INSECURE_SESSION_COOKIE, SESSION_COOKIE
@@ -29,7 +30,7 @@ async def authenticate(request: web.Request) -> Principal:
             raise
         metrics.decided(AuthMethod.JWT.value, "ok")
         return Principal(user_id=claims.subject, method=AuthMethod.JWT, token=claims)
-    session_id = request.cookies.get(session_cookie_name(app))
+    session_id = cookie_value(request, session_cookie_name(app))
     if session_id:
         session = await app[appkeys.SESSIONS].load(session_id)
         method = AuthMethod.SHARED_SESSION.value

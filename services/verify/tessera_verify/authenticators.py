@@ -17,6 +17,7 @@ from aiohttp import web
 
 from .access_tokens import AccessTokenVerifier
 from .client_ip import Network, is_trusted
+from .cookies import cookie_value
 from .errors import AuthenticationError, ExpiredToken, InvalidSession, RevokedToken
 from .principal import AuthMethod, Principal, bearer_token
 from .sessions import SessionManager
@@ -69,7 +70,7 @@ class SessionCookieAuthenticator:
         self.method = method
 
     async def authenticate(self, request: web.Request) -> Principal | None:
-        session_id = request.cookies.get(self.cookie_name)
+        session_id = cookie_value(request, self.cookie_name)
         if not session_id:
             return None
         session = await self._manager.load(session_id)
