@@ -81,7 +81,7 @@ async def test_http_requests_are_counted_by_route_method_and_status(auth_client:
     assert _value(samples, requests, route="/healthz", method="GET", status="200") == 3
     assert _value(samples, requests, route="/auth/me", method="GET", status="401") == 1
     latency = "tessera_http_request_duration_seconds_count"
-    assert _value(samples, latency, route="/healthz", method="GET") == 3
+    assert _value(samples, latency, route="/healthz", method="GET", status="200") == 3
 
 
 async def test_the_route_label_is_the_route_template_never_the_raw_path(

@@ -60,8 +60,8 @@ class ServiceMetrics:
         )
         self.latency = Histogram(
             "tessera_http_request_duration_seconds",
-            "HTTP request latency by route and method",
-            ("route", "method"),
+            "HTTP request latency by route, method and status",
+            ("route", "method", "status"),
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
@@ -95,7 +95,7 @@ class ServiceMetrics:
                 if children is None:
                     children = self._request_children[key] = (
                         self.requests.labels(key[0], key[1], str(status)),
-                        self.latency.labels(key[0], key[1]),
+                        self.latency.labels(key[0], key[1], str(status)),
                     )
                 children[0].inc()
                 children[1].observe(time.perf_counter() - started)
