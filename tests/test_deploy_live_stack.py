@@ -12,19 +12,16 @@ discovery of the compose services swapped for the stack's addresses.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import shutil
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
-import asyncpg
 import pytest
 import yaml
 
@@ -33,15 +30,13 @@ from tessera_stack.demo import StackControl
 from tessera_stack.processes import read_pid_file
 from tests.stack_clients import https_client
 
+from .private_stack import private_stack
 from .test_prometheus_metrics import dashboard_queries, rule_queries
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
-CHEAP_ARGON2 = {"TESSERA_ARGON2_MEMORY_KIB": "1024", "TESSERA_ARGON2_TIME_COST": "1"}
-# A Redis database of its own: other tests flush database 0, the row tests use 7.
-STACK_REDIS_DB = 6
 PASSWORD = "correct horse battery staple"
 # Bounds for the polling loops (counts, not timing assertions).
 POLLS = 300
@@ -50,62 +45,15 @@ POLL_INTERVAL = 0.1
 MAX_REQUESTS_PER_CLIENT = 50_000
 
 
-def _with_path(url: str, path: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=path))
-
-
-def _launcher(run_dir: Path, *args: str, env: dict[str, str]) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "tessera_stack", "--run-dir", str(run_dir), *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        env=env,
-        check=False,
-        timeout=300,
-    )
-    output = (result.stdout + result.stderr).decode(errors="replace")
-    assert result.returncode == 0, f"tessera_stack {' '.join(args)} failed:\n{output}"
-    return output
-
-
-async def _admin(database_url: str, sql: str) -> None:
-    connection = await asyncpg.connect(database_url)
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory, database_url: str, redis_url: str
 ) -> Iterator[StackControl]:
     """Auth, three replicas and nginx at row 4 (shared sessions, round robin)."""
-    run_dir = tmp_path_factory.mktemp("stack")
-    database = f"tessera_live_{os.getpid()}_{secrets.token_hex(3)}"
-    asyncio.run(_admin(database_url, f'CREATE DATABASE "{database}"'))
-    env = {
-        **os.environ,
-        **CHEAP_ARGON2,
-        "DATABASE_URL": _with_path(database_url, f"/{database}"),
-        "REDIS_URL": _with_path(redis_url, f"/{STACK_REDIS_DB}"),
-    }
-    try:
-        _launcher(
-            run_dir,
-            "up",
-            "--port",
-            str(free_port()),
-            "--https-port",
-            str(free_port()),
-            "--replicas",
-            "3",
-            env=env,
-        )
-        yield StackControl(run_dir)
-    finally:
-        _launcher(run_dir, "down", env=env)
-        asyncio.run(_admin(database_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+    with private_stack(
+        tmp_path_factory.mktemp("stack"), database_url, redis_url, redis_db=6, name="live"
+    ) as control:
+        yield control
 
 
 def _scrape_targets(stack: StackControl) -> dict[str, list[str]]:

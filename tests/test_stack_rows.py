@@ -12,18 +12,11 @@ treats them as different clients (see ``tessera_stack.demo.source_address``).
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
-from tessera_stack import free_port
 from tessera_stack.demo import (
     PASSWORD,
     DemoUser,
@@ -37,40 +30,12 @@ from tessera_stack.demo import (
 )
 from tessera_stack.rows import ROWS
 
+from .private_stack import private_stack
+
 pytestmark = pytest.mark.slow
 
 USERS = 12
 ROUNDS = 8
-# The auth service hashes with Argon2; the tests are not about its cost.
-CHEAP_ARGON2 = {"TESSERA_ARGON2_MEMORY_KIB": "1024", "TESSERA_ARGON2_TIME_COST": "1"}
-# A Redis database of its own: other tests flush database 0.
-STACK_REDIS_DB = 7
-
-
-def _launcher(run_dir: Path, *args: str, env: dict[str, str]) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "tessera_stack", "--run-dir", str(run_dir), *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        env=env,
-        check=False,
-        timeout=300,
-    )
-    output = (result.stdout + result.stderr).decode(errors="replace")
-    assert result.returncode == 0, f"tessera_stack {' '.join(args)} failed:\n{output}"
-    return output
-
-
-def _with_path(url: str, path: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=path))
-
-
-async def _admin(database_url: str, sql: str) -> None:
-    connection = await asyncpg.connect(database_url)
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
 
 
 @pytest.fixture(scope="module")
@@ -78,31 +43,10 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory, database_url: str, redis_url: str
 ) -> Iterator[StackControl]:
     """The whole stack, up at row 4 with three replicas, stopped at the end."""
-    run_dir = tmp_path_factory.mktemp("stack")
-    database = f"tessera_stack_{os.getpid()}_{secrets.token_hex(3)}"
-    asyncio.run(_admin(database_url, f'CREATE DATABASE "{database}"'))
-    env = {
-        **os.environ,
-        **CHEAP_ARGON2,
-        "DATABASE_URL": _with_path(database_url, f"/{database}"),
-        "REDIS_URL": _with_path(redis_url, f"/{STACK_REDIS_DB}"),
-    }
-    try:
-        _launcher(
-            run_dir,
-            "up",
-            "--port",
-            str(free_port()),
-            "--https-port",
-            str(free_port()),
-            "--replicas",
-            "3",
-            env=env,
-        )
-        yield StackControl(run_dir)
-    finally:
-        _launcher(run_dir, "down", env=env)
-        asyncio.run(_admin(database_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+    with private_stack(
+        tmp_path_factory.mktemp("stack"), database_url, redis_url, redis_db=7, name="stack"
+    ) as control:
+        yield control
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,83 @@
+"""A whole local stack (auth, replicas, nginx) for one test module, on free ports.
+
+Each module gets its own run directory, its own database on the session's
+PostgreSQL and its own Redis database (other tests flush database 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from tessera_stack import free_port
+from tessera_stack.demo import StackControl
+
+# The auth service hashes with Argon2; these tests are not about its cost.
+CHEAP_ARGON2 = {"TESSERA_ARGON2_MEMORY_KIB": "1024", "TESSERA_ARGON2_TIME_COST": "1"}
+
+
+def launcher(run_dir: Path, *args: str, env: dict[str, str]) -> str:
+    """Run ``python -m tessera_stack`` for ``run_dir``; its output, or a failed assertion."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tessera_stack", "--run-dir", str(run_dir), *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=env,
+        check=False,
+        timeout=300,
+    )
+    output = (result.stdout + result.stderr).decode(errors="replace")
+    assert result.returncode == 0, f"tessera_stack {' '.join(args)} failed:\n{output}"
+    return output
+
+
+def _with_path(url: str, path: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=path))
+
+
+async def _admin(database_url: str, sql: str) -> None:
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(sql)
+    finally:
+        await connection.close()
+
+
+@contextlib.contextmanager
+def private_stack(
+    run_dir: Path, database_url: str, redis_url: str, *, redis_db: int, name: str
+) -> Iterator[StackControl]:
+    """The stack up at row 4 with three replicas; stopped and its database dropped after."""
+    database = f"tessera_{name}_{os.getpid()}_{secrets.token_hex(3)}"
+    asyncio.run(_admin(database_url, f'CREATE DATABASE "{database}"'))
+    env = {
+        **os.environ,
+        **CHEAP_ARGON2,
+        "DATABASE_URL": _with_path(database_url, f"/{database}"),
+        "REDIS_URL": _with_path(redis_url, f"/{redis_db}"),
+    }
+    try:
+        launcher(
+            run_dir,
+            "up",
+            "--port",
+            str(free_port()),
+            "--https-port",
+            str(free_port()),
+            "--replicas",
+            "3",
+            env=env,
+        )
+        yield StackControl(run_dir)
+    finally:
+        launcher(run_dir, "down", env=env)
+        asyncio.run(_admin(database_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
