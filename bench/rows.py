@@ -28,23 +28,19 @@ from __future__ import annotations
 
 import asyncio
 import random
-import ssl
 import statistics
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import aiohttp
 from yarl import URL
 
 from bench.config import BenchConfig
 from bench.stack import BenchStack
 from bench.timeline import Sample, analyse
 from bench.wrk import WrkResult, WrkRun, run_wrk
-from tessera_stack.demo import DemoUser, login, register, source_address
+from tessera_stack.demo import DemoUser, demo_users, login, register, source_address
 from tessera_stack.rows import ROWS, Row
 
 __all__ = ["run_rows"]
@@ -53,31 +49,7 @@ POST_EVERY = 10  # one request in ten is a POST /api/comments
 CAPACITY_SHUFFLES = 20
 #: The event (kill, scale-out) comes a third of the way in, never before this.
 MIN_EVENT_AT = 2.0
-REQUEST_TIMEOUT = 10.0
 WRK_ADDRESS = "127.0.0.1"
-
-
-@asynccontextmanager
-async def _users(
-    count: int, ca_cert: Path, prefix: str, addresses: Sequence[str]
-) -> AsyncIterator[list[DemoUser]]:
-    """``count`` users with one keep-alive connection each, from ``addresses`` (in turn)."""
-    context = ssl.create_default_context(cafile=str(ca_cert))
-    users: list[DemoUser] = []
-    try:
-        for index in range(count):
-            address = addresses[index % len(addresses)]
-            connector = aiohttp.TCPConnector(ssl=context, local_addr=(address, 0), limit=1)
-            session = aiohttp.ClientSession(
-                connector=connector,
-                cookie_jar=aiohttp.CookieJar(unsafe=True),
-                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
-            )
-            users.append(DemoUser(f"{prefix}{index + 1:03d}", address, session))
-        yield users
-    finally:
-        for user in users:
-            await user.session.close()
 
 
 async def _log_in(users: Sequence[DemoUser], base_url: str, row: Row) -> list[str]:
@@ -142,7 +114,9 @@ async def _capacity(
     stack: BenchStack, config: BenchConfig, row: Row, progress: Callable[[str], None]
 ) -> dict[str, Any]:
     base_url = stack.base_url
-    async with _users(config.users, stack.ca_cert, "bench-w-", [WRK_ADDRESS]) as users:
+    async with demo_users(
+        config.users, stack.ca_cert, prefix="bench-w-", addresses=[WRK_ADDRESS], connections=1
+    ) as users:
         await register(users, base_url)
         failed = await _log_in(users, base_url, row)
         lines = [_request_line(user, base_url) for user in users if user.name not in failed]
@@ -301,7 +275,9 @@ async def run_rows(
         stack.row(number)
         capacity = await _capacity(stack, config, row, progress)
         base_url = stack.base_url
-        async with _users(config.users, stack.ca_cert, "bench-u-", addresses) as users:
+        async with demo_users(
+            config.users, stack.ca_cert, prefix="bench-u-", addresses=addresses, connections=1
+        ) as users:
             await register(users, base_url)
             progress(f"row {number}: {config.users} users log in, each from its own /24")
             failed = await _log_in(users, base_url, row)

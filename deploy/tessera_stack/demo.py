@@ -325,15 +325,27 @@ def _client_ssl(ca_cert: Path) -> ssl.SSLContext:
 
 @contextlib.asynccontextmanager
 async def demo_users(
-    count: int, ca_cert: Path, *, prefix: str = USER_PREFIX, one_network: bool = False
+    count: int,
+    ca_cert: Path,
+    *,
+    prefix: str = USER_PREFIX,
+    one_network: bool = False,
+    addresses: Sequence[str] | None = None,
+    connections: int = 4,
 ) -> AsyncIterator[list[DemoUser]]:
-    """``count`` users, each with a client bound to :func:`source_address`."""
+    """``count`` users, each with a client bound to :func:`source_address` (or to
+    ``addresses``, in turn) and at most ``connections`` keep-alive connections."""
     context = _client_ssl(ca_cert)
     users: list[DemoUser] = []
     try:
         for index in range(count):
-            address = source_address(index, one_network=one_network)
-            connector = aiohttp.TCPConnector(ssl=context, local_addr=(address, 0), limit=4)
+            if addresses:
+                address = addresses[index % len(addresses)]
+            else:
+                address = source_address(index, one_network=one_network)
+            connector = aiohttp.TCPConnector(
+                ssl=context, local_addr=(address, 0), limit=connections
+            )
             session = aiohttp.ClientSession(
                 connector=connector,
                 # unsafe: the jar otherwise refuses cookies from an IP address host.
