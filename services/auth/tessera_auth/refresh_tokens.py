@@ -281,22 +281,20 @@ class RefreshTokenStore:
             expires_at=float(data["expires_at"]),
         )
 
-    async def revoke_family(self, family_id: str) -> Family | None:
-        """Mark the family revoked: none of its tokens refreshes again. Returns it, if it lived."""
-        family = await self.family(family_id)
-        if family is None:
-            return None
-        await self._redis.hset(redis_keys.refresh_family(family_id), "revoked", "1")
-        await self._redis.srem(redis_keys.user_refresh_families(family.user_id), family_id)
-        return family
+    async def revoke_family(self, family: Family) -> None:
+        """Mark the family revoked: none of its tokens refreshes again."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(redis_keys.refresh_family(family.family_id), "revoked", "1")
+            pipe.srem(redis_keys.user_refresh_families(family.user_id), family.family_id)
+            await pipe.execute()
 
-    async def revoke(self, token: str) -> Family | None:
-        """Revoke the family of ``token`` (RFC 7009: the whole grant goes)."""
+    async def family_of(self, token: str) -> Family | None:
+        """The family a live token belongs to (to revoke the whole grant, RFC 7009)."""
         try:
             grant = await self.peek(token)
         except InvalidGrant:
             return None
-        return await self.revoke_family(grant.family_id)
+        return await self.family(grant.family_id)
 
     async def families_of(self, user_id: str) -> list[Family]:
         members = await self._redis.smembers(redis_keys.user_refresh_families(user_id))

@@ -70,7 +70,7 @@ class Revoker:
 
     async def revoke_family(self, family: Family, *, reason: str) -> None:
         """A refresh family and everything it stands for: its access tokens, its session."""
-        await self._refresh.revoke_family(family.family_id)
+        await self._refresh.revoke_family(family)
         await self.revoke_session_link(family.session_link)
         if family.session_key:
             await self._sessions.destroy_by_key(family.session_key)
@@ -91,7 +91,7 @@ class Revoker:
         await self.revoke_session_link(session.record.public_id)
         for family in await self._refresh.families_of(session.record.user_id):
             if family.session_link == session.record.public_id:
-                await self._refresh.revoke_family(family.family_id)
+                await self._refresh.revoke_family(family)
         self._metrics.revocations.labels("session").inc()
         self._audit.record(
             "revocation.session",
@@ -105,7 +105,7 @@ class Revoker:
         sessions = await self._sessions.destroy_all_for_user(user_id)
         families = await self._refresh.families_of(user_id)
         for family in families:
-            await self._refresh.revoke_family(family.family_id)
+            await self._refresh.revoke_family(family)
         before = await self._denylist.revoke_user_tokens(user_id, self._token_lifetime)
         self._metrics.revocations.labels("user").inc()
         self._audit.record(

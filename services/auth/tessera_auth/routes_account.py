@@ -168,7 +168,7 @@ async def logout(request: web.Request) -> web.Response:
             revoked.append("access_token")
 
     if refresh_token is not None:
-        family = await app[appkeys.REFRESH_TOKENS].revoke(refresh_token)
+        family = await app[appkeys.REFRESH_TOKENS].family_of(refresh_token)
         if family is not None:
             await revoker.revoke_family(family, reason="logout")
             revoked.append("refresh_token")

@@ -146,7 +146,7 @@ async def revoke(request: web.Request) -> web.Response:
         if claims is not None:
             await revoker.revoke_access_token(claims.token_id, claims.expires_at)
         return web.json_response({}, headers=NO_STORE)
-    family = await app[appkeys.REFRESH_TOKENS].revoke(token)
+    family = await app[appkeys.REFRESH_TOKENS].family_of(token)
     if family is not None:
         await revoker.revoke_family(family, reason="revocation endpoint")
         return web.json_response({}, headers=NO_STORE)
