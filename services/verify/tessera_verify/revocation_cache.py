@@ -49,7 +49,7 @@ class RevocationCache:
         self.denylist = Denylist(redis, clock)
         self._jti: dict[str, float] = {}
         self._sid: dict[str, float] = {}
-        self._valid_after: dict[str, tuple[float, float]] = {}  # user -> (valid_after, seen)
+        self._valid_after: dict[str, float] = {}  # user -> tokens issued up to then are dead
         self._listeners: list[Listener] = []
         self._synced = asyncio.Event()
         self._reconnect_delay = reconnect_delay
@@ -82,7 +82,7 @@ class RevocationCache:
             claims,
             jti_revoked=self._jti.get(claims.token_id, 0.0) > now,
             sid_revoked=sid is not None and self._sid.get(sid, 0.0) > now,
-            user_valid_after=None if valid_after is None else valid_after[0],
+            user_valid_after=valid_after,
         )
 
     def apply(self, event: RevocationEvent) -> None:
@@ -91,8 +91,9 @@ class RevocationCache:
         elif event.kind is RevocationKind.SESSION_LINK:
             self._sid[event.value] = max(event.when, self._sid.get(event.value, 0.0))
         elif event.kind is RevocationKind.USER:
-            previous = self._valid_after.get(event.value, (0.0, 0.0))[0]
-            self._valid_after[event.value] = (max(event.when, previous), self._clock.now())
+            self._valid_after[event.value] = max(
+                event.when, self._valid_after.get(event.value, 0.0)
+            )
         self.events_applied += 1
         for listener in self._listeners:
             listener(event)
@@ -103,9 +104,7 @@ class RevocationCache:
             for key in [k for k, until in table.items() if until <= now]:
                 del table[key]
         # A valid-after time older than any access token's lifetime revokes nothing more.
-        stale = [
-            u for u, (after, _) in self._valid_after.items() if now - after > MAX_TOKEN_LIFETIME
-        ]
+        stale = [u for u, after in self._valid_after.items() if now - after > MAX_TOKEN_LIFETIME]
         for user in stale:
             del self._valid_after[user]
 
