@@ -24,7 +24,7 @@ from tessera_verify.errors import (
     TooManyAttempts,
 )
 from tessera_verify.jsonbody import get_str, read_body, require_str
-from tessera_verify.principal import bearer_token
+from tessera_verify.principal import Principal, bearer_token
 from tessera_verify.sessions import Session, clear_session_cookie, set_session_cookie
 
 from . import appkeys
@@ -50,6 +50,17 @@ def _session_json(session: Session) -> dict[str, Any]:
         "last_seen_at": record.last_seen_at,
         "expires_at": record.expires_at,
     }
+
+
+async def _username(app: web.Application, principal: Principal) -> str:
+    """The caller's name: from the session, or (tokens carry none) from the user row,
+    which also refuses a token whose user was deleted or disabled since."""
+    if principal.username is not None:
+        return principal.username
+    user = await app[appkeys.ACCOUNTS].users.by_id(principal.user_id)
+    if user is None or user.disabled:
+        raise AuthenticationError("the token's user no longer exists or is disabled")
+    return user.username
 
 
 @routes.post("/auth/register")
@@ -197,12 +208,7 @@ async def forward(request: web.Request) -> web.Response:
     never looked at, and nginx sends none (``proxy_pass_request_body off``).
     """
     principal = await authenticate(request)
-    username = principal.username
-    if username is None:
-        user = await request.app[appkeys.ACCOUNTS].users.by_id(principal.user_id)
-        if user is None or user.disabled:
-            raise AuthenticationError("the token's user no longer exists or is disabled")
-        username = user.username
+    username = await _username(request.app, principal)
     return web.Response(
         status=200,
         headers={
@@ -222,10 +228,7 @@ async def me(request: web.Request) -> web.Response:
         payload["username"] = principal.session.record.username
         payload["session"] = _session_json(principal.session)
     else:
-        user = await request.app[appkeys.ACCOUNTS].users.by_id(principal.user_id)
-        if user is None or user.disabled:
-            raise AuthenticationError("the token's user no longer exists or is disabled")
-        payload["username"] = user.username
+        payload["username"] = await _username(request.app, principal)
     if principal.token is not None:
         payload["token"] = {
             "jti": principal.token.token_id,
