@@ -72,6 +72,24 @@ async def test_save_replaces_existing_record(store: SessionStore, clock: ManualC
     assert await store.load("key-1") == newer
 
 
+async def test_touch_replaces_a_live_record(store: SessionStore, clock: ManualClock) -> None:
+    await store.save("key-1", _record(clock), ttl=60)
+    newer = _record(clock)
+    assert await store.touch("key-1", newer, ttl=60) is True
+    assert await store.load("key-1") == newer
+
+
+async def test_touch_never_brings_a_deleted_record_back(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    record = _record(clock)
+    await store.save("key-1", record, ttl=60)
+    assert await store.load("key-1") == record  # a verifier read it ...
+    await store.delete("key-1")  # ... then it was revoked ...
+    assert await store.touch("key-1", record, ttl=60) is False  # ... and its touch is refused
+    assert await store.load("key-1") is None
+
+
 async def test_delete_removes_record_and_reports_it(
     store: SessionStore, clock: ManualClock
 ) -> None:

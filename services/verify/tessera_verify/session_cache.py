@@ -58,6 +58,13 @@ class CachedSessionStore:
         await self._inner.save(key, record, ttl)
         self._remember(key, record)
 
+    async def touch(self, key: str, record: SessionRecord, ttl: float) -> bool:
+        if not await self._inner.touch(key, record, ttl):
+            self.cache.evict(key)
+            return False
+        self._remember(key, record)
+        return True
+
     async def load(self, key: str) -> SessionRecord | None:
         if self._revocations.synced:
             cached = self.cache.get(key, self._clock.now())
@@ -88,6 +95,9 @@ class AnnouncingSessionStore:
 
     async def save(self, key: str, record: SessionRecord, ttl: float) -> None:
         await self._inner.save(key, record, ttl)
+
+    async def touch(self, key: str, record: SessionRecord, ttl: float) -> bool:
+        return await self._inner.touch(key, record, ttl)
 
     async def load(self, key: str) -> SessionRecord | None:
         return await self._inner.load(key)

@@ -56,6 +56,14 @@ class SessionStore(Protocol):
         """Create or replace the record under ``key``, gone after ``ttl`` seconds."""
         ...
 
+    async def touch(self, key: str, record: SessionRecord, ttl: float) -> bool:
+        """Replace the record under ``key`` only if one is still there; True when it was.
+
+        The idle refresh goes through here, never through :meth:`save`: a verifier
+        that read a session just before it was revoked must not write it back.
+        """
+        ...
+
     async def load(self, key: str) -> SessionRecord | None: ...
 
     async def delete(self, key: str) -> bool:
@@ -88,6 +96,13 @@ class RedisSessionStore:
             pipe.expire(index, max(1, math.ceil(record.expires_at - self._clock.now())), gt=True)
             pipe.expire(index, max(1, math.ceil(record.expires_at - self._clock.now())), nx=True)
             await pipe.execute()
+
+    async def touch(self, key: str, record: SessionRecord, ttl: float) -> bool:
+        # SET ... XX is one atomic step: a session deleted in between stays deleted.
+        written = await self._redis.set(
+            redis_keys.session(key), record.to_bytes(), px=max(1, math.ceil(ttl * 1000)), xx=True
+        )
+        return bool(written)
 
     async def load(self, key: str) -> SessionRecord | None:
         raw = await self._redis.get(redis_keys.session(key))
@@ -135,6 +150,12 @@ class MemorySessionStore:
     async def save(self, key: str, record: SessionRecord, ttl: float) -> None:
         self._records[key] = (record, self._clock.now() + ttl)
         self._by_user.setdefault(record.user_id, set()).add(key)
+
+    async def touch(self, key: str, record: SessionRecord, ttl: float) -> bool:
+        if await self.load(key) is None:
+            return False
+        self._records[key] = (record, self._clock.now() + ttl)
+        return True
 
     async def load(self, key: str) -> SessionRecord | None:
         entry = self._records.get(key)

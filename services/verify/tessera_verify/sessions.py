@@ -123,7 +123,8 @@ class SessionManager:
             return None
         if now - record.last_seen_at >= self.policy.effective_touch_interval:
             record = replace(record, last_seen_at=now)
-            await self.store.save(key, record, self._ttl(record, now))
+            if not await self.store.touch(key, record, self._ttl(record, now)):
+                return None  # deleted (revoked) since we read it
         return Session(key, record)
 
     async def destroy(self, session_id: str) -> bool:
