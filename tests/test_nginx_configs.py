@@ -71,6 +71,38 @@ THREE = (Replica("r1", 18081), Replica("r2", 18082), Replica("r3", 18083))
 # -- rendering -------------------------------------------------------------------
 
 
+def _retry_conditions(text: str) -> list[list[str]]:
+    return [
+        line.split("proxy_next_upstream ", 1)[1].rstrip(";").split()
+        for line in text.splitlines()
+        if line.strip().startswith("proxy_next_upstream ")
+    ]
+
+
+def test_every_nginx_config_retries_a_replica_only_when_it_cannot_be_reached(
+    tmp_path: Path, tls: TlsFiles
+) -> None:
+    """Local policies, the compose config and the Kubernetes ingress alike: a replica's
+    503 is never retried (which would count it as a failure and trip max_fails)."""
+    root = Path(__file__).resolve().parents[1]
+    found: dict[str, list[list[str]]] = {}
+    for policy in POLICIES:
+        files = render(_config(tmp_path, tls, policy, THREE))
+        found[policy] = [c for text in files.values() for c in _retry_conditions(text)]
+    compose = root / "deploy" / "compose" / "nginx"
+    found["compose"] = [
+        c for path in sorted(compose.glob("*.conf")) for c in _retry_conditions(path.read_text())
+    ]
+    ingress = (root / "deploy" / "k8s" / "ingress.yaml").read_text()
+    annotation = "nginx.ingress.kubernetes.io/proxy-next-upstream:"
+    found["k8s"] = [
+        line.split(":", 1)[1].strip().strip('"').split()
+        for line in ingress.splitlines()
+        if line.strip().startswith(annotation)
+    ]
+    assert found == {name: [["error", "timeout"]] for name in found}
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 def test_every_policy_renders_to_a_configuration_nginx_accepts(
     policy: str, tmp_path: Path, tls: TlsFiles
@@ -171,6 +203,8 @@ class Upstream:
     seen: list[Seen] = field(default_factory=list)
     runner: web.AppRunner | None = None
     port: int = 0
+    #: While set, it answers like a tessera service whose Redis is down.
+    outage: bool = False
 
     async def stop(self) -> None:
         if self.runner is not None:
@@ -199,11 +233,30 @@ async def _serve(
     upstream.port = runner.addresses[0][1]
 
 
+REPLICA_RETRY_AFTER = "2"
+AUTH_RETRY_AFTER = "7"
+DEPENDENCY_DOWN = {
+    "error": "dependency_unavailable",
+    "message": "a dependency is unavailable; try again later",
+}
+
+
+def _dependency_down(retry_after: str, headers: dict[str, str] | None = None) -> web.Response:
+    """A tessera service's answer while Redis or PostgreSQL is down."""
+    return web.json_response(
+        DEPENDENCY_DOWN,
+        status=503,
+        headers={"Retry-After": retry_after, "Cache-Control": "no-store", **(headers or {})},
+    )
+
+
 async def fake_replica(name: str) -> Upstream:
     """Answers like a replica: X-Served-By, and the route cookie when it differs."""
     upstream = Upstream(name)
 
     async def handler(request: web.Request) -> web.Response:
+        if upstream.outage:
+            return _dependency_down(REPLICA_RETRY_AFTER, {"X-Served-By": name})
         response = web.json_response(
             {"replica": name}, headers={"X-Served-By": name, "X-Auth-Method": "shared_session"}
         )
@@ -222,6 +275,8 @@ async def fake_auth() -> Upstream:
     upstream = Upstream("auth")
 
     async def handler(request: web.Request) -> web.Response:
+        if upstream.outage:
+            return _dependency_down(AUTH_RETRY_AFTER)
         if request.path == "/auth/forward":
             if request.cookies.get("session") == "good":
                 return web.Response(
@@ -487,7 +542,37 @@ async def test_forward_auth_answers_503_when_the_auth_service_is_down(
         async with client.get(f"{url}/api/me", cookies={"session": "good"}) as response:
             assert response.status == 503
             assert (await response.json())["error"] == "dependency_unavailable"
+            # nginx's own 503 says when to come back, like the services' do.
+            assert response.headers["Retry-After"] == "1"
+            assert response.headers["Cache-Control"] == "no-store"
     assert not any(upstream.seen for upstream in replicas)
+
+
+async def test_forward_auth_turns_the_auth_services_503_into_a_503_with_its_retry_after(
+    tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream
+) -> None:
+    # auth_request itself would answer 500 to anything but 2xx/401/403.
+    async with (
+        running_nginx(tmp_path, tls, "forward_auth", _replicas(replicas), auth.port) as (_, url),
+        https_client(tls.ca_cert) as client,
+    ):
+        auth.outage = True
+        for _ in range(3):
+            async with client.get(f"{url}/api/me", cookies={"session": "good"}) as response:
+                assert response.status == 503
+                assert response.headers["Retry-After"] == AUTH_RETRY_AFTER
+                assert response.headers["Content-Type"] == "application/json"
+                assert (await response.json())["error"] == "dependency_unavailable"
+                assert "X-Request-ID" in response.headers
+        # The auth service's own routes pass its 503 through untouched.
+        async with client.get(f"{url}/auth/me") as response:
+            assert response.status == 503
+            assert response.headers["Retry-After"] == AUTH_RETRY_AFTER
+            assert await response.json() == DEPENDENCY_DOWN
+        auth.outage = False
+        async with client.get(f"{url}/api/me", cookies={"session": "good"}) as response:
+            assert response.status == 200
+    assert sum(len(upstream.seen) for upstream in replicas) == 1
 
 
 async def test_a_get_in_flight_on_a_dying_replica_is_retried_but_a_post_is_not(
@@ -520,6 +605,78 @@ async def test_a_get_in_flight_on_a_dying_replica_is_retried_but_a_post_is_not(
         crasher.server.close()
         await crasher.server.wait_closed()
     assert [seen.method for seen in replicas[0].seen] == ["GET", "POST"]
+
+
+def _route(policy: str, client: aiohttp.ClientSession, url: str, replica: str) -> None:
+    """For route_cookie, stick ``client`` to ``replica``; other policies need nothing."""
+    if policy == "route_cookie":
+        _set_only_cookie(client, url, "tessera_route", replica)
+    elif policy == "forward_auth":
+        _set_only_cookie(client, url, "session", "good")
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+async def test_a_replicas_503_reaches_the_client_as_it_is_and_marks_no_replica_failed(
+    policy: str, tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream
+) -> None:
+    """A shared dependency down: every replica answers 503; nginx neither retries that
+    elsewhere nor counts it as a failure, so the first request after the outage works."""
+    requests = 6
+    async with (
+        running_nginx(tmp_path, tls, policy, _replicas(replicas), auth.port) as (_, url),
+        https_client(tls.ca_cert, source_address(3)) as client,
+    ):
+        _route(policy, client, url, "r2")
+        for upstream in replicas:
+            upstream.outage = True
+        for _ in range(requests):
+            async with client.get(f"{url}/api/me") as response:
+                assert response.status == 503
+                assert response.content_type == "application/json"
+                assert await response.json() == DEPENDENCY_DOWN
+                assert response.headers["Retry-After"] == REPLICA_RETRY_AFTER
+                assert response.headers["Cache-Control"] == "no-store"
+                assert response.headers["X-Served-By"] in {"r1", "r2", "r3"}
+        # One replica per request: a 503 is the answer, not a reason to ask another.
+        assert sum(len(upstream.seen) for upstream in replicas) == requests
+
+        for upstream in replicas:
+            upstream.outage = False
+        served = []
+        for _ in range(requests):
+            async with client.get(f"{url}/api/me") as response:
+                assert response.status == 200
+                served.append(response.headers["X-Served-By"])
+    if policy == "route_cookie":
+        assert set(served) == {"r2"}
+    elif policy == "ip_hash":
+        assert len(set(served)) == 1
+    else:
+        # Nobody was marked failed: every replica still takes its turn.
+        assert set(served) == {"r1", "r2", "r3"}
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+async def test_a_dead_replica_stays_invisible_while_the_live_ones_answer_503_then_200(
+    policy: str, tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream
+) -> None:
+    async with running_nginx(tmp_path, tls, policy, _replicas(replicas), auth.port) as (_, url):
+        await replicas[1].stop()  # r2: connections refused from now on
+        for upstream in replicas:
+            upstream.outage = True
+        statuses: dict[bool, list[int]] = {True: [], False: []}
+        # Three networks, so ip_hash sends one of them to the dead r2.
+        for index in range(3):
+            async with https_client(tls.ca_cert, source_address(index)) as client:
+                _route(policy, client, url, "r2")
+                for outage in (True, False):
+                    for upstream in replicas:
+                        upstream.outage = outage
+                    for _ in range(3):
+                        async with client.get(f"{url}/api/me") as response:
+                            statuses[outage].append(response.status)
+                            assert response.headers.get("X-Served-By") in {"r1", "r3"}
+    assert statuses == {True: [503] * 9, False: [200] * 9}
 
 
 async def test_every_replica_down_is_a_json_502(
