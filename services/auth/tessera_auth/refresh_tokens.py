@@ -12,9 +12,13 @@ the winner stores encrypted under a key derived from the spent token, so only
 a holder of that token can read it back. After the grace window, a second use
 is reuse.
 
-Storage: tokens and families are Redis hashes keyed by keyed hashes, never the
-token itself. (The Lua script builds the family key from the token's data: on
-Redis Cluster both would need one hash tag.)
+Storage: tokens and families are Redis hashes; a token's key is a keyed hash
+(HMAC) of the token, never the token itself. The claim script reads a token
+and its family in one step, so on Redis Cluster they must share a hash slot:
+a token starts with its family's ID (16 characters, then 160 random bits), and
+both keys carry that ID as their hash tag. The token stays opaque and
+unforgeable (it is found only by the HMAC of all of it); what the ID reveals,
+which tokens belong to one login, its holder knows anyway.
 """
 
 from __future__ import annotations
@@ -40,14 +44,13 @@ from tessera_verify import redis_keys
 from tessera_verify.clock import Clock
 from tessera_verify.errors import InvalidGrant, ServiceUnavailable
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
-_FAMILY_PREFIX = redis_keys.refresh_family("")
+_FAMILY_ID_LENGTH = 16  # secrets.token_urlsafe(12)
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # the family's ID, then 27 random characters
 
-# KEYS[1] token hash key; ARGV: now, grace seconds, family key prefix.
+# KEYS[1] the token's hash, KEYS[2] its family's (one hash slot); ARGV: now, grace seconds.
 _CLAIM_SCRIPT = """
-local family_id = redis.call('HGET', KEYS[1], 'family_id')
-if not family_id then return {'unknown'} end
-local family = ARGV[3] .. family_id
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
+local family = KEYS[2]
 if redis.call('HGET', family, 'revoked') ~= '0' then return {'revoked'} end
 local used = redis.call('HGET', KEYS[1], 'used_at')
 if used == '' then
@@ -108,7 +111,7 @@ class RefreshTokenStore:
 
     def _key(self, token: str) -> str:
         digest = hmac.new(self._hash_key, b"refresh-token:" + token.encode(), hashlib.sha256)
-        return redis_keys.refresh_token(digest.hexdigest())
+        return redis_keys.refresh_token(token[:_FAMILY_ID_LENGTH], digest.hexdigest())
 
     def _successor_key(self, token: str) -> bytes:
         return hmac.new(
@@ -129,7 +132,10 @@ class RefreshTokenStore:
             expires_at=self._clock.now() + self._ttl,
         )
         ttl = math.ceil(self._ttl)
-        index = redis_keys.user_refresh_families(user_id)
+        # The family and its first token share a hash slot: one transaction.
+        # The user's index is another slot, so it comes second: the token is
+        # handed out only after both, and a failure in between leaves a family
+        # whose token nobody holds.
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(
                 redis_keys.refresh_family(family.family_id),
@@ -142,11 +148,14 @@ class RefreshTokenStore:
                 },
             )
             pipe.expire(redis_keys.refresh_family(family.family_id), ttl)
-            pipe.sadd(index, family.family_id)
-            pipe.expire(index, ttl)
             token, grant = self._queue_token(
                 pipe, family.family_id, user_id, session_link, family.expires_at
             )
+            await pipe.execute()
+        index = redis_keys.user_refresh_families(user_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(index, family.family_id)
+            pipe.expire(index, ttl)
             await pipe.execute()
         return token, grant
 
@@ -169,7 +178,7 @@ class RefreshTokenStore:
     ) -> tuple[str, RefreshGrant]:
         now = self._clock.now()
         grant = RefreshGrant(user_id, family_id, session_link, now, expires_at)
-        token = secrets.token_urlsafe(32)
+        token = family_id + secrets.token_urlsafe(20)
         key = self._key(token)
         pipe.hset(
             key,
@@ -223,8 +232,8 @@ class RefreshTokenStore:
     async def claim(self, token: str, grant: RefreshGrant) -> Claim:
         """Spend ``token`` atomically: fresh (we rotate), grace (someone just did), or reuse."""
         result = await self._claim(
-            keys=[self._key(token)],
-            args=[repr(self._clock.now()), repr(self.grace), _FAMILY_PREFIX],
+            keys=[self._key(token), redis_keys.refresh_family(grant.family_id)],
+            args=[repr(self._clock.now()), repr(self.grace)],
         )
         outcome = _text(result[0])
         if outcome in ("unknown", "revoked"):
@@ -283,10 +292,11 @@ class RefreshTokenStore:
 
     async def revoke_family(self, family: Family) -> None:
         """Mark the family revoked: none of its tokens refreshes again."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(redis_keys.refresh_family(family.family_id), "revoked", "1")
-            pipe.srem(redis_keys.user_refresh_families(family.user_id), family.family_id)
-            await pipe.execute()
+        # Two slots, two steps; the one that matters comes first. Should the
+        # second fail, the index lists a revoked family, which revoking again
+        # leaves revoked.
+        await self._redis.hset(redis_keys.refresh_family(family.family_id), "revoked", "1")
+        await self._redis.srem(redis_keys.user_refresh_families(family.user_id), family.family_id)
 
     async def family_of(self, token: str) -> Family | None:
         """The family a live token belongs to (to revoke the whole grant, RFC 7009)."""

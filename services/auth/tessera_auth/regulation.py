@@ -61,19 +61,22 @@ class Regulator:
             (_subject("account", account), self.policy.max_failures_per_account),
             (_subject("address", address), self.policy.max_failures_per_address),
         )
-        keys: list[str] = []
-        for subject, _ in checks:
-            now_key, previous_key, _ = self._buckets(subject)
-            keys += [now_key, previous_key]
-        counts = [int(v or 0) for v in await self._redis.mget(keys)]
-        for index, (subject, limit) in enumerate(checks):
-            if limit > 0 and counts[2 * index] + counts[2 * index + 1] >= limit:
+        # One MGET per subject (its windows share a hash slot), both in one round trip.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for subject, _ in checks:
+                now_key, previous_key, _ = self._buckets(subject)
+                pipe.mget(now_key, previous_key)
+            replies: list[list[bytes | None]] = await pipe.execute()
+        counts = [sum(int(v or 0) for v in reply) for reply in replies]
+        for (subject, limit), count in zip(checks, counts, strict=True):
+            if limit > 0 and count >= limit:
                 raise TooManyAttempts(retry_after=self._buckets(subject)[2])
-        return counts[0] + counts[1] > 0
+        return counts[0] > 0
 
     async def record_failure(self, account: str, address: str) -> None:
         if not self.policy.enabled:
             return
+        # Not a transaction: the two subjects live in different hash slots.
         async with self._redis.pipeline(transaction=False) as pipe:
             for subject in (_subject("account", account), _subject("address", address)):
                 key = self._buckets(subject)[0]

@@ -15,8 +15,12 @@ def revoked_jti(jti: str) -> str:
     return f"{PREFIX}:revoked-jti:{jti}"
 
 
-def refresh_token(token_hash: str) -> str:
-    return f"{PREFIX}:refresh:{token_hash}"
+def refresh_token(family_id: str, digest: str = "*") -> str:
+    """A refresh token, by the keyed hash of it, in its family's hash slot.
+
+    With only a family (or ``"*"``), a SCAN/KEYS pattern for its tokens.
+    """
+    return f"{PREFIX}:refresh:{{{family_id}}}:{digest}"
 
 
 def revoked_sid(sid: str) -> str:
@@ -28,7 +32,7 @@ def user_valid_after(user_id: str) -> str:
 
 
 def refresh_family(family_id: str) -> str:
-    return f"{PREFIX}:refresh-family:{family_id}"
+    return f"{PREFIX}:refresh-family:{{{family_id}}}"
 
 
 def user_refresh_families(user_id: str) -> str:
@@ -36,4 +40,5 @@ def user_refresh_families(user_id: str) -> str:
 
 
 def login_failures(subject: str, window: int) -> str:
-    return f"{PREFIX}:login-failures:{subject}:{window}"
+    """A subject's failures in one window; all its windows share a hash slot."""
+    return f"{PREFIX}:login-failures:{{{subject}}}:{window}"

@@ -87,14 +87,22 @@ class RedisSessionStore:
         self._clock = clock
 
     async def save(self, key: str, record: SessionRecord, ttl: float) -> None:
-        ttl_ms = max(1, math.ceil(ttl * 1000))
+        # The record and the user's index live in different hash slots (Redis
+        # Cluster), so they are two steps, each atomic on its own: the record,
+        # then the index. The caller hands the session ID out only after both:
+        # a failure in between leaves a record that nobody holds the ID of
+        # (it dies with its TTL), and list_for_user never sees an indexed key
+        # before its record exists (so it cannot prune a session being born).
+        await self._redis.set(
+            redis_keys.session(key), record.to_bytes(), px=max(1, math.ceil(ttl * 1000))
+        )
         index = redis_keys.user_sessions(record.user_id)
+        index_ttl = max(1, math.ceil(record.expires_at - self._clock.now()))
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(redis_keys.session(key), record.to_bytes(), px=ttl_ms)
             pipe.zadd(index, {key: record.expires_at})
             # The index lives as long as the user's longest session could.
-            pipe.expire(index, max(1, math.ceil(record.expires_at - self._clock.now())), gt=True)
-            pipe.expire(index, max(1, math.ceil(record.expires_at - self._clock.now())), nx=True)
+            pipe.expire(index, index_ttl, gt=True)
+            pipe.expire(index, index_ttl, nx=True)
             await pipe.execute()
 
     async def touch(self, key: str, record: SessionRecord, ttl: float) -> bool:
@@ -123,7 +131,12 @@ class RedisSessionStore:
         keys = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
         if not keys:
             return []
-        raws = await self._redis.mget([redis_keys.session(k) for k in keys])
+        # Not MGET: each record has its own hash slot. A pipeline is one round
+        # trip per node, and reading records needs no atomicity.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for k in keys:
+                pipe.get(redis_keys.session(k))
+            raws: list[bytes | None] = await pipe.execute()
         live: list[tuple[str, SessionRecord]] = []
         gone: list[str] = []
         for key, raw in zip(keys, raws, strict=True):
