@@ -4,6 +4,10 @@ Loaded by ``pytest_plugins = ["tests.fixtures_infra"]`` in tests/conftest.py.
 ``DATABASE_URL`` / ``REDIS_URL`` in the environment point the suite at
 existing servers; otherwise a real throwaway server is started for the
 session and stopped (and deleted) at its end.
+
+A Redis Sentinel group and a Redis Cluster (real ``redis-server`` processes
+on loopback) are started the first time a test asks for one: the failover
+tests kill their nodes, so they are always the suite's own.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from tessera_stack import PostgresServer, RedisServer
+from tessera_stack.redis_topologies import RedisClusterGroup, RedisSentinelGroup
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +49,27 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         server.stop()
         server.remove_data()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinelGroup]:
+    """One primary, two replicas, three sentinels; tests that kill a node restart it."""
+    group = RedisSentinelGroup(tmp_path_factory.mktemp("redis-sentinel"))
+    group.start()
+    try:
+        yield group
+    finally:
+        group.stop()
+        group.remove_data()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterGroup]:
+    """Three primaries with a replica each; tests that kill a node restart it."""
+    group = RedisClusterGroup(tmp_path_factory.mktemp("redis-cluster"))
+    group.start()
+    try:
+        yield group
+    finally:
+        group.stop()
+        group.remove_data()

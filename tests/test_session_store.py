@@ -1,4 +1,8 @@
-"""One conformance suite for every SessionStore, and the SessionManager's policy on top."""
+"""One conformance suite for every SessionStore, and the SessionManager's policy on top.
+
+The Redis store runs against one server, a Sentinel group and a Cluster, each
+opened by the factory every service uses (:func:`instrumented_redis`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from redis.asyncio import Redis
 
 from tessera_verify import redis_keys
 from tessera_verify.clock import ManualClock
+from tessera_verify.dependency_metrics import instrumented_redis
 from tessera_verify.session_store import (
     MemorySessionStore,
     RedisSessionStore,
@@ -19,14 +24,28 @@ from tessera_verify.session_store import (
 from tessera_verify.sessions import SessionManager, SessionPolicy
 
 
-@pytest.fixture(params=["redis", "memory"])
-async def store(
-    request: pytest.FixtureRequest, redis: Redis, clock: ManualClock
-) -> AsyncIterator[SessionStore]:
+@pytest.fixture(params=["redis", "sentinel", "cluster", "memory"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    """The Redis URL of the store under test (None: the in-memory store)."""
+    if request.param == "memory":
+        return None
     if request.param == "redis":
-        yield RedisSessionStore(redis, clock)
-    else:
+        url: str = request.getfixturevalue("redis_url")
+        return url
+    return str(request.getfixturevalue(f"redis_{request.param}_group").url)
+
+
+@pytest.fixture
+async def store(store_url: str | None, clock: ManualClock) -> AsyncIterator[SessionStore]:
+    if store_url is None:
         yield MemorySessionStore(clock)
+        return
+    client = instrumented_redis(store_url, timeout=5.0, latency=None)
+    await client.flushdb()  # on a cluster: every primary
+    try:
+        yield RedisSessionStore(client, clock)
+    finally:
+        await client.aclose()
 
 
 def _record(clock: ManualClock, user_id: str = "u1", lifetime: float = 3600) -> SessionRecord:

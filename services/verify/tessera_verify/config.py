@@ -16,6 +16,7 @@ from typing import Literal, TypedDict, TypeVar
 from urllib.parse import urlsplit
 
 from .client_ip import Network
+from .dependency_metrics import REDIS_URL_SCHEMES, parse_redis_nodes
 from .keys import SUPPORTED_ALGORITHMS
 
 Environment = Literal["development", "production"]
@@ -149,7 +150,12 @@ def read_dependency_urls(reader: EnvReader) -> tuple[str, str]:
     database_url = check_url(
         reader, "DATABASE_URL", reader.text("DATABASE_URL"), ("postgresql", "postgres")
     )
-    redis_url = check_url(reader, "REDIS_URL", reader.text("REDIS_URL"), ("redis", "rediss"))
+    redis_url = check_url(reader, "REDIS_URL", reader.text("REDIS_URL"), REDIS_URL_SCHEMES)
+    if urlsplit(redis_url).scheme in ("redis+sentinel", "redis+cluster"):
+        try:
+            parse_redis_nodes(redis_url)
+        except ValueError as exc:
+            reader.problems.append(f"REDIS_URL: {exc}")
     return database_url, redis_url
 
 
