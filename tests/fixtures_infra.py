@@ -12,13 +12,19 @@ tests kill their nodes, so they are always the suite's own.
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
 import pytest
+import redis.exceptions
 
 from tessera_stack import PostgresServer, RedisServer
 from tessera_stack.redis_topologies import RedisClusterGroup, RedisSentinelGroup
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -73,3 +79,28 @@ def redis_cluster_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Re
     finally:
         group.stop()
         group.remove_data()
+
+
+async def first_answer(
+    call: Callable[[], Awaitable[T]], *, since: float, timeout: float = 60.0
+) -> tuple[T, float, list[str]]:
+    """Retry ``call`` every 50 ms until Redis answers it (through a failover, say).
+
+    Returns its result, the seconds from ``since`` (a ``time.monotonic()``) to
+    the answer, and the name of each error seen on the way.
+    """
+    errors: list[str] = []
+    while True:
+        try:
+            result = await call()
+        except (
+            redis.exceptions.RedisError,
+            redis.exceptions.RedisClusterException,
+            OSError,
+        ) as exc:
+            errors.append(type(exc).__name__)
+            if time.monotonic() - since > timeout:
+                raise
+            await asyncio.sleep(0.05)
+        else:
+            return result, time.monotonic() - since, errors

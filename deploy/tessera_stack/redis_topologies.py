@@ -136,6 +136,13 @@ class RedisNode(RedisServer):
         """``127.0.0.1:PORT``."""
         return f"{LOOPBACK}:{self.port}"
 
+    def role(self) -> str | None:
+        """``master``, ``slave`` or ``sentinel`` as the node says; None when it does not answer."""
+        role = _info(self.port, "server" if self._sentinel else "replication").get(
+            "redis_mode" if self._sentinel else "role"
+        )
+        return None if role is None else str(role)
+
     def kill(self) -> None:
         """SIGKILL the node (no shutdown, no last fsync); its data and port stay."""
         pid = self.pid

@@ -61,13 +61,14 @@ class Regulator:
             (_subject("account", account), self.policy.max_failures_per_account),
             (_subject("address", address), self.policy.max_failures_per_address),
         )
-        # One MGET per subject (its windows share a hash slot), both in one round trip.
+        # Not one MGET: the two subjects live in different hash slots (Redis
+        # Cluster). A pipeline is still one round trip (per node).
         async with self._redis.pipeline(transaction=False) as pipe:
             for subject, _ in checks:
-                now_key, previous_key, _ = self._buckets(subject)
-                pipe.mget(now_key, previous_key)
-            replies: list[list[bytes | None]] = await pipe.execute()
-        counts = [sum(int(v or 0) for v in reply) for reply in replies]
+                for key in self._buckets(subject)[:2]:
+                    pipe.get(key)
+            values: list[bytes | None] = await pipe.execute()
+        counts = [int(values[i] or 0) + int(values[i + 1] or 0) for i in (0, 2)]
         for (subject, limit), count in zip(checks, counts, strict=True):
             if limit > 0 and count >= limit:
                 raise TooManyAttempts(retry_after=self._buckets(subject)[2])
