@@ -23,13 +23,15 @@ ROWS ?=
 ID ?=
 NAME ?=
 PURGE ?=
+HOW ?=
 
 STACK := $(PY) -m tessera_stack
 UP_ARGS := $(if $(PORT),--port $(PORT)) $(if $(HTTPS_PORT),--https-port $(HTTPS_PORT)) \
 	$(if $(ALG),--alg $(ALG)) $(if $(ROW),--row $(ROW)) $(if $(POLICY),--policy $(POLICY)) \
 	$(if $(REPLICAS),--replicas $(REPLICAS))
 
-.PHONY: help bootstrap up down status logs demo row scale kill-replica restart-replicas test lint fmt bench bench-quick clean
+.PHONY: help bootstrap up down status logs demo outage-probe row scale kill-replica \
+	restart-replicas test lint fmt bench bench-quick clean
 
 help: ## List the targets
 	@echo "usage: make TARGET [VAR=value ...]"
@@ -40,6 +42,7 @@ help: ## List the targets
 	@echo "variables: ROW=1..6 REPLICAS=N POLICY=least_conn|... HTTPS_PORT=8443 PORT=8080 ALG=ES256 (up),"
 	@echo "           ROW (row), REPLICAS (scale), ID=r2 (kill-replica, restart-replicas), ROWS=1-6 (demo),"
 	@echo "           NAME=auth|nginx|nginx-access|r1|postgres|redis|migrate (logs), PURGE=1 (down),"
+	@echo "           HOW=stop|kill|both (outage-probe),"
 	@echo "           PYTEST_ARGS (test), BENCH_ARGS (bench, bench-quick: e.g. '--only validation,rows')"
 
 bootstrap: ## Install missing system packages, create .venv, install the project
@@ -60,6 +63,9 @@ logs: ## Print the end of the stack's logs (NAME=auth for one)
 demo: bootstrap ## Walk the load-balancer rows 1-6 (ROWS=2,3 for some) and print the table
 	@$(STACK) demo $(if $(ROWS),--rows $(ROWS))
 
+outage-probe: ## Take the stack's Redis away under a stream of GETs, bring it back, print figures
+	@$(STACK) outage-probe $(if $(HOW),--how $(HOW))
+
 row: ## Switch the running stack to another demonstration row (ROW=N, POLICY=...)
 	@test -n "$(ROW)" || { echo "usage: make row ROW=1..6 [POLICY=least_conn]" >&2; exit 2; }
 	@$(STACK) row $(ROW) $(if $(POLICY),--policy $(POLICY))
@@ -75,8 +81,9 @@ kill-replica: ## SIGKILL one replica to simulate a crash (ID=r2); nginx is not t
 restart-replicas: ## Rolling restart of the replicas, one at a time out of nginx (ID=r2 for one)
 	@$(STACK) restart-replicas $(ID)
 
+# junit_family=xunit1: record_property (outage figures) works with --junitxml.
 test: bootstrap ## Run the test suite (real PostgreSQL, Redis and nginx are started for it)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -o junit_family=xunit1 $(PYTEST_ARGS)
 
 lint: bootstrap ## Lint, check formatting, type-check, check import contracts
 	$(VENV)/bin/ruff check .

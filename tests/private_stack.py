@@ -1,7 +1,9 @@
 """A whole local stack (auth, replicas, nginx) for one test module, on free ports.
 
-Each module gets its own run directory, its own database on the session's
-PostgreSQL and its own Redis database (other tests flush database 0).
+:func:`private_stack`: each module gets its own run directory, its own
+database on the session's PostgreSQL and its own Redis database (other tests
+flush database 0). :func:`own_stack`: the launcher also runs the module's own
+PostgreSQL and (durable) Redis, as ``make up`` does, so a test may kill them.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from tessera_stack.demo import StackControl
 CHEAP_ARGON2 = {"TESSERA_ARGON2_MEMORY_KIB": "1024", "TESSERA_ARGON2_TIME_COST": "1"}
 
 
-def launcher(run_dir: Path, *args: str, env: dict[str, str]) -> str:
-    """Run ``python -m tessera_stack`` for ``run_dir``; its output, or a failed assertion."""
+def run_launcher(run_dir: Path, *args: str, env: dict[str, str]) -> tuple[int, str]:
+    """Run ``python -m tessera_stack`` for ``run_dir``; its exit status and output."""
     result = subprocess.run(
         [sys.executable, "-m", "tessera_stack", "--run-dir", str(run_dir), *args],
         stdin=subprocess.DEVNULL,
@@ -35,8 +37,13 @@ def launcher(run_dir: Path, *args: str, env: dict[str, str]) -> str:
         check=False,
         timeout=300,
     )
-    output = (result.stdout + result.stderr).decode(errors="replace")
-    assert result.returncode == 0, f"tessera_stack {' '.join(args)} failed:\n{output}"
+    return result.returncode, (result.stdout + result.stderr).decode(errors="replace")
+
+
+def launcher(run_dir: Path, *args: str, env: dict[str, str]) -> str:
+    """Run ``python -m tessera_stack`` for ``run_dir``; its output, or a failed assertion."""
+    code, output = run_launcher(run_dir, *args, env=env)
+    assert code == 0, f"tessera_stack {' '.join(args)} failed:\n{output}"
     return output
 
 
@@ -81,3 +88,49 @@ def private_stack(
     finally:
         launcher(run_dir, "down", env=env)
         asyncio.run(_admin(database_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+
+class OwnStack(StackControl):
+    """A stack on its own PostgreSQL and Redis, with the environment ``up`` runs in."""
+
+    def __init__(self, run_dir: Path, env: dict[str, str]) -> None:
+        super().__init__(run_dir)
+        self.launcher_env = env
+
+    def run(self, *args: str, **env_changes: str) -> tuple[int, str]:
+        """One launcher command; its exit status and output."""
+        return run_launcher(self.layout.root, *args, env={**self.launcher_env, **env_changes})
+
+    async def up(self, **env_changes: str) -> str:
+        """``up`` (in a thread: it blocks); its output, or a failed assertion."""
+        code, output = await asyncio.to_thread(self.run, "up", **env_changes)
+        assert code == 0, f"tessera_stack up failed:\n{output}"
+        return output
+
+
+@contextlib.contextmanager
+def own_stack(run_dir: Path) -> Iterator[OwnStack]:
+    """The stack up at row 4 with three replicas on servers the launcher runs itself.
+
+    ``DATABASE_URL`` and ``REDIS_URL`` are left out of its environment, so the
+    launcher starts and records its own PostgreSQL and Redis, as ``make up``
+    does; ``down --purge`` deletes them at the end.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(CHEAP_ARGON2)
+    stack = OwnStack(run_dir, env)
+    try:
+        launcher(
+            run_dir,
+            "up",
+            "--port",
+            str(free_port()),
+            "--https-port",
+            str(free_port()),
+            "--replicas",
+            "3",
+            env=env,
+        )
+        yield stack
+    finally:
+        launcher(run_dir, "down", "--purge", env=env)

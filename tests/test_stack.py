@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -123,6 +125,43 @@ async def test_redis_server_answers_and_keeps_nothing_across_restarts(tmp_path: 
             assert await client.get("k") is None
         finally:
             await client.aclose()
+
+
+async def test_persistent_redis_comes_back_from_sigkill_on_its_port_with_its_data(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path, port=free_port(), persistent=True)
+    with server:
+        client = Redis.from_url(server.url)
+        try:
+            assert await client.config_get("appendonly") == {"appendonly": "yes"}
+            assert await client.config_get("appendfsync") == {"appendfsync": "everysec"}
+            assert await client.config_get("aof-use-rdb-preamble") == {
+                "aof-use-rdb-preamble": "yes"
+            }
+            await client.set("session", "kept", ex=600)
+        finally:
+            await client.aclose()
+        pid, port = server.pid, server.port
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # a crash: no shutdown, no final save
+        for _ in range(200):
+            if not server.running:
+                break
+            await asyncio.sleep(0.02)
+        assert not server.running
+        assert (server.data_dir / "appendonlydir").is_dir()
+
+    with server:
+        assert server.port == port
+        client = Redis.from_url(server.url)
+        try:
+            assert await client.get("session") == b"kept"
+            assert 0 < await client.ttl("session") <= 600
+        finally:
+            await client.aclose()
+    server.remove_data()
+    assert not server.data_dir.exists()
 
 
 def test_detached_redis_is_stopped_by_a_new_object_through_its_pid_file(tmp_path: Path) -> None:

@@ -17,6 +17,18 @@ shows what runs, ``logs NAME`` prints a log, ``demo`` walks every row, and
 ``down`` stops everything. Every command that changes the stack brings it
 to its recorded shape, so a killed replica comes back with the next one.
 
+``up`` on a running stack restarts exactly what needs it. A dead PostgreSQL
+or Redis comes back on the port recorded in the state, with its data (Redis
+keeps an AOF), so the services that hold its address need no restart; if
+that port has been taken meanwhile, ``up`` stops with an error rather than
+move the server. A dead service is started again. A live service is left
+alone unless an address it was started with (``DATABASE_URL``,
+``REDIS_URL``, the auth service's URL, ...) is no longer the stack's: then
+it restarts with the new one. A stack on an external server
+(``DATABASE_URL`` / ``REDIS_URL`` set at its first ``up``) stays on it until
+``down`` (or until ``up`` is given another URL). After restarting a server
+``up`` returns once every service answers ``/readyz``.
+
 Files live under the run directory (``--run-dir``, default ``./.run``); see
 :mod:`tessera_stack.state`.
 """
@@ -29,14 +41,18 @@ import secrets
 import shutil
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tessera_stack import services
 from tessera_stack.demo import add_arguments as add_demo_arguments
 from tessera_stack.demo import run_from_cli as run_demo
 from tessera_stack.nginx_conf import POLICIES, NginxConfig, Replica, render_to
+from tessera_stack.outage import add_arguments as add_outage_arguments
+from tessera_stack.outage import run_from_cli as run_outage_probe
 from tessera_stack.processes import (
     StackError,
     free_port,
@@ -48,6 +64,7 @@ from tessera_stack.processes import (
     wait_until,
 )
 from tessera_stack.rows import DEFAULT_ROW, ROWS, Row, policy_problem
+from tessera_stack.servers import PostgresServer, RedisServer
 from tessera_stack.services import AUTH_PROGRAM, REPLICA_PROGRAM, ServiceSettings
 from tessera_stack.state import AUTH, NGINX, REPLICA_PREFIX, Layout, ReplicaEntry, StackState
 from tessera_stack.tls import ensure_certificate
@@ -223,30 +240,123 @@ def _print_urls(layout: Layout, urls: StackUrls, state: StackState) -> None:
 # -- infrastructure -------------------------------------------------------------
 
 
-def _ensure_postgres(layout: Layout, state: StackState) -> None:
-    if url := os.environ.get("DATABASE_URL"):
-        state.postgres, state.database_url = "external", url
-        return
-    server = layout.postgres()
-    if server.running and state.database_url:
-        return
-    server.stop()  # clears a stale pid file, if any
-    print("starting PostgreSQL ...", flush=True)
-    server.start()
-    state.postgres, state.database_url = "managed", server.url
+def _recorded_port(kind: str, url: str, port: int | None) -> int | None:
+    """The port a managed server keeps (state files before ``*_port`` hold only its URL)."""
+    if port is not None or kind != "managed" or not url:
+        return port
+    try:
+        return urlsplit(url).port
+    except ValueError:
+        return None
 
 
-def _ensure_redis(layout: Layout, state: StackState) -> None:
-    if url := os.environ.get("REDIS_URL"):
-        state.redis, state.redis_url = "external", url
-        return
-    server = layout.redis()
-    if server.running and state.redis_url:
-        return
+def _start_managed(server: PostgresServer | RedisServer, label: str, port: int | None) -> bool:
+    """Start ``server`` unless it runs; on ``port`` (its recorded one) when given.
+
+    Returns whether it came back on its recorded port (services that were
+    running meanwhile must reconnect). A recorded port that another program
+    has taken is an error: the running services look for the server there.
+    """
+    if server.running and port is not None:
+        return False
+    # Not running (this clears a stale pid file), or running where nobody knows.
     server.stop()
-    print("starting Redis ...", flush=True)
+    if port is None:
+        print(f"starting {label} ...", flush=True)
+    else:
+        if port_is_open(port, LOOPBACK):
+            raise StackError(
+                f"{label} is not running, and port {port} on {LOOPBACK}, where the stack "
+                "keeps it (the running services look for it there), is in use by another "
+                "program. Stop that program and run `up` again; or stop the stack (`down`) "
+                f"and run `up`, which picks a new port ({label}'s data stays)."
+            )
+        print(f"starting {label} on its port {port} with its data ...", flush=True)
     server.start()
-    state.redis, state.redis_url = "managed", server.url
+    return port is not None
+
+
+def _ensure_postgres(layout: Layout, state: StackState) -> bool:
+    """PostgreSQL for the stack, recorded in ``state``; whether it came back from a crash."""
+    external = state.database_url if state.postgres == "external" else ""
+    if url := os.environ.get("DATABASE_URL") or external:
+        state.postgres, state.database_url, state.postgres_port = "external", url, None
+        return False
+    port = _recorded_port(state.postgres, state.database_url, state.postgres_port)
+    server = layout.postgres(port)
+    started = _start_managed(server, "PostgreSQL", port)
+    state.postgres, state.database_url, state.postgres_port = "managed", server.url, server.port
+    return started
+
+
+def _ensure_redis(layout: Layout, state: StackState) -> bool:
+    """Redis for the stack (durable: AOF), recorded in ``state``; whether it came back."""
+    external = state.redis_url if state.redis == "external" else ""
+    if url := os.environ.get("REDIS_URL") or external:
+        state.redis, state.redis_url, state.redis_port = "external", url, None
+        return False
+    port = _recorded_port(state.redis, state.redis_url, state.redis_port)
+    server = layout.redis(port)
+    started = _start_managed(server, "Redis", port)
+    state.redis, state.redis_url, state.redis_port = "managed", server.url, server.port
+    return started
+
+
+def _stop_unused_servers(layout: Layout, state: StackState) -> None:
+    """Stop the stack's own PostgreSQL/Redis once the services use an external one."""
+    for server, kind in ((layout.redis(), state.redis), (layout.postgres(), state.postgres)):
+        if kind == "external" and server.running:
+            print(
+                f"stopping the stack's own {server.name}: the services use an external one",
+                flush=True,
+            )
+            server.stop(timeout=STOP_TIMEOUT)
+
+
+# -- services and the addresses they hold ------------------------------------------
+
+
+def _stale_addresses(state: StackState, name: str, env: Mapping[str, str]) -> str | None:
+    """Why service ``name`` holds an address ``env`` no longer gives it, or ``None``."""
+    recorded = state.addresses.get(name)
+    wanted = services.addresses(env)
+    if recorded is None:
+        return "started before the launcher recorded its addresses"
+    changed = [
+        f"{key} {recorded.get(key, '(unset)')} -> {wanted.get(key, '(unset)')}"
+        for key in sorted(set(recorded) | set(wanted))
+        if recorded.get(key) != wanted.get(key)
+    ]
+    return "; ".join(changed) or None
+
+
+def _spawn(
+    layout: Layout, state: StackState, name: str, program: str, env: dict[str, str], port: int
+) -> services.Running:
+    """Start a service and record the addresses it holds from now on."""
+    started = services.spawn(layout, name, program, env, port)
+    state.addresses[name] = services.addresses(env)
+    return started
+
+
+def _wait_services_ready(layout: Layout, state: StackState) -> None:
+    """Block until the auth service and every replica answer ``/readyz`` with 200."""
+    ports = {AUTH: state.port, **{entry.process: entry.port for entry in state.replicas}}
+    print("waiting for the services to reconnect ...", flush=True)
+    late = [
+        name
+        for name, port in ports.items()
+        if port is not None
+        and not wait_until(partial(services.readyz, port), timeout=services.READY_TIMEOUT)
+    ]
+    if late:
+        tails = "\n".join(
+            f"last lines of {layout.log(name)}:\n{log_tail(layout.log(name))}" for name in late
+        )
+        raise StackError(
+            f"{', '.join(late)} did not answer /readyz with 200 within "
+            f"{services.READY_TIMEOUT:g} s after the restart; {tails}"
+        )
 
 
 # -- replicas and nginx ---------------------------------------------------------
@@ -294,8 +404,15 @@ def _reconcile(
     policy: str,
     *,
     restart: bool = False,
+    migrate: bool = False,
 ) -> None:
     """Bring replicas and nginx to ``desired`` / ``selected`` / ``policy``.
+
+    A replica is (re)started when it is dead, when ``restart`` is set or
+    the row's methods changed, or when it holds an address it would no
+    longer be given; with ``migrate`` the replicas' migrations run first.
+    Live replicas are otherwise left alone, and nginx reloads only when its
+    configuration changed or a replica (re)started.
 
     Order matters for requests in flight: new replicas start and become
     ready before nginx is told about them; nginx stops sending requests to
@@ -304,20 +421,26 @@ def _reconcile(
     """
     settings = _settings(state)
     restart_all = restart or state.methods != selected.methods
-    to_start = [entry for entry in desired if restart_all or _replica_pid(layout, entry) is None]
+    envs = {
+        entry.id: services.replica_env(layout, settings, entry, selected.methods)
+        for entry in desired
+    }
+    to_start: list[ReplicaEntry] = []
+    for entry in desired:
+        if restart_all or _replica_pid(layout, entry) is None:
+            to_start.append(entry)
+        elif reason := _stale_addresses(state, entry.process, envs[entry.id]):
+            print(f"restarting replica {entry.id}: {reason}", flush=True)
+            to_start.append(entry)
     for entry in to_start:
         services.stop(layout, entry.process, REPLICA_PROGRAM)
+    if to_start and migrate:
+        services.migrate(layout, REPLICA_PROGRAM, envs[to_start[0].id])
     if to_start:
         names = ", ".join(entry.id for entry in to_start)
         print(f"starting replicas {names} ({selected.methods}) ...", flush=True)
     started = [
-        services.spawn(
-            layout,
-            entry.process,
-            REPLICA_PROGRAM,
-            services.replica_env(layout, settings, entry, selected.methods),
-            entry.port,
-        )
+        _spawn(layout, state, entry.process, REPLICA_PROGRAM, envs[entry.id], entry.port)
         for entry in to_start
     ]
     failures: list[str] = []
@@ -330,19 +453,24 @@ def _reconcile(
         raise StackError("\n".join(failures))
 
     state.row, state.policy, state.methods = selected.number, policy, selected.methods
-    render_to(_nginx_config(layout, state, desired), layout.nginx_conf)
+    target = render_to(_nginx_config(layout, state, desired), layout.nginx_conf)
     assert state.https_port is not None
     nginx = layout.nginx_server(state.https_port)
     if nginx.running:
-        print(f"reloading nginx ({policy}) ...", flush=True)
-        nginx.reload()
+        # A reload also forgets which replicas nginx had marked failed.
+        if target.changed or started:
+            print(f"reloading nginx ({policy}) ...", flush=True)
+            nginx.reload()
     else:
         print(f"starting nginx ({policy}) on port {state.https_port} ...", flush=True)
         nginx.start()
 
     wanted = {entry.id for entry in desired}
     for entry in state.replicas:
-        if entry.id not in wanted and services.stop(layout, entry.process, REPLICA_PROGRAM):
+        if entry.id in wanted:
+            continue
+        state.addresses.pop(entry.process, None)
+        if services.stop(layout, entry.process, REPLICA_PROGRAM):
             print(f"stopped replica {entry.id}", flush=True)
     state.replicas = list(desired)
     state.save(layout)
@@ -412,9 +540,9 @@ def cmd_up(layout: Layout, options: UpOptions) -> int:
     if auth_pid is None:
         state.port = None  # "up" is complete once this is set again
     try:
-        _ensure_postgres(layout, state)
+        restarted = _ensure_postgres(layout, state)
         state.save(layout)
-        _ensure_redis(layout, state)
+        restarted = _ensure_redis(layout, state) or restarted
         state.save(layout)
         for name in SECRET_NAMES:
             _ensure_secret(layout.secret(name))
@@ -422,27 +550,26 @@ def cmd_up(layout: Layout, options: UpOptions) -> int:
             _ensure_secret(layout.secret("jwt_hs256_secret"))
         ensure_certificate(layout.tls.directory)
         settings = ServiceSettings(state.database_url, state.redis_url, port, https_port, alg)
+        auth_env = services.auth_env(layout, settings)
+        if auth_pid is not None and (reason := _stale_addresses(state, AUTH, auth_env)):
+            print(f"restarting the auth service: {reason}", flush=True)
+            services.stop(layout, AUTH, AUTH_PROGRAM)
+            auth_pid = None
         if auth_pid is None:
             print("migrating the databases ...", flush=True)
-            services.migrate(layout, AUTH_PROGRAM, services.auth_env(layout, settings))
+            services.migrate(layout, AUTH_PROGRAM, auth_env)
             print("starting the auth service ...", flush=True)
-            started = services.spawn(
-                layout, AUTH, AUTH_PROGRAM, services.auth_env(layout, settings), port
-            )
+            started = _spawn(layout, state, AUTH, AUTH_PROGRAM, auth_env, port)
             services.wait_ready(layout, started)
         state.port, state.https_port, state.alg = port, https_port, alg
         state.save(layout)
         replicas = list(state.replicas[:count])
         while len(replicas) < count:
             replicas.append(_new_replica(replicas, port, https_port))
-        if any(_replica_pid(layout, entry) is None for entry in replicas):
-            placeholder = replicas[0]
-            services.migrate(
-                layout,
-                REPLICA_PROGRAM,
-                services.replica_env(layout, settings, placeholder, selected.methods),
-            )
-        _reconcile(layout, state, replicas, selected, policy)
+        _reconcile(layout, state, replicas, selected, policy, migrate=True)
+        _stop_unused_servers(layout, state)
+        if restarted:
+            _wait_services_ready(layout, state)
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         print(
@@ -604,13 +731,15 @@ def cmd_restart_replicas(layout: Layout, replica_ids: Sequence[str]) -> int:
                 nginx.reload()
             services.stop(layout, entry.process, REPLICA_PROGRAM)
             print(f"starting replica {entry.id} ({methods}) ...", flush=True)
-            started = services.spawn(
+            started = _spawn(
                 layout,
+                state,
                 entry.process,
                 REPLICA_PROGRAM,
                 services.replica_env(layout, settings, entry, methods),
                 entry.port,
             )
+            state.save(layout)
             services.wait_ready(layout, started)
             render_to(_nginx_config(layout, state, state.replicas), layout.nginx_conf)
             if nginx.running:
@@ -826,6 +955,11 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="walk the demonstration rows and print a table")
     add_demo_arguments(demo)
+    probe = commands.add_parser(
+        "outage-probe",
+        help="take the stack's Redis away under a stream of GETs, bring it back, print figures",
+    )
+    add_outage_arguments(probe)
 
     down = commands.add_parser("down", help="stop everything `up` started")
     down.add_argument(
@@ -874,6 +1008,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_restart_replicas(layout, [str(each) for each in args.ids])
     if command == "demo":
         return run_demo(layout, args)
+    if command == "outage-probe":
+        return run_outage_probe(layout, args)
     if command == "down":
         return cmd_down(layout, purge=bool(args.purge))
     if command == "status":

@@ -119,6 +119,8 @@ class ConfigTarget:
     """Where a rendered configuration lives on disk."""
 
     directory: Path
+    #: Whether rendering changed any file there (a running nginx needs a reload).
+    changed: bool = True
 
     @property
     def entry(self) -> Path:
@@ -231,15 +233,27 @@ def render(config: NginxConfig, template_dir: Path | None = None) -> dict[str, s
 def render_to(
     config: NginxConfig, directory: Path, template_dir: Path | None = None
 ) -> ConfigTarget:
-    """Render ``config`` into ``directory`` (mode 0700: it may hold the secret)."""
+    """Render ``config`` into ``directory`` (mode 0700: it may hold the secret).
+
+    Files whose text is already what they would be are left alone, and the
+    result says whether anything changed.
+    """
     files = render(config, template_dir)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     directory.chmod(0o700)
+    changed = False
     for stale in directory.glob("*.conf"):
         if stale.name not in files:
             stale.unlink()
+            changed = True
     for name, text in files.items():
         path = directory / name
+        try:
+            if path.read_text(encoding="utf-8") == text:
+                continue
+        except (OSError, UnicodeDecodeError):
+            pass
+        changed = True
         tmp = path.with_name(f".{name}.tmp")
         tmp.unlink(missing_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -247,4 +261,4 @@ def render_to(
             handle.write(text)
         tmp.replace(path)
     (config.nginx_dir / "tmp").mkdir(parents=True, exist_ok=True)
-    return ConfigTarget(directory)
+    return ConfigTarget(directory, changed)

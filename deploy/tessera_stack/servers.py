@@ -335,13 +335,16 @@ def _log_mentions_port_in_use(path: Path, offset: int) -> bool:
 
 
 class PostgresServer(_LocalServer):
-    """A throwaway PostgreSQL cluster on 127.0.0.1 with trust authentication.
+    """A PostgreSQL cluster on 127.0.0.1 with trust authentication, throwaway by default.
 
     The cluster lives in ``base_dir/postgres`` (created with initdb on first
     start, kept across restarts) with its unix socket in the same directory.
     ``user`` is the superuser; ``database`` is created on start when
-    missing. ``fsync`` is off: a crash may lose the data, which is the point
-    of a throwaway server.
+    missing. By default ``fsync`` and ``synchronous_commit`` are off: a
+    crash may lose the last commits, or the data, which is the point of a
+    throwaway server. With ``persistent=True`` (the local stack) they keep
+    PostgreSQL's defaults: a commit acknowledged is on disk, and a restart
+    after a crash (SIGKILL included) recovers it.
 
     PostgreSQL refuses to run as root. When this process is root, initdb
     and postgres run as the ``postgres`` system user (or a ``tessera``
@@ -364,6 +367,7 @@ class PostgresServer(_LocalServer):
         port: int | None = None,
         user: str = "tessera",
         database: str = "tessera",
+        persistent: bool = False,
         log_path: Path | str | None = None,
         pid_path: Path | str | None = None,
         detached: bool = False,
@@ -379,6 +383,7 @@ class PostgresServer(_LocalServer):
         )
         self._user = user
         self._database = database
+        self._persistent = persistent
         self._bindir: Path | None = None
         self._os_user: pwd.struct_passwd | None = None
 
@@ -386,6 +391,11 @@ class PostgresServer(_LocalServer):
     def user(self) -> str:
         """The database superuser name."""
         return self._user
+
+    @property
+    def persistent(self) -> bool:
+        """Whether a commit is on disk before it is acknowledged (fsync, synchronous commit)."""
+        return self._persistent
 
     @property
     def database(self) -> str:
@@ -426,6 +436,7 @@ class PostgresServer(_LocalServer):
         data_dir = self._ensure_data_dir()
         if not (data_dir / "PG_VERSION").exists():
             self._initdb(data_dir)
+        _remove_stale_lock(data_dir)
 
     def _command(self, port: int) -> list[str]:
         data_dir = self.data_dir
@@ -436,11 +447,10 @@ class PostgresServer(_LocalServer):
         settings = {
             "listen_addresses": LOOPBACK,
             "unix_socket_directories": socket_dir,
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
             "max_connections": "200",
         }
+        if not self._persistent:
+            settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
         argv = [str(self._bin("postgres")), "-D", str(data_dir), "-p", str(port)]
         for key, value in settings.items():
             argv += ["-c", f"{key}={value}"]
@@ -722,8 +732,23 @@ def sweep_orphaned_scratch(scratch_root: Path) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _remove_stale_lock(data_dir: Path) -> None:
+    """Delete ``postmaster.pid`` and socket lock files whose postmaster is dead.
+
+    After a crash (SIGKILL) the lock files stay. PostgreSQL itself ignores
+    them when that pid is gone, but a dead process that its parent has not
+    reaped yet (a zombie, as an init that reaps lazily leaves it) still
+    answers kill(pid, 0), and PostgreSQL would refuse to start until then.
+    """
+    for lock in (data_dir / "postmaster.pid", *data_dir.glob(".s.PGSQL.*.lock")):
+        with contextlib.suppress(OSError):
+            pid = _postmaster_pid(lock)
+            if pid is not None and not is_alive(pid, "postgres"):
+                lock.unlink()
+
+
 def _postmaster_pid(path: Path) -> int | None:
-    """The pid on the first line of a PostgreSQL ``postmaster.pid``."""
+    """The pid on the first line of a PostgreSQL ``postmaster.pid`` (or socket lock file)."""
     try:
         first = path.read_text(encoding="ascii", errors="replace").split("\n", 1)[0].strip()
     except FileNotFoundError:
@@ -746,14 +771,45 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
 
 
 class RedisServer(_LocalServer):
-    """A throwaway Redis server on 127.0.0.1 that persists nothing.
+    """A Redis server on 127.0.0.1, throwaway by default.
 
-    Its working directory is ``base_dir/redis``; RDB snapshots and the AOF
-    are off, so a restart starts empty.
+    Its working directory is ``base_dir/redis``. By default RDB snapshots
+    and the AOF are off, so a restart starts empty: what the test suite
+    wants. With ``persistent=True`` (the local stack) every write goes to
+    an append-only file fsynced once a second, whose base is an RDB
+    snapshot (``aof-use-rdb-preamble``), so a restart on the same
+    ``base_dir`` (a crash included: even SIGKILL loses nothing the kernel
+    has been given) comes back with the data.
     """
 
     name = "redis"
     program = "redis-server"
+
+    def __init__(
+        self,
+        base_dir: Path | str,
+        *,
+        port: int | None = None,
+        persistent: bool = False,
+        log_path: Path | str | None = None,
+        pid_path: Path | str | None = None,
+        detached: bool = False,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(
+            base_dir,
+            port=port,
+            log_path=log_path,
+            pid_path=pid_path,
+            detached=detached,
+            startup_timeout=startup_timeout,
+        )
+        self._persistent = persistent
+
+    @property
+    def persistent(self) -> bool:
+        """Whether the server keeps its data on disk (AOF) across restarts."""
+        return self._persistent
 
     @property
     def data_dir(self) -> Path:
@@ -789,16 +845,32 @@ class RedisServer(_LocalServer):
             LOOPBACK,
             "--protected-mode",
             "yes",
+            # No periodic RDB snapshots either way: when persistent, the AOF
+            # (with its RDB base) is the one copy on disk.
             "--save",
             "",
-            "--appendonly",
-            "no",
+            *self._persistence_arguments(),
             "--dir",
             str(self.data_dir),
             "--daemonize",
             "no",
             "--logfile",
             "",
+        ]
+
+    def _persistence_arguments(self) -> list[str]:
+        if not self._persistent:
+            return ["--appendonly", "no"]
+        return [
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--aof-use-rdb-preamble",
+            "yes",
+            # A crash can cut the last command short; load what is whole.
+            "--aof-load-truncated",
+            "yes",
         ]
 
     def _ready(self, port: int) -> bool:

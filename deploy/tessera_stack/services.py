@@ -12,6 +12,7 @@ import http.client
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ __all__ = [
     "REPLICA_PROGRAM",
     "Running",
     "ServiceSettings",
+    "addresses",
     "auth_env",
     "migrate",
     "readyz",
@@ -59,6 +61,15 @@ _SCRUBBED = (
     "TESSERA_FORWARD_AUTH_SECRET",
     "TESSERA_JWT_HS256_SECRET",
     "TESSERA_COOKIE_INSECURE",
+)
+# What a service reads once at start and connects to (or announces) for as
+# long as it runs: when one of these changes, the service must restart.
+ADDRESS_VARIABLES = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "TESSERA_PORT",
+    "TESSERA_ISSUER",
+    "TESSERA_AUTH_URL",
 )
 
 
@@ -126,6 +137,11 @@ def replica_env(
         TESSERA_FORWARD_AUTH_SECRET_FILE=str(layout.secret("forward_auth_secret")),
     )
     return env
+
+
+def addresses(env: Mapping[str, str]) -> dict[str, str]:
+    """The addresses in a service's environment (``ADDRESS_VARIABLES``) it holds while it runs."""
+    return {name: env[name] for name in ADDRESS_VARIABLES if name in env}
 
 
 def migrate(layout: Layout, program: str, env: dict[str, str]) -> None:

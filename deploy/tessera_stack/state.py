@@ -2,7 +2,7 @@
 
 Everything lives under one run directory (``.run/`` by default)::
 
-    data/        PostgreSQL cluster and Redis working directory
+    data/        PostgreSQL cluster and Redis working directory (its AOF), kept by ``down``
     logs/        NAME.log: stdout and stderr of each process; nginx-access.log
     pids/        NAME.pid
     secrets/     session_hash_key, key_encryption_key, forward_auth_secret (0600)
@@ -87,17 +87,26 @@ class Layout:
         self.secrets.mkdir(mode=0o700, exist_ok=True)
         self.secrets.chmod(0o700)
 
-    def postgres(self) -> PostgresServer:
+    def postgres(self, port: int | None = None) -> PostgresServer:
+        """The stack's PostgreSQL, durable; on ``port`` when given, else a free one."""
         return PostgresServer(
             self.data,
+            port=port,
+            persistent=True,
             log_path=self.log("postgres"),
             pid_path=self.pid("postgres"),
             detached=True,
         )
 
-    def redis(self) -> RedisServer:
+    def redis(self, port: int | None = None) -> RedisServer:
+        """The stack's Redis, durable (AOF); on ``port`` when given, else a free one."""
         return RedisServer(
-            self.data, log_path=self.log("redis"), pid_path=self.pid("redis"), detached=True
+            self.data,
+            port=port,
+            persistent=True,
+            log_path=self.log("redis"),
+            pid_path=self.pid("redis"),
+            detached=True,
         )
 
     def nginx_server(self, https_port: int) -> NginxServer:
@@ -136,6 +145,10 @@ class StackState:
     redis: str = ""
     database_url: str = ""
     redis_url: str = ""
+    # The ports of the managed PostgreSQL and Redis: a server that dies comes
+    # back on the same one, where the running services look for it.
+    postgres_port: int | None = None
+    redis_port: int | None = None
     port: int | None = None  # the auth service's port, set once it is up
     https_port: int | None = None
     alg: str = ""
@@ -144,6 +157,10 @@ class StackState:
     # The TESSERA_AUTH_METHODS the running replicas were started with.
     methods: str = ""
     replicas: list[ReplicaEntry] = field(default_factory=list)
+    # Per running service (``auth``, ``resource-r1``, ...): the addresses it was
+    # started with (see tessera_stack.services.addresses). A service whose
+    # record differs from what it would be given now holds a stale address.
+    addresses: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, layout: Layout) -> StackState:
@@ -174,11 +191,19 @@ class StackState:
                     replicas.append(ReplicaEntry(item["id"], int(item["port"])))
                 except (KeyError, TypeError, ValueError):
                     continue
+        addresses: dict[str, dict[str, str]] = {}
+        raw_addresses = raw.get("addresses")
+        if isinstance(raw_addresses, dict):
+            for name, values in raw_addresses.items():
+                if isinstance(values, dict):
+                    addresses[str(name)] = {str(k): str(v) for k, v in values.items()}
         return cls(
             postgres=text("postgres"),
             redis=text("redis"),
             database_url=text("database_url"),
             redis_url=text("redis_url"),
+            postgres_port=number("postgres_port"),
+            redis_port=number("redis_port"),
             port=number("port"),
             https_port=number("https_port"),
             alg=text("alg"),
@@ -186,6 +211,7 @@ class StackState:
             policy=text("policy"),
             methods=text("methods"),
             replicas=replicas,
+            addresses=addresses,
         )
 
     def save(self, layout: Layout) -> None:
