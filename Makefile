@@ -24,11 +24,12 @@ ID ?=
 NAME ?=
 PURGE ?=
 HOW ?=
+REDIS ?=
 
 STACK := $(PY) -m tessera_stack
 UP_ARGS := $(if $(PORT),--port $(PORT)) $(if $(HTTPS_PORT),--https-port $(HTTPS_PORT)) \
 	$(if $(ALG),--alg $(ALG)) $(if $(ROW),--row $(ROW)) $(if $(POLICY),--policy $(POLICY)) \
-	$(if $(REPLICAS),--replicas $(REPLICAS))
+	$(if $(REPLICAS),--replicas $(REPLICAS)) $(if $(REDIS),--redis $(REDIS))
 
 .PHONY: help bootstrap up down status logs demo outage-probe row scale kill-replica \
 	restart-replicas test lint fmt bench bench-quick clean
@@ -39,7 +40,8 @@ help: ## List the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-17s %s\n", $$1, $$2 }' \
 		$(MAKEFILE_LIST)
 	@echo
-	@echo "variables: ROW=1..6 REPLICAS=N POLICY=least_conn|... HTTPS_PORT=8443 PORT=8080 ALG=ES256 (up),"
+	@echo "variables: ROW=1..6 REPLICAS=N POLICY=least_conn|... HTTPS_PORT=8443 PORT=8080 ALG=ES256"
+	@echo "           REDIS=single|sentinel|cluster (up),"
 	@echo "           ROW (row), REPLICAS (scale), ID=r2 (kill-replica, restart-replicas), ROWS=1-6 (demo),"
 	@echo "           NAME=auth|nginx|nginx-access|r1|postgres|redis|migrate (logs), PURGE=1 (down),"
 	@echo "           HOW=stop|kill|both (outage-probe),"

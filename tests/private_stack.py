@@ -109,12 +109,13 @@ class OwnStack(StackControl):
 
 
 @contextlib.contextmanager
-def own_stack(run_dir: Path) -> Iterator[OwnStack]:
+def own_stack(run_dir: Path, *up_args: str) -> Iterator[OwnStack]:
     """The stack up at row 4 with three replicas on servers the launcher runs itself.
 
     ``DATABASE_URL`` and ``REDIS_URL`` are left out of its environment, so the
     launcher starts and records its own PostgreSQL and Redis, as ``make up``
-    does; ``down --purge`` deletes them at the end.
+    does (``up_args`` such as ``--redis sentinel`` go to its first ``up``);
+    ``down --purge`` deletes them at the end.
     """
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(CHEAP_ARGON2)
@@ -129,6 +130,7 @@ def own_stack(run_dir: Path) -> Iterator[OwnStack]:
             str(free_port()),
             "--replicas",
             "3",
+            *up_args,
             env=env,
         )
         yield stack

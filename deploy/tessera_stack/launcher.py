@@ -27,7 +27,10 @@ alone unless an address it was started with (``DATABASE_URL``,
 it restarts with the new one. A stack on an external server
 (``DATABASE_URL`` / ``REDIS_URL`` set at its first ``up``) stays on it until
 ``down`` (or until ``up`` is given another URL). After restarting a server
-``up`` returns once every service answers ``/readyz``.
+``up`` returns once every service answers ``/readyz``. ``up --redis
+sentinel|cluster`` runs the stack's Redis as a group instead (see
+:mod:`tessera_stack.stack_redis`), whose dead nodes ``up`` restarts the same
+way.
 
 Files live under the run directory (``--run-dir``, default ``./.run``); see
 :mod:`tessera_stack.state`.
@@ -47,7 +50,7 @@ from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tessera_stack import services
+from tessera_stack import services, stack_redis
 from tessera_stack.demo import add_arguments as add_demo_arguments
 from tessera_stack.demo import run_from_cli as run_demo
 from tessera_stack.nginx_conf import POLICIES, NginxConfig, Replica, render_to
@@ -127,6 +130,7 @@ class UpOptions:
     row: int | None = None
     policy: str | None = None
     replicas: int | None = None
+    redis: str | None = None
 
 
 # -- small helpers ------------------------------------------------------------
@@ -289,28 +293,64 @@ def _ensure_postgres(layout: Layout, state: StackState) -> bool:
     return started
 
 
-def _ensure_redis(layout: Layout, state: StackState) -> bool:
-    """Redis for the stack (durable: AOF), recorded in ``state``; whether it came back."""
-    external = state.redis_url if state.redis == "external" else ""
-    if url := os.environ.get("REDIS_URL") or external:
-        state.redis, state.redis_url, state.redis_port = "external", url, None
+def _redis_topology(state: StackState) -> str | None:
+    """What the managed Redis is (``single``, ``sentinel``, ``cluster``); None if not managed."""
+    return (state.redis_topology or "single") if state.redis == "managed" else None
+
+
+def _ensure_redis(layout: Layout, state: StackState, topology: str | None = None) -> bool:
+    """Redis for the stack (durable), recorded in ``state``; whether it came back.
+
+    ``topology`` (``up --redis``) chooses one server or a group; ``None``
+    keeps what the state records (one server for a new stack).
+    """
+    if url := os.environ.get("REDIS_URL"):
+        if topology is not None:
+            raise StackError(
+                f"REDIS_URL is set, so the stack uses that Redis; unset it for the stack to "
+                f"run a Redis {topology} of its own"
+            )
+        state.redis, state.redis_url, state.redis_port, state.redis_topology = (
+            "external",
+            url,
+            None,
+            "",
+        )
         return False
-    port = _recorded_port(state.redis, state.redis_url, state.redis_port)
+    if topology is None and state.redis == "external" and state.redis_url:
+        return False  # stays on the external Redis it was started with
+    current = _redis_topology(state)
+    chosen = topology or current or "single"
+    if chosen in stack_redis.GROUPS:
+        group, came_back = stack_redis.ensure_group(layout, chosen)
+        state.redis, state.redis_url, state.redis_port = "managed", group.url, None
+        state.redis_topology = chosen
+        return came_back
+    recorded = state.redis_port if current == "single" else None
+    port = _recorded_port(state.redis, state.redis_url, recorded) if current == "single" else None
     server = layout.redis(port)
     started = _start_managed(server, "Redis", port)
     state.redis, state.redis_url, state.redis_port = "managed", server.url, server.port
+    state.redis_topology = "single"
     return started
 
 
 def _stop_unused_servers(layout: Layout, state: StackState) -> None:
-    """Stop the stack's own PostgreSQL/Redis once the services use an external one."""
-    for server, kind in ((layout.redis(), state.redis), (layout.postgres(), state.postgres)):
-        if kind == "external" and server.running:
-            print(
-                f"stopping the stack's own {server.name}: the services use an external one",
-                flush=True,
-            )
+    """Stop the stack's own PostgreSQL and Redis servers that the services no longer use."""
+    topology = _redis_topology(state)
+    unused: list[tuple[PostgresServer | RedisServer, str]] = []
+    if topology != "single":
+        unused.append((layout.redis(), "Redis"))
+    if state.postgres == "external":
+        unused.append((layout.postgres(), "PostgreSQL"))
+    for server, label in unused:
+        if server.running:
+            print(f"stopping the stack's own {label}: the services use another", flush=True)
             server.stop(timeout=STOP_TIMEOUT)
+    for group in stack_redis.recorded_groups(layout):
+        if group.topology != topology and any(pid for _, pid, _ in group.pids(layout)):
+            print(f"stopping the Redis {group.topology} group: the services use another")
+            stack_redis.stop_groups(layout, only=group.topology)
 
 
 # -- services and the addresses they hold ------------------------------------------
@@ -486,6 +526,7 @@ def _up_conflicts(state: StackState, options: UpOptions) -> list[str]:
         ("--port", options.port, state.port),
         ("--https-port", options.https_port, state.https_port),
         ("--alg", options.alg, state.alg or None),
+        ("--redis", options.redis, _redis_topology(state) or state.redis or None),
     )
     for flag, wanted, current in pairs:
         if wanted is not None and current is not None and wanted != current:
@@ -542,7 +583,7 @@ def cmd_up(layout: Layout, options: UpOptions) -> int:
     try:
         restarted = _ensure_postgres(layout, state)
         state.save(layout)
-        restarted = _ensure_redis(layout, state) or restarted
+        restarted = _ensure_redis(layout, state, options.redis) or restarted
         state.save(layout)
         for name in SECRET_NAMES:
             _ensure_secret(layout.secret(name))
@@ -779,6 +820,7 @@ def cmd_down(layout: Layout, purge: bool) -> int:
             stopped.append(name)
     if services.stop(layout, AUTH, AUTH_PROGRAM):
         stopped.append(AUTH)
+    stopped += stack_redis.stop_groups(layout, timeout=STOP_TIMEOUT)
     for server in (layout.redis(), layout.postgres()):
         if server.running:
             stopped.append(server.name)
@@ -812,6 +854,10 @@ def cmd_status(layout: Layout) -> int:
     ):
         if getattr(state, server.name) == "external":
             rows.append((server.name, "external", url))
+        elif server.name == "redis" and _redis_topology(state) in stack_redis.GROUPS:
+            group = stack_redis.RedisGroup.load(layout, state.redis_topology)
+            for name, pid, node in group.pids(layout) if group else []:
+                rows.append((name, _liveness(pid), f"{LOOPBACK}:{node.port}"))
         else:
             pid = server.pid
             rows.append((server.name, _liveness(pid), url if pid else ""))
@@ -935,6 +981,14 @@ def _parser() -> argparse.ArgumentParser:
         type=_count,
         help=f"number of resource replicas (default {DEFAULT_REPLICAS})",
     )
+    up.add_argument(
+        "--redis",
+        choices=stack_redis.TOPOLOGIES,
+        help=(
+            "the stack's own Redis: one durable server (default), a Sentinel group "
+            "(a primary, 2 replicas, 3 sentinels) or a Cluster (3 primaries, 3 replicas)"
+        ),
+    )
 
     row = commands.add_parser("row", help="switch the running stack to another row")
     row.add_argument("number", type=_row_number, help=_rows_help())
@@ -992,6 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
                 row=args.row,
                 policy=args.policy,
                 replicas=args.replicas,
+                redis=args.redis,
             ),
         )
     if command == "row":

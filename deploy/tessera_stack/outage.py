@@ -295,8 +295,13 @@ def _redis_target(layout: Layout, control: StackControl) -> tuple[int, int]:
     state = control.state()
     if not control.running():
         raise StackError("the stack is not running; start it with `python -m tessera_stack up`")
-    if state.redis != "managed" or state.redis_port is None:
+    if state.redis != "managed":
         raise StackError("the stack uses an external Redis; the probe takes only its own away")
+    if state.redis_topology not in ("", "single") or state.redis_port is None:
+        raise StackError(
+            f"the stack runs a Redis {state.redis_topology} group; the probe takes a single "
+            "Redis away (`up --redis single`, after `down`)"
+        )
     pid = layout.redis(state.redis_port).pid
     if pid is None:
         raise StackError("the stack's Redis is not running; `python -m tessera_stack up` first")

@@ -150,6 +150,21 @@ class _LocalServer(abc.ABC):
         """Whether the server process is alive."""
         return self.pid is not None
 
+    def detach(self, pid_path: Path | str, log_path: Path | str | None = None) -> None:
+        """Before :meth:`start`: run detached, as ``detached=True, pid_path=...`` would.
+
+        For servers built by code that takes neither (the nodes of a
+        :mod:`tessera_stack.redis_topologies` group the local stack runs): the
+        server gets a session of its own, outlives this process, and is found
+        again through ``pid_path``; ``log_path`` moves its log too.
+        """
+        if self._proc is not None:
+            raise StackError(f"{self.name} is already running: detach it before start()")
+        self._pid_path = Path(pid_path).absolute()
+        self._detached = True
+        if log_path is not None:
+            self._log_path = Path(log_path).absolute()
+
     def start(self) -> None:
         """Start the server and block until it answers, or raise StackError."""
         if self.running:

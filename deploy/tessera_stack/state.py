@@ -2,7 +2,8 @@
 
 Everything lives under one run directory (``.run/`` by default)::
 
-    data/        PostgreSQL cluster and Redis working directory (its AOF), kept by ``down``
+    data/        PostgreSQL cluster, Redis working directory (its AOF) or a Redis
+                 group (redis-sentinel/, redis-cluster/: nodes and their ports), kept by ``down``
     logs/        NAME.log: stdout and stderr of each process; nginx-access.log
     pids/        NAME.pid
     secrets/     session_hash_key, key_encryption_key, forward_auth_secret (0600)
@@ -149,6 +150,9 @@ class StackState:
     # back on the same one, where the running services look for it.
     postgres_port: int | None = None
     redis_port: int | None = None
+    # What the managed Redis is: "single" (one server, ``redis_port``), or a
+    # "sentinel" / "cluster" group (see tessera_stack.stack_redis).
+    redis_topology: str = ""
     port: int | None = None  # the auth service's port, set once it is up
     https_port: int | None = None
     alg: str = ""
@@ -204,6 +208,7 @@ class StackState:
             redis_url=text("redis_url"),
             postgres_port=number("postgres_port"),
             redis_port=number("redis_port"),
+            redis_topology=text("redis_topology"),
             port=number("port"),
             https_port=number("https_port"),
             alg=text("alg"),
