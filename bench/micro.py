@@ -34,11 +34,12 @@ from redis.asyncio import Redis
 
 from tessera_auth import appkeys
 from tessera_auth.app import create_app
+from tessera_auth.revocation_store import RevocationStore
 from tessera_auth.settings import Argon2Parameters, Settings
 from tessera_stack import PostgresServer, RedisServer, free_port
 from tessera_verify.access_tokens import AccessTokenVerifier, RevocationChecker
 from tessera_verify.clock import Clock
-from tessera_verify.revocation import Denylist
+from tessera_verify.revocation import RevocationEvent, RevocationKind
 from tessera_verify.revocation_cache import RevocationCache
 from tessera_verify.session_store import RedisSessionStore
 from tessera_verify.sessions import SessionManager, SessionPolicy
@@ -162,7 +163,7 @@ async def _measure(
     public_key = (await keyring.verification_keys.get(keyring.active.kid)).key
     alg = keyring.algorithm
     feed = app[appkeys.REVOCATIONS]
-    assert feed.synced, "the revocation feed should be up"
+    assert feed.fresh, "the revocation feed should be up"
 
     def verifier(revocations: RevocationChecker | None, cache: bool) -> AccessTokenVerifier:
         return AccessTokenVerifier(
@@ -190,7 +191,8 @@ async def _measure(
 
         return run
 
-    uncached_redis = verifier(Denylist(redis, clock), cache=False)
+    # Staleness bound 0: the local copy is never trusted, every check reads Redis.
+    uncached_redis = verifier(RevocationCache(redis, clock, max_staleness=0), cache=False)
     uncached_local = verifier(feed, cache=False)
     cached_local = verifier(feed, cache=True)
     redis_sessions = SessionManager(
@@ -210,7 +212,7 @@ async def _measure(
     repeated = await _amedian(timed_checks(lambda: cached_local.verify(token)), rounds)
     session_redis = await _amedian(timed_checks(lambda: session_check(redis_sessions)), rounds)
     session_cached = await _amedian(timed_checks(lambda: session_check(cached_sessions)), rounds)
-    propagation = await _propagation(redis, clock, revocations=50)
+    propagation = await _propagation(redis, clock, app[appkeys.REVOCATION_STORE], revocations=50)
     figures = [
         Figure(f"raw Argon2id verify (m={params.memory_kib},t={params.time_cost})", argon2_cost),
         Figure("HTTP login -> session cookie", login_session),
@@ -243,7 +245,9 @@ async def _measure(
     }
 
 
-async def _propagation(redis: Redis, clock: Clock, *, revocations: int) -> dict[str, float]:
+async def _propagation(
+    redis: Redis, clock: Clock, publisher: RevocationStore, *, revocations: int
+) -> dict[str, float]:
     """Time from publishing a revocation until three replicas' caches all hold it.
 
     Each "replica" is a RevocationCache on its own Redis connection, exactly what
@@ -258,13 +262,13 @@ async def _propagation(redis: Redis, clock: Clock, *, revocations: int) -> dict[
     tasks = [asyncio.create_task(cache.run()) for cache in caches]
     try:
         for cache in caches:
-            assert await cache.wait_synced(5.0)
-        publisher = Denylist(redis, clock)
+            assert await cache.wait_fresh(5.0)
         delays: list[float] = []
         for _ in range(revocations):
             jti = secrets.token_urlsafe(8)
             started = time.perf_counter()
-            await publisher.revoke(jti, clock.now() + 60)
+            until = clock.now() + 60
+            await publisher.record(RevocationEvent(RevocationKind.TOKEN, jti, until, until))
             while not all(jti in cache._jti for cache in caches):
                 await asyncio.sleep(0)
                 if time.perf_counter() - started > 5:

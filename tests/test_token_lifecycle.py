@@ -294,7 +294,7 @@ async def test_replicas_check_revocations_locally_while_the_feed_is_up(
     replica = await make_replica()
     verify = tessera_verify(replica.app)
     assert verify.revocations is not None
-    assert verify.revocations.synced
+    assert verify.revocations.fresh
     for _ in range(5):
         assert (await replica.get("/api/me", headers=_bearer(login["access_token"]))).status == 200
     assert verify.revocations.local_checks == 5
@@ -330,20 +330,20 @@ async def test_when_the_feed_drops_replicas_fall_back_to_redis_and_still_refuse_
     assert (await replica.get("/api/me", headers=_bearer(login["access_token"]))).status == 200
     await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # the feed's connection
     for _ in range(500):
-        if not cache.synced:
+        if not cache.fresh:
             break
         await asyncio.sleep(0.01)
-    assert not cache.synced
+    assert not cache.fresh
     # Revoke while this replica cannot hear it: it must ask Redis.
     await auth.post("/auth/logout", headers=_bearer(login["access_token"]))
     fallback_before = cache.fallback_checks
     response = await replica.get("/api/me", headers=_bearer(login["access_token"]))
-    if cache.synced:  # it reconnected already: then the snapshot carried the revocation
+    if cache.fresh:  # it reconnected already: then the snapshot carried the revocation
         assert response.status == 401
     else:
         assert response.status == 401
         assert cache.fallback_checks == fallback_before + 1
-    assert await cache.wait_synced(5.0)  # and it catches up by itself
+    assert await cache.wait_fresh(5.0)  # and it catches up by itself
 
 
 async def test_auth_refuses_with_503_rather_than_trust_stale_state_when_redis_is_down(
@@ -366,7 +366,7 @@ async def test_auth_refuses_with_503_rather_than_trust_stale_state_when_redis_is
         login = await register_and_login(client, credential="token")
         await asyncio.to_thread(server.stop)
         for _ in range(500):
-            if not app[appkeys.REVOCATIONS].synced:
+            if not app[appkeys.REVOCATIONS].fresh:
                 break
             await asyncio.sleep(0.01)
         response = await client.get("/auth/me", headers=_bearer(login["access_token"]))

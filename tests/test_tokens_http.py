@@ -6,13 +6,16 @@ import base64
 import json
 from typing import Any
 
+import asyncpg
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
+from tessera_auth.settings import Settings
 from tessera_verify import redis_keys
 from tessera_verify.clock import ManualClock
+from tessera_verify.revocation import MAX_LEEWAY, parse_entry
 
 from .conftest import AuthClientFactory, register_and_login
 
@@ -162,8 +165,8 @@ async def test_unsupported_grant_type_is_refused(auth_client: Client) -> None:
     assert (await response.json())["error"] == "unsupported_grant_type"
 
 
-async def test_logout_denylists_the_access_token_until_it_expires(
-    auth_client: Client, redis: Redis
+async def test_logout_denylists_the_access_token_durably_past_expiry_and_any_leeway(
+    auth_client: Client, redis: Redis, settings: Settings
 ) -> None:
     body = await register_and_login(auth_client, credential="token")
     _, claims = _segments(body["access_token"])
@@ -174,8 +177,19 @@ async def test_logout_denylists_the_access_token_until_it_expires(
     )
     assert response.status == 200
     assert sorted((await response.json())["revoked"]) == ["access_token", "refresh_token"]
-    ttl = await redis.ttl(redis_keys.revoked_jti(claims["jti"]))
-    assert 0 < ttl <= 300
+    # Remembered MAX_LEEWAY past exp (no verifier's leeway reopens it), in PostgreSQL
+    # (the source of truth, before the 2xx) and in Redis's copy.
+    until = claims["exp"] + MAX_LEEWAY
+    entry = await redis.hget(redis_keys.revocations("jti"), claims["jti"])
+    assert entry is not None and parse_entry(entry) == (until, until)
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        row = await connection.fetchrow(
+            "SELECT until FROM revocations WHERE kind = 'jti' AND value = $1", claims["jti"]
+        )
+    finally:
+        await connection.close()
+    assert row is not None and row["until"] == until
     me = await auth_client.get("/auth/me", headers=_bearer(body["access_token"]))
     assert me.status == 401
     assert "revoked" in (await me.json())["message"]

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from tessera_verify import redis_keys
 from tessera_verify.access_tokens import AccessTokenClaims, AccessTokenVerifier
+from tessera_verify.background import pause, reraise_if_cancelling
 from tessera_verify.clock import Clock, SystemClock
 from tessera_verify.dependency_metrics import instrumented_redis
 from tessera_verify.middleware import DEPENDENCY_ERRORS, error_middleware
@@ -42,6 +43,7 @@ from .metrics import AuthMetrics
 from .passwords import PasswordHasher
 from .refresh_tokens import RefreshTokenStore
 from .regulation import Regulator
+from .revocation_store import RevocationStore
 from .revoker import Revoker
 from .settings import Settings
 from .users import UserRepository
@@ -81,11 +83,12 @@ async def _maintain_keys_forever(
     on each step, and every one picks the result up on its reload.
     """
     while True:
-        await asyncio.sleep(interval)
+        await pause(interval)
         try:
             for change in await keyring.run_schedule(now=clock.now()):
                 audit.record("key.rotation", kid=change.kid, state=change.state, by="schedule")
         except DEPENDENCY_ERRORS as exc:
+            reraise_if_cancelling(exc)
             log.warning("key maintenance failed, keeping the loaded keys: %r", exc)
         except Exception:
             # Never let one bad step stop the reloads for good.
@@ -106,8 +109,9 @@ async def _count_sessions_forever(redis: Redis, metrics: AuthMetrics) -> None:
                 count += 1
             metrics.sessions_live.labels("redis").set(count)
         except DEPENDENCY_ERRORS as exc:
+            reraise_if_cancelling(exc)
             log.warning("could not count sessions: %r", exc)
-        await asyncio.sleep(SESSION_COUNT_INTERVAL)
+        await pause(SESSION_COUNT_INTERVAL)
 
 
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -117,10 +121,10 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     hasher = await asyncio.get_running_loop().run_in_executor(None, PasswordHasher, settings.argon2)
     keyring = KeyRing(pool, settings)
     await keyring.load(now=clock.now())
-    revocations = RevocationCache(redis, clock)
-    denylist = revocations.denylist
+    revocations = RevocationCache(redis, clock, max_staleness=settings.revocation_max_staleness)
+    store = RevocationStore(pool, redis, clock, wait_replicas=settings.redis_wait_replicas)
     app[appkeys.KEYRING] = keyring
-    app[appkeys.DENYLIST] = denylist
+    app[appkeys.REVOCATION_STORE] = store
     app[appkeys.REVOCATIONS] = revocations
     app[appkeys.ACCOUNTS] = Accounts(UserRepository(pool), hasher, clock)
     policy = SessionPolicy(
@@ -129,7 +133,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         touch_interval=settings.session_touch_interval,
     )
     sessions_cache = CachedSessionStore(
-        AnnouncingSessionStore(RedisSessionStore(redis, clock), denylist),
+        AnnouncingSessionStore(RedisSessionStore(redis, clock), store),
         revocations,
         clock,
         idle_timeout=policy.idle_timeout,
@@ -141,6 +145,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         hash_key=settings.session_hash_key,
         policy=policy,
         clock=clock,
+        revocations=revocations,
     )
     app[appkeys.SESSIONS] = sessions
     token_cache: TTLCache[str, AccessTokenClaims] = TTLCache(settings.cache_max_entries)
@@ -175,8 +180,9 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[appkeys.REVOKER] = Revoker(
         sessions=sessions,
         refresh_tokens=refresh_tokens,
-        denylist=denylist,
+        store=store,
         access_token_ttl=settings.access_token_ttl,
+        credential_lifetime=max(settings.session_absolute_timeout, settings.refresh_token_ttl),
         clock=clock,
         metrics=app[appkeys.METRICS],
         audit=audit,
@@ -185,15 +191,21 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     session_cache = sessions_cache.cache
     metrics.watch_cache("verified_tokens", lambda: (token_cache.hits, token_cache.misses))
     metrics.watch_cache("sessions", lambda: (session_cache.hits, session_cache.misses))
+    try:
+        if await store.needs_rebuild():
+            await store.rebuild()
+    except DEPENDENCY_ERRORS as exc:
+        log.warning("revocation plane not checked at start (%r): the watch will", exc)
+    watch = asyncio.create_task(store.watch())
     feed = asyncio.create_task(revocations.run())
-    await revocations.wait_synced(settings.dependency_timeout)
+    await revocations.wait_fresh(settings.dependency_timeout)
     reloader = asyncio.create_task(
         _maintain_keys_forever(keyring, clock, settings.key_reload_interval, audit)
     )
     counter = asyncio.create_task(_count_sessions_forever(redis, metrics))
     auditor = asyncio.create_task(audit.run())
     yield
-    for task in (reloader, feed, counter, auditor):
+    for task in (reloader, feed, watch, counter, auditor):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -8,7 +8,6 @@ from redis.asyncio import Redis
 
 from tessera_verify.access_tokens import AccessTokenVerifier
 from tessera_verify.clock import Clock
-from tessera_verify.revocation import Denylist
 from tessera_verify.revocation_cache import RevocationCache
 from tessera_verify.sessions import SessionManager
 
@@ -19,6 +18,7 @@ from .keyring import KeyRing
 from .metrics import AuthMetrics
 from .refresh_tokens import RefreshTokenStore
 from .regulation import Regulator
+from .revocation_store import RevocationStore
 from .revoker import Revoker
 from .settings import Settings
 
@@ -33,7 +33,7 @@ ACCOUNTS = web.AppKey("accounts", Accounts)
 ISSUER = web.AppKey("issuer", AccessTokenIssuer)
 VERIFIER = web.AppKey("verifier", AccessTokenVerifier)
 REFRESH_TOKENS = web.AppKey("refresh_tokens", RefreshTokenStore)
-DENYLIST = web.AppKey("denylist", Denylist)
+REVOCATION_STORE = web.AppKey("revocation_store", RevocationStore)
 REVOCATIONS = web.AppKey("revocations", RevocationCache)
 REVOKER = web.AppKey("revoker", Revoker)
 AUDIT = web.AppKey("audit", AuditLog)

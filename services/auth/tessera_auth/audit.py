@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 
+from tessera_verify.background import reraise_if_cancelling
 from tessera_verify.clock import Clock
 from tessera_verify.middleware import DEPENDENCY_ERRORS
 from tessera_verify.observability import current_request_id
@@ -179,6 +180,7 @@ class AuditLog:
             except asyncio.CancelledError:
                 raise
             except DEPENDENCY_ERRORS as exc:
+                reraise_if_cancelling(exc)
                 log.warning("audit trail not written (%d queued), retrying: %r", self.pending, exc)
                 await asyncio.sleep(retry_delay)
                 self._wake.set()

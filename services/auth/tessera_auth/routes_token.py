@@ -8,6 +8,7 @@ from aiohttp import web
 
 from tessera_verify.errors import InvalidGrant, UnsupportedGrantType
 from tessera_verify.jsonbody import read_body, require_str
+from tessera_verify.revocation import Credential
 
 from . import appkeys
 from .refresh_tokens import RefreshGrant
@@ -30,7 +31,7 @@ async def token_response(
     Without ``rotated_from`` this starts a refresh family (a login); with it, the
     new refresh token continues that family.
     """
-    valid_after = await app[appkeys.DENYLIST].user_valid_after(user_id)
+    valid_after = await app[appkeys.REVOCATIONS].user_valid_after(user_id)
     access = app[appkeys.ISSUER].issue(
         subject=user_id, session_link=session_link, valid_after=valid_after
     )
@@ -69,6 +70,12 @@ async def token(request: web.Request) -> web.Response:
         user = await app[appkeys.ACCOUNTS].users.by_id(grant.user_id)
         if user is None or user.disabled:
             raise InvalidGrant("the refresh token's user no longer exists or is disabled")
+        # The plane, not only the family's flag in Redis: a family that Redis brings
+        # back (a restore, a lagging failover) stays revoked.
+        if await app[appkeys.REVOCATIONS].is_revoked(
+            Credential(grant.user_id, grant.issued_at, grant.session_link)
+        ):
+            raise InvalidGrant("the refresh token has been revoked")
         claim = await refresh_tokens.claim(presented, grant)
     except InvalidGrant:
         metrics.refreshes.labels("invalid_grant").inc()

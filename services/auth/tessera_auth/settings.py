@@ -83,6 +83,8 @@ class Settings:
     refresh_grace: float = 10.0
     regulation: RegulationPolicy = field(default_factory=RegulationPolicy)
     cache_ttl: float = 30.0
+    revocation_max_staleness: float = 5.0
+    redis_wait_replicas: int = 0
     cache_max_entries: int = 10_000
     introspection_clients: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     db_pool_max: int = 10
@@ -224,6 +226,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         trusted_proxies=read_trusted_proxies(reader),
         refresh_grace=reader.parsed("TESSERA_REFRESH_GRACE_SECONDS", float, 10.0, "a number"),
         cache_max_entries=reader.positive_int("TESSERA_CACHE_MAX_ENTRIES", 10_000),
+        redis_wait_replicas=reader.parsed("TESSERA_REDIS_WAIT_REPLICAS", int, 0, "an integer"),
         introspection_clients=_introspection_clients(reader),
         regulation=RegulationPolicy(
             max_failures_per_account=reader.parsed(

@@ -123,6 +123,7 @@ def create_app(settings: ResourceSettings, *, clock: Clock | None = None) -> web
             cookie_insecure=settings.cookie_insecure,
             dependency_timeout=settings.dependency_timeout,
             cache_ttl=settings.cache_ttl,
+            revocation_max_staleness=settings.revocation_max_staleness,
             cache_max_entries=settings.cache_max_entries,
             jwks_max_age=settings.jwks_max_age,
             jwks_min_refetch_interval=settings.jwks_min_refetch_interval,

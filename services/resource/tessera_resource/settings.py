@@ -49,6 +49,7 @@ class ResourceSettings:
     session_idle_timeout: int = 30 * 60
     session_absolute_timeout: int = 12 * 3600
     cache_ttl: float = 30.0
+    revocation_max_staleness: float = 5.0
     cache_max_entries: int = 10_000
     jwks_max_age: float = 300.0
     jwks_min_refetch_interval: float = 5.0

@@ -28,6 +28,7 @@ from .errors import (
     RevokedToken,
 )
 from .keys import MAX_KID_LENGTH, SUPPORTED_ALGORITHMS, KeySource
+from .revocation import MAX_LEEWAY
 from .ttl_cache import TTLCache
 
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
@@ -90,6 +91,9 @@ class AccessTokenVerifier:
         revocations: RevocationChecker | None = None,
         cache: TTLCache[str, AccessTokenClaims] | None = None,
     ) -> None:
+        if not 0 <= leeway <= MAX_LEEWAY:
+            # A denylisted jti is remembered MAX_LEEWAY past exp: more leeway would reopen it.
+            raise ValueError(f"leeway must be between 0 and {MAX_LEEWAY:g} seconds")
         unknown = set(algorithms) - SUPPORTED_ALGORITHMS
         if unknown or not algorithms:
             raise ValueError(f"unsupported algorithms: {sorted(unknown) or 'none given'}")

@@ -199,6 +199,15 @@ def read_log_json(reader: EnvReader) -> bool:
     return value != "text"
 
 
+def read_revocation_max_staleness(reader: EnvReader) -> float:
+    """``TESSERA_REVOCATION_MAX_STALENESS``: S, the oldest proof of a complete revocation
+    copy a verifier accepts credentials on (0: none, every check asks Redis)."""
+    value = reader.parsed("TESSERA_REVOCATION_MAX_STALENESS", float, 5.0, "a number")
+    if not 0 <= value <= 30:
+        reader.problems.append("TESSERA_REVOCATION_MAX_STALENESS must be between 0 and 30 seconds")
+    return value
+
+
 class ProcessSettings(TypedDict):
     """What every tessera process reads the same way (unpacked into its settings)."""
 
@@ -206,6 +215,7 @@ class ProcessSettings(TypedDict):
     max_body_bytes: int
     dependency_timeout: float
     cache_ttl: float
+    revocation_max_staleness: float
     db_pool_max: int
     migrate_on_start: bool
     log_level: str
@@ -223,6 +233,7 @@ def read_process_settings(
         max_body_bytes=reader.positive_int("TESSERA_MAX_BODY_BYTES", 16 * 1024),
         dependency_timeout=read_dependency_timeout(reader),
         cache_ttl=reader.parsed("TESSERA_CACHE_TTL", float, 30.0, "a number"),
+        revocation_max_staleness=read_revocation_max_staleness(reader),
         db_pool_max=reader.positive_int("TESSERA_DB_POOL_MAX", default_pool),
         migrate_on_start=reader.flag("TESSERA_MIGRATE_ON_START", development),
         log_level=read_log_level(reader),

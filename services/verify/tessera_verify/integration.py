@@ -70,6 +70,7 @@ class VerifyConfig:
     cookie_insecure: bool = False
     dependency_timeout: float = 2.0
     cache_ttl: float = 30.0
+    revocation_max_staleness: float = 5.0
     cache_max_entries: int = 10_000
     jwks_max_age: float = 300.0
     jwks_min_refetch_interval: float = 5.0
@@ -145,10 +146,12 @@ class TesseraVerify:
         self.http = aiohttp.ClientSession()
         feed: asyncio.Task[None] | None = None
         if self.redis is not None:
-            self.revocations = RevocationCache(self.redis, self.clock)
+            self.revocations = RevocationCache(
+                self.redis, self.clock, max_staleness=config.revocation_max_staleness
+            )
             feed = asyncio.create_task(self.revocations.run())
-            # Start serving either way: until synced, checks go to Redis directly.
-            await self.revocations.wait_synced(config.dependency_timeout)
+            # Start serving either way: until the copy is fresh, checks go to Redis directly.
+            await self.revocations.wait_fresh(config.dependency_timeout)
         self.authenticators = self._build_authenticators()
         if self.metrics is not None:
             cache = self.token_cache
@@ -215,6 +218,7 @@ class TesseraVerify:
                     hash_key=config.session_hash_key,
                     policy=config.session_policy,
                     clock=self.clock,
+                    revocations=self.revocations,
                 )
                 built.append(
                     SessionCookieAuthenticator(

@@ -11,24 +11,12 @@ def user_sessions(user_id: str) -> str:
     return f"{PREFIX}:user-sessions:{user_id}"
 
 
-def revoked_jti(jti: str) -> str:
-    return f"{PREFIX}:revoked-jti:{jti}"
-
-
 def refresh_token(family_id: str, digest: str = "*") -> str:
     """A refresh token, by the keyed hash of it, in its family's hash slot.
 
     With only a family (or ``"*"``), a SCAN/KEYS pattern for its tokens.
     """
     return f"{PREFIX}:refresh:{{{family_id}}}:{digest}"
-
-
-def revoked_sid(sid: str) -> str:
-    return f"{PREFIX}:revoked-sid:{sid}"
-
-
-def user_valid_after(user_id: str) -> str:
-    return f"{PREFIX}:user-valid-after:{user_id}"
 
 
 def refresh_family(family_id: str) -> str:
@@ -42,3 +30,24 @@ def user_refresh_families(user_id: str) -> str:
 def login_failures(subject: str, window: int) -> str:
     """A subject's failures in one window; all its windows share a hash slot."""
     return f"{PREFIX}:login-failures:{{{subject}}}:{window}"
+
+
+# The revocation plane: one hash tag, so every script and snapshot touches one slot
+# (Redis Cluster) and the feed is published by the node its subscribers listen to.
+REVOCATION_TAG = "{rev}"
+
+
+def revocations(kind: str) -> str:
+    return f"{PREFIX}:{REVOCATION_TAG}:{kind}"
+
+
+def revocation_generation() -> str:
+    return f"{PREFIX}:{REVOCATION_TAG}:generation"
+
+
+def revocation_seq() -> str:
+    return f"{PREFIX}:{REVOCATION_TAG}:seq"
+
+
+def revocation_feed() -> str:
+    return f"{PREFIX}:{REVOCATION_TAG}:feed"

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from .clock import Clock
-from .revocation import Denylist, RevocationEvent, RevocationKind
+from .revocation import RevocationEvent, RevocationKind
 from .revocation_cache import RevocationCache
 from .session_store import SessionRecord, SessionStore
 from .ttl_cache import TTLCache
 
 
 class CachedSessionStore:
-    """Remembers loaded sessions for ``ttl`` seconds, only while the revocation feed is synced.
+    """Remembers loaded sessions for ``ttl`` seconds, only while the revocation copy is fresh.
 
     A deleted session is announced on the feed (see :class:`AnnouncingSessionStore`)
-    and dropped here at once; when the feed is interrupted the cache is emptied
-    and bypassed, so a revoked session is never served from memory.
+    and dropped here at once; while the copy is not fresh the cache is bypassed,
+    and it is emptied whenever the copy is reloaded.
     """
 
     def __init__(
@@ -44,7 +46,7 @@ class CachedSessionStore:
             self.cache.evict_where(lambda _, record: record.user_id == event.value)
 
     def _remember(self, key: str, record: SessionRecord) -> None:
-        if self._revocations.synced:
+        if self._revocations.fresh:
             # Never served past the moment this copy would look idle: another replica
             # may have refreshed the session since, and only Redis knows.
             dies_at = min(
@@ -66,7 +68,7 @@ class CachedSessionStore:
         return True
 
     async def load(self, key: str) -> SessionRecord | None:
-        if self._revocations.synced:
+        if self._revocations.fresh:
             cached = self.cache.get(key, self._clock.now())
             if cached is not None:
                 return cached
@@ -86,12 +88,18 @@ class CachedSessionStore:
         await self._inner.ping()
 
 
+class SessionAnnouncer(Protocol):
+    """Who tells the revocation feed that a session is gone (the auth service's writer)."""
+
+    async def announce_session_deleted(self, storage_key: str) -> None: ...
+
+
 class AnnouncingSessionStore:
     """Publishes every deletion on the revocation feed, so replicas' caches forget it."""
 
-    def __init__(self, inner: SessionStore, denylist: Denylist) -> None:
+    def __init__(self, inner: SessionStore, announcer: SessionAnnouncer) -> None:
         self._inner = inner
-        self._denylist = denylist
+        self._announcer = announcer
 
     async def save(self, key: str, record: SessionRecord, ttl: float) -> None:
         await self._inner.save(key, record, ttl)
@@ -105,7 +113,7 @@ class AnnouncingSessionStore:
     async def delete(self, key: str) -> bool:
         deleted = await self._inner.delete(key)
         if deleted:
-            await self._denylist.announce_session_deleted(key)
+            await self._announcer.announce_session_deleted(key)
         return deleted
 
     async def list_for_user(self, user_id: str) -> list[tuple[str, SessionRecord]]:

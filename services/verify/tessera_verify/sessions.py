@@ -12,6 +12,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from aiohttp import web
 
@@ -70,11 +71,30 @@ class Session:
     record: SessionRecord
 
 
+class SessionRevocations(Protocol):
+    """The revocation plane as sessions see it (a
+    :class:`~tessera_verify.revocation_cache.RevocationCache`)."""
+
+    async def is_session_revoked(self, record: SessionRecord) -> bool: ...
+
+
 class SessionManager:
-    """Creates, loads (with timeout checks) and destroys sessions in any store."""
+    """Creates, loads (with timeout and revocation checks) and destroys sessions in any store.
+
+    A session is dead when its record is gone *or* the revocation plane says so
+    (its link revoked, or its user's "valid after" time is later than its
+    creation): a record that comes back (a Redis restored from a lagging
+    replica or an old AOF) stays dead.
+    """
 
     def __init__(
-        self, store: SessionStore, *, hash_key: bytes, policy: SessionPolicy, clock: Clock
+        self,
+        store: SessionStore,
+        *,
+        hash_key: bytes,
+        policy: SessionPolicy,
+        clock: Clock,
+        revocations: SessionRevocations | None = None,
     ) -> None:
         if len(hash_key) < 32:
             raise ValueError("the session hash key must be at least 32 bytes")
@@ -82,6 +102,7 @@ class SessionManager:
         self._hash_key = hash_key
         self.policy = policy
         self._clock = clock
+        self._revocations = revocations
 
     def storage_key(self, session_id: str) -> str:
         return hmac.digest(self._hash_key, session_id.encode(), hashlib.sha256).hex()
@@ -120,6 +141,8 @@ class SessionManager:
         now = self._clock.now()
         if now >= record.expires_at or now >= record.last_seen_at + self.policy.idle_timeout:
             await self.store.delete(key)
+            return None
+        if self._revocations is not None and await self._revocations.is_session_revoked(record):
             return None
         if now - record.last_seen_at >= self.policy.effective_touch_interval:
             record = replace(record, last_seen_at=now)
