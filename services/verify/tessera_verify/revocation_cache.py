@@ -211,6 +211,10 @@ class RevocationCache:
             delay = min(delay * 2, self._max_reconnect_delay)
 
     async def _follow(self) -> None:
+        # An ordinary command first: it connects a cluster client and refreshes its slot
+        # map, so the subscription goes to the node that now owns the plane's slot (the
+        # node whose scripts publish the feed, so messages and PONGs stay in order).
+        await self.reader.marker()
         pubsub = self._redis.pubsub()
         try:
             # Subscribe first, then read the snapshot: a change made in between is in

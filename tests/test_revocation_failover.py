@@ -1,0 +1,146 @@
+"""The revocation plane through a Redis failover, on real Sentinel and Cluster groups.
+
+The auth service and a replica run on the group's URL; users log in and out;
+the primary that holds the plane (Sentinel's master, the Cluster node of the
+``{rev}`` slot) is SIGKILLed while the replica is asked, continuously, about a
+revoked and a live user. Nothing revoked may be accepted, before, during or
+after; the feed follows the new primary, and a revocation made after the
+failover reaches the replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tessera_auth import appkeys
+from tessera_stack.redis_topologies import RedisClusterGroup, RedisSentinelGroup
+from tessera_verify import redis_keys
+from tessera_verify.integration import tessera_verify
+from tessera_verify.sessions import SESSION_COOKIE
+
+from .conftest import AuthClientFactory, ResourceFactory
+
+Client = TestClient[Any, Any]
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class User:
+    token: str
+    refresh: str
+    cookie: dict[str, str]
+
+
+async def _user(auth: Client) -> User:
+    name = f"user-{uuid.uuid4().hex[:10]}"
+    response = await auth.post("/auth/register", json={"username": name, "password": PASSWORD})
+    assert response.status == 201, await response.text()
+    response = await auth.post(
+        "/auth/login", json={"username": name, "password": PASSWORD, "credential": "both"}
+    )
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    cookie = {"Cookie": f"{SESSION_COOKIE}={response.cookies[SESSION_COOKIE].value}"}
+    return User(body["access_token"], body["refresh_token"], cookie)
+
+
+async def _logout(auth: Client, user: User) -> int:
+    response = await auth.post(
+        "/auth/logout",
+        headers={"Authorization": f"Bearer {user.token}", **user.cookie},
+        json={"refresh_token": user.refresh},
+    )
+    return response.status
+
+
+async def _me(replica: Client, user: User) -> tuple[int, int]:
+    by_token = await replica.get("/api/me", headers={"Authorization": f"Bearer {user.token}"})
+    by_cookie = await replica.get("/api/me", headers=user.cookie)
+    return by_token.status, by_cookie.status
+
+
+@pytest.mark.parametrize("topology", ["sentinel", "cluster"])
+async def test_a_failover_of_the_planes_primary_accepts_no_revoked_credential(
+    topology: str,
+    request: pytest.FixtureRequest,
+    make_auth_client: AuthClientFactory,
+    make_replica: ResourceFactory,
+    record_property: Callable[[str, object], None],
+) -> None:
+    group: RedisSentinelGroup | RedisClusterGroup = request.getfixturevalue(
+        f"redis_{topology}_group"
+    )
+    url = group.url
+    auth = await make_auth_client(redis_url=url, revocation_max_staleness=2.0)
+    replica = await make_replica(
+        "r1", redis_url=url, revocation_max_staleness=2.0, dependency_timeout=1.0
+    )
+    cache = tessera_verify(replica.app).revocations
+    assert cache is not None
+    assert await cache.wait_fresh(10.0)
+    revoked, live = await _user(auth), await _user(auth)
+    assert await _logout(auth, revoked) == 200
+    for _ in range(100):
+        if await _me(replica, revoked) == (401, 401):
+            break
+        await asyncio.sleep(0.02)
+    assert await _me(replica, revoked) == (401, 401)
+    assert await _me(replica, live) == (200, 200)
+
+    statuses: dict[str, list[int]] = {"revoked": [], "live": []}
+    failures: list[float] = []  # when a live user's request failed
+    stop = asyncio.Event()
+
+    async def ask() -> None:
+        while not stop.is_set():
+            statuses["revoked"].extend(await _me(replica, revoked))
+            answers = await _me(replica, live)
+            statuses["live"].extend(answers)
+            if answers != (200, 200):
+                failures.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    asker = asyncio.create_task(ask())
+    killed_at = time.monotonic()
+    if isinstance(group, RedisClusterGroup):
+        killed = group.kill_primary(redis_keys.revocation_generation())
+    else:
+        killed = group.kill_primary()
+    try:
+        await asyncio.to_thread(group.wait_for_failover, 60.0)
+        # The live user's session and token work again through the new primary.
+        for _ in range(600):
+            if await _me(replica, live) == (200, 200):
+                break
+            await asyncio.sleep(0.05)
+        assert await _me(replica, live) == (200, 200), "the live user never came back"
+        stop.set()
+        await asyncio.wait_for(asker, 30)
+        record_property("failover_seconds", round(time.monotonic() - killed_at, 3))
+        unavailable = failures[-1] - failures[0] if failures else 0.0
+        record_property("seconds_unavailable", round(unavailable, 3))
+        record_property("requests_failed", sum(s != 200 for s in statuses["live"]))
+        record_property("requests", len(statuses["live"]) + len(statuses["revoked"]))
+        assert 200 not in statuses["revoked"]  # not one revoked credential accepted
+
+        # The feed follows the new primary: a revocation made now reaches the replica.
+        assert await _logout(auth, live) == 200
+        for _ in range(100):
+            if await _me(replica, live) == (401, 401):
+                break
+            await asyncio.sleep(0.02)
+        assert await _me(replica, live) == (401, 401)
+        assert await _me(replica, revoked) == (401, 401)
+        record_property("plane_rebuilds", auth.app[appkeys.REVOCATION_STORE].rebuilds)
+    finally:
+        stop.set()
+        await asyncio.gather(asker, return_exceptions=True)
+        await asyncio.to_thread(group.restart, killed)
