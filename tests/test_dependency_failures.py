@@ -108,6 +108,7 @@ async def _unavailable(response: ClientResponse) -> None:
     assert response.content_type == "application/json", text
     assert (await response.json())["error"] == "dependency_unavailable"
     assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Retry-After"] == "1"
 
 
 async def _register(client: Client) -> tuple[str, str]:

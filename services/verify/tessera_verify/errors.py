@@ -214,3 +214,10 @@ class ServiceUnavailable(TesseraError):
     status = 503
     code = "dependency_unavailable"
     default_message = "a dependency is unavailable; try again later"
+
+    #: Seconds a client should wait: dependencies come back, and the verify side
+    #: re-proves its revocation state, within about a second (README, "When Redis fails").
+    retry_after = 1
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
