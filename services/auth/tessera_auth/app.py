@@ -191,6 +191,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     session_cache = sessions_cache.cache
     metrics.watch_cache("verified_tokens", lambda: (token_cache.hits, token_cache.misses))
     metrics.watch_cache("sessions", lambda: (session_cache.hits, session_cache.misses))
+    metrics.watch_revocations(revocations)
     try:
         if await store.needs_rebuild():
             await store.rebuild()

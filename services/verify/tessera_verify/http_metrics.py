@@ -6,14 +6,15 @@ in deploy/ uses only these names (a test checks it).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
@@ -77,6 +78,10 @@ class ServiceMetrics:
         """Export a cache's (hits, misses) counters, read at scrape time (no hot-path cost)."""
         self._caches.caches[name] = counts
 
+    def watch_revocations(self, copy: RevocationCopyStats) -> None:
+        """Export the local revocation copy's freshness and where checks went, at scrape time."""
+        self.registry.register(_RevocationCollector(copy))
+
     def middleware(self) -> web.typedefs.Middleware:  # type: ignore[name-defined]
         @web.middleware
         async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -116,6 +121,43 @@ def _route_name(request: web.Request) -> str:
     if resource is None:
         return "unmatched"
     return resource.canonical
+
+
+class RevocationCopyStats(Protocol):
+    """What :class:`~tessera_verify.revocation_cache.RevocationCache` tells about itself."""
+
+    local_checks: int
+    fallback_checks: int
+    resyncs: int
+
+    @property
+    def staleness(self) -> float | None: ...
+
+
+class _RevocationCollector(Collector):
+    def __init__(self, copy: RevocationCopyStats) -> None:
+        self._copy = copy
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        age = self._copy.staleness
+        yield GaugeMetricFamily(
+            "tessera_revocation_copy_age_seconds",
+            "Seconds since the local revocation copy was last proven complete (+Inf: not now)",
+            value=math.inf if age is None else age,
+        )
+        checks = CounterMetricFamily(
+            "tessera_revocation_checks",
+            "Revocation checks by where they were answered (local copy or Redis)",
+            labels=("source",),
+        )
+        checks.add_metric(("local",), self._copy.local_checks)
+        checks.add_metric(("redis",), self._copy.fallback_checks)
+        yield checks
+        yield CounterMetricFamily(
+            "tessera_revocation_reloads",
+            "Reloads of the local revocation copy (a gap in the feed, a new generation)",
+            value=self._copy.resyncs,
+        )
 
 
 class _CacheCollector(Collector):

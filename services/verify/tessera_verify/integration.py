@@ -156,6 +156,8 @@ class TesseraVerify:
         if self.metrics is not None:
             cache = self.token_cache
             self.metrics.watch_cache("verified_tokens", lambda: (cache.hits, cache.misses))
+            if self.revocations is not None:
+                self.metrics.watch_revocations(self.revocations)
             if self.session_cache is not None:
                 sessions = self.session_cache.cache
                 self.metrics.watch_cache("sessions", lambda: (sessions.hits, sessions.misses))
