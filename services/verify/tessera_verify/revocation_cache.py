@@ -9,7 +9,9 @@ change numbered up to that ``seq`` has been delivered before it: if one is
 missing (a feed that dropped bytes), or the generation changed (Redis lost its
 state and was rebuilt), the copy is reloaded. No ``PONG`` within the probe
 timeout (a half-open connection, a paused Redis) and the subscription is torn
-down and made again. Silence is never taken for "nothing happened".
+down and made again. Silence is never taken for "nothing happened": it ends
+the trust after ``max_staleness``; a known failure (an error, a gap, a new
+generation) ends it at once.
 
 When the copy is not fresh, each check asks Redis directly, and Redis answers
 only while its copy is complete (the generation marker); otherwise, or when
