@@ -9,6 +9,7 @@ session back, (e) a denylisted jti outlives every verifier's leeway.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import inspect
 import os
@@ -40,6 +41,7 @@ from .tcp_proxy import TcpProxy
 
 Client = TestClient[Any, Any]
 PASSWORD = "correct horse battery staple"
+CLIENT_ID, CLIENT_SECRET = "resource-api", "introspection-secret-0123"
 S = 2.0  # the staleness bound these tests run with
 PROPAGATION_BOUND = 1.0  # README: a revocation reaches every verifier within 1 s (healthy)
 
@@ -124,7 +126,11 @@ async def stack(
 ) -> tuple[Client, list[Client]]:
     """One auth service and three replicas on ``own_redis``, staleness bound S."""
     auth_settings = replace(
-        settings, redis_url=own_redis.url, revocation_max_staleness=S, dependency_timeout=0.5
+        settings,
+        redis_url=own_redis.url,
+        revocation_max_staleness=S,
+        dependency_timeout=0.5,
+        introspection_clients=((CLIENT_ID, CLIENT_SECRET.encode()),),
     )
     auth = await aiohttp_client(await aiohttp_server(create_app(auth_settings, clock=clock)))
     replicas = [
@@ -262,6 +268,14 @@ async def test_a_revoked_session_or_refresh_family_that_redis_brings_back_stays_
         "/auth/token", json={"grant_type": "refresh_token", "refresh_token": user.refresh}
     )
     assert refreshed.status == 400
+    basic = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+    introspected = await auth.post(
+        "/auth/introspect",
+        data={"token": user.refresh},
+        headers={"Authorization": f"Basic {basic}"},
+    )
+    assert introspected.status == 200
+    assert (await introspected.json()) == {"active": False}
 
 
 async def test_logout_everywhere_kills_sessions_that_come_back_by_their_creation_time(

@@ -21,6 +21,7 @@ from tessera_verify.errors import AuthenticationError, InvalidTokenError
 from tessera_verify.jsonbody import get_str, read_body, require_str
 
 from . import appkeys
+from .routes_token import grant_is_revoked
 from .settings import Settings
 
 routes = web.RouteTableDef()
@@ -106,7 +107,7 @@ async def _introspect(app: web.Application, token: str, hint: str | None) -> dic
                 }
         else:
             grant = await app[appkeys.REFRESH_TOKENS].live_grant(token)
-            if grant is not None:
+            if grant is not None and not await grant_is_revoked(app, grant):
                 return {
                     "active": True,
                     "token_type": "refresh_token",

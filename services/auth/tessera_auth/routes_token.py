@@ -18,6 +18,13 @@ routes = web.RouteTableDef()
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
+async def grant_is_revoked(app: web.Application, grant: RefreshGrant) -> bool:
+    """Asked of the revocation plane, not only of the family's flag in Redis: a family
+    that Redis brings back (a restore, a lagging failover) stays revoked."""
+    credential = Credential(grant.user_id, grant.issued_at, grant.session_link)
+    return await app[appkeys.REVOCATIONS].is_revoked(credential)
+
+
 async def token_response(
     app: web.Application,
     *,
@@ -70,11 +77,7 @@ async def token(request: web.Request) -> web.Response:
         user = await app[appkeys.ACCOUNTS].users.by_id(grant.user_id)
         if user is None or user.disabled:
             raise InvalidGrant("the refresh token's user no longer exists or is disabled")
-        # The plane, not only the family's flag in Redis: a family that Redis brings
-        # back (a restore, a lagging failover) stays revoked.
-        if await app[appkeys.REVOCATIONS].is_revoked(
-            Credential(grant.user_id, grant.issued_at, grant.session_link)
-        ):
+        if await grant_is_revoked(app, grant):
             raise InvalidGrant("the refresh token has been revoked")
         claim = await refresh_tokens.claim(presented, grant)
     except InvalidGrant:
