@@ -29,7 +29,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -222,7 +222,7 @@ class _Group(abc.ABC):
                 return node
         raise StackError(f"no node of {self!r} listens on port {port}")
 
-    def _wait(self, what: str, predicate: Any, timeout: float) -> None:
+    def _wait(self, what: str, predicate: Callable[[], bool], timeout: float) -> None:
         if not wait_until(predicate, timeout=timeout):
             raise StackError(f"{type(self).__name__}: {what} within {timeout:g} s")
 
@@ -274,10 +274,8 @@ class RedisSentinelGroup(_Group):
         super().__init__(base_dir)
         self.master_name = master_name
         self._startup_timeout = startup_timeout
-        node_ports = _distinct_free_ports(3)
-        sentinel_ports = _distinct_free_ports(3)
-        while set(node_ports) & set(sentinel_ports):
-            sentinel_ports = _distinct_free_ports(3)
+        ports = _distinct_free_ports(6)
+        node_ports, sentinel_ports = ports[:3], ports[3:]
         primary = node_ports[0]
         for index, port in enumerate(node_ports):
             follows = [f"replicaof {LOOPBACK} {primary}"] if index else []
