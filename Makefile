@@ -25,6 +25,7 @@ NAME ?=
 PURGE ?=
 HOW ?=
 REDIS ?=
+FAULTS ?=
 
 STACK := $(PY) -m tessera_stack
 UP_ARGS := $(if $(PORT),--port $(PORT)) $(if $(HTTPS_PORT),--https-port $(HTTPS_PORT)) \
@@ -41,7 +42,8 @@ help: ## List the targets
 		$(MAKEFILE_LIST)
 	@echo
 	@echo "variables: ROW=1..6 REPLICAS=N POLICY=least_conn|... HTTPS_PORT=8443 PORT=8080 ALG=ES256"
-	@echo "           REDIS=single|sentinel|cluster (up),"
+	@echo "           REDIS=single|sentinel|cluster (up), FAULTS=1|only (demo: Redis, Sentinel and"
+	@echo "           Cluster failures under rows 4-6, a few minutes),"
 	@echo "           ROW (row), REPLICAS (scale), ID=r2 (kill-replica, restart-replicas), ROWS=1-6 (demo),"
 	@echo "           NAME=auth|nginx|nginx-access|r1|postgres|redis|migrate (logs), PURGE=1 (down),"
 	@echo "           HOW=stop|kill|both (outage-probe),"
@@ -62,8 +64,8 @@ status: ## Show which stack processes are alive
 logs: ## Print the end of the stack's logs (NAME=auth for one)
 	@$(STACK) logs $(NAME)
 
-demo: bootstrap ## Walk the load-balancer rows 1-6 (ROWS=2,3 for some) and print the table
-	@$(STACK) demo $(if $(ROWS),--rows $(ROWS))
+demo: bootstrap ## Walk the load-balancer rows 1-6 (ROWS=2,3; FAULTS=1 adds the shared store's failures)
+	@$(STACK) demo $(if $(ROWS),--rows $(ROWS)) $(if $(filter only,$(FAULTS)),--faults-only,$(if $(FAULTS),--faults))
 
 outage-probe: ## Take the stack's Redis away under a stream of GETs, bring it back, print figures
 	@$(STACK) outage-probe $(if $(HOW),--how $(HOW))

@@ -11,6 +11,9 @@ nginx with TLS, all on loopback), measures
    with a replica added and a replica killed mid-run;
 3. logins and refreshes against the raw Argon2 rate;
 4. the same requests served by the peers a Python user would otherwise pick;
+5. rows 4 and 5 under the same load while the shared store fails: one Redis
+   SIGKILLed and restarted, a Sentinel primary and Cluster primaries SIGKILLed
+   (each on a stack of its own with ``--redis sentinel|cluster``);
 
 plus the in-process micro-benchmark (``bench.micro``), then writes
 ``bench/results/<timestamp>/`` (``report.md``, ``summary.md``, PNG charts,
@@ -37,6 +40,7 @@ from typing import Any
 
 from bench.charts import draw_all
 from bench.config import FULL, QUICK, BenchConfig, Cores
+from bench.failover import run_failover
 from bench.logins import run_logins
 from bench.profiling import summarise
 from bench.report import render_report, render_summary, verdicts
@@ -47,7 +51,7 @@ from bench.wrk import ensure_wrk
 
 __all__ = ["SECTIONS", "main", "run"]
 
-SECTIONS = ("validation", "logins", "micro", "rows")
+SECTIONS = ("validation", "logins", "micro", "rows", "failover")
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 
@@ -171,6 +175,11 @@ async def run(
             finally:
                 progress("stopping the stack")
                 stack.down(keep_logs_in=out_dir / "logs")
+    if "failover" in sections:
+        with tempfile.TemporaryDirectory(prefix="tessera-bench-failover-") as run_dir:
+            progress("5: the shared store fails under load (rows 4 and 5)")
+            results["failover"] = await run_failover(config, Path(run_dir), alg, progress)
+            save()
     if "micro" in sections:
         progress("micro-benchmark (in-process)")
         results["micro"] = await asyncio.to_thread(_micro, config, cores, out_dir)

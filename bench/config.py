@@ -63,6 +63,10 @@ class BenchConfig:
     micro_verifications: int
     # py-spy profile of a scenario whose budget was missed.
     profile_seconds: float
+    # 5: the shared store fails under the part-2 load (bench.failover).
+    failover_rows: tuple[int, ...] = (4, 5)
+    failover_seconds: float = 15.0
+    failover_stores: tuple[str, ...] = ("single", "sentinel", "cluster")
     replicas: int = 3
 
     def to_json(self) -> dict[str, Any]:
@@ -118,4 +122,6 @@ QUICK = BenchConfig(
     micro_logins=4,
     micro_verifications=500,
     profile_seconds=1.0,
+    failover_rows=(4,),
+    failover_seconds=4.5,
 )

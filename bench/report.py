@@ -476,6 +476,49 @@ def _profiles_section(results: dict[str, Any]) -> str:
     return "\n".join(text)
 
 
+def _failover_section(failover: dict[str, Any]) -> str:
+    """Part 5: p99 and failures before / during / after each fault of the shared store."""
+    lines = []
+    for run in failover["runs"]:
+        before, during, after = run["before"], run["during"], run["after"]
+        lines.append(
+            [
+                run["store"],
+                f"{run['row']} {run['label']}",
+                f"{run['event_end'] - run['event_start']:.1f} s",
+                f"{run['unavailable_s']:.1f} s",
+                f"{_n(before['p99_ms'])} / {_n(during['p99_ms'])} / {_n(after['p99_ms'])}",
+                f"{before['failed']} / {during['failed']} / {after['failed']}",
+                str(run["statuses_502"]),
+                f"{run['users_lost']} of {run['users']}",
+            ]
+        )
+    if not lines:
+        return ""
+    return (
+        "## 5. The shared store fails under load\n\n"
+        f"{failover['users']} users from distinct /24s, {_n(failover['offered_rate'])} req/s "
+        f"through nginx for {failover['seconds']:g} s; the fault a third of the way in "
+        "(*during* = from the SIGKILL until the store serves again: the restarted Redis "
+        "answers PING, or a new primary is named). failed = 5xx or no answer; "
+        "unavailable = from the first failed request to the last one's answer.\n\n"
+        + _table(
+            [
+                "shared store / fault",
+                "row",
+                "fault lasted",
+                "unavailable",
+                "p99 ms before / during / after",
+                "failed before / during / after",
+                "502",
+                "users lost",
+            ],
+            lines,
+            right=2,
+        )
+    )
+
+
 def _header(results: dict[str, Any]) -> str:
     meta = results["meta"]
     lines = [
@@ -501,6 +544,8 @@ def render_summary(results: dict[str, Any]) -> str:
         parts.append(_rows_section(results["rows"]))
     if "logins" in results:
         parts.append(_logins_section(results["logins"]))
+    if "failover" in results:
+        parts.append(_failover_section(results["failover"]))
     return "\n\n".join(part for part in parts if part) + "\n"
 
 

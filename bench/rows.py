@@ -43,7 +43,7 @@ from bench.wrk import WrkResult, WrkRun, run_wrk
 from tessera_stack.demo import DemoUser, demo_users, login, register, source_address
 from tessera_stack.rows import ROWS, Row
 
-__all__ = ["run_rows"]
+__all__ = ["MIN_EVENT_AT", "drive", "log_in", "run_rows"]
 
 POST_EVERY = 10  # one request in ten is a POST /api/comments
 CAPACITY_SHUFFLES = 20
@@ -52,7 +52,7 @@ MIN_EVENT_AT = 2.0
 WRK_ADDRESS = "127.0.0.1"
 
 
-async def _log_in(users: Sequence[DemoUser], base_url: str, row: Row) -> list[str]:
+async def log_in(users: Sequence[DemoUser], base_url: str, row: Row) -> list[str]:
     """Log everyone in (a few at a time: Argon2); the names of those who failed."""
     gate = asyncio.Semaphore(4)
 
@@ -118,7 +118,7 @@ async def _capacity(
         config.users, stack.ca_cert, prefix="bench-w-", addresses=[WRK_ADDRESS], connections=1
     ) as users:
         await register(users, base_url)
-        failed = await _log_in(users, base_url, row)
+        failed = await log_in(users, base_url, row)
         lines = [_request_line(user, base_url) for user in users if user.name not in failed]
     # Users in a shuffled order, many times over: sent strictly in turn, user k
     # would meet the same replica on every round-robin cycle (24 users, 3
@@ -150,7 +150,7 @@ async def _capacity(
     return summary
 
 
-async def _drive(
+async def drive(
     users: Sequence[DemoUser],
     base_url: str,
     *,
@@ -235,7 +235,7 @@ async def _event_run(
         def event() -> str:
             return stack.add_replica()
 
-    samples, start, end, replica, driver_cpu = await _drive(
+    samples, start, end, replica, driver_cpu = await drive(
         users,
         base_url,
         rate=config.offered_rate,
@@ -280,12 +280,12 @@ async def run_rows(
         ) as users:
             await register(users, base_url)
             progress(f"row {number}: {config.users} users log in, each from its own /24")
-            failed = await _log_in(users, base_url, row)
+            failed = await log_in(users, base_url, row)
             at = f"t={max(MIN_EVENT_AT, config.event_run_seconds / 3):.0f} s"
             progress(f"row {number}: steady load, a replica added at {at}")
             scale_out = await _event_run(stack, config, users, row, "scale_out")
             stack.scale(config.replicas)
-            failed += await _log_in(users, base_url, row)
+            failed += await log_in(users, base_url, row)
             progress(f"row {number}: steady load, a replica killed at {at}")
             kill = await _event_run(stack, config, users, row, "kill")
         steady_failures = (

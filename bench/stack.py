@@ -143,8 +143,9 @@ class BenchStack:
             )
         return result.stdout
 
-    def up(self, *, row: int, replicas: int) -> None:
-        """Start the stack on free ports (twice at most: another program may take one)."""
+    def up(self, *, row: int, replicas: int, redis: str = "single") -> None:
+        """Start the stack on free ports (twice at most: another program may take one);
+        ``redis``: the topology of its own Redis (``up --redis``)."""
         problem = ""
         for _ in range(2):
             port, https_port = free_port(), free_port()
@@ -161,6 +162,7 @@ class BenchStack:
                     str(https_port),
                     "--alg",
                     self.alg,
+                    *(("--redis", redis) if redis != "single" else ()),
                 )
                 self.check_replicas()
                 return

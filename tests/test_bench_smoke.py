@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from bench import budget
 from bench.charts import draw_all
 from bench.config import FULL, QUICK
+from bench.failover import run_failover
 from bench.logins import _summarise as summarise_logins
 from bench.peers import PEER_SESSION_COOKIE, jwt_peer, session_peer
 from bench.profiling import summarise
@@ -32,6 +33,8 @@ from bench.timeline import Sample, analyse
 from bench.validation import Scenario, _summary, header_line
 from bench.wrk import WrkResult, WrkRun, run_wrk
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from .private_stack import CHEAP_ARGON2
 
 
 def _wrk_result(rate: float, cpu_us: float, served_by: dict[str, int] | None = None) -> WrkResult:
@@ -171,7 +174,14 @@ def _logins() -> dict[str, Any]:
 
 
 def test_quick_mode_is_shorter_than_the_full_one_in_every_part() -> None:
-    for field in ("rounds", "run_seconds", "event_run_seconds", "login_rounds", "users"):
+    for field in (
+        "rounds",
+        "run_seconds",
+        "event_run_seconds",
+        "login_rounds",
+        "users",
+        "failover_seconds",
+    ):
         assert getattr(QUICK, field) <= getattr(FULL, field)
 
 
@@ -339,3 +349,52 @@ async def test_the_session_peer_keeps_sessions_in_redis(redis_url: str) -> None:
         assert (await me.json())["username"] == "alice"
         anonymous = await client.get("/api/me")
         assert anonymous.status == 401
+
+
+@pytest.mark.slow
+async def test_the_failover_part_runs_a_fault_under_load_and_renders_its_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A single Redis killed under row 4, on a stack of the bench's own: tiny, and only
+    # the structure is checked (the figures are the machine's).
+    for name, value in CHEAP_ARGON2.items():
+        monkeypatch.setenv(name, value)
+    config = QUICK.scaled(
+        users=3,
+        offered_rate=30.0,
+        replicas=2,
+        failover_rows=(4,),
+        failover_seconds=3.0,
+        failover_stores=("single",),
+    )
+
+    failover = await run_failover(config, tmp_path, "ES256", lambda _: None)
+
+    (run,) = failover["runs"]
+    assert run["store"].startswith("one Redis")
+    assert run["row"] == 4
+    assert run["event_end"] > run["event_start"]
+    for phase in ("before", "during", "after"):
+        assert {"p99_ms", "failed", "requests"} <= set(run[phase])
+    assert run["statuses_502"] == 0
+    assert not (tmp_path / "failover-single").exists()
+    summary = render_summary(
+        {
+            "meta": {
+                "started": "2026-01-01 00:00 UTC",
+                "command": "make bench-quick",
+                "config": config.to_json(),
+                "git": "abc1234",
+                "cpu_model": "test CPU",
+                "cpus": 2,
+                "python": "3.11",
+                "algorithm": "ES256",
+                "loadavg_before": "0 0 0",
+                "loadavg_after": "0 0 0",
+                "elapsed_s": 60.0,
+            },
+            "failover": failover,
+        }
+    )
+    assert "## 5. The shared store fails under load" in summary
+    assert "one Redis (AOF)" in summary

@@ -227,9 +227,15 @@ class StackControl:
     runs the demo.
     """
 
-    def __init__(self, run_dir: Path, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        python: str = sys.executable,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.layout = Layout(run_dir.absolute())
         self._python = python
+        self._env = env  # the launcher's environment (None: this process's)
 
     async def cli(self, *args: str, timeout: float = 180.0) -> str:
         """Run one launcher command; its output, or RuntimeError with it."""
@@ -243,6 +249,7 @@ class StackControl:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            env=self._env,
         )
         try:
             output, _ = await asyncio.wait_for(proc.communicate(), timeout)
@@ -617,6 +624,14 @@ def _rows_arg(text: str) -> list[int]:
     return numbers
 
 
+def _stores_arg(text: str) -> tuple[str, ...]:
+    stores = tuple(part.strip() for part in text.split(",") if part.strip())
+    known = ("single", "sentinel", "cluster")
+    if not stores or any(store not in known for store in stores):
+        raise argparse.ArgumentTypeError(f"stores are {', '.join(known)}")
+    return stores
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``demo`` subcommand's options."""
     parser.add_argument(
@@ -640,6 +655,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="nginx policy for every row shown (default: each row's own), e.g. least_conn",
     )
     parser.add_argument(
+        "--faults",
+        action="store_true",
+        help=(
+            "also fail the shared store under rows 4-6 (one Redis, Sentinel, Cluster; "
+            "starts stacks of its own for the topologies the stack does not run; minutes)"
+        ),
+    )
+    parser.add_argument(
+        "--faults-only",
+        action="store_true",
+        help="only the shared store's failures, not the replica rows",
+    )
+    parser.add_argument(
+        "--fault-stores",
+        type=_stores_arg,
+        default=None,
+        help="with --faults: which stores, e.g. sentinel,cluster (default: all three)",
+    )
+    parser.add_argument(
         "--one-network",
         action="store_true",
         help="all users in one /24, as behind one NAT (ip_hash then picks one replica)",
@@ -655,6 +689,8 @@ class DemoOptions:
     rounds: int = DEFAULT_ROUNDS
     policy: str | None = None
     one_network: bool = False
+    #: The shared store's failures (:mod:`tessera_stack.demo_faults`), on these stores.
+    fault_stores: tuple[str, ...] = ()
 
 
 async def _demo(control: StackControl, options: DemoOptions) -> int:
@@ -669,6 +705,10 @@ async def _demo(control: StackControl, options: DemoOptions) -> int:
     def progress(message: str) -> None:
         print(f"  {message}", file=sys.stderr, flush=True)
 
+    # Imported here: the fault demo drives the outage probe, which uses this module.
+    from tessera_stack import demo_faults
+
+    fault_lines: list[demo_faults.FaultLine] = []
     try:
         for number in options.rows:
             reports.append(
@@ -682,6 +722,9 @@ async def _demo(control: StackControl, options: DemoOptions) -> int:
                     progress=progress,
                 )
             )
+        if options.fault_stores:
+            faults = [f for f in demo_faults.FAULTS if f.topology in options.fault_stores]
+            fault_lines = await demo_faults.run_faults(control, faults=faults, progress=progress)
     finally:
         if started_here:
             print("stopping the stack ...", file=sys.stderr, flush=True)
@@ -689,26 +732,35 @@ async def _demo(control: StackControl, options: DemoOptions) -> int:
         elif original_row is not None:
             print(f"restoring row {original_row} ...", file=sys.stderr, flush=True)
             await control.switch_row(original_row, original_policy or None)
-    replicas = len(reports[0].replicas) if reports else 0
-    where = "one /24" if options.one_network else "one /24 each"
-    print(
-        f"\n{options.users} users ({where}), {options.rounds} requests each per burst, "
-        f"{replicas} replicas:\n"
+    if reports:
+        replicas = len(reports[0].replicas)
+        where = "one /24" if options.one_network else "one /24 each"
+        print(
+            f"\n{options.users} users ({where}), {options.rounds} requests each per burst, "
+            f"{replicas} replicas:\n"
+        )
+        print(format_table(reports))
+        print()
+        print(LEGEND)
+    if fault_lines:
+        demo_faults.print_faults(fault_lines)
+    as_designed = all(not r.unexpected() for r in reports) and all(
+        not line.unexpected() for line in fault_lines
     )
-    print(format_table(reports))
-    print()
-    print(LEGEND)
-    return 0 if all(not report.unexpected() for report in reports) else 1
+    return 0 if as_designed else 1
 
 
 def run_from_cli(layout: Layout, args: argparse.Namespace) -> int:
     """``python -m tessera_stack demo``: run the rows, print the table, restore the stack."""
+    faults = bool(args.faults) or bool(args.faults_only)
+    stores: tuple[str, ...] = args.fault_stores or ("single", "sentinel", "cluster")
     options = DemoOptions(
-        rows=tuple(args.rows),
+        rows=() if args.faults_only else tuple(args.rows),
         users=args.users,
         rounds=args.rounds,
         policy=args.policy,
         one_network=bool(args.one_network),
+        fault_stores=stores if faults else (),
     )
     if not 1 <= options.users <= 254 or not 1 <= options.rounds <= 100:
         print("error: --users must be 1-254 and --rounds 1-100", file=sys.stderr)

@@ -37,8 +37,18 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from tessera_stack.demo import DemoUser, Exchange, StackControl, demo_users, login, register
+from tessera_stack.demo import (
+    DemoUser,
+    Exchange,
+    StackControl,
+    demo_users,
+    login,
+    register,
+    source_address,
+)
 from tessera_stack.processes import StackError, is_alive
+from tessera_stack.redis_faults import SLOTS, FaultTarget, find_target, repair, store_is_back
+from tessera_stack.revoked_clients import RevokedClients
 from tessera_stack.rows import ROWS, Row
 from tessera_stack.state import Layout
 
@@ -53,11 +63,18 @@ __all__ = [
 
 HOW = ("stop", "kill")
 DEFAULT_USERS = 4
+#: Users whose credentials were revoked before the fault, and users logging
+#: in and out through it (tessera_stack.revoked_clients).
+DEFAULT_REVOKED = 2
+DEFAULT_CHURNERS = 2
 DEFAULT_HOLD = 3.0
 # Redis comes back after this long even if no client was refused meanwhile
 # (a verifier that keeps accepting credentials with Redis gone: a finding).
 DEFAULT_MAX_HOLD = 30.0
 USER_PREFIX = "outage-user-"
+REVOKED_PREFIX = "outage-revoked-"
+MIDFAULT_PREFIX = "outage-midfault-"
+CHURN_PREFIX = "outage-churn-"
 PATH = "/api/me"
 # Per user, between two requests: keeps a 503 storm from starving the stack.
 PAUSE = 0.02
@@ -112,10 +129,49 @@ class OutageReport:
     down_at: float
     back_at: float
     answers: tuple[Answer, ...]
+    #: "single", "sentinel" or "cluster", and what was taken away.
+    topology: str = "single"
+    target: str = "Redis (AOF)"
+    #: When every user had been served again (the end of "during").
+    recovered_at: float = 0.0
+    revoked: RevokedClients | None = None
+    #: Seconds ``up`` took to make a group whole again after the fault (not measured
+    #: as unavailability: the store served meanwhile).
+    repair_seconds: float = 0.0
 
     @property
     def outage_seconds(self) -> float:
+        """From the fault to the store serving again (SIGCONT, restart, failover)."""
         return self.back_at - self.down_at
+
+    @property
+    def unavailable_seconds(self) -> float:
+        """From the first failed request's sending to the last one's answer; 0 if none."""
+        failed = self.failed
+        if not failed:
+            return 0.0
+        return max(a.answered for a in failed) - min(a.sent for a in failed)
+
+    @property
+    def slowest_seconds(self) -> float:
+        """The longest a streaming user waited for one answer (a request held, not failed)."""
+        return max((a.answered - a.sent for a in self.answers), default=0.0)
+
+    @property
+    def revoked_accepted(self) -> int:
+        """2xx answers to credentials already logged out: tessera promises 0."""
+        return 0 if self.revoked is None else len(self.revoked.accepted())
+
+    @property
+    def revoked_checks(self) -> int:
+        return 0 if self.revoked is None else len(self.revoked.of_revoked())
+
+    @property
+    def revocations_during(self) -> int:
+        """Logouts answered 2xx between the fault and every user's recovery."""
+        if self.revoked is None:
+            return 0
+        return self.revoked.revoked_between(self.down_at, self.recovered_at)
 
     @property
     def failed(self) -> tuple[Answer, ...]:
@@ -172,17 +228,41 @@ class OutageReport:
         """Users never served again after Redis came back (their session was lost)."""
         return tuple(u for u in self.users if self._first_ok_after(self.back_at, u) is None)
 
+    def accepted_details(self) -> list[str]:
+        """Each revoked credential accepted, placed in time: for a bug report."""
+        if self.revoked is None:
+            return []
+        logouts = {at: (tried, body) for _, tried, at, body in self.revoked.revocations}
+        details = []
+        for check in self.revoked.accepted():
+            assert check.revoked_at is not None
+            tried, body = logouts.get(check.revoked_at, (check.revoked_at, "?"))
+            details.append(
+                f"{check.user} {check.kind} answered {check.status}: sent "
+                f"{check.sent - self.down_at:+.3f} s from the fault "
+                f"(store back at {self.back_at - self.down_at:+.3f} s, every user served at "
+                f"{self.recovered_at - self.down_at:+.3f} s), "
+                f"{(check.sent - check.revoked_at) * 1000:.1f} ms after its logout answered "
+                f"(logout tried at {tried - self.down_at:+.3f} s, answer {body.strip()})"
+            )
+        return details
+
     def figures(self) -> dict[str, float | int | str]:
         """The figures, flat (JUnit properties, JSON): seconds rounded to milliseconds."""
 
         def seconds(value: float | None) -> float | str:
             return round(value, 3) if value is not None else "never"
 
+        revoked = self.revoked
         return {
             "how": self.how,
+            "topology": self.topology,
+            "target": self.target,
             "row": self.row.number,
             "users": len(self.users),
             "redis_down_seconds": seconds(self.outage_seconds),
+            "seconds_unavailable": seconds(self.unavailable_seconds),
+            "slowest_answer_seconds": seconds(self.slowest_seconds),
             "seconds_to_first_503": seconds(self.seconds_to_first_refusal),
             "seconds_from_redis_back_to_first_2xx": seconds(self.seconds_to_first_ok),
             "seconds_from_redis_back_to_every_user_2xx": seconds(self.seconds_to_every_user_ok),
@@ -193,11 +273,22 @@ class OutageReport:
             "other_failures": len(self.other_failures),
             "503_without_retry_after": self.refused_without_retry_after,
             "users_lost": len(self.users_lost),
+            "revoked_credentials_presented": self.revoked_checks,
+            "revoked_credentials_accepted": self.revoked_accepted,
+            "revoked_credential_kinds_the_row_accepts": ",".join(
+                sorted(revoked.armed()) if revoked else ()
+            ),
+            "logouts_during_fault": self.revocations_during,
+            "logouts_never_answered_2xx": revoked.logouts_unanswered if revoked else 0,
+            "group_repair_seconds": seconds(self.repair_seconds),
         }
 
     def format(self) -> str:
         """A short human-readable summary."""
-        back = "SIGCONT" if self.how == "stop" else "`up` (same port, AOF)"
+        if self.topology == "single":
+            back = "SIGCONT" if self.how == "stop" else "`up` (same port, AOF)"
+        else:
+            back = "failover (the killed node rejoined by `up` after)"
         gone = "SIGSTOP (hung)" if self.how == "stop" else "SIGKILL (crash)"
         figures = self.figures()
 
@@ -207,6 +298,7 @@ class OutageReport:
 
         rows = [
             ("Redis down for", secs("redis_down_seconds")),
+            ("requests failing for", secs("seconds_unavailable")),
             ("first 503 after Redis went", secs("seconds_to_first_503")),
             ("seconds from Redis back to first 2xx", secs("seconds_from_redis_back_to_first_2xx")),
             ("... until every user was served", secs("seconds_from_redis_back_to_every_user_2xx")),
@@ -218,10 +310,16 @@ class OutageReport:
             ),
             ("503 without Retry-After", str(figures["503_without_retry_after"])),
             ("users who lost their session", str(figures["users_lost"])),
+            (
+                "revoked credentials accepted",
+                f"{figures['revoked_credentials_accepted']} of "
+                f"{figures['revoked_credentials_presented']} presented "
+                f"({figures['logouts_during_fault']} logouts during the fault)",
+            ),
         ]
         width = max(len(label) for label, _ in rows)
         head = (
-            f"Redis {gone}, back by {back}; row {self.row.number} ({self.row.label}, "
+            f"{self.target} {gone}, back by {back}; row {self.row.number} ({self.row.label}, "
             f"nginx {self.policy}); {len(self.users)} users streaming GET {PATH}:"
         )
         return "\n".join([head, *(f"  {label:<{width}}  {value}" for label, value in rows)])
@@ -290,44 +388,48 @@ async def _until(predicate: Callable[[], bool], what: str, timeout: float = MAX_
         await asyncio.sleep(POLL)
 
 
-def _redis_target(layout: Layout, control: StackControl) -> tuple[int, int]:
-    """The pid and port of the stack's own Redis; StackError when it has none running."""
-    state = control.state()
+def _target(control: StackControl, slot: str) -> FaultTarget:
+    """What to take away in the running stack; StackError when there is nothing to."""
     if not control.running():
         raise StackError("the stack is not running; start it with `python -m tessera_stack up`")
-    if state.redis != "managed":
-        raise StackError("the stack uses an external Redis; the probe takes only its own away")
-    if state.redis_topology not in ("", "single") or state.redis_port is None:
-        raise StackError(
-            f"the stack runs a Redis {state.redis_topology} group; the probe takes a single "
-            "Redis away (`up --redis single`, after `down`)"
-        )
-    pid = layout.redis(state.redis_port).pid
-    if pid is None:
-        raise StackError("the stack's Redis is not running; `python -m tessera_stack up` first")
-    return pid, state.redis_port
+    return find_target(control.layout, control.state(), slot)
 
 
 async def probe_redis_outage(
     control: StackControl,
     *,
     how: str = "kill",
+    slot: str = "rev",
     users: int = DEFAULT_USERS,
     hold: float = DEFAULT_HOLD,
     max_hold: float = DEFAULT_MAX_HOLD,
+    revoked: int = DEFAULT_REVOKED,
+    churners: int = DEFAULT_CHURNERS,
     bring_back: BringBack | None = None,
 ) -> OutageReport:
-    """Take the stack's Redis away under a stream of GETs and bring it back (module doc).
+    """Take the stack's shared store away under a stream of GETs and bring it back.
 
-    Redis stays away for at least ``hold`` seconds and until a client has
-    been refused, but no longer than ``max_hold``. ``bring_back`` (``kill``
-    only) restarts it; by default ``python -m tessera_stack up`` for the
-    stack's run directory.
+    A single Redis stays away for at least ``hold`` seconds and until a
+    client has been refused, but no longer than ``max_hold``; ``bring_back``
+    (``kill`` only) restarts it, by default ``python -m tessera_stack up``.
+    In a Sentinel group or a Cluster the primary (of the ``{rev}`` slot, or
+    with ``slot="sessions"`` another one) is SIGKILLed and the group fails
+    over by itself; ``bring_back`` then restarts the killed node once every
+    user has been served again, and the probe waits until the group is
+    whole. Meanwhile ``revoked`` users present credentials logged out before
+    the fault and ``churners`` log in and out through it
+    (:mod:`tessera_stack.revoked_clients`).
     """
     if how not in HOW:
         raise ValueError(f"how must be one of {', '.join(HOW)}")
-    layout = control.layout
-    pid, port = _redis_target(layout, control)
+    if slot not in SLOTS:
+        raise ValueError(f"slot must be one of {', '.join(SLOTS)}")
+    target = _target(control, slot)
+    if how == "stop" and target.topology != "single":
+        raise StackError(
+            "a paused primary of a group is failed over and then comes back as a second "
+            "primary; the probe kills group nodes (--how kill)"
+        )
     state = control.state()
     assert state.row is not None
     row = ROWS[state.row]
@@ -339,6 +441,8 @@ async def probe_redis_outage(
     base_url = control.base_url
     answers: list[Answer] = []
     finished = asyncio.Event()
+    watch = RevokedClients(base_url)
+    restart: BringBack = bring_back if bring_back is not None else (lambda: control.cli("up"))
 
     async def stream(user: DemoUser) -> None:
         for _ in range(MAX_REQUESTS_PER_USER):
@@ -350,45 +454,81 @@ async def probe_redis_outage(
     def served_after(moment: float) -> set[str]:
         return {a.user for a in answers if a.ok and a.answered >= moment}
 
-    async with demo_users(users, control.ca_cert, prefix=USER_PREFIX) as people:
+    # One loopback /24 per client, as the demo's users (streamers, then the others).
+    addresses = [source_address(i) for i in range(users + 2 * revoked + churners)]
+    others = addresses[users:]
+    async with (
+        demo_users(users, control.ca_cert, prefix=USER_PREFIX, addresses=addresses) as people,
+        demo_users(revoked, control.ca_cert, prefix=REVOKED_PREFIX, addresses=others) as gone,
+        demo_users(
+            revoked, control.ca_cert, prefix=MIDFAULT_PREFIX, addresses=others[revoked:]
+        ) as midfault,
+        demo_users(
+            churners, control.ca_cert, prefix=CHURN_PREFIX, addresses=others[2 * revoked :]
+        ) as churning,
+    ):
         names = {user.name for user in people}
-        await register(people, base_url)
+        await register([*people, *gone, *midfault, *churning], base_url)
         logins = await asyncio.gather(*(_login(user, base_url, row) for user in people))
         if refused := [e for e in logins if e.status != 200]:
             raise StackError(f"outage probe: {len(refused)} logins failed: {refused[0]}")
-        streams = asyncio.gather(*(stream(user) for user in people))
+        held = await watch.revoke_before(gone)
+        pending = await watch.log_in(midfault)
+        revoking: asyncio.Future[list[None]] | None = None
+        streams = asyncio.gather(
+            *(stream(user) for user in people),
+            *(watch.keep_presenting(u, h, at) for u, (h, at) in zip(gone, held, strict=True)),
+            *(watch.churn(user) for user in churning),
+        )
         stopped = False
+        repair_seconds = 0.0
         try:
             start = time.monotonic()
             await _until(lambda: served_after(start) == names, "a first 2xx for every user")
             down_at = time.monotonic()
-            os.kill(pid, signal.SIGSTOP if how == "stop" else signal.SIGKILL)
+            os.kill(target.pid, signal.SIGSTOP if how == "stop" else signal.SIGKILL)
             stopped = how == "stop"
+            revoking = asyncio.gather(
+                *(watch.revoke_now(u, h) for u, h in zip(midfault, pending, strict=True))
+            )
             if how == "kill":
-                await _until(lambda: not is_alive(pid), "Redis's death")
-
-            def long_enough() -> bool:
-                elapsed = time.monotonic() - down_at
-                return elapsed >= max_hold or (
-                    elapsed >= hold and any(a.refused and a.answered >= down_at for a in answers)
-                )
-
-            await _until(long_enough, "the end of the outage", max_hold + 1.0)
-            if how == "stop":
-                os.kill(pid, signal.SIGCONT)
-                stopped = False
-                back_at = time.monotonic()
+                await _until(lambda: not is_alive(target.pid), "Redis's death")
+            if target.topology != "single":
+                back_at = await _failed_over(target)
             else:
-                back_at = await _restart(control, port, bring_back)
+
+                def long_enough() -> bool:
+                    elapsed = time.monotonic() - down_at
+                    return elapsed >= max_hold or (
+                        elapsed >= hold
+                        and any(a.refused and a.answered >= down_at for a in answers)
+                    )
+
+                await _until(long_enough, "the end of the outage", max_hold + 1.0)
+                if how == "stop":
+                    os.kill(target.pid, signal.SIGCONT)
+                    stopped = False
+                    back_at = time.monotonic()
+                else:
+                    back_at = await _restart(target.port, restart)
             await _until(lambda: served_after(back_at) == names, "a 2xx for every user after")
+            recovered_at = time.monotonic()
             # A few more answers after recovery: it must hold, not flicker.
             recovered = len(answers)
             await _until(lambda: len(answers) >= recovered + 4 * len(names), "steady answers")
+            if target.topology != "single":
+                repair_seconds = await repair(control.layout, target, restart)
+                # The users stream through the repair too: a rejoining node must not hurt.
+                recovered = len(answers)
+                await _until(lambda: len(answers) >= recovered + 4 * len(names), "answers after")
         finally:
             if stopped:
-                os.kill(pid, signal.SIGCONT)
+                os.kill(target.pid, signal.SIGCONT)
             finished.set()
+            watch.stopped.set()
             await streams
+            if revoking is not None:
+                await revoking
     return OutageReport(
         how=how,
         row=row,
@@ -397,11 +537,26 @@ async def probe_redis_outage(
         down_at=down_at,
         back_at=back_at,
         answers=tuple(sorted(answers, key=lambda a: a.answered)),
+        topology=target.topology,
+        target=target.label,
+        recovered_at=recovered_at,
+        revoked=watch,
+        repair_seconds=repair_seconds,
     )
 
 
-async def _restart(control: StackControl, port: int, bring_back: BringBack | None) -> float:
-    """Run ``bring_back`` (default: ``up``) and return when Redis first answered PING."""
+async def _failed_over(target: FaultTarget) -> float:
+    """When the group first served again without the killed node (polled)."""
+    deadline = time.monotonic() + MAX_WAIT
+    while not await asyncio.to_thread(store_is_back, target):
+        if time.monotonic() > deadline:
+            raise StackError(f"outage probe: no failover within {MAX_WAIT:g} s")
+        await asyncio.sleep(POLL)
+    return time.monotonic()
+
+
+async def _restart(port: int, bring_back: BringBack) -> float:
+    """Run ``bring_back`` and return when Redis first answered PING."""
     back_at: list[float] = []
 
     async def watch() -> None:
@@ -412,7 +567,7 @@ async def _restart(control: StackControl, port: int, bring_back: BringBack | Non
 
     watcher = asyncio.ensure_future(asyncio.wait_for(watch(), MAX_WAIT))
     try:
-        await (bring_back() if bring_back is not None else control.cli("up"))
+        await bring_back()
         await watcher
     finally:
         watcher.cancel()
@@ -428,7 +583,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--how",
         choices=(*HOW, "both"),
         default="both",
-        help="stop: SIGSTOP, then SIGCONT; kill: SIGKILL, then `up`; both (the default)",
+        help=(
+            "stop: SIGSTOP, then SIGCONT; kill: SIGKILL, then `up`; both (the default; "
+            "a Sentinel or Cluster primary is only killed, and fails over)"
+        ),
+    )
+    parser.add_argument(
+        "--slot",
+        choices=SLOTS,
+        default="rev",
+        help=(
+            "Cluster: kill the primary of the revocation plane's slot {rev} (the default), "
+            "or one that serves only other keys (sessions)"
+        ),
+    )
+    parser.add_argument(
+        "--revoked",
+        type=int,
+        default=DEFAULT_REVOKED,
+        help=f"users presenting credentials logged out before (default {DEFAULT_REVOKED})",
+    )
+    parser.add_argument(
+        "--churners",
+        type=int,
+        default=DEFAULT_CHURNERS,
+        help=f"users logging in and out through the fault (default {DEFAULT_CHURNERS})",
     )
     parser.add_argument(
         "--users",
@@ -456,22 +635,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_cli(layout: Layout, args: argparse.Namespace) -> int:
     """``python -m tessera_stack outage-probe``: print the figures of each outage."""
     how: str = args.how
-    kinds: Sequence[str] = HOW if how == "both" else (how,)
     users: int = args.users
     hold: float = args.hold
     max_hold: float = args.max_hold
+    revoked: int = args.revoked
+    churners: int = args.churners
     if not 1 <= users <= 64 or not 0 <= hold <= max_hold <= 300:
         print("error: --users must be 1-64, and 0 <= --hold <= --max-hold <= 300", flush=True)
         return 2
+    if not 0 <= revoked <= 32 or not 0 <= churners <= 32:
+        print("error: --revoked and --churners must be 0-32", flush=True)
+        return 2
     control = StackControl(layout.root)
+    group = control.state().redis_topology not in ("", "single")
+    kinds: Sequence[str] = HOW if how == "both" else (how,)
+    if group and how == "both":
+        kinds = ("kill",)
     print("this takes the stack's Redis away and brings it back; clients see 503s meanwhile")
     for kind in kinds:
         try:
             report = asyncio.run(
-                probe_redis_outage(control, how=kind, users=users, hold=hold, max_hold=max_hold)
+                probe_redis_outage(
+                    control,
+                    how=kind,
+                    slot=args.slot,
+                    users=users,
+                    hold=hold,
+                    max_hold=max_hold,
+                    revoked=revoked,
+                    churners=churners,
+                )
             )
         except (StackError, RuntimeError) as exc:
             print(f"error: {exc}", flush=True)
             return 1
         print(report.format(), flush=True)
+        if report.revoked_accepted:
+            print(f"error: {report.revoked_accepted} revoked credentials accepted:", flush=True)
+            print("\n".join(f"  {line}" for line in report.accepted_details()), flush=True)
+            return 1
     return 0
