@@ -122,7 +122,9 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     keyring = KeyRing(pool, settings)
     await keyring.load(now=clock.now())
     revocations = RevocationCache(redis, clock, max_staleness=settings.revocation_max_staleness)
-    store = RevocationStore(pool, redis, clock, wait_replicas=settings.redis_wait_replicas)
+    store = RevocationStore(
+        pool, redis, clock, local=revocations, wait_replicas=settings.redis_wait_replicas
+    )
     app[appkeys.KEYRING] = keyring
     app[appkeys.REVOCATION_STORE] = store
     app[appkeys.REVOCATIONS] = revocations

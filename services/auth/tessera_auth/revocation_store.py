@@ -37,6 +37,7 @@ from tessera_verify.revocation import (
     RevocationKind,
     RevocationReader,
 )
+from tessera_verify.revocation_cache import RevocationCache
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class RevocationStore:
         redis: Redis,
         clock: Clock,
         *,
+        local: RevocationCache | None = None,
         wait_replicas: int = 0,
         wait_timeout: float = 0.5,
         check_interval: float = 0.5,
@@ -125,6 +127,7 @@ class RevocationStore:
         self._redis = redis
         self._clock = clock
         self._reader = RevocationReader(redis)
+        self._local = local
         self._wait_replicas = wait_replicas
         self._wait_timeout = wait_timeout
         self.check_interval = check_interval
@@ -148,6 +151,10 @@ class RevocationStore:
         """
         assert event.kind in STORED_KINDS
         await self._pool.execute(_UPSERT, event.kind.value, event.value, event.when, event.until)
+        if self._local is not None:
+            # Read your own writes: this process refuses the credential from now on,
+            # without waiting for its own feed to bring the event back.
+            self._local.apply(event)
         try:
             try:
                 await self._publish(event, stored=True)
@@ -163,8 +170,11 @@ class RevocationStore:
     async def announce_session_deleted(self, storage_key: str) -> None:
         """Tell caches a session is gone (best effort: the session itself is deleted, and a
         revoked one is also refused by its link, so a lost announcement costs no safety)."""
+        event = RevocationEvent(RevocationKind.SESSION, storage_key)
+        if self._local is not None:
+            self._local.apply(event)
         try:
-            await self._publish(RevocationEvent(RevocationKind.SESSION, storage_key), stored=False)
+            await self._publish(event, stored=False)
         except REDIS_ERRORS as exc:
             self.dirty = True
             log.warning("a session deletion was not announced: %r", exc)
