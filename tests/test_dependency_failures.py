@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
 
 from tessera_stack import PostgresServer, RedisServer, free_port
 from tessera_verify.sessions import SESSION_COOKIE
@@ -146,6 +147,20 @@ async def test_login_answers_503_dependency_unavailable_while_redis_is_down(
     username, password = await _register(app_on_own_redis)  # registration needs no Redis
     await _stop(redis_server)
     await _unavailable(await _login(app_on_own_redis, username, password, credential))
+
+
+async def test_a_demoted_read_only_redis_answers_503_not_500(
+    app_on_own_redis: Client, redis_server: RedisServer
+) -> None:
+    # Mid-failover, the old primary turns replica and refuses writes (READONLY).
+    username, password = await _register(app_on_own_redis)
+    client = Redis.from_url(redis_server.url)
+    try:
+        await client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+        await _unavailable(await _login(app_on_own_redis, username, password, "session"))
+    finally:
+        await client.execute_command("REPLICAOF", "NO", "ONE")
+        await client.aclose()
 
 
 async def test_readyz_names_redis_as_down_while_healthz_stays_200(

@@ -101,7 +101,12 @@ SET at = GREATEST(revocations.at, EXCLUDED.at), until = GREATEST(revocations.unt
 _STATE_LOST = "TESSERA_STATE_LOST"
 _REBUILD_LOCK_ID = 0x7E55E7C
 _MERGE_BATCH = 500
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
+REDIS_ERRORS = (
+    redis.exceptions.RedisError,
+    redis.exceptions.RedisClusterException,
+    OSError,
+    TimeoutError,
+)
 
 
 def _entry(event: RevocationEvent) -> str:

@@ -205,7 +205,12 @@ class RevocationCache:
                 self.resyncs += 1
                 delay = self._reconnect_delay
                 continue
-            except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            except (
+                redis.exceptions.RedisError,
+                redis.exceptions.RedisClusterException,
+                OSError,
+                TimeoutError,
+            ) as exc:
                 reraise_if_cancelling(exc)
                 # A known failure ends the trust at once; silence ends it after S.
                 self._unconfirm(repr(exc))
