@@ -14,6 +14,7 @@ from tessera_verify.authenticators import (
     FORWARD_USERNAME_HEADER,
 )
 from tessera_verify.client_ip import client_ip
+from tessera_verify.cookies import cookie_value
 from tessera_verify.csrf import check_same_origin
 from tessera_verify.errors import (
     AuthenticationError,
@@ -119,7 +120,7 @@ async def login(request: web.Request) -> web.Response:
     session_key: str | None = None
     if kind in ("session", "both"):
         # Fixation: whatever session the client brought is destroyed, never upgraded.
-        previous = request.cookies.get(cookie_name)
+        previous = cookie_value(request, cookie_name)
         if previous:
             await sessions.destroy(previous)
         new_session_id, session = await sessions.create(
@@ -160,7 +161,7 @@ async def logout(request: web.Request) -> web.Response:
 
     revoker = app[appkeys.REVOKER]
     cookie_name = session_cookie_name(app)
-    session_id = request.cookies.get(cookie_name)
+    session_id = cookie_value(request, cookie_name)
     if session_id:
         check_same_origin(request)
         session = await app[appkeys.SESSIONS].load(session_id)

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from tessera_verify.clock import Clock, SystemClock
 from tessera_verify.cookies import cookie_value
+from tessera_verify.errors import DuplicateCookie
 from tessera_verify.http_metrics import ServiceMetrics
 from tessera_verify.integration import TesseraVerify, VerifyConfig
 from tessera_verify.middleware import error_middleware
@@ -65,7 +66,11 @@ async def stamp_middleware(request: web.Request, handler: Handler) -> web.Stream
     response.headers[SERVED_BY_HEADER] = settings.replica_id
     response.headers[AUTH_METHOD_HEADER] = principal.method.value if principal else "none"
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    if cookie_value(request, ROUTE_COOKIE) != settings.replica_id:
+    try:
+        route = cookie_value(request, ROUTE_COOKIE)
+    except DuplicateCookie:
+        route = None  # only a routing hint: set it afresh
+    if route != settings.replica_id:
         # nginx's route-cookie policy maps this cookie to this replica (demo row 3).
         response.set_cookie(
             ROUTE_COOKIE,

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from tessera_verify.client_ip import client_ip
+from tessera_verify.cookies import cookie_value
 from tessera_verify.csrf import check_same_origin
 from tessera_verify.errors import InvalidRequest, NotFound
 from tessera_verify.integration import tessera_verify
@@ -87,7 +88,7 @@ async def local_login(request: web.Request) -> web.Response:
     )
     sessions = app[appkeys.LOCAL_SESSIONS]
     verify = tessera_verify(app)
-    previous = request.cookies.get(verify.local_session_cookie)
+    previous = cookie_value(request, verify.local_session_cookie)
     if previous:
         await sessions.destroy(previous)  # fixation: never keep a session the client brought
     session_id, session = await sessions.create(

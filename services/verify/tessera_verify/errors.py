@@ -60,6 +60,13 @@ class InvalidRequest(BadRequest):
     default_message = "request fields are missing or invalid"
 
 
+class DuplicateCookie(BadRequest):
+    """A credential cookie sent more than once: which copy is meant cannot be known."""
+
+    code = "duplicate_cookie"
+    default_message = "a cookie was sent more than once"
+
+
 class UnsupportedMediaType(TesseraError):
     status = 415
     code = "unsupported_media_type"
