@@ -87,19 +87,18 @@ async def test_login_throttling_counts_on_a_cluster(
 ) -> None:
     client = instrumented_redis(redis_cluster_group.url, timeout=2.0, latency=None)
     account = secrets.token_hex(8)
-    regulator = Regulator(client, clock, RegulationPolicy(3, 100, window=60))
+    regulator = Regulator(client, clock, RegulationPolicy(10, 100, 60, max_failures_per_pair=3))
     try:
         for _ in range(3):
-            await regulator.check(account, "192.0.2.1")
-            await regulator.record_failure(account, "192.0.2.1")
+            await regulator.reserve(account, "192.0.2.1")  # three failures
         try:
-            await regulator.check(account, "192.0.2.1")
+            await regulator.reserve(account, "192.0.2.1")
         except TooManyAttempts:
             pass
         else:
             raise AssertionError("the fourth attempt was not throttled")
-        await regulator.record_success(account)
-        assert await regulator.check(account, "192.0.2.1") is False
+        attempt = await regulator.reserve(account, "192.0.2.2")  # another address still may
+        await attempt.succeeded()
     finally:
         await client.aclose()
 

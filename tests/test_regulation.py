@@ -1,91 +1,253 @@
-"""Login throttling: failures per account and per address, bans that age out, no enumeration."""
+"""Login throttling attacked the way it is attacked: simultaneous guesses from one and from
+many real loopback addresses, against an account whose owner must still get in.
+
+Every request here comes from its own source address (127.0.N.1, a real bound
+socket), and Argon2 verifications are counted on the app's own hasher.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient
 
+from tessera_auth import appkeys
 from tessera_auth.regulation import RegulationPolicy
 from tessera_verify.clock import ManualClock
 
 from .conftest import AuthClientFactory, register_and_login
 
 Client = TestClient[Any, Any]
-POLICY = RegulationPolicy(max_failures_per_account=3, max_failures_per_address=6, window=60)
+POLICY = RegulationPolicy(
+    max_failures_per_account=10,
+    max_failures_per_address=30,
+    window=60,
+    max_failures_per_pair=3,
+    max_backoff=8.0,
+    max_registrations_per_address=3,
+)
+From = Callable[..., Any]
 
 
-async def _attempt(client: Client, username: str, password: str) -> Any:
-    return await client.post("/auth/login", json={"username": username, "password": password})
+@pytest.fixture
+async def sessions() -> AsyncIterator[Callable[[int], aiohttp.ClientSession]]:
+    """``sessions(n)``: an HTTP client whose connections come from 127.0.n.1."""
+    opened: dict[int, aiohttp.ClientSession] = {}
+
+    def session(n: int) -> aiohttp.ClientSession:
+        if n not in opened:
+            connector = aiohttp.TCPConnector(local_addr=(f"127.0.{n}.1", 0), force_close=True)
+            opened[n] = aiohttp.ClientSession(connector=connector)
+        return opened[n]
+
+    yield session
+    for client in opened.values():
+        await client.close()
 
 
-async def test_an_account_is_throttled_after_repeated_failures_even_with_the_right_password(
-    make_auth_client: AuthClientFactory,
+@pytest.fixture
+async def client(make_auth_client: AuthClientFactory) -> Client:
+    return await make_auth_client(regulation=POLICY)
+
+
+@pytest.fixture
+def verifications(client: Client, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many Argon2 verifications the app ran (real ones, dummy ones for unknown names)."""
+    hasher = client.app[appkeys.ACCOUNTS].hasher
+    count = [0]
+
+    def counting(method: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(*args: Any) -> Any:
+            count[0] += 1
+            return await method(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(hasher, "verify", counting(hasher.verify))
+    monkeypatch.setattr(hasher, "verify_dummy", counting(hasher.verify_dummy))
+    return count
+
+
+async def _login(
+    client: Client, session: aiohttp.ClientSession, username: str, password: str
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    async with session.post(
+        client.make_url("/auth/login"), json={"username": username, "password": password}
+    ) as response:
+        return response.status, dict(response.headers), await response.json()
+
+
+async def test_simultaneous_guesses_from_one_address_get_no_more_verifications_than_the_limit(
+    client: Client, sessions: Callable[[int], aiohttp.ClientSession], verifications: list[int]
 ) -> None:
-    client = await make_auth_client(regulation=POLICY)
-    body = await register_and_login(client, credential="none")
-    name = body["user"]["username"]
-    for _ in range(3):
-        assert (await _attempt(client, name, "wrong password")).status == 401
-    refused = await _attempt(client, name, body["password"])
-    assert refused.status == 429
-    assert (await refused.json())["error"] == "too_many_attempts"
-    assert 60 <= int(refused.headers["Retry-After"]) <= 120
-    # Spelling the name differently does not get around it.
-    assert (await _attempt(client, name.upper(), body["password"])).status == 429
+    owner = await register_and_login(client, credential="none")
+    name = owner["user"]["username"]
+    attacker = sessions(9)
+    before = verifications[0]  # the owner's own login above
+    guesses = ["wrong password"] * 40 + [owner["password"]]
+    answers = await asyncio.gather(*(_login(client, attacker, name, g) for g in guesses))
+    statuses = [status for status, _, _ in answers]
+    assert verifications[0] - before <= POLICY.max_failures_per_pair
+    assert statuses.count(429) >= len(guesses) - POLICY.max_failures_per_pair
+    assert set(statuses) <= {200, 401, 429}
 
 
-async def test_the_ban_ages_out_with_the_clock_and_success_clears_the_count(
-    make_auth_client: AuthClientFactory, clock: ManualClock
+async def test_simultaneous_guesses_from_many_addresses_are_bounded_by_the_account_budget(
+    client: Client, sessions: Callable[[int], aiohttp.ClientSession], verifications: list[int]
 ) -> None:
-    client = await make_auth_client(regulation=POLICY)
-    body = await register_and_login(client, credential="none")
-    name = body["user"]["username"]
-    for _ in range(3):
-        await _attempt(client, name, "wrong password")
-    assert (await _attempt(client, name, body["password"])).status == 429
-    clock.advance(121)  # two windows later
-    assert (await _attempt(client, name, body["password"])).status == 200
-    for _ in range(2):
-        await _attempt(client, name, "wrong password")
-    assert (await _attempt(client, name, body["password"])).status == 200  # clears it
-    for _ in range(2):
-        await _attempt(client, name, "wrong password")
-    assert (await _attempt(client, name, body["password"])).status == 200
+    owner = await register_and_login(client, credential="none")
+    name = owner["user"]["username"]
+    before = verifications[0]
+    answers = await asyncio.gather(
+        *(_login(client, sessions(n), name, "wrong password") for n in range(10, 50))
+    )
+    # Past the soft limit, one guess per backoff slot: the clock stands still here,
+    # so exactly one slot opens.
+    assert verifications[0] - before <= POLICY.max_failures_per_account + 1
+    assert [s for s, _, _ in answers].count(429) >= 40 - POLICY.max_failures_per_account - 1
+
+
+async def test_the_owner_logs_in_from_a_fresh_address_during_an_attack_from_another(
+    client: Client, sessions: Callable[[int], aiohttp.ClientSession]
+) -> None:
+    owner = await register_and_login(client, credential="none")
+    name = owner["user"]["username"]
+    attack = [_login(client, sessions(60), name, f"guess {i}") for i in range(30)]
+    answers = await asyncio.gather(*attack)
+    assert {s for s, _, _ in answers} == {401, 429}
+    status, _, body = await _login(client, sessions(61), name, owner["password"])
+    assert status == 200, body
+    # The attacker's address stays refused for this account, even with the right password.
+    status, headers, body = await _login(client, sessions(60), name, owner["password"])
+    assert status == 429 and body["error"] == "too_many_attempts"
+    assert 60 <= int(headers["Retry-After"]) <= 120
+
+
+async def test_a_distributed_attack_slows_the_account_but_never_locks_the_owner_out(
+    client: Client, sessions: Callable[[int], aiohttp.ClientSession], clock: ManualClock
+) -> None:
+    owner = await register_and_login(client, credential="none")
+    name = owner["user"]["username"]
+    for n in range(70, 82):  # twelve addresses, one guess each: past the soft limit
+        await _login(client, sessions(n), name, "wrong password")
+    status, headers, _ = await _login(client, sessions(90), name, owner["password"])
+    if status == 429:  # the attacker took the slot: the owner waits a bounded, honest time
+        wait = int(headers["Retry-After"])
+        assert 1 <= wait <= POLICY.max_backoff
+        clock.advance(wait)
+        status, _, _ = await _login(client, sessions(90), name, owner["password"])
+    assert status == 200
+
+
+async def test_a_pair_ban_lifts_when_its_retry_after_has_passed(
+    client: Client, sessions: Callable[[int], aiohttp.ClientSession], clock: ManualClock
+) -> None:
+    owner = await register_and_login(client, credential="none")
+    name = owner["user"]["username"]
+    for _ in range(POLICY.max_failures_per_pair):
+        assert (await _login(client, sessions(100), name, "wrong password"))[0] == 401
+    status, headers, _ = await _login(client, sessions(100), name, owner["password"])
+    assert status == 429
+    clock.advance(int(headers["Retry-After"]))
+    assert (await _login(client, sessions(100), name, owner["password"]))[0] == 200
 
 
 async def test_unknown_and_known_accounts_are_throttled_alike(
-    make_auth_client: AuthClientFactory,
+    client: Client, sessions: Callable[[int], aiohttp.ClientSession]
 ) -> None:
-    client = await make_auth_client(regulation=POLICY)
-    body = await register_and_login(client, credential="none")
+    owner = await register_and_login(client, credential="none")
     answers = {}
-    for name in (body["user"]["username"], "nobody-by-that-name"):
-        for _ in range(3):
-            await _attempt(client, name, "wrong password")
-        response = await _attempt(client, name, "wrong password")
-        answers[name] = (response.status, (await response.json())["error"])
+    for name in (owner["user"]["username"], "nobody-by-that-name"):
+        for _ in range(POLICY.max_failures_per_pair):
+            await _login(client, sessions(110), name, "wrong password")
+        status, _, body = await _login(client, sessions(110), name, "wrong password")
+        answers[name] = (status, body["error"])
     assert set(answers.values()) == {(429, "too_many_attempts")}
 
 
-async def test_one_address_failing_on_many_accounts_is_throttled_but_others_are_not(
-    make_auth_client: AuthClientFactory,
+async def test_one_address_spraying_many_accounts_is_throttled_but_others_are_not(
+    client: Client, sessions: Callable[[int], aiohttp.ClientSession]
 ) -> None:
-    client = await make_auth_client(regulation=POLICY)
-    body = await register_and_login(client, credential="none")
-    for index in range(6):
-        await _attempt(client, f"spray-target-{index}", "wrong password")
-    assert (await _attempt(client, body["user"]["username"], body["password"])).status == 429
+    owner = await register_and_login(client, credential="none")
+    name = owner["user"]["username"]
+    sprays = [
+        _login(client, sessions(120), f"spray-target-{i}", "wrong password")
+        for i in range(POLICY.max_failures_per_address + 10)
+    ]
+    statuses = [s for s, _, _ in await asyncio.gather(*sprays)]
+    assert statuses.count(401) <= POLICY.max_failures_per_address
+    assert (await _login(client, sessions(120), name, owner["password"]))[0] == 429
+    assert (await _login(client, sessions(121), name, owner["password"]))[0] == 200
 
 
-async def test_throttling_is_audited_and_counted(make_auth_client: AuthClientFactory) -> None:
-    from tessera_auth import appkeys
+async def test_a_registration_flood_from_one_address_is_refused_before_any_hashing(
+    client: Client,
+    sessions: Callable[[int], aiohttp.ClientSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hasher = client.app[appkeys.ACCOUNTS].hasher
+    hashes = [0]
+    original = hasher.hash
 
-    client = await make_auth_client(regulation=POLICY)
-    for _ in range(4):
-        await _attempt(client, "mallory", "wrong password")
+    async def counting(password: str) -> str:
+        hashes[0] += 1
+        return await original(password)
+
+    monkeypatch.setattr(hasher, "hash", counting)
+
+    async def register(n: int, i: int) -> int:
+        async with sessions(n).post(
+            client.make_url("/auth/register"),
+            json={"username": f"flood-{n}-{i}", "password": "correct horse battery staple"},
+        ) as response:
+            return response.status
+
+    statuses = await asyncio.gather(*(register(130, i) for i in range(20)))
+    assert statuses.count(201) == POLICY.max_registrations_per_address
+    assert statuses.count(429) == 20 - POLICY.max_registrations_per_address
+    assert hashes[0] == POLICY.max_registrations_per_address
+    assert await register(131, 0) == 201  # another address is not affected
+
+
+async def test_password_change_guesses_are_throttled_and_a_wrong_one_is_403(
+    client: Client,
+) -> None:
+    owner = await register_and_login(client, credential="token")
+    bearer = {"Authorization": f"Bearer {owner['access_token']}"}
+
+    async def change(current: str) -> Any:
+        return await client.post(
+            "/auth/password",
+            headers=bearer,
+            json={"current_password": current, "new_password": "another fine passphrase"},
+        )
+
+    for _ in range(POLICY.max_failures_per_pair):
+        wrong = await change("not my password")
+        assert wrong.status == 403
+        assert (await wrong.json())["error"] == "wrong_current_password"
+    refused = await change(owner["password"])
+    assert refused.status == 429
+    assert "Retry-After" in refused.headers
+    # Nothing changed: the old password still logs in.
+    login = await client.post(
+        "/auth/login",
+        json={"username": owner["user"]["username"], "password": owner["password"]},
+    )
+    assert login.status == 200
+
+
+async def test_throttling_is_audited_and_counted(
+    client: Client, sessions: Callable[[int], aiohttp.ClientSession]
+) -> None:
+    for _ in range(POLICY.max_failures_per_pair + 1):
+        await _login(client, sessions(140), "mallory", "wrong password")
     await client.app[appkeys.AUDIT].flush()
     outcomes = [e["outcome"] for e in await client.app[appkeys.AUDIT].query(kind="login")]
-    assert outcomes == ["throttled", "failure", "failure", "failure"]
+    assert outcomes == ["throttled"] + ["failure"] * POLICY.max_failures_per_pair
     metrics = await (await client.get("/metrics")).text()
     assert 'tessera_logins_total{outcome="throttled"} 1.0' in metrics

@@ -66,8 +66,13 @@ async def _username(app: web.Application, principal: Principal) -> str:
 
 @routes.post("/auth/register")
 async def register(request: web.Request) -> web.Response:
-    if not request.app[appkeys.SETTINGS].registration_enabled:
+    app = request.app
+    if not app[appkeys.SETTINGS].registration_enabled:
         raise RegistrationDisabled()
+    # Each registration costs an Argon2 hash: counted per address before anything else.
+    await app[appkeys.REGULATOR].reserve_registration(
+        client_ip(request, app[appkeys.SETTINGS].trusted_proxies)
+    )
     body = await read_body(request)
     username = require_str(body, "username", max_length=256)
     password = require_str(body, "password", max_length=MAX_PASSWORD_LENGTH)
@@ -94,7 +99,8 @@ async def login(request: web.Request) -> web.Response:
     regulator = app[appkeys.REGULATOR]
     account = unicodedata.normalize("NFKC", username).strip().casefold()
     try:
-        account_has_failures = await regulator.check(account, ip)
+        # Reserve, then verify: the guess counts before any Argon2 work starts.
+        attempt = await regulator.reserve(account, ip)
     except TooManyAttempts:
         metrics.logins.labels("throttled").inc()
         audit.record("login", outcome="throttled", username=username[:64], ip=ip)
@@ -104,14 +110,12 @@ async def login(request: web.Request) -> web.Response:
     except InvalidCredentials:
         metrics.logins.labels("invalid_credentials").inc()
         audit.record("login", outcome="failure", username=username[:64], ip=ip)
-        await regulator.record_failure(account, ip)
-        raise
+        raise  # the reservation stays: it was a failure
     except Exception:
         metrics.logins.labels("error").inc()
+        await attempt.succeeded()  # not the caller's fault (an outage): give it back
         raise
-
-    if account_has_failures:  # most logins have none: no Redis write then
-        await regulator.record_success(account)
+    await attempt.succeeded()
     sessions = app[appkeys.SESSIONS]
     cookie_name = session_cookie_name(app)
     payload: dict[str, Any] = {"user": _user_json(user)}

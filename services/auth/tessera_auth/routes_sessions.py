@@ -6,8 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
+from tessera_verify.client_ip import client_ip
 from tessera_verify.csrf import check_same_origin
-from tessera_verify.errors import InvalidCredentials, NotFound
+from tessera_verify.errors import InvalidCredentials, NotFound, WrongCurrentPassword
 from tessera_verify.jsonbody import read_body, require_str
 from tessera_verify.principal import AuthMethod, Principal
 
@@ -88,9 +89,15 @@ async def change_password(request: web.Request) -> web.Response:
     check_password_policy(new)
     app = request.app
     accounts = app[appkeys.ACCOUNTS]
+    # A stolen session must not become an unthrottled password oracle: reserve first.
+    ip = client_ip(request, app[appkeys.SETTINGS].trusted_proxies)
+    attempt = await app[appkeys.REGULATOR].reserve("password-change:" + principal.user_id, ip)
     user = await accounts.users.by_id(principal.user_id)
-    if user is None or not await accounts.hasher.verify(user.password_hash, current):
-        raise InvalidCredentials("the current password is wrong")
+    if user is None:
+        raise InvalidCredentials("the caller's user no longer exists")
+    if not await accounts.hasher.verify(user.password_hash, current):
+        raise WrongCurrentPassword()
+    await attempt.succeeded()
     await accounts.change_password(user.id, new)
     app[appkeys.AUDIT].record("password.change", user_id=user.id, username=user.username)
     summary = await app[appkeys.REVOKER].revoke_everything(user.id, reason="password change")

@@ -236,6 +236,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 "TESSERA_LOGIN_MAX_FAILURES_PER_ADDRESS", int, 100, "an integer"
             ),
             window=reader.positive_int("TESSERA_LOGIN_FAILURE_WINDOW", 300),
+            max_failures_per_pair=reader.parsed(
+                "TESSERA_LOGIN_MAX_FAILURES_PER_ACCOUNT_ADDRESS", int, 5, "an integer"
+            ),
+            max_backoff=reader.parsed("TESSERA_LOGIN_MAX_BACKOFF", float, 30.0, "a number"),
+            # Off in development: the local stack's demo and bench register many users
+            # from a few loopback addresses.
+            max_registrations_per_address=reader.parsed(
+                "TESSERA_REGISTER_MAX_PER_ADDRESS", int, 0 if development else 20, "an integer"
+            ),
         ),
     )
     if reader.problems:

@@ -97,6 +97,13 @@ class Forbidden(TesseraError):
     default_message = "forbidden"
 
 
+class WrongCurrentPassword(Forbidden):
+    """A signed-in caller got the current password wrong: 403, not 401 (still signed in)."""
+
+    code = "wrong_current_password"
+    default_message = "the current password is wrong"
+
+
 class RegistrationDisabled(Forbidden):
     code = "registration_disabled"
     default_message = "registration is disabled on this server"

@@ -27,9 +27,11 @@ def user_refresh_families(user_id: str) -> str:
     return f"{PREFIX}:user-refresh-families:{user_id}"
 
 
-def login_failures(subject: str, window: int) -> str:
-    """A subject's failures in one window; all its windows share a hash slot."""
-    return f"{PREFIX}:login-failures:{{{subject}}}:{window}"
+def login_failures(subject: str, window: int, *, name: str | None = None) -> str:
+    """A subject's failures in one window (or another counter of the subject's, ``name``);
+    all of a subject's keys share a hash slot."""
+    middle = "" if name is None else name + ":"
+    return f"{PREFIX}:login-failures:{{{subject}}}:{middle}{window}"
 
 
 # The revocation plane: one hash tag, so every script and snapshot touches one slot
