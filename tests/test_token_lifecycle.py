@@ -219,7 +219,7 @@ async def test_password_change_revokes_everything_and_the_old_password(auth: Cli
         json={"current_password": "not it at all", "new_password": "a new passphrase"},
         headers=_bearer(tokens["access_token"]),
     )
-    assert wrong.status == 401
+    assert wrong.status == 403  # still signed in: not a 401
     changed = await auth.post(
         "/auth/password",
         json={"current_password": body["password"], "new_password": "a new passphrase"},
