@@ -14,6 +14,19 @@ JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
 
 
+def _check_charset(request: web.Request) -> None:
+    """Only UTF-8 is read: JSON is UTF-8 (RFC 8259 §8.1), and so are tessera's forms.
+
+    Any other ``charset`` parameter, known to Python or not, is a 415 before the
+    body is decoded (the form parser would look the codec up and fail with a 500).
+    """
+    charset = request.charset
+    if charset is None:
+        return
+    if charset.strip().lower().replace("-", "").replace("_", "") != "utf8":
+        raise UnsupportedMediaType("the request body must be UTF-8 (charset=utf-8 or none)")
+
+
 async def _read_bytes(request: web.Request) -> bytes:
     limit = request._client_max_size
     if request.content_length is not None and request.content_length > limit:
@@ -33,6 +46,7 @@ async def read_body(request: web.Request, *, allow_form: bool = False) -> dict[s
     allowed = (JSON, FORM) if allow_form else (JSON,)
     if request.content_type not in allowed:
         raise UnsupportedMediaType(f"expected {' or '.join(allowed)}")
+    _check_charset(request)
     raw = await _read_bytes(request)
     if request.content_type == FORM:
         try:
