@@ -41,7 +41,7 @@ from .audit import AuditLog
 from .keyring import KeyRing
 from .metrics import AuthMetrics
 from .passwords import PasswordHasher
-from .refresh_tokens import RefreshTokenStore
+from .refresh_tokens import RefreshTokenStore, refresh_token_key
 from .regulation import Regulator
 from .revocation_store import RevocationStore
 from .revoker import Revoker
@@ -170,7 +170,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     refresh_tokens = RefreshTokenStore(
         redis,
-        hash_key=settings.session_hash_key,
+        hash_key=refresh_token_key(settings.key_encryption_key),
         ttl=settings.refresh_token_ttl,
         clock=clock,
         grace=settings.refresh_grace,

@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
@@ -65,6 +67,17 @@ return {'reuse'}
 """
 
 Outcome = Literal["fresh", "grace", "reuse"]
+
+
+def refresh_token_key(key_encryption_key: bytes) -> bytes:
+    """The HMAC key of refresh-token records, derived (HKDF) from the auth service's own
+    key-encryption key. Replicas hold the session hash key, never this one: with a
+    replica's secrets and Redis access, nobody can write a refresh record that
+    ``/auth/token`` accepts. (Rotating the key-encryption key ends every refresh family.)
+    """
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"tessera refresh-token records"
+    ).derive(key_encryption_key)
 
 
 @dataclass(frozen=True)
