@@ -8,10 +8,21 @@ server that delegates password checks to an identity service.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
+from aiohttp import hdrs
 
-from tessera_verify.errors import InvalidCredentials, InvalidRequest, ServiceUnavailable
+from tessera_verify.errors import (
+    InvalidCredentials,
+    InvalidRequest,
+    ServiceUnavailable,
+    TooManyAttempts,
+)
+
+#: When a 429 from the auth service says nowhere how long to wait.
+DEFAULT_RETRY_AFTER = 60
+MAX_RETRY_AFTER = 86_400
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,7 @@ class PasswordChecker:
             ) as response:
                 payload = await response.json(content_type=None)
                 status = response.status
+                retry_after = response.headers.get(hdrs.RETRY_AFTER)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise ServiceUnavailable("the auth service cannot be reached") from exc
         if status == 200 and isinstance(payload, dict) and isinstance(payload.get("user"), dict):
@@ -41,7 +53,25 @@ class PasswordChecker:
             return CheckedUser(user_id=str(user["id"]), username=str(user["username"]))
         if status == 401:
             raise InvalidCredentials()
+        if status == 429:
+            # Throttled: the client must wait as long as auth says, not retry at once.
+            raise TooManyAttempts(_retry_after(retry_after, payload))
         if status == 400:
             message = payload.get("message") if isinstance(payload, dict) else None
             raise InvalidRequest(message if isinstance(message, str) else None)
         raise ServiceUnavailable("the auth service could not check the password")
+
+
+def _retry_after(header: str | None, payload: Any) -> int:
+    """The wait auth asked for: its Retry-After header, else its body's details."""
+    details = payload.get("details") if isinstance(payload, dict) else None
+    candidates = (header, details.get("retry_after") if isinstance(details, dict) else None)
+    for value in candidates:
+        if isinstance(value, int) and not isinstance(value, bool):
+            seconds = value
+        elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+            seconds = int(value.strip())
+        else:
+            continue
+        return min(max(seconds, 1), MAX_RETRY_AFTER)
+    return DEFAULT_RETRY_AFTER
