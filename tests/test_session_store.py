@@ -153,6 +153,69 @@ async def test_memory_store_forgets_after_ttl(clock: ManualClock) -> None:
     assert len(store) == 0
 
 
+async def test_memory_store_never_holds_more_than_max_entries(clock: ManualClock) -> None:
+    store = MemorySessionStore(clock, max_entries=3)
+    for n in range(5):
+        await store.save(f"key-{n}", _record(clock, user_id=f"u{n}"), ttl=600)
+    assert len(store) == 3
+    assert [await store.load(f"key-{n}") is not None for n in range(5)] == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
+    assert await store.list_for_user("u0") == []
+
+
+async def test_memory_store_evicts_expired_entries_before_live_ones(clock: ManualClock) -> None:
+    store = MemorySessionStore(clock, max_entries=3)
+    await store.save("live-old", _record(clock), ttl=1000)
+    await store.save("short", _record(clock), ttl=10)
+    await store.save("live", _record(clock), ttl=1000)
+    clock.advance(20)
+    await store.save("new", _record(clock), ttl=1000)
+    assert len(store) == 3
+    for key in ("live-old", "live", "new"):
+        assert await store.load(key) is not None, key
+
+
+async def test_memory_store_evicts_the_least_recently_written_live_entry(
+    clock: ManualClock,
+) -> None:
+    store = MemorySessionStore(clock, max_entries=2)
+    await store.save("a", _record(clock), ttl=600)
+    await store.save("b", _record(clock), ttl=600)
+    assert await store.touch("a", _record(clock), ttl=600)
+    await store.save("c", _record(clock), ttl=600)
+    assert await store.load("b") is None
+    assert await store.load("a") is not None and await store.load("c") is not None
+
+
+async def test_memory_store_sweeps_expired_entries_nobody_asks_for(clock: ManualClock) -> None:
+    store = MemorySessionStore(clock)
+    for n in range(200):
+        await store.save(f"key-{n}", _record(clock, user_id=f"u{n}"), ttl=10)
+    clock.advance(11)
+    await store.save("fresh", _record(clock, user_id="fresh"), ttl=10)
+    assert len(store) == 1
+    assert store.users_indexed() == 1
+
+
+async def test_memory_store_sweeps_records_refreshed_many_times_only_once(
+    clock: ManualClock,
+) -> None:
+    store = MemorySessionStore(clock)
+    await store.save("key", _record(clock), ttl=10)
+    for _ in range(1000):
+        clock.advance(5)
+        assert await store.touch("key", _record(clock), ttl=10)
+    assert store.pending_expiries() <= 64
+    clock.advance(11)
+    await store.save("other", _record(clock, user_id="u2"), ttl=10)
+    assert len(store) == 1
+
+
 # --- the manager's policy, on every store ---------------------------------------------
 
 

@@ -7,6 +7,7 @@ user's sessions. :class:`tessera_verify.sessions.SessionManager` holds the polic
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -153,21 +154,47 @@ class RedisSessionStore:
 
 
 class MemorySessionStore:
-    """Sessions in this process's memory: a replica's in-process sessions, and tests."""
+    """Sessions in this process's memory: a replica's in-process sessions, and tests.
 
-    def __init__(self, clock: Clock) -> None:
+    Bounded, because anyone who can log in can make sessions: every write first
+    sweeps what has expired (a heap of expiry times, so the sweep costs only what
+    it removes), and past ``max_entries`` the least recently written live session
+    is dropped; its holder logs in again. Redis does the same for the shared store
+    with TTLs and ``maxmemory``.
+    """
+
+    #: Stale heap entries (from refreshes) tolerated before the heap is rebuilt.
+    _HEAP_SLACK = 32
+
+    def __init__(self, clock: Clock, *, max_entries: int = 100_000) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
         self._clock = clock
+        self._max_entries = max_entries
+        # Insertion order is write order: every save and touch moves a key to the end.
         self._records: dict[str, tuple[SessionRecord, float]] = {}
         self._by_user: dict[str, set[str]] = {}
+        self._expiries: list[tuple[float, str]] = []  # heap; stale entries skipped lazily
+        self.evicted = 0  # live sessions dropped for room
 
     async def save(self, key: str, record: SessionRecord, ttl: float) -> None:
-        self._records[key] = (record, self._clock.now() + ttl)
+        self._sweep()
+        previous = self._records.pop(key, None)
+        if previous is not None and previous[0].user_id != record.user_id:
+            self._unindex(key, previous[0].user_id)
+        while len(self._records) >= self._max_entries:
+            oldest = next(iter(self._records))
+            self._forget(oldest, self._records[oldest][0])
+            self.evicted += 1
+        self._write(key, record, ttl)
         self._by_user.setdefault(record.user_id, set()).add(key)
 
     async def touch(self, key: str, record: SessionRecord, ttl: float) -> bool:
+        self._sweep()
         if await self.load(key) is None:
             return False
-        self._records[key] = (record, self._clock.now() + ttl)
+        del self._records[key]
+        self._write(key, record, ttl)
         return True
 
     async def load(self, key: str) -> SessionRecord | None:
@@ -201,10 +228,37 @@ class MemorySessionStore:
     def __len__(self) -> int:
         return len(self._records)
 
+    def users_indexed(self) -> int:
+        """How many users have sessions in the index (for tests of the sweep)."""
+        return len(self._by_user)
+
+    def pending_expiries(self) -> int:
+        """Entries in the expiry heap, stale ones included (for tests of its bound)."""
+        return len(self._expiries)
+
+    def _write(self, key: str, record: SessionRecord, ttl: float) -> None:
+        dies_at = self._clock.now() + ttl
+        self._records[key] = (record, dies_at)
+        heapq.heappush(self._expiries, (dies_at, key))
+        if len(self._expiries) > 2 * len(self._records) + self._HEAP_SLACK:
+            self._expiries = [(dies_at, k) for k, (_, dies_at) in self._records.items()]
+            heapq.heapify(self._expiries)
+
+    def _sweep(self) -> None:
+        now = self._clock.now()
+        while self._expiries and self._expiries[0][0] <= now:
+            dies_at, key = heapq.heappop(self._expiries)
+            entry = self._records.get(key)
+            if entry is not None and entry[1] == dies_at:  # not refreshed since
+                self._forget(key, entry[0])
+
     def _forget(self, key: str, record: SessionRecord) -> None:
         self._records.pop(key, None)
-        keys = self._by_user.get(record.user_id)
+        self._unindex(key, record.user_id)
+
+    def _unindex(self, key: str, user_id: str) -> None:
+        keys = self._by_user.get(user_id)
         if keys is not None:
             keys.discard(key)
             if not keys:
-                del self._by_user[record.user_id]
+                del self._by_user[user_id]
