@@ -278,8 +278,8 @@ async def test_register_with_an_invalid_username_is_400_naming_username(
 async def test_register_with_a_short_password_is_400_and_writes_no_user(
     auth_client: Client, settings: Settings
 ) -> None:
-    error = await _error(await _register(auth_client, "alice", "short"), 400, "invalid_request")
-    assert error["details"]["field"] == "password"
+    error = await _error(await _register(auth_client, "alice", "short"), 400, "weak_password")
+    assert error["details"] == {"field": "password", "rule": "too_short", "min_length": 15}
     assert await _user_count(settings) == 0
     # The name is still free: nothing half-written blocks a correct retry.
     assert (await _register(auth_client, "alice")).status == 201

@@ -40,6 +40,7 @@ from .accounts import Accounts
 from .audit import AuditLog
 from .keyring import KeyRing
 from .metrics import AuthMetrics
+from .password_policy import PasswordPolicy
 from .passwords import PasswordHasher
 from .refresh_tokens import RefreshTokenStore, refresh_token_key
 from .regulation import Regulator
@@ -114,11 +115,19 @@ async def _count_sessions_forever(redis: Redis, metrics: AuthMetrics) -> None:
         await pause(SESSION_COUNT_INTERVAL)
 
 
+def _password_services(settings: Settings) -> tuple[PasswordHasher, PasswordPolicy]:
+    """Blocking (a dummy hash, the blocklist read from disk): run in an executor."""
+    hasher = PasswordHasher(settings.argon2, max_pending=settings.argon2_max_pending)
+    return hasher, PasswordPolicy(min_length=settings.password_min_length)
+
+
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, clock = app[appkeys.SETTINGS], app[appkeys.CLOCK]
     redis, pool = app[appkeys.REDIS], app[appkeys.DB]
 
-    hasher = await asyncio.get_running_loop().run_in_executor(None, PasswordHasher, settings.argon2)
+    hasher, password_policy = await asyncio.get_running_loop().run_in_executor(
+        None, _password_services, settings
+    )
     keyring = KeyRing(pool, settings)
     await keyring.load(now=clock.now())
     revocations = RevocationCache(redis, clock, max_staleness=settings.revocation_max_staleness)
@@ -128,7 +137,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[appkeys.KEYRING] = keyring
     app[appkeys.REVOCATION_STORE] = store
     app[appkeys.REVOCATIONS] = revocations
-    app[appkeys.ACCOUNTS] = Accounts(UserRepository(pool), hasher, clock)
+    app[appkeys.ACCOUNTS] = Accounts(UserRepository(pool), hasher, clock, password_policy)
     policy = SessionPolicy(
         idle_timeout=settings.session_idle_timeout,
         absolute_timeout=settings.session_absolute_timeout,
@@ -216,6 +225,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         await audit.flush()
     except Exception as exc:  # shutting down: report, never raise
         log.warning("%d audit events not written at shutdown: %r", audit.pending, exc)
+    hasher.close()
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -30,8 +30,9 @@ from tessera_verify.sessions import Session, clear_session_cookie, set_session_c
 
 from . import appkeys
 from .authenticate import authenticate, session_cookie_name
+from .password_policy import MAX_INPUT_LENGTH
 from .routes_token import token_response
-from .users import MAX_PASSWORD_LENGTH, User
+from .users import User
 
 routes = web.RouteTableDef()
 
@@ -75,7 +76,7 @@ async def register(request: web.Request) -> web.Response:
     )
     body = await read_body(request)
     username = require_str(body, "username", max_length=256)
-    password = require_str(body, "password", max_length=MAX_PASSWORD_LENGTH)
+    password = require_str(body, "password", max_length=MAX_INPUT_LENGTH)
     user = await request.app[appkeys.ACCOUNTS].register(username, password)
     return web.json_response({"user": _user_json(user)}, status=201, headers=NO_STORE)
 
@@ -87,7 +88,7 @@ async def login(request: web.Request) -> web.Response:
     check_same_origin(request)  # login CSRF: another site must not log you in as someone else
     body = await read_body(request)
     username = require_str(body, "username", max_length=256)
-    password = require_str(body, "password", max_length=MAX_PASSWORD_LENGTH)
+    password = require_str(body, "password", max_length=MAX_INPUT_LENGTH)
     kind = get_str(body, "credential", required=False, default="session", max_length=16)
     if kind not in CREDENTIAL_KINDS:
         raise InvalidRequest(

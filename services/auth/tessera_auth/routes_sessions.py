@@ -14,7 +14,7 @@ from tessera_verify.principal import AuthMethod, Principal
 
 from . import appkeys
 from .authenticate import authenticate
-from .users import MAX_PASSWORD_LENGTH, check_password_policy
+from .password_policy import MAX_INPUT_LENGTH
 
 routes = web.RouteTableDef()
 
@@ -84,9 +84,8 @@ async def change_password(request: web.Request) -> web.Response:
     """Change the password; everything issued before is revoked, this device included."""
     principal = await _caller(request)
     body = await read_body(request)
-    current = require_str(body, "current_password", max_length=MAX_PASSWORD_LENGTH)
-    new = require_str(body, "new_password", max_length=MAX_PASSWORD_LENGTH)
-    check_password_policy(new)
+    current = require_str(body, "current_password", max_length=MAX_INPUT_LENGTH)
+    new = require_str(body, "new_password", max_length=MAX_INPUT_LENGTH)
     app = request.app
     accounts = app[appkeys.ACCOUNTS]
     # A stolen session must not become an unthrottled password oracle: reserve first.
@@ -95,10 +94,10 @@ async def change_password(request: web.Request) -> web.Response:
     user = await accounts.users.by_id(principal.user_id)
     if user is None:
         raise InvalidCredentials("the caller's user no longer exists")
-    if not await accounts.hasher.verify(user.password_hash, current):
+    if not await accounts.verify_password(user, current):
         raise WrongCurrentPassword()
     await attempt.succeeded()
-    await accounts.change_password(user.id, new)
+    await accounts.change_password(user, new)  # the policy check is in there
     app[appkeys.AUDIT].record("password.change", user_id=user.id, username=user.username)
     summary = await app[appkeys.REVOKER].revoke_everything(user.id, reason="password change")
     return web.json_response({"revoked": summary.to_json()}, headers=NO_STORE)

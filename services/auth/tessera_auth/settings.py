@@ -29,6 +29,7 @@ from tessera_verify.config import (
     read_trusted_proxies,
 )
 
+from .password_policy import DEFAULT_MIN_LENGTH, MAX_LENGTH, MIN_LENGTH_FLOOR
 from .regulation import RegulationPolicy
 
 __all__ = ["Argon2Parameters", "ConfigError", "Settings", "load_settings"]
@@ -77,6 +78,9 @@ class Settings:
     cookie_insecure: bool = False
     registration_enabled: bool = True
     argon2: Argon2Parameters = Argon2Parameters()
+    #: Argon2 jobs (hash or verify) one process may have queued or running; None: 2 x CPUs + 2.
+    argon2_max_pending: int | None = None
+    password_min_length: int = DEFAULT_MIN_LENGTH
     max_body_bytes: int = 16 * 1024
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     dependency_timeout: float = 2.0
@@ -199,6 +203,21 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "Argon2 parameters below OWASP's minimum (m=19456 KiB, t=2) outside development"
         )
 
+    argon2_max_pending = reader.parsed("TESSERA_ARGON2_MAX_PENDING", int, 0, "an integer")
+    if argon2_max_pending < 0:
+        reader.problems.append(
+            f"TESSERA_ARGON2_MAX_PENDING must be positive, or 0 for 2 x CPUs + 2 "
+            f"(got {argon2_max_pending})"
+        )
+    password_min_length = reader.parsed(
+        "TESSERA_PASSWORD_MIN_LENGTH", int, DEFAULT_MIN_LENGTH, "an integer"
+    )
+    if not MIN_LENGTH_FLOOR <= password_min_length <= MAX_LENGTH // 2:
+        reader.problems.append(
+            f"TESSERA_PASSWORD_MIN_LENGTH must be between {MIN_LENGTH_FLOOR} and "
+            f"{MAX_LENGTH // 2} (got {password_min_length})"
+        )
+
     settings = Settings(
         **read_process_settings(reader, development=development, default_pool=10),
         database_url=database_url,
@@ -223,6 +242,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         cookie_insecure=cookie_insecure,
         registration_enabled=reader.flag("TESSERA_REGISTRATION_ENABLED", True),
         argon2=argon2,
+        argon2_max_pending=argon2_max_pending or None,
+        password_min_length=password_min_length,
         trusted_proxies=read_trusted_proxies(reader),
         refresh_grace=reader.parsed("TESSERA_REFRESH_GRACE_SECONDS", float, 10.0, "a number"),
         cache_max_entries=reader.positive_int("TESSERA_CACHE_MAX_ENTRIES", 10_000),

@@ -13,8 +13,6 @@ import asyncpg
 from tessera_verify.errors import InvalidRequest, UsernameTaken
 
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{2,63}$")
-MIN_PASSWORD_LENGTH = 8
-MAX_PASSWORD_LENGTH = 1024  # long enough for any passphrase, short enough not to be a DoS
 
 
 @dataclass(frozen=True)
@@ -37,19 +35,6 @@ def normalize_username(raw: str) -> str:
             details={"field": "username"},
         )
     return normalized
-
-
-def check_password_policy(password: str) -> None:
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise InvalidRequest(
-            f"password must be at least {MIN_PASSWORD_LENGTH} characters",
-            details={"field": "password"},
-        )
-    if len(password) > MAX_PASSWORD_LENGTH:
-        raise InvalidRequest(
-            f"password must be at most {MAX_PASSWORD_LENGTH} characters",
-            details={"field": "password"},
-        )
 
 
 def _from_row(row: asyncpg.Record) -> User:

@@ -67,6 +67,13 @@ class DuplicateCookie(BadRequest):
     default_message = "a cookie was sent more than once"
 
 
+class WeakPassword(InvalidRequest):
+    """A new password breaks the password policy; ``details["rule"]`` names the rule."""
+
+    code = "weak_password"
+    default_message = "the password does not meet the password policy"
+
+
 class UnsupportedMediaType(TesseraError):
     status = 415
     code = "unsupported_media_type"
@@ -235,3 +242,10 @@ class ServiceUnavailable(TesseraError):
 
     def extra_headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class ServerBusy(ServiceUnavailable):
+    """This process has as much password hashing queued as it may hold: shed, never pile up."""
+
+    code = "server_busy"
+    default_message = "the server is busy; try again shortly"
