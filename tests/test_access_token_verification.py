@@ -36,6 +36,7 @@ from tessera_verify.errors import (
     RevokedToken,
     UnknownKey,
 )
+from tessera_verify.jws_canonical import canonical_es256_token, to_low_s_es256
 from tessera_verify.keys import StaticKeySource, VerificationKey
 
 ISSUER = "https://auth.tessera.test"
@@ -67,12 +68,14 @@ class Signer:
         )
 
     def sign(self, claims: dict[str, Any], **headers: Any) -> str:
-        return jwt.encode(
+        token = jwt.encode(
             claims,
             self.private_key,
             algorithm=self.alg,
             headers={"kid": self.kid, "typ": "at+jwt", **headers},
         )
+        # As the auth service signs: ES256 in its one (low-s) spelling.
+        return canonical_es256_token(token) if self.alg == "ES256" else token
 
 
 @functools.cache
@@ -110,6 +113,8 @@ def _signed_with_header(header: dict[str, Any], claims: dict[str, Any], signer: 
     signing_input = f"{_segment(header)}.{_segment(claims)}"
     algorithm = get_default_algorithms()[signer.alg]
     signature = algorithm.sign(signing_input.encode(), signer.private_key)
+    if signer.alg == "ES256":
+        signature = to_low_s_es256(signature)
     return f"{signing_input}.{_b64(signature)}"
 
 
@@ -589,8 +594,13 @@ async def test_correctly_signed_payload_that_is_not_a_json_object_is_malformed(
     verifier: AccessTokenVerifier, payload: bytes
 ) -> None:
     signer = _signer("ES256")
-    token = jwt.api_jws.encode(
-        payload, signer.private_key, algorithm="ES256", headers={"kid": signer.kid, "typ": "at+jwt"}
+    token = canonical_es256_token(
+        jwt.api_jws.encode(
+            payload,
+            signer.private_key,
+            algorithm="ES256",
+            headers={"kid": signer.kid, "typ": "at+jwt"},
+        )
     )
 
     with pytest.raises(MalformedToken):

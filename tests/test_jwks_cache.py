@@ -24,6 +24,7 @@ from tessera_auth.keyring import generate_private_key, public_jwk
 from tessera_verify.access_tokens import AccessTokenVerifier
 from tessera_verify.clock import ManualClock
 from tessera_verify.errors import ServiceUnavailable, UnknownKey
+from tessera_verify.jws_canonical import canonical_es256_token
 from tessera_verify.keys import JWKSCache, parse_jwks
 
 MAX_AGE = 300.0
@@ -401,12 +402,14 @@ def _claims(clock: ManualClock) -> dict[str, Any]:
 
 
 def _token(clock: ManualClock, alg: str, name: str, kid: str | None = None) -> str:
-    return jwt.encode(
+    token = jwt.encode(
         _claims(clock),
         _private_key(alg, name),
         algorithm=alg,
         headers={"kid": kid or _jwk(alg, name)["kid"], "typ": "at+jwt"},
     )
+    # As the auth service signs: ES256 in its one (low-s) spelling.
+    return canonical_es256_token(token) if alg == "ES256" else token
 
 
 @pytest.fixture

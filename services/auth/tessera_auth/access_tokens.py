@@ -10,6 +10,7 @@ from typing import Any
 import jwt
 
 from tessera_verify.clock import Clock
+from tessera_verify.jws_canonical import canonical_es256_token
 
 from .keyring import KeyRing
 
@@ -72,4 +73,7 @@ class AccessTokenIssuer:
         token = jwt.encode(
             claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "at+jwt"}
         )
+        if key.alg == "ES256":
+            # ECDSA's s is random, and verifiers accept only the low one (jws_canonical).
+            token = canonical_es256_token(token)
         return IssuedAccessToken(token, token_id, now + self._ttl, self._ttl)

@@ -7,8 +7,6 @@ from the token; ``jku``, ``x5u``, ``jwk`` and ``x5c`` headers are ignored, the
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from collections.abc import Collection, Mapping
@@ -27,6 +25,7 @@ from .errors import (
     MalformedToken,
     RevokedToken,
 )
+from .jws_canonical import b64url_decode_canonical, is_low_s_es256
 from .keys import MAX_KID_LENGTH, SUPPORTED_ALGORITHMS, KeySource
 from .revocation import MAX_LEEWAY
 from .ttl_cache import TTLCache
@@ -41,10 +40,10 @@ _ALGORITHMS = {name: jwt.get_algorithm_by_name(name) for name in SUPPORTED_ALGOR
 
 
 def _b64decode(segment: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise MalformedToken() from exc
+    data = b64url_decode_canonical(segment)
+    if data is None:
+        raise MalformedToken()
+    return data
 
 
 def _json_segment(segment: str) -> dict[str, Any]:
@@ -127,7 +126,8 @@ class AccessTokenVerifier:
         """Everything but revocation: what a cache of verified tokens may remember.
 
         The compact JWS is split and decoded here (each segment checked against the
-        strict base64url alphabet first, so no token has two spellings), and only the
+        strict base64url alphabet first, then decoded only if they re-encode to
+        themselves, and ES256 signatures must have low s: no token has two spellings), and only the
         signature check is left to pyjwt's algorithm for the key: parsing once is a
         third of the cost of a first-seen token.
         """
@@ -156,11 +156,14 @@ class AccessTokenVerifier:
             # The key fixes the algorithm; a token may not pick another one for it.
             raise AlgorithmNotAllowed()
         algorithm = _ALGORITHMS[key.alg]
+        signature = _b64decode(signature_b64)
+        if key.alg == "ES256" and not is_low_s_es256(signature):
+            raise InvalidSignature()  # (r, n - s): the other spelling of a signature
         try:
             # prepare_key refuses, for HMAC, anything that looks like a public key.
             prepared = algorithm.prepare_key(key.key)
             valid = algorithm.verify(
-                f"{header_b64}.{payload_b64}".encode("ascii"), prepared, _b64decode(signature_b64)
+                f"{header_b64}.{payload_b64}".encode("ascii"), prepared, signature
             )
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise InvalidSignature() from exc
