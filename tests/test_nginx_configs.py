@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -728,3 +730,85 @@ async def test_reload_switches_to_the_new_replica_set_and_a_bad_config_changes_n
             await asyncio.to_thread(server.reload)
         async with client.get(f"{url}/api/me") as response:
             assert response.status == 200
+
+
+# -- transport security -------------------------------------------------------------------
+
+HSTS_MIN_MAX_AGE = 365 * 24 * 3600
+
+
+def _assert_hsts(response: aiohttp.ClientResponse) -> None:
+    """One Strict-Transport-Security header: a year or more, subdomains included."""
+    values = response.headers.getall("Strict-Transport-Security", [])
+    assert len(values) == 1, (response.status, response.url, values)
+    directives = {d.strip().split("=")[0].lower(): d.strip() for d in values[0].split(";")}
+    assert "includesubdomains" in directives, values
+    assert int(directives["max-age"].split("=")[1]) >= HSTS_MIN_MAX_AGE, values
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+async def test_every_https_response_carries_hsts_including_nginx_errors(
+    tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream, policy: str
+) -> None:
+    async with (
+        running_nginx(tmp_path, tls, policy, _replicas(replicas), auth.port) as (_, url),
+        https_client(tls.ca_cert) as client,
+    ):
+        cookies = {"session": "good"}
+        expected = [("/nginx-health", 200), ("/no/such/path", 404), ("/auth/me", 200)]
+        expected.append(("/api/me", 200))
+        for path, status in expected:
+            async with client.get(f"{url}{path}", cookies=cookies) as response:
+                assert response.status == status, path
+                _assert_hsts(response)
+        if policy == "forward_auth":
+            async with client.get(f"{url}/api/me") as response:
+                assert response.status == 401
+                _assert_hsts(response)
+            auth.outage = True
+            async with client.get(f"{url}/api/me", cookies=cookies) as response:
+                assert response.status == 503
+                _assert_hsts(response)
+        await auth.stop()
+        async with client.get(f"{url}/auth/me") as response:
+            assert response.status == 502
+            _assert_hsts(response)
+
+
+def _handshake(port: int, ca_cert: Path, *, tls12_ciphers: str | None) -> str:
+    """Open a TLS connection with a real client; the negotiated cipher, or raise SSLError."""
+    context = ssl.create_default_context(cafile=str(ca_cert))
+    if tls12_ciphers is not None:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(tls12_ciphers)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls_socket,
+    ):
+        cipher = tls_socket.cipher()
+        assert cipher is not None
+        return f"{tls_socket.version()} {cipher[0]}"
+
+
+CBC_SHA = "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA"
+CBC_SHA2 = "ECDHE-ECDSA-AES128-SHA256:ECDHE-RSA-AES128-SHA256:AES128-SHA256:AES256-SHA256"
+RSA_KEX = "AES128-GCM-SHA256:AES256-GCM-SHA384:AES128-SHA"
+AEAD_ECDHE = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"
+
+
+async def test_tls_offers_mozillas_intermediate_suites_and_refuses_cbc(
+    tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream
+) -> None:
+    async with running_nginx(tmp_path, tls, "round_robin", _replicas(replicas), auth.port) as (
+        server,
+        _,
+    ):
+        port = server.port
+        for refused in (CBC_SHA, CBC_SHA2, RSA_KEX):
+            with pytest.raises(ssl.SSLError):
+                await asyncio.to_thread(_handshake, port, tls.ca_cert, tls12_ciphers=refused)
+        accepted = await asyncio.to_thread(_handshake, port, tls.ca_cert, tls12_ciphers=AEAD_ECDHE)
+        assert accepted.startswith("TLSv1.2 ECDHE-") and "GCM" in accepted, accepted
+        assert (
+            await asyncio.to_thread(_handshake, port, tls.ca_cert, tls12_ciphers=None)
+        ).startswith("TLSv1.3 ")

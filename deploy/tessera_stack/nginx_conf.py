@@ -42,6 +42,7 @@ SHARED_FILES = (
     "http.conf",
     "server.conf",
     "proxy.conf",
+    "response_headers.conf",
     "identity_cleared.conf",
     "replica_retry.conf",
 )
