@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tessera_verify.config import ConfigError
+from tessera_verify.config import ConfigError, parse_networks
 
 from .test_deploy_compose import load_service_settings, unknown_settings, with_secret_files
 
@@ -257,3 +257,16 @@ def test_the_placeholder_secret_is_refused_so_nothing_starts_with_it(tmp_path: P
         load_service_settings(_program(container), environ)
     assert "TESSERA_SESSION_HASH_KEY must be at least 32 bytes" in error.value.problems
     assert "TESSERA_KEY_ENCRYPTION_KEY must be at least 32 bytes" in error.value.problems
+
+
+def test_x_forwarded_for_is_believed_only_from_the_pods_own_loopback_by_default() -> None:
+    # A pod CIDR (10.0.0.0/8) lets any pod in the cluster claim any client address:
+    # per-address throttling and the audit trail would believe it. The default trusts
+    # nothing outside the pod; the operator narrows it to the ingress (README).
+    data = _one("ConfigMap", "tessera-config")["data"]
+    networks = parse_networks(data["TESSERA_TRUSTED_PROXIES"])
+    assert networks
+    for network in networks:
+        assert network.is_loopback and network.num_addresses == 1, network
+    readme = (K8S_DIR / "README.md").read_text()
+    assert "## Client addresses: TESSERA_TRUSTED_PROXIES" in readme
