@@ -120,6 +120,9 @@ def auth_env(layout: Layout, settings: ServiceSettings) -> dict[str, str]:
     env.update(
         TESSERA_PORT=str(settings.auth_port),
         TESSERA_KEY_ENCRYPTION_KEY_FILE=str(layout.secret("key_encryption_key")),
+        # The demo and the bench log dozens of users in at once to measure the
+        # replicas, not Argon2 admission (503 server_busy past 2 x CPUs + 2 jobs).
+        TESSERA_ARGON2_MAX_PENDING="256",
     )
     return env
 
