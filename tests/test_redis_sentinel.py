@@ -106,8 +106,10 @@ async def test_the_client_follows_a_sentinel_failover_and_acknowledged_writes_su
             )
         finally:
             group.restart(killed)
-        # The old primary is back as a replica of the new one, with the data.
-        assert killed.role() == "slave"
+        # The old primary is back, with the data: as a replica of the new one, or (on a
+        # loaded machine the sentinels' 1 s down-after can fail over once more) as the
+        # primary the sentinels name again. Never as a second primary.
+        assert killed.role() == "slave" or group.primary() is killed
         with redis.Redis(host="127.0.0.1", port=killed.port, socket_timeout=2.0) as old_primary:
             assert old_primary.exists(*(redis_keys.session(k) for k in acknowledged)) == 20
     finally:
