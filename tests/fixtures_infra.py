@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
@@ -23,6 +24,8 @@ import redis.exceptions
 
 from tessera_stack import PostgresServer, RedisServer
 from tessera_stack.redis_topologies import RedisClusterGroup, RedisSentinelGroup
+from tessera_verify.clock import ManualClock
+from tessera_verify.session_store import RedisSessionStore, SessionRecord
 
 T = TypeVar("T")
 
@@ -104,3 +107,22 @@ async def first_answer(
             await asyncio.sleep(0.05)
         else:
             return result, time.monotonic() - since, errors
+
+
+async def save_sessions(store: RedisSessionStore, clock: ManualClock, count: int) -> list[str]:
+    """``count`` fresh sessions of user ``u1`` saved in ``store``; their storage keys."""
+    keys = [secrets.token_hex(16) for _ in range(count)]
+    for key in keys:
+        now = clock.now()
+        record = SessionRecord(
+            user_id="u1",
+            username="u1",
+            public_id=secrets.token_urlsafe(8),
+            created_at=now,
+            last_seen_at=now,
+            expires_at=now + 3600,
+            ip="127.0.0.1",
+            user_agent="pytest",
+        )
+        await store.save(key, record, ttl=3600)
+    return keys

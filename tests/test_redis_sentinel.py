@@ -9,7 +9,6 @@ window, reported, not asserted.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 
 import redis
@@ -20,32 +19,11 @@ from tessera_stack.redis_topologies import RedisSentinelGroup
 from tessera_verify import redis_keys
 from tessera_verify.clock import ManualClock
 from tessera_verify.dependency_metrics import instrumented_redis
-from tessera_verify.session_store import RedisSessionStore, SessionRecord
+from tessera_verify.session_store import RedisSessionStore
 
-from .fixtures_infra import first_answer
+from .fixtures_infra import first_answer, save_sessions
 
 log = logging.getLogger(__name__)
-
-
-def _record(clock: ManualClock, user_id: str) -> SessionRecord:
-    now = clock.now()
-    return SessionRecord(
-        user_id=user_id,
-        username=user_id,
-        public_id=secrets.token_urlsafe(8),
-        created_at=now,
-        last_seen_at=now,
-        expires_at=now + 3600,
-        ip="127.0.0.1",
-        user_agent="pytest",
-    )
-
-
-async def _save_sessions(store: RedisSessionStore, clock: ManualClock, count: int) -> list[str]:
-    keys = [secrets.token_hex(16) for _ in range(count)]
-    for key in keys:
-        await store.save(key, _record(clock, "u1"), ttl=3600)
-    return keys
 
 
 def test_the_sentinel_url_names_every_sentinel_and_the_master(
@@ -71,14 +49,14 @@ async def test_the_client_follows_a_sentinel_failover_and_acknowledged_writes_su
     refresh = RefreshTokenStore(client, hash_key=b"k" * 32, ttl=3600, clock=clock)
     try:
         await client.flushdb()
-        acknowledged = await _save_sessions(sessions, clock, 20)
+        acknowledged = await save_sessions(sessions, clock, 20)
         tokens = [
             (await refresh.start_family(user_id="u1", session_link=f"link-{i}"))[0]
             for i in range(5)
         ]
         # One client, used by one task: WAIT runs on the connection that wrote.
         assert await client.wait(1, 5000) >= 1
-        unacknowledged = await _save_sessions(sessions, clock, 20)
+        unacknowledged = await save_sessions(sessions, clock, 20)
 
         killed_at = time.monotonic()
         killed = group.kill_primary()
