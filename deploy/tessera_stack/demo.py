@@ -71,6 +71,11 @@ PASSWORD = "demo password: correct horse battery staple"  # noqa: S105
 NO_METHOD = "none"
 
 
+def authenticated_ok(status: int | None, auth_method: str | None) -> bool:
+    """An authenticated success: a 2xx, and the replica knew who asked."""
+    return status is not None and 200 <= status < 300 and auth_method not in (None, NO_METHOD)
+
+
 def source_address(index: int, *, one_network: bool = False) -> str:
     """The loopback address user ``index`` (0-based) connects from: ``127.0.<index+1>.1``.
 
@@ -102,11 +107,7 @@ class Exchange:
     @property
     def ok(self) -> bool:
         """An authenticated success: 2xx, and the replica knew who asked."""
-        return (
-            self.status is not None
-            and 200 <= self.status < 300
-            and self.auth_method not in (None, NO_METHOD)
-        )
+        return authenticated_ok(self.status, self.auth_method)
 
     @property
     def failed(self) -> bool:

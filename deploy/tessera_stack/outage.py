@@ -41,6 +41,7 @@ from tessera_stack.demo import (
     DemoUser,
     Exchange,
     StackControl,
+    authenticated_ok,
     demo_users,
     login,
     register,
@@ -85,7 +86,6 @@ MAX_WAIT = 60.0
 POLL = 0.01
 LOGIN_ATTEMPTS = 20
 DEPENDENCY_UNAVAILABLE = "dependency_unavailable"
-NO_METHOD = "none"
 
 BringBack = Callable[[], Awaitable[object]]
 
@@ -106,11 +106,7 @@ class Answer:
     @property
     def ok(self) -> bool:
         """An authenticated 2xx."""
-        return (
-            self.status is not None
-            and 200 <= self.status < 300
-            and self.auth_method not in (None, NO_METHOD)
-        )
+        return authenticated_ok(self.status, self.auth_method)
 
     @property
     def refused(self) -> bool:
