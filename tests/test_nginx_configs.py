@@ -3,7 +3,9 @@ nginx in front of stand-in upstreams routes, retries and guards headers as the
 templates say it does.
 
 The stand-in replicas and auth service are small aiohttp apps that record what
-nginx sent them; nginx, TLS and the balancing are the real thing.
+nginx sent them; nginx, TLS and the balancing are the real thing. Where what
+matters is how nginx relays the real auth service's verdict (a session cookie
+sent twice), the real auth service on real PostgreSQL and Redis answers.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from tessera_stack import StackError, free_port
 from tessera_stack.nginx_conf import POLICIES, NginxConfig, Replica, render, render_to
 from tessera_stack.servers import NginxServer, nginx_check
 from tessera_stack.tls import TlsFiles, ensure_certificate
+from tessera_verify.sessions import INSECURE_SESSION_COOKIE, SESSION_COOKIE
+from tests.conftest import AuthClientFactory, register_and_login
 from tests.stack_clients import https_client, source_address
 
 SECRET = "forward-secret-" + "x" * 40
@@ -575,6 +579,52 @@ async def test_forward_auth_turns_the_auth_services_503_into_a_503_with_its_retr
         async with client.get(f"{url}/api/me", cookies={"session": "good"}) as response:
             assert response.status == 200
     assert sum(len(upstream.seen) for upstream in replicas) == 1
+
+
+@pytest.mark.parametrize("cookie_insecure", [False, True])
+async def test_forward_auth_relays_the_real_auth_services_400_for_a_session_cookie_sent_twice(
+    cookie_insecure: bool,
+    tmp_path: Path,
+    tls: TlsFiles,
+    replicas: list[Upstream],
+    make_auth_client: AuthClientFactory,
+) -> None:
+    """The real auth service (on real PostgreSQL and Redis) decides; nginx relays its
+    400 in the services' error shape instead of auth_request's 500."""
+    direct = await make_auth_client(cookie_insecure=cookie_insecure)
+    account = await register_and_login(direct, credential="none")
+    username = account["user"]["username"]
+    login = await direct.post(
+        "/auth/login", json={"username": username, "password": account["password"]}
+    )
+    name = INSECURE_SESSION_COOKIE if cookie_insecure else SESSION_COOKIE
+    cookie = login.cookies[name].value
+    assert direct.port is not None
+
+    async with (
+        running_nginx(tmp_path, tls, "forward_auth", _replicas(replicas), direct.port) as (_, url),
+        https_client(tls.ca_cert) as client,
+    ):
+        async with client.get(f"{url}/api/me", headers={"Cookie": f"{name}={cookie}"}) as ok:
+            assert ok.status == 200, await ok.text()
+        twice = {"Cookie": f"{name}={'a' * 43}; other=1; {name}={cookie}"}
+        for method in ("GET", "POST"):
+            # aiohttp merges its jar into a Cookie header, keeping one copy of each name.
+            client.cookie_jar.clear()
+            async with client.request(method, f"{url}/api/comments", headers=twice) as response:
+                assert response.status == 400, await response.text()
+                assert response.content_type == "application/json"
+                assert await response.json() == {
+                    "error": "duplicate_cookie",
+                    "message": "a session cookie was sent more than once",
+                }
+                assert "X-Request-ID" in response.headers
+                _assert_hsts(response)
+        async with client.get(f"{url}/api/me", headers={"Cookie": f"{name}={'a' * 43}"}) as gone:
+            assert gone.status == 401
+            assert gone.headers["WWW-Authenticate"] == 'Bearer realm="tessera"'
+    (seen,) = [s for upstream in replicas for s in upstream.seen]
+    assert seen.headers["X-Tessera-Username"] == username
 
 
 async def test_a_get_in_flight_on_a_dying_replica_is_retried_but_a_post_is_not(

@@ -208,10 +208,14 @@ async def logout(request: web.Request) -> web.Response:
 
 @routes.get("/auth/forward")
 async def forward(request: web.Request) -> web.Response:
-    """nginx ``auth_request``: 200 with identity headers, or 401.
+    """nginx ``auth_request``: 200 with identity headers, 401, 400 or 503.
 
     nginx copies the identity headers onto the proxied request; the body is
     never looked at, and nginx sends none (``proxy_pass_request_body off``).
+    nginx sees only the status of a refusal and renders the body itself
+    (``nginx/policies/forward_auth.conf``): a 400 from here means a session
+    cookie sent twice (:class:`~tessera_verify.errors.DuplicateCookie`), so no
+    other 400 may come from here.
     """
     principal = await authenticate(request)
     username = await _username(request.app, principal)
