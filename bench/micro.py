@@ -255,7 +255,13 @@ async def _propagation(
     """
     url = redis.connection_pool.connection_kwargs
     clients = [
-        Redis(host=url.get("host", "127.0.0.1"), port=url.get("port", 6379), db=url.get("db", 0))
+        Redis(
+            host=url.get("host", "127.0.0.1"),
+            port=url.get("port", 6379),
+            db=url.get("db", 0),
+            username=url.get("username"),
+            password=url.get("password"),
+        )
         for _ in range(3)
     ]
     caches = [RevocationCache(client, clock) for client in clients]

@@ -124,5 +124,5 @@ async def save_sessions(store: RedisSessionStore, clock: ManualClock, count: int
             ip="127.0.0.1",
             user_agent="pytest",
         )
-        await store.save(key, record, ttl=3600)
+        await store.save(key, record, record.expires_at)
     return keys

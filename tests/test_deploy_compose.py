@@ -26,6 +26,7 @@ from tessera_auth.settings import Settings
 from tessera_auth.settings import load_settings as load_auth_settings
 from tessera_resource.settings import ResourceSettings
 from tessera_resource.settings import load_settings as load_resource_settings
+from tessera_stack import redis_acl
 from tessera_stack.compose_nginx import HTTPS_PORT, compose_config, stale_files
 from tessera_stack.servers import nginx_check
 from tessera_stack.tls import TlsFiles, ensure_certificate
@@ -297,8 +298,10 @@ def test_every_file_variable_names_a_secret_its_service_mounts(compose: dict[str
                 # No secret inline: everything secret comes from a file.
                 assert not re.search(r"KEY|SECRET|PASSWORD", key), f"{name}: {key} is inline"
     assert used == set(compose["secrets"])
-    # The replicas never see the key that decrypts the signing keys.
+    # The replicas never see the key that decrypts the signing keys, nor the
+    # Redis user that can write credentials.
     assert "key_encryption_key" not in compose["services"]["resource"]["secrets"]
+    assert "redis_auth_url" not in compose["services"]["resource"]["secrets"]
 
 
 def test_make_secrets_creates_every_secret_once_and_keeps_them(
@@ -314,6 +317,16 @@ def test_make_secrets_creates_every_secret_once_and_keeps_them(
     url = urlsplit(before["database_url"].decode())
     assert (url.scheme, url.hostname, url.password) == ("postgresql", "postgres", password)
     assert len(before["session_hash_key"]) >= 32
+    # Redis's users: the ACL file is the one the local stack renders (one rule set).
+    passwords = {
+        user: (secrets_dir / f"redis_{user.removeprefix('tessera-')}_password").read_text()
+        for user in (redis_acl.AUTH_USER, redis_acl.REPLICA_USER)
+    }
+    passwords[redis_acl.ADMIN] = (secrets_dir / "redis_admin_password").read_text()
+    assert before["redis_users_acl"].decode() == redis_acl.render_acl(passwords)
+    for user, secret in ((redis_acl.AUTH_USER, "auth"), (redis_acl.REPLICA_USER, "replica")):
+        url = urlsplit(before[f"redis_{secret}_url"].decode())
+        assert (url.hostname, url.username, url.password) == ("redis", user, passwords[user])
     assert b"BEGIN CERTIFICATE" in before["tls_cert"]
     assert b"PRIVATE KEY" in before["tls_key"]
 
@@ -336,7 +349,7 @@ def test_compose_uses_only_variables_the_services_read() -> None:
     names: set[str] = set()
     for service in compose_raw()["services"].values():
         names |= set(service.get("environment", {}))
-    assert {"DATABASE_URL_FILE", "REDIS_URL", "TESSERA_SESSION_HASH_KEY_FILE"} <= names
+    assert {"DATABASE_URL_FILE", "REDIS_URL_FILE", "TESSERA_SESSION_HASH_KEY_FILE"} <= names
     assert not unknown_settings(names)
 
 

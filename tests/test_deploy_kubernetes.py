@@ -214,6 +214,9 @@ def test_only_the_auth_pods_mount_the_key_encryption_key() -> None:
     assert resource <= keys
     assert "key_encryption_key" in auth
     assert "key_encryption_key" not in resource
+    # The replicas' Redis user cannot write credentials; the auth service's can.
+    assert "redis_auth_url" in auth and "redis_auth_url" not in resource
+    assert "redis_replica_url" in resource
 
 
 def _real_secrets(tmp_path: Path, placeholders: bool) -> dict[str, Path]:

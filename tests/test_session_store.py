@@ -7,6 +7,7 @@ opened by the factory every service uses (:func:`instrumented_redis`).
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -20,6 +21,7 @@ from tessera_verify.session_store import (
     RedisSessionStore,
     SessionRecord,
     SessionStore,
+    StoredSession,
 )
 from tessera_verify.sessions import SessionManager, SessionPolicy
 
@@ -62,6 +64,12 @@ def _record(clock: ManualClock, user_id: str = "u1", lifetime: float = 3600) -> 
     )
 
 
+async def _loaded(store: SessionStore, key: str) -> StoredSession:
+    stored = await store.load(key)
+    assert stored is not None, key
+    return stored
+
+
 def _manager(store: SessionStore, clock: ManualClock, **policy: float) -> SessionManager:
     return SessionManager(
         store,
@@ -74,10 +82,12 @@ def _manager(store: SessionStore, clock: ManualClock, **policy: float) -> Sessio
 # --- the store contract --------------------------------------------------------------
 
 
-async def test_saved_record_loads_back_equal(store: SessionStore, clock: ManualClock) -> None:
+async def test_saved_record_loads_back_equal_with_its_time_of_death(
+    store: SessionStore, clock: ManualClock
+) -> None:
     record = _record(clock)
-    await store.save("key-1", record, ttl=60)
-    assert await store.load("key-1") == record
+    await store.save("key-1", record, clock.now() + 60)
+    assert await store.load("key-1") == StoredSession(record, clock.now() + 60)
 
 
 async def test_unknown_key_loads_none(store: SessionStore) -> None:
@@ -85,34 +95,36 @@ async def test_unknown_key_loads_none(store: SessionStore) -> None:
 
 
 async def test_save_replaces_existing_record(store: SessionStore, clock: ManualClock) -> None:
-    await store.save("key-1", _record(clock), ttl=60)
+    await store.save("key-1", _record(clock), clock.now() + 60)
     newer = _record(clock)
-    await store.save("key-1", newer, ttl=60)
-    assert await store.load("key-1") == newer
+    await store.save("key-1", newer, clock.now() + 60)
+    assert (await _loaded(store, "key-1")).record == newer
 
 
-async def test_touch_replaces_a_live_record(store: SessionStore, clock: ManualClock) -> None:
-    await store.save("key-1", _record(clock), ttl=60)
-    newer = _record(clock)
-    assert await store.touch("key-1", newer, ttl=60) is True
-    assert await store.load("key-1") == newer
+async def test_touch_moves_the_time_of_death_and_leaves_the_record(
+    store: SessionStore, clock: ManualClock
+) -> None:
+    record = _record(clock)
+    await store.save("key-1", record, clock.now() + 60)
+    assert await store.touch("key-1", clock.now() + 90) is True
+    assert await store.load("key-1") == StoredSession(record, clock.now() + 90)
 
 
 async def test_touch_never_brings_a_deleted_record_back(
     store: SessionStore, clock: ManualClock
 ) -> None:
     record = _record(clock)
-    await store.save("key-1", record, ttl=60)
-    assert await store.load("key-1") == record  # a verifier read it ...
+    await store.save("key-1", record, clock.now() + 60)
+    assert (await _loaded(store, "key-1")).record == record  # a verifier read it ...
     await store.delete("key-1")  # ... then it was revoked ...
-    assert await store.touch("key-1", record, ttl=60) is False  # ... and its touch is refused
+    assert await store.touch("key-1", clock.now() + 60) is False  # ... and its touch is refused
     assert await store.load("key-1") is None
 
 
 async def test_delete_removes_record_and_reports_it(
     store: SessionStore, clock: ManualClock
 ) -> None:
-    await store.save("key-1", _record(clock), ttl=60)
+    await store.save("key-1", _record(clock), clock.now() + 60)
     assert await store.delete("key-1") is True
     assert await store.load("key-1") is None
     assert await store.delete("key-1") is False
@@ -122,12 +134,16 @@ async def test_list_for_user_returns_only_that_users_sessions(
     store: SessionStore, clock: ManualClock
 ) -> None:
     a1, a2, b1 = _record(clock, "a"), _record(clock, "a"), _record(clock, "b")
-    await store.save("a1", a1, ttl=60)
-    await store.save("a2", a2, ttl=60)
-    await store.save("b1", b1, ttl=60)
-    assert sorted(await store.list_for_user("a"), key=lambda kv: kv[0]) == [("a1", a1), ("a2", a2)]
+    dies_at = clock.now() + 60
+    await store.save("a1", a1, dies_at)
+    await store.save("a2", a2, dies_at)
+    await store.save("b1", b1, dies_at)
+    assert sorted(await store.list_for_user("a"), key=lambda kv: kv[0]) == [
+        ("a1", StoredSession(a1, dies_at)),
+        ("a2", StoredSession(a2, dies_at)),
+    ]
     await store.delete("a1")
-    assert await store.list_for_user("a") == [("a2", a2)]
+    assert await store.list_for_user("a") == [("a2", StoredSession(a2, dies_at))]
     assert await store.list_for_user("nobody") == []
 
 
@@ -137,7 +153,7 @@ async def test_ping_succeeds_on_a_live_store(store: SessionStore) -> None:
 
 async def test_redis_store_record_carries_a_ttl(redis: Redis, clock: ManualClock) -> None:
     store = RedisSessionStore(redis, clock)
-    await store.save("key-1", _record(clock), ttl=42)
+    await store.save("key-1", _record(clock), time.time() + 42)
     ttl_ms = await redis.pttl(redis_keys.session("key-1"))
     assert 0 < ttl_ms <= 42_000
     assert 0 < await redis.ttl(redis_keys.user_sessions("u1")) <= 3600
@@ -145,7 +161,7 @@ async def test_redis_store_record_carries_a_ttl(redis: Redis, clock: ManualClock
 
 async def test_memory_store_forgets_after_ttl(clock: ManualClock) -> None:
     store = MemorySessionStore(clock)
-    await store.save("key-1", _record(clock), ttl=30)
+    await store.save("key-1", _record(clock), clock.now() + 30)
     clock.advance(29)
     assert await store.load("key-1") is not None
     clock.advance(2)
@@ -156,7 +172,7 @@ async def test_memory_store_forgets_after_ttl(clock: ManualClock) -> None:
 async def test_memory_store_never_holds_more_than_max_entries(clock: ManualClock) -> None:
     store = MemorySessionStore(clock, max_entries=3)
     for n in range(5):
-        await store.save(f"key-{n}", _record(clock, user_id=f"u{n}"), ttl=600)
+        await store.save(f"key-{n}", _record(clock, user_id=f"u{n}"), clock.now() + 600)
     assert len(store) == 3
     assert [await store.load(f"key-{n}") is not None for n in range(5)] == [
         False,
@@ -170,11 +186,11 @@ async def test_memory_store_never_holds_more_than_max_entries(clock: ManualClock
 
 async def test_memory_store_evicts_expired_entries_before_live_ones(clock: ManualClock) -> None:
     store = MemorySessionStore(clock, max_entries=3)
-    await store.save("live-old", _record(clock), ttl=1000)
-    await store.save("short", _record(clock), ttl=10)
-    await store.save("live", _record(clock), ttl=1000)
+    await store.save("live-old", _record(clock), clock.now() + 1000)
+    await store.save("short", _record(clock), clock.now() + 10)
+    await store.save("live", _record(clock), clock.now() + 1000)
     clock.advance(20)
-    await store.save("new", _record(clock), ttl=1000)
+    await store.save("new", _record(clock), clock.now() + 1000)
     assert len(store) == 3
     for key in ("live-old", "live", "new"):
         assert await store.load(key) is not None, key
@@ -184,10 +200,10 @@ async def test_memory_store_evicts_the_least_recently_written_live_entry(
     clock: ManualClock,
 ) -> None:
     store = MemorySessionStore(clock, max_entries=2)
-    await store.save("a", _record(clock), ttl=600)
-    await store.save("b", _record(clock), ttl=600)
-    assert await store.touch("a", _record(clock), ttl=600)
-    await store.save("c", _record(clock), ttl=600)
+    await store.save("a", _record(clock), clock.now() + 600)
+    await store.save("b", _record(clock), clock.now() + 600)
+    assert await store.touch("a", clock.now() + 600)
+    await store.save("c", _record(clock), clock.now() + 600)
     assert await store.load("b") is None
     assert await store.load("a") is not None and await store.load("c") is not None
 
@@ -195,9 +211,9 @@ async def test_memory_store_evicts_the_least_recently_written_live_entry(
 async def test_memory_store_sweeps_expired_entries_nobody_asks_for(clock: ManualClock) -> None:
     store = MemorySessionStore(clock)
     for n in range(200):
-        await store.save(f"key-{n}", _record(clock, user_id=f"u{n}"), ttl=10)
+        await store.save(f"key-{n}", _record(clock, user_id=f"u{n}"), clock.now() + 10)
     clock.advance(11)
-    await store.save("fresh", _record(clock, user_id="fresh"), ttl=10)
+    await store.save("fresh", _record(clock, user_id="fresh"), clock.now() + 10)
     assert len(store) == 1
     assert store.users_indexed() == 1
 
@@ -206,13 +222,13 @@ async def test_memory_store_sweeps_records_refreshed_many_times_only_once(
     clock: ManualClock,
 ) -> None:
     store = MemorySessionStore(clock)
-    await store.save("key", _record(clock), ttl=10)
+    await store.save("key", _record(clock), clock.now() + 10)
     for _ in range(1000):
         clock.advance(5)
-        assert await store.touch("key", _record(clock), ttl=10)
+        assert await store.touch("key", clock.now() + 10)
     assert store.pending_expiries() <= 64
     clock.advance(11)
-    await store.save("other", _record(clock, user_id="u2"), ttl=10)
+    await store.save("other", _record(clock, user_id="u2"), clock.now() + 10)
     assert len(store) == 1
 
 
@@ -230,7 +246,7 @@ async def test_session_id_has_256_bits_and_store_sees_only_its_keyed_hash(
     assert session.storage_key != session_id
     assert session_id not in session.storage_key
     assert await store.load(session_id) is None
-    assert await store.load(session.storage_key) == session.record
+    assert (await _loaded(store, session.storage_key)).record == session.record
 
 
 async def test_two_sessions_never_share_an_id(store: SessionStore, clock: ManualClock) -> None:
@@ -275,14 +291,12 @@ async def test_idle_refresh_writes_at_most_once_per_touch_interval(
     for _ in range(10):
         clock.advance(5)
         await manager.load(session_id)
-    stored = await store.load(session.storage_key)
-    assert stored is not None
-    assert stored.last_seen_at == created  # 50 s of requests: no write
-    clock.advance(15)
+    assert (await _loaded(store, session.storage_key)).dies_at == created + 600  # no write
+    clock.advance(15)  # 65 s after the last write
     await manager.load(session_id)
-    stored = await store.load(session.storage_key)
-    assert stored is not None
-    assert stored.last_seen_at == clock.now()
+    assert (await _loaded(store, session.storage_key)).dies_at == clock.now() + 600
+    listed = await manager.list_for_user("u1")
+    assert [s.record.last_seen_at for s in listed] == [clock.now()]
 
 
 async def test_destroy_deletes_server_side(store: SessionStore, clock: ManualClock) -> None:

@@ -91,9 +91,13 @@ async def test_the_stacks_redis_keeps_an_aof_on_the_port_recorded_in_its_state(
     state = stack.state()
     assert state.redis == "managed"
     assert state.redis_port is not None
-    assert stack.env()["REDIS_URL"] == f"redis://127.0.0.1:{state.redis_port}/0"
+    # stack.env holds the administrator's URL; the services log in as their roles' users.
+    admin_password = stack.layout.redis_password("default")
+    assert stack.env()["REDIS_URL"] == f"redis://:{admin_password}@127.0.0.1:{state.redis_port}/0"
     client = Redis.from_url(stack.env()["REDIS_URL"])
     try:
+        users = {entry["user"] for entry in await client.client_list()}
+        assert {"tessera-auth", "tessera-replica"} <= users
         assert await client.config_get("appendonly") == {"appendonly": "yes"}
         assert await client.config_get("appendfsync") == {"appendfsync": "everysec"}
         directory = (await client.config_get("dir"))["dir"]

@@ -4,6 +4,9 @@
 #
 #   session_hash_key, key_encryption_key   TESSERA_*_FILE (64 random characters each)
 #   postgres_password, database_url        POSTGRES_PASSWORD_FILE and DATABASE_URL_FILE
+#   redis_{admin,auth,replica}_password    the Redis users' passwords, and from them:
+#   redis_users.acl                        Redis's users (deploy/redis/users.acl.template)
+#   redis_auth_url, redis_replica_url      REDIS_URL_FILE of auth and of the replicas
 #   grafana_admin_password                 GF_SECURITY_ADMIN_PASSWORD__FILE (user admin)
 #   tls_cert.pem, tls_key.pem              nginx's certificate: self-signed, for
 #                                          localhost and 127.0.0.1 (replace with a real one)
@@ -43,6 +46,20 @@ write key_encryption_key "$(random 32)"
 write postgres_password "$(random 24)"
 write database_url "postgresql://tessera:$(cat "$DIR/postgres_password")@postgres:5432/tessera"
 write grafana_admin_password "$(random 16)"
+
+write redis_admin_password "$(random 24)"
+write redis_auth_password "$(random 24)"
+write redis_replica_password "$(random 24)"
+write redis_auth_url "redis://tessera-auth:$(cat "$DIR/redis_auth_password")@redis:6379/0"
+write redis_replica_url "redis://tessera-replica:$(cat "$DIR/redis_replica_password")@redis:6379/0"
+# The ACL file holds only SHA-256 digests of the passwords; rendered afresh each run.
+digest() { printf '%s' "$(cat "$DIR/$1")" | sha256sum | cut -d' ' -f1; }
+TEMPLATE="$(dirname "$0")/../redis/users.acl.template"
+grep -v '^#' "$TEMPLATE" | grep -v '^$' | sed \
+    -e "s/@ADMIN_SHA256@/$(digest redis_admin_password)/" \
+    -e "s/@AUTH_SHA256@/$(digest redis_auth_password)/" \
+    -e "s/@REPLICA_SHA256@/$(digest redis_replica_password)/" >"$DIR/redis_users.acl"
+chmod 0644 "$DIR/redis_users.acl"
 
 if [ ! -e "$DIR/tls_cert.pem" ] || [ ! -e "$DIR/tls_key.pem" ]; then
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \

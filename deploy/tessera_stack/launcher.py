@@ -50,7 +50,7 @@ from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tessera_stack import services, stack_redis
+from tessera_stack import redis_acl, services, stack_redis
 from tessera_stack.demo import add_arguments as add_demo_arguments
 from tessera_stack.demo import run_from_cli as run_demo
 from tessera_stack.nginx_conf import POLICIES, NginxConfig, Replica, render_to
@@ -167,16 +167,10 @@ def _ensure_secret(path: Path) -> None:
         handle.write(secrets.token_urlsafe(48))
 
 
-def _settings(state: StackState) -> ServiceSettings:
+def _settings(layout: Layout, state: StackState) -> ServiceSettings:
     if state.port is None or state.https_port is None:
         raise StackError("the stack is not running; start it with `python -m tessera_stack up`")
-    return ServiceSettings(
-        database_url=state.database_url,
-        redis_url=state.redis_url,
-        auth_port=state.port,
-        https_port=state.https_port,
-        alg=state.alg or DEFAULT_ALG,
-    )
+    return _service_settings(layout, state, state.port, state.https_port, state.alg or DEFAULT_ALG)
 
 
 def _running_state(layout: Layout) -> StackState:
@@ -230,7 +224,7 @@ def _print_urls(layout: Layout, urls: StackUrls, state: StackState) -> None:
         ("replicas", ", ".join(f"{r.id}={LOOPBACK}:{r.port}" for r in urls.replicas)),
         ("CA cert", _display(Path(env["CA_CERT"])) + "  (curl --cacert ...)"),
         ("database", env["DATABASE_URL"]),
-        ("redis", env["REDIS_URL"]),
+        ("redis", _without_password(env["REDIS_URL"])),
         ("env file", _display(layout.stack_env)),
         ("logs", "python -m tessera_stack logs NAME  (auth, nginx, r1, ...)"),
         ("stop", "python -m tessera_stack down"),
@@ -328,11 +322,47 @@ def _ensure_redis(layout: Layout, state: StackState, topology: str | None = None
         return came_back
     recorded = state.redis_port if current == "single" else None
     port = _recorded_port(state.redis, state.redis_url, recorded) if current == "single" else None
+    _ensure_redis_users(layout)
     server = layout.redis(port)
     started = _start_managed(server, "Redis", port)
     state.redis, state.redis_url, state.redis_port = "managed", server.url, server.port
     state.redis_topology = "single"
     return started
+
+
+def _ensure_redis_users(layout: Layout) -> None:
+    """The Redis users' passwords (made once) and the ACL file the stack's Redis loads."""
+    passwords: dict[str, str] = {}
+    for user in redis_acl.ROLES:
+        _ensure_secret(layout.secret(f"redis_{user}_password"))
+        password = layout.redis_password(user)
+        assert password is not None
+        passwords[user] = password
+    text = redis_acl.render_acl(passwords)
+    fd = os.open(layout.redis_acl, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(text)
+
+
+def _service_settings(
+    layout: Layout, state: StackState, auth_port: int, https_port: int, alg: str
+) -> ServiceSettings:
+    """What the services are started with; on the stack's own single Redis each
+    logs in as its role's user (:mod:`tessera_stack.redis_acl`)."""
+    redis_urls: dict[str, str] = {}
+    if _redis_topology(state) == "single":
+        for user in (redis_acl.AUTH_USER, redis_acl.REPLICA_USER):
+            password = layout.redis_password(user)
+            if password is not None:
+                redis_urls[user] = redis_acl.role_url(state.redis_url, user, password)
+    return ServiceSettings(
+        database_url=state.database_url,
+        redis_url=state.redis_url,
+        auth_port=auth_port,
+        https_port=https_port,
+        alg=alg,
+        redis_role_urls=redis_urls,
+    )
 
 
 def _stop_unused_servers(layout: Layout, state: StackState) -> None:
@@ -459,7 +489,7 @@ def _reconcile(
     a replica (graceful reload) before that replica is stopped (SIGTERM,
     which lets its own in-flight requests finish).
     """
-    settings = _settings(state)
+    settings = _settings(layout, state)
     restart_all = restart or state.methods != selected.methods
     envs = {
         entry.id: services.replica_env(layout, settings, entry, selected.methods)
@@ -590,7 +620,7 @@ def cmd_up(layout: Layout, options: UpOptions) -> int:
         if alg == "HS256":
             _ensure_secret(layout.secret("jwt_hs256_secret"))
         ensure_certificate(layout.tls.directory)
-        settings = ServiceSettings(state.database_url, state.redis_url, port, https_port, alg)
+        settings = _service_settings(layout, state, port, https_port, alg)
         auth_env = services.auth_env(layout, settings)
         if auth_pid is not None and (reason := _stale_addresses(state, AUTH, auth_env)):
             print(f"restarting the auth service: {reason}", flush=True)
@@ -759,7 +789,7 @@ def cmd_restart_replicas(layout: Layout, replica_ids: Sequence[str]) -> int:
         assert state.row is not None
         assert state.https_port is not None
         targets = _restart_targets(state, replica_ids)
-        settings = _settings(state)
+        settings = _settings(layout, state)
         methods = state.methods or ROWS[state.row].methods
         nginx = layout.nginx_server(state.https_port)
         if len(state.replicas) == 1:
@@ -837,6 +867,15 @@ def cmd_down(layout: Layout, purge: bool) -> int:
     return 0
 
 
+def _without_password(url: str) -> str:
+    """``url`` fit to print: its password (the Redis administrator's) left out."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{parts.netloc.rpartition('@')[2]}").geturl()
+
+
 def _liveness(pid: int | None) -> str:
     return f"running (pid {pid})" if pid is not None else "stopped"
 
@@ -860,7 +899,7 @@ def cmd_status(layout: Layout) -> int:
                 rows.append((name, _liveness(pid), f"{LOOPBACK}:{node.port}"))
         else:
             pid = server.pid
-            rows.append((server.name, _liveness(pid), url if pid else ""))
+            rows.append((server.name, _liveness(pid), _without_password(url) if pid else ""))
     if state.https_port is not None:
         nginx_pid = layout.nginx_server(state.https_port).pid
         url = f"https://{LOOPBACK}:{state.https_port}" if nginx_pid else ""

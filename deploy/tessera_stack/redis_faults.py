@@ -29,11 +29,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
+import redis
+from tessera_stack import redis_acl
 from tessera_stack.processes import StackError, is_alive
 from tessera_stack.servers import LOOPBACK
 from tessera_stack.stack_redis import GroupNode, RedisGroup
@@ -68,6 +69,8 @@ class FaultTarget:
     group: RedisGroup | None = None
     #: Cluster: a key whose slot the killed primary served.
     key: str = ""
+    #: Single: the administrator's password (the stack's Redis has users).
+    password: str | None = None
 
     @property
     def data_ports(self) -> tuple[int, ...]:
@@ -81,11 +84,12 @@ class FaultTarget:
         return () if self.group is None else tuple(n.port for n in self.group.nodes if n.sentinel)
 
 
-def _ask(port: int, *command: Any) -> Any:
+def _ask(port: int, *command: Any, password: str | None = None) -> Any:
     """One command to the Redis (or sentinel) on ``port``; ``None`` when it cannot answer."""
     client = redis.Redis(
         host=LOOPBACK,
         port=port,
+        password=password,
         socket_timeout=_TIMEOUT,
         socket_connect_timeout=_TIMEOUT,
         retry=Retry(NoBackoff(), 0),
@@ -151,7 +155,8 @@ def find_target(layout: Layout, state: StackState, slot: str = "rev") -> FaultTa
         pid = layout.redis(state.redis_port).pid
         if pid is None:
             raise StackError("the stack's Redis is not running; `python -m tessera_stack up`")
-        return FaultTarget("single", pid, state.redis_port, "Redis (AOF)")
+        password = layout.redis_password(redis_acl.ADMIN)
+        return FaultTarget("single", pid, state.redis_port, "Redis (AOF)", password=password)
     group = RedisGroup.load(layout, topology)
     if group is None:
         raise StackError(f"the stack records no Redis {topology} group")
@@ -186,7 +191,7 @@ def find_target(layout: Layout, state: StackState, slot: str = "rev") -> FaultTa
 def store_is_back(target: FaultTarget) -> bool:
     """Whether the store serves again after ``target`` was taken away (module doc)."""
     if target.topology == "single":
-        return _ask(target.port, "PING") is True
+        return _ask(target.port, "PING", password=target.password) is True
     assert target.group is not None
     if target.topology == "sentinel":
         named = {_sentinel_primary(p, target.group.master_name) for p in target.sentinel_ports}

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
+from urllib.parse import quote
 
 from tessera_stack.processes import (
     StackError,
@@ -795,6 +796,10 @@ class RedisServer(_LocalServer):
     snapshot (``aof-use-rdb-preamble``), so a restart on the same
     ``base_dir`` (a crash included: even SIGKILL loses nothing the kernel
     has been given) comes back with the data.
+
+    With ``acl_file`` (the local stack: see :mod:`tessera_stack.redis_acl`)
+    the server loads its users from that file at every start, and
+    ``admin_password`` is the ``default`` user's, which :attr:`url` carries.
     """
 
     name = "redis"
@@ -810,6 +815,8 @@ class RedisServer(_LocalServer):
         pid_path: Path | str | None = None,
         detached: bool = False,
         startup_timeout: float = 30.0,
+        acl_file: Path | None = None,
+        admin_password: str | None = None,
     ) -> None:
         super().__init__(
             base_dir,
@@ -820,6 +827,8 @@ class RedisServer(_LocalServer):
             startup_timeout=startup_timeout,
         )
         self._persistent = persistent
+        self._acl_file = acl_file
+        self._admin_password = admin_password
 
     @property
     def persistent(self) -> bool:
@@ -833,8 +842,9 @@ class RedisServer(_LocalServer):
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0``."""
-        return f"redis://{LOOPBACK}:{self.port}/0"
+        """``redis://127.0.0.1:PORT/0``, as the administrator when the server has users."""
+        login = f":{quote(self._admin_password, safe='')}@" if self._admin_password else ""
+        return f"redis://{login}{LOOPBACK}:{self.port}/0"
 
     def remove_data(self) -> None:
         """Delete Redis's working directory; the server must be stopped."""
@@ -865,6 +875,7 @@ class RedisServer(_LocalServer):
             "--save",
             "",
             *self._persistence_arguments(),
+            *(["--aclfile", str(self._acl_file)] if self._acl_file else []),
             "--dir",
             str(self.data_dir),
             "--daemonize",
@@ -889,20 +900,32 @@ class RedisServer(_LocalServer):
         ]
 
     def _ready(self, port: int) -> bool:
+        commands = [[b"PING"]]
+        if self._admin_password:
+            commands.insert(0, [b"AUTH", self._admin_password.encode()])
         try:
             with socket.create_connection((LOOPBACK, port), timeout=1.0) as sock:
-                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+                sock.sendall(b"".join(_resp(command) for command in commands))
                 reply = b""
                 deadline = time.monotonic() + 1.0
-                while not reply.endswith(b"\r\n") and time.monotonic() < deadline:
+                while reply.count(b"\r\n") < len(commands) and time.monotonic() < deadline:
                     chunk = sock.recv(64)
                     if not chunk:
                         break
                     reply += chunk
         except OSError:
             return False
-        # "-LOADING ..." means up but not serving yet.
-        return reply.startswith(b"+PONG")
+        # "-LOADING ..." means up but not serving yet; "-WRONGPASS" or "-ERR" after
+        # AUTH, that it runs without the users this server is started with.
+        replies = reply.split(b"\r\n")[: len(commands)]
+        return replies[-1].startswith(b"+PONG") and all(r.startswith(b"+") for r in replies)
+
+
+def _resp(command: list[bytes]) -> bytes:
+    """``command`` in the Redis protocol (RESP2)."""
+    parts = [b"*%d\r\n" % len(command)]
+    parts.extend(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in command)
+    return b"".join(parts)
 
 
 # -- nginx --------------------------------------------------------------------

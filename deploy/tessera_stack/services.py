@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tessera_stack.processes import (
@@ -25,6 +25,7 @@ from tessera_stack.processes import (
     wait_until,
     write_pid_file,
 )
+from tessera_stack.redis_acl import AUTH_USER, REPLICA_USER
 from tessera_stack.state import Layout, ReplicaEntry
 
 __all__ = [
@@ -82,6 +83,11 @@ class ServiceSettings:
     auth_port: int
     https_port: int
     alg: str
+    #: The Redis URL each role's user logs in with (empty: every service uses ``redis_url``).
+    redis_role_urls: Mapping[str, str] = field(default_factory=dict)
+
+    def redis_url_for(self, user: str) -> str:
+        return self.redis_role_urls.get(user, self.redis_url)
 
     @property
     def issuer(self) -> str:
@@ -94,11 +100,11 @@ class ServiceSettings:
         return f"http://{LOOPBACK}:{self.auth_port}"
 
 
-def _base_env(layout: Layout, settings: ServiceSettings) -> dict[str, str]:
+def _base_env(layout: Layout, settings: ServiceSettings, redis_user: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
     env.update(
         DATABASE_URL=settings.database_url,
-        REDIS_URL=settings.redis_url,
+        REDIS_URL=settings.redis_url_for(redis_user),
         # Development allows the cheap Argon2 settings the tests use; the
         # secrets are real random ones and cookies are Secure regardless.
         TESSERA_ENV="development",
@@ -106,7 +112,6 @@ def _base_env(layout: Layout, settings: ServiceSettings) -> dict[str, str]:
         TESSERA_ISSUER=settings.issuer,
         TESSERA_JWT_ALG=settings.alg,
         TESSERA_TRUSTED_PROXIES=TRUSTED_PROXIES,
-        TESSERA_SESSION_HASH_KEY_FILE=str(layout.secret("session_hash_key")),
         PYTHONUNBUFFERED="1",
     )
     if settings.alg == "HS256":
@@ -116,9 +121,10 @@ def _base_env(layout: Layout, settings: ServiceSettings) -> dict[str, str]:
 
 def auth_env(layout: Layout, settings: ServiceSettings) -> dict[str, str]:
     """The auth service's environment."""
-    env = _base_env(layout, settings)
+    env = _base_env(layout, settings, AUTH_USER)
     env.update(
         TESSERA_PORT=str(settings.auth_port),
+        TESSERA_SESSION_HASH_KEY_FILE=str(layout.secret("session_hash_key")),
         TESSERA_KEY_ENCRYPTION_KEY_FILE=str(layout.secret("key_encryption_key")),
         # The demo and the bench log dozens of users in at once to measure the
         # replicas, not Argon2 admission (503 server_busy past 2 x CPUs + 2 jobs).
@@ -131,14 +137,19 @@ def replica_env(
     layout: Layout, settings: ServiceSettings, replica: ReplicaEntry, methods: str
 ) -> dict[str, str]:
     """Replica ``replica``'s environment, accepting the credentials in ``methods``."""
-    env = _base_env(layout, settings)
+    env = _base_env(layout, settings, REPLICA_USER)
     env.update(
         TESSERA_PORT=str(replica.port),
         TESSERA_REPLICA_ID=replica.id,
         TESSERA_AUTH_URL=settings.auth_internal_url,
         TESSERA_AUTH_METHODS=methods,
-        TESSERA_FORWARD_AUTH_SECRET_FILE=str(layout.secret("forward_auth_secret")),
     )
+    # Each secret only where the replica's methods need it (least privilege).
+    accepted = {method.strip() for method in methods.split(",")}
+    if "shared_session" in accepted:
+        env["TESSERA_SESSION_HASH_KEY_FILE"] = str(layout.secret("session_hash_key"))
+    if "forward" in accepted:
+        env["TESSERA_FORWARD_AUTH_SECRET_FILE"] = str(layout.secret("forward_auth_secret"))
     return env
 
 

@@ -6,7 +6,8 @@ Everything lives under one run directory (``.run/`` by default)::
                  group (redis-sentinel/, redis-cluster/: nodes and their ports), kept by ``down``
     logs/        NAME.log: stdout and stderr of each process; nginx-access.log
     pids/        NAME.pid
-    secrets/     session_hash_key, key_encryption_key, forward_auth_secret (0600)
+    secrets/     session_hash_key, key_encryption_key, forward_auth_secret, the
+                 Redis users' passwords and ACL file (0600; see redis_acl)
     tls/         ca.pem (trust this), server.pem, server.key
     nginx/       nginx's prefix: conf/ (rendered, 0700), tmp/, pid and lock files
     state.json   what runs and where, for every later command
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tessera_stack import redis_acl
 from tessera_stack.servers import NginxServer, PostgresServer, RedisServer
 from tessera_stack.tls import TlsFiles
 
@@ -100,7 +102,8 @@ class Layout:
         )
 
     def redis(self, port: int | None = None) -> RedisServer:
-        """The stack's Redis, durable (AOF); on ``port`` when given, else a free one."""
+        """The stack's Redis, durable (AOF), with its users (:mod:`tessera_stack.redis_acl`);
+        on ``port`` when given, else a free one."""
         return RedisServer(
             self.data,
             port=port,
@@ -108,7 +111,21 @@ class Layout:
             log_path=self.log("redis"),
             pid_path=self.pid("redis"),
             detached=True,
+            acl_file=self.redis_acl,
+            admin_password=self.redis_password(redis_acl.ADMIN),
         )
+
+    @property
+    def redis_acl(self) -> Path:
+        """The stack Redis's ACL file, rendered by ``up`` from the passwords."""
+        return self.secret("redis_users.acl")
+
+    def redis_password(self, user: str) -> str | None:
+        """The stack Redis user ``user``'s password; None until ``up`` made it."""
+        try:
+            return self.secret(f"redis_{user}_password").read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return None
 
     def nginx_server(self, https_port: int) -> NginxServer:
         return NginxServer(

@@ -147,7 +147,6 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         AnnouncingSessionStore(RedisSessionStore(redis, clock), store),
         revocations,
         clock,
-        idle_timeout=policy.idle_timeout,
         ttl=settings.cache_ttl,
         max_entries=settings.cache_max_entries,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -104,8 +105,10 @@ def create_app(settings: ResourceSettings, *, clock: Clock | None = None) -> web
         absolute_timeout=settings.session_absolute_timeout,
     )
     local_store = MemorySessionStore(clock)
+    # In-process sessions die with the process, so their key is the process's own:
+    # no other process needs it, and it opens nothing anywhere else.
     local_sessions = SessionManager(
-        local_store, hash_key=settings.session_hash_key, policy=policy, clock=clock
+        local_store, hash_key=secrets.token_bytes(32), policy=policy, clock=clock
     )
     metrics.sessions_live.labels("memory").set_function(lambda: len(local_store))
     app[appkeys.LOCAL_SESSIONS] = local_sessions

@@ -33,7 +33,8 @@ class ResourceSettings:
     database_url: str
     redis_url: str
     auth_url: str
-    session_hash_key: bytes = field(repr=False)
+    #: Only with shared sessions: a replica that takes JWTs alone holds no session key.
+    session_hash_key: bytes | None = field(default=None, repr=False)
     replica_id: str = "r1"
     environment: Environment = "production"
     host: str = "127.0.0.1"
@@ -95,6 +96,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> ResourceSettings:
     hs256_secret = None
     if algorithm == "HS256" and AuthMethod.JWT in methods:
         hs256_secret = read_secret(reader, "TESSERA_JWT_HS256_SECRET", development)
+    session_hash_key = None
+    if AuthMethod.SHARED_SESSION in methods:
+        session_hash_key = read_secret(reader, "TESSERA_SESSION_HASH_KEY", development)
     forward_secret = None
     if AuthMethod.FORWARD in methods:
         forward_secret = read_secret(
@@ -120,7 +124,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> ResourceSettings:
         database_url=database_url,
         redis_url=redis_url,
         auth_url=auth_url,
-        session_hash_key=read_secret(reader, "TESSERA_SESSION_HASH_KEY", development),
+        session_hash_key=session_hash_key,
         replica_id=replica_id,
         environment=environment,
         port=read_port(reader, 9001),

@@ -211,7 +211,6 @@ class TesseraVerify:
                     RedisSessionStore(self.redis, self.clock),
                     self.revocations,
                     self.clock,
-                    idle_timeout=config.session_policy.idle_timeout,
                     ttl=config.cache_ttl,
                     max_entries=config.cache_max_entries,
                 )

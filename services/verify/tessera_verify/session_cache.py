@@ -7,7 +7,7 @@ from typing import Protocol
 from .clock import Clock
 from .revocation import RevocationEvent, RevocationKind
 from .revocation_cache import RevocationCache
-from .session_store import SessionRecord, SessionStore
+from .session_store import SessionRecord, SessionStore, StoredSession
 from .ttl_cache import TTLCache
 
 
@@ -25,16 +25,14 @@ class CachedSessionStore:
         revocations: RevocationCache,
         clock: Clock,
         *,
-        idle_timeout: float,
         ttl: float = 30.0,
         max_entries: int = 10_000,
     ) -> None:
         self._inner = inner
-        self._idle_timeout = idle_timeout
         self._revocations = revocations
         self._clock = clock
         self._ttl = ttl
-        self.cache: TTLCache[str, SessionRecord] = TTLCache(max_entries)
+        self.cache: TTLCache[str, StoredSession] = TTLCache(max_entries)
         revocations.add_listener(self._on_revocation)
 
     def _on_revocation(self, event: RevocationEvent | None) -> None:
@@ -43,45 +41,42 @@ class CachedSessionStore:
         elif event.kind is RevocationKind.SESSION:
             self.cache.evict(event.value)
         elif event.kind is RevocationKind.USER:
-            self.cache.evict_where(lambda _, record: record.user_id == event.value)
+            self.cache.evict_where(lambda _, stored: stored.record.user_id == event.value)
 
-    def _remember(self, key: str, record: SessionRecord) -> None:
+    def _remember(self, key: str, stored: StoredSession) -> None:
         if self._revocations.fresh:
-            # Never served past the moment this copy would look idle: another replica
+            # Never served past the moment this copy would die: another replica
             # may have refreshed the session since, and only Redis knows.
-            dies_at = min(
-                self._clock.now() + self._ttl,
-                record.expires_at,
-                record.last_seen_at + self._idle_timeout,
-            )
-            self.cache.put(key, record, dies_at)
+            self.cache.put(key, stored, min(self._clock.now() + self._ttl, stored.dies_at))
 
-    async def save(self, key: str, record: SessionRecord, ttl: float) -> None:
-        await self._inner.save(key, record, ttl)
-        self._remember(key, record)
+    async def save(self, key: str, record: SessionRecord, dies_at: float) -> None:
+        await self._inner.save(key, record, dies_at)
+        self._remember(key, StoredSession(record, dies_at))
 
-    async def touch(self, key: str, record: SessionRecord, ttl: float) -> bool:
-        if not await self._inner.touch(key, record, ttl):
-            self.cache.evict(key)
+    async def touch(self, key: str, dies_at: float) -> bool:
+        cached = self.cache.get(key, self._clock.now())
+        self.cache.evict(key)
+        if not await self._inner.touch(key, dies_at):
             return False
-        self._remember(key, record)
+        if cached is not None:
+            self._remember(key, StoredSession(cached.record, dies_at))
         return True
 
-    async def load(self, key: str) -> SessionRecord | None:
+    async def load(self, key: str) -> StoredSession | None:
         if self._revocations.fresh:
             cached = self.cache.get(key, self._clock.now())
             if cached is not None:
                 return cached
-        record = await self._inner.load(key)
-        if record is not None:
-            self._remember(key, record)
-        return record
+        stored = await self._inner.load(key)
+        if stored is not None:
+            self._remember(key, stored)
+        return stored
 
     async def delete(self, key: str) -> bool:
         self.cache.evict(key)
         return await self._inner.delete(key)
 
-    async def list_for_user(self, user_id: str) -> list[tuple[str, SessionRecord]]:
+    async def list_for_user(self, user_id: str) -> list[tuple[str, StoredSession]]:
         return await self._inner.list_for_user(user_id)
 
     async def ping(self) -> None:
@@ -101,13 +96,13 @@ class AnnouncingSessionStore:
         self._inner = inner
         self._announcer = announcer
 
-    async def save(self, key: str, record: SessionRecord, ttl: float) -> None:
-        await self._inner.save(key, record, ttl)
+    async def save(self, key: str, record: SessionRecord, dies_at: float) -> None:
+        await self._inner.save(key, record, dies_at)
 
-    async def touch(self, key: str, record: SessionRecord, ttl: float) -> bool:
-        return await self._inner.touch(key, record, ttl)
+    async def touch(self, key: str, dies_at: float) -> bool:
+        return await self._inner.touch(key, dies_at)
 
-    async def load(self, key: str) -> SessionRecord | None:
+    async def load(self, key: str) -> StoredSession | None:
         return await self._inner.load(key)
 
     async def delete(self, key: str) -> bool:
@@ -116,7 +111,7 @@ class AnnouncingSessionStore:
             await self._announcer.announce_session_deleted(key)
         return deleted
 
-    async def list_for_user(self, user_id: str) -> list[tuple[str, SessionRecord]]:
+    async def list_for_user(self, user_id: str) -> list[tuple[str, StoredSession]]:
         return await self._inner.list_for_user(user_id)
 
     async def ping(self) -> None:

@@ -1,8 +1,14 @@
 """Where session records live: one contract, a Redis and an in-memory implementation.
 
 Stores know nothing about session IDs or timeouts; they keep records under an
-already-hashed storage key, each with a time-to-live, and an index of each
+already-hashed storage key, each with a time of death, and an index of each
 user's sessions. :class:`tessera_verify.sessions.SessionManager` holds the policy.
+
+A record is written once, by whoever creates the session (the auth service).
+Verifiers only read it and push its time of death later (the idle refresh):
+in Redis that is ``GET``, ``PEXPIRETIME`` and ``PEXPIREAT``, none of which can create
+a key or change what a record says, so the Redis user a replica holds cannot
+mint a session or rewrite whose it is (see ``deploy/redis/acl.py``).
 """
 
 from __future__ import annotations
@@ -50,29 +56,38 @@ class SessionRecord:
         )
 
 
+@dataclass(frozen=True)
+class StoredSession:
+    """A record as a store holds it: what it says, and when the store forgets it."""
+
+    record: SessionRecord
+    dies_at: float  # the idle deadline (never later than ``record.expires_at``)
+
+
 class SessionStore(Protocol):
     """Persistence for session records (the oauth2-proxy ``SessionStore`` shape)."""
 
-    async def save(self, key: str, record: SessionRecord, ttl: float) -> None:
-        """Create or replace the record under ``key``, gone after ``ttl`` seconds."""
+    async def save(self, key: str, record: SessionRecord, dies_at: float) -> None:
+        """Create or replace the record under ``key``, gone at ``dies_at``."""
         ...
 
-    async def touch(self, key: str, record: SessionRecord, ttl: float) -> bool:
-        """Replace the record under ``key`` only if one is still there; True when it was.
+    async def touch(self, key: str, dies_at: float) -> bool:
+        """Move the death of the record under ``key`` to ``dies_at``, only if one is
+        still there; True when it was.
 
-        The idle refresh goes through here, never through :meth:`save`: a verifier
-        that read a session just before it was revoked must not write it back.
+        The idle refresh goes through here, never through :meth:`save`: it
+        cannot bring back a session revoked since it was read, nor change a record.
         """
         ...
 
-    async def load(self, key: str) -> SessionRecord | None: ...
+    async def load(self, key: str) -> StoredSession | None: ...
 
     async def delete(self, key: str) -> bool:
         """Remove the record; True when there was one."""
         ...
 
-    async def list_for_user(self, user_id: str) -> list[tuple[str, SessionRecord]]:
-        """The user's live sessions as ``(key, record)`` pairs."""
+    async def list_for_user(self, user_id: str) -> list[tuple[str, StoredSession]]:
+        """The user's live sessions as ``(key, stored)`` pairs."""
         ...
 
     async def ping(self) -> None:
@@ -81,22 +96,25 @@ class SessionStore(Protocol):
 
 
 class RedisSessionStore:
-    """Sessions as Redis strings with a TTL, plus a sorted set per user (score: expiry)."""
+    """Sessions as Redis strings with a TTL, plus a sorted set per user (score: expiry).
+
+    Times of death are absolute (``PXAT``, ``PEXPIREAT``, ``PEXPIRETIME``) and
+    written from the verifiers' clock, so what a store reads back is exactly
+    what was written, whatever the Redis server's clock says.
+    """
 
     def __init__(self, redis: Redis, clock: Clock) -> None:
         self._redis = redis
         self._clock = clock
 
-    async def save(self, key: str, record: SessionRecord, ttl: float) -> None:
+    async def save(self, key: str, record: SessionRecord, dies_at: float) -> None:
         # The record and the user's index live in different hash slots (Redis
         # Cluster), so they are two steps, each atomic on its own: the record,
         # then the index. The caller hands the session ID out only after both:
         # a failure in between leaves a record that nobody holds the ID of
         # (it dies with its TTL), and list_for_user never sees an indexed key
         # before its record exists (so it cannot prune a session being born).
-        await self._redis.set(
-            redis_keys.session(key), record.to_bytes(), px=max(1, math.ceil(ttl * 1000))
-        )
+        await self._redis.set(redis_keys.session(key), record.to_bytes(), pxat=_ms(dies_at))
         index = redis_keys.user_sessions(record.user_id)
         index_ttl = max(1, math.ceil(record.expires_at - self._clock.now()))
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -106,16 +124,18 @@ class RedisSessionStore:
             pipe.expire(index, index_ttl, nx=True)
             await pipe.execute()
 
-    async def touch(self, key: str, record: SessionRecord, ttl: float) -> bool:
-        # SET ... XX is one atomic step: a session deleted in between stays deleted.
-        written = await self._redis.set(
-            redis_keys.session(key), record.to_bytes(), px=max(1, math.ceil(ttl * 1000)), xx=True
-        )
-        return bool(written)
+    async def touch(self, key: str, dies_at: float) -> bool:
+        # PEXPIREAT on a missing key is a no-op that answers 0: a session deleted
+        # since it was read stays deleted.
+        return bool(await self._redis.pexpireat(redis_keys.session(key), _ms(dies_at)))
 
-    async def load(self, key: str) -> SessionRecord | None:
-        raw = await self._redis.get(redis_keys.session(key))
-        return None if raw is None else SessionRecord.from_bytes(raw)
+    async def load(self, key: str) -> StoredSession | None:
+        # One round trip; both commands on one key (one hash slot).
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(redis_keys.session(key))
+            pipe.pexpiretime(redis_keys.session(key))
+            raw, dies_at_ms = await pipe.execute()
+        return _stored(raw, dies_at_ms)
 
     async def delete(self, key: str) -> bool:
         raw = await self._redis.getdel(redis_keys.session(key))
@@ -125,7 +145,7 @@ class RedisSessionStore:
         await self._redis.zrem(redis_keys.user_sessions(record.user_id), key)
         return True
 
-    async def list_for_user(self, user_id: str) -> list[tuple[str, SessionRecord]]:
+    async def list_for_user(self, user_id: str) -> list[tuple[str, StoredSession]]:
         index = redis_keys.user_sessions(user_id)
         await self._redis.zremrangebyscore(index, "-inf", self._clock.now())
         members = await self._redis.zrange(index, 0, -1)
@@ -137,20 +157,37 @@ class RedisSessionStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             for k in keys:
                 pipe.get(redis_keys.session(k))
-            raws: list[bytes | None] = await pipe.execute()
-        live: list[tuple[str, SessionRecord]] = []
+                pipe.pexpiretime(redis_keys.session(k))
+            replies: list[object] = await pipe.execute()
+        live: list[tuple[str, StoredSession]] = []
         gone: list[str] = []
-        for key, raw in zip(keys, raws, strict=True):
-            if raw is None:
+        for n, key in enumerate(keys):
+            raw, dies_at_ms = replies[2 * n], replies[2 * n + 1]
+            stored = _stored(raw if isinstance(raw, bytes) else None, int(str(dies_at_ms)))
+            if stored is None:
                 gone.append(key)  # expired by its idle TTL
             else:
-                live.append((key, SessionRecord.from_bytes(raw)))
+                live.append((key, stored))
         if gone:
             await self._redis.zrem(index, *gone)
         return live
 
     async def ping(self) -> None:
         await self._redis.ping()
+
+
+def _ms(when: float) -> int:
+    return math.ceil(when * 1000)
+
+
+def _stored(raw: bytes | None, dies_at_ms: int) -> StoredSession | None:
+    """A record and its ``PEXPIRETIME`` reply (-2: no key, -1: no expiry)."""
+    if raw is None or dies_at_ms == -2:  # gone (perhaps between the two commands)
+        return None
+    record = SessionRecord.from_bytes(raw)
+    if dies_at_ms < 0:  # never written so by tessera: the absolute timeout rules
+        return StoredSession(record, record.expires_at)
+    return StoredSession(record, dies_at_ms / 1000)
 
 
 class MemorySessionStore:
@@ -177,7 +214,7 @@ class MemorySessionStore:
         self._expiries: list[tuple[float, str]] = []  # heap; stale entries skipped lazily
         self.evicted = 0  # live sessions dropped for room
 
-    async def save(self, key: str, record: SessionRecord, ttl: float) -> None:
+    async def save(self, key: str, record: SessionRecord, dies_at: float) -> None:
         self._sweep()
         previous = self._records.pop(key, None)
         if previous is not None and previous[0].user_id != record.user_id:
@@ -186,18 +223,19 @@ class MemorySessionStore:
             oldest = next(iter(self._records))
             self._forget(oldest, self._records[oldest][0])
             self.evicted += 1
-        self._write(key, record, ttl)
+        self._write(key, record, dies_at)
         self._by_user.setdefault(record.user_id, set()).add(key)
 
-    async def touch(self, key: str, record: SessionRecord, ttl: float) -> bool:
+    async def touch(self, key: str, dies_at: float) -> bool:
         self._sweep()
-        if await self.load(key) is None:
+        stored = await self.load(key)
+        if stored is None:
             return False
         del self._records[key]
-        self._write(key, record, ttl)
+        self._write(key, stored.record, dies_at)
         return True
 
-    async def load(self, key: str) -> SessionRecord | None:
+    async def load(self, key: str) -> StoredSession | None:
         entry = self._records.get(key)
         if entry is None:
             return None
@@ -205,7 +243,7 @@ class MemorySessionStore:
         if self._clock.now() >= dies_at:
             self._forget(key, record)
             return None
-        return record
+        return StoredSession(record, dies_at)
 
     async def delete(self, key: str) -> bool:
         entry = self._records.get(key)
@@ -214,12 +252,12 @@ class MemorySessionStore:
         self._forget(key, entry[0])
         return True
 
-    async def list_for_user(self, user_id: str) -> list[tuple[str, SessionRecord]]:
-        live: list[tuple[str, SessionRecord]] = []
+    async def list_for_user(self, user_id: str) -> list[tuple[str, StoredSession]]:
+        live: list[tuple[str, StoredSession]] = []
         for key in sorted(self._by_user.get(user_id, set())):
-            record = await self.load(key)
-            if record is not None:
-                live.append((key, record))
+            stored = await self.load(key)
+            if stored is not None:
+                live.append((key, stored))
         return live
 
     async def ping(self) -> None:
@@ -236,8 +274,7 @@ class MemorySessionStore:
         """Entries in the expiry heap, stale ones included (for tests of its bound)."""
         return len(self._expiries)
 
-    def _write(self, key: str, record: SessionRecord, ttl: float) -> None:
-        dies_at = self._clock.now() + ttl
+    def _write(self, key: str, record: SessionRecord, dies_at: float) -> None:
         self._records[key] = (record, dies_at)
         heapq.heappush(self._expiries, (dies_at, key))
         if len(self._expiries) > 2 * len(self._records) + self._HEAP_SLACK:

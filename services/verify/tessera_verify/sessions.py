@@ -17,7 +17,7 @@ from typing import Protocol
 from aiohttp import web
 
 from .clock import Clock
-from .session_store import SessionRecord, SessionStore
+from .session_store import SessionRecord, SessionStore, StoredSession
 
 SESSION_COOKIE = "__Host-tessera_session"
 #: Only for plain-HTTP loopback development, where browsers refuse ``__Host-`` cookies.
@@ -124,7 +124,7 @@ class SessionManager:
             user_agent=user_agent[:256],
         )
         key = self.storage_key(session_id)
-        await self.store.save(key, record, self._ttl(record, now))
+        await self.store.save(key, record, self._dies_at(record, now))
         return session_id, Session(key, record)
 
     async def load(self, session_id: str) -> Session | None:
@@ -135,19 +135,22 @@ class SessionManager:
         return await self.load_by_key(key)
 
     async def load_by_key(self, key: str) -> Session | None:
-        record = await self.store.load(key)
-        if record is None:
+        stored = await self.store.load(key)
+        if stored is None:
             return None
         now = self._clock.now()
-        if now >= record.expires_at or now >= record.last_seen_at + self.policy.idle_timeout:
-            await self.store.delete(key)
-            return None
+        record = self._as_seen(stored)
+        if now >= record.expires_at or now >= stored.dies_at:
+            return None  # the store forgets it by itself; a verifier never deletes
         if self._revocations is not None and await self._revocations.is_session_revoked(record):
             return None
-        if now - record.last_seen_at >= self.policy.effective_touch_interval:
-            record = replace(record, last_seen_at=now)
-            if not await self.store.touch(key, record, self._ttl(record, now)):
+        if (
+            now - record.last_seen_at >= self.policy.effective_touch_interval
+            and stored.dies_at < record.expires_at
+        ):
+            if not await self.store.touch(key, self._dies_at(record, now)):
                 return None  # deleted (revoked) since we read it
+            record = replace(record, last_seen_at=now)
         return Session(key, record)
 
     async def destroy(self, session_id: str) -> bool:
@@ -161,9 +164,9 @@ class SessionManager:
     async def list_for_user(self, user_id: str) -> list[Session]:
         now = self._clock.now()
         return [
-            Session(key, record)
-            for key, record in await self.store.list_for_user(user_id)
-            if now < record.expires_at and now < record.last_seen_at + self.policy.idle_timeout
+            Session(key, self._as_seen(stored))
+            for key, stored in await self.store.list_for_user(user_id)
+            if now < stored.record.expires_at and now < stored.dies_at
         ]
 
     async def destroy_all_for_user(self, user_id: str) -> int:
@@ -172,7 +175,18 @@ class SessionManager:
             count += await self.store.delete(key)
         return count
 
-    def _ttl(self, record: SessionRecord, now: float) -> float:
-        return max(
-            0.001, min(record.last_seen_at + self.policy.idle_timeout, record.expires_at) - now
-        )
+    def _dies_at(self, record: SessionRecord, now: float) -> float:
+        """When a session seen ``now`` idles out unless seen again: one idle timeout
+        later, never past its absolute timeout."""
+        return min(now + self.policy.idle_timeout, record.expires_at)
+
+    def _as_seen(self, stored: StoredSession) -> SessionRecord:
+        """The record with its last-seen time, which lives in the store's time of death.
+
+        A touch moves the death to ``last seen + idle timeout`` without rewriting
+        the record, so the time is read back from there. While the absolute
+        timeout caps the death, this is a lower bound, which only makes the
+        session look idle sooner.
+        """
+        seen = max(stored.record.last_seen_at, stored.dies_at - self.policy.idle_timeout)
+        return replace(stored.record, last_seen_at=seen)
