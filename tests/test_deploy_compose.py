@@ -203,6 +203,7 @@ def test_compose_runs_postgres_redis_auth_scalable_replicas_nginx_prometheus_gra
     assert set(services) == {
         "postgres",
         "redis",
+        "db-roles",
         "migrate",
         "auth",
         "resource",
@@ -231,6 +232,10 @@ def test_compose_runs_postgres_redis_auth_scalable_replicas_nginx_prometheus_gra
     assert services["nginx"]["ports"] == [f"${{HTTPS_PORT:-8443}}:{HTTPS_PORT}"]
 
 
+#: Services that run once and exit (their dependents wait for a clean exit).
+ONE_SHOT = ("db-roles", "migrate")
+
+
 def _has_healthcheck(service: dict[str, Any]) -> bool:
     if "healthcheck" in service:
         return not service["healthcheck"].get("disable", False)
@@ -247,16 +252,17 @@ def test_health_checks_gate_start_up() -> None:
     by_image = {s["image"]: s for s in services.values() if "build" in s and "image" in s}
     for name, service in services.items():
         effective = {**by_image.get(service.get("image", ""), {}), **service}
-        if name != "migrate":
+        if name not in ONE_SHOT:
             assert _has_healthcheck(effective), f"{name} has no health check"
         for dependency, rule in service.get("depends_on", {}).items():
             condition = rule["condition"]
-            if dependency == "migrate":
+            if dependency in ONE_SHOT:
                 assert condition == "service_completed_successfully", name
             else:
                 assert condition == "service_healthy", f"{name} -> {dependency}"
     depends = {name: set(s.get("depends_on", {})) for name, s in services.items()}
-    assert depends["migrate"] == {"postgres"}
+    assert depends["db-roles"] == {"postgres"}
+    assert depends["migrate"] == {"db-roles"}
     assert {"migrate", "redis"} <= depends["auth"]
     assert {"migrate", "redis", "auth"} <= depends["resource"]
     assert {"auth", "resource"} <= depends["nginx"]
@@ -299,9 +305,10 @@ def test_every_file_variable_names_a_secret_its_service_mounts(compose: dict[str
                 assert not re.search(r"KEY|SECRET|PASSWORD", key), f"{name}: {key} is inline"
     assert used == set(compose["secrets"])
     # The replicas never see the key that decrypts the signing keys, nor the
-    # Redis user that can write credentials.
-    assert "key_encryption_key" not in compose["services"]["resource"]["secrets"]
-    assert "redis_auth_url" not in compose["services"]["resource"]["secrets"]
+    # Redis user or the PostgreSQL role that can write credentials.
+    replica_secrets = set(compose["services"]["resource"]["secrets"])
+    assert not {"key_encryption_key", "redis_auth_url", "database_url"} & replica_secrets
+    assert {"redis_replica_url", "database_replica_url"} <= replica_secrets
 
 
 def test_make_secrets_creates_every_secret_once_and_keeps_them(

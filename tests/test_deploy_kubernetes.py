@@ -217,6 +217,9 @@ def test_only_the_auth_pods_mount_the_key_encryption_key() -> None:
     # The replicas' Redis user cannot write credentials; the auth service's can.
     assert "redis_auth_url" in auth and "redis_auth_url" not in resource
     assert "redis_replica_url" in resource
+    # Nor the PostgreSQL role that owns the users (and their password hashes).
+    assert "database_url" in auth and "database_url" not in resource
+    assert "database_replica_url" in resource
 
 
 def _real_secrets(tmp_path: Path, placeholders: bool) -> dict[str, Path]:

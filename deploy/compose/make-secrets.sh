@@ -4,8 +4,10 @@
 #
 #   session_hash_key, key_encryption_key   TESSERA_*_FILE (64 random characters each)
 #   postgres_password, database_url        POSTGRES_PASSWORD_FILE and DATABASE_URL_FILE
+#   postgres_replica_password,             the replicas' own role (deploy/roles/
+#     database_replica_url                   postgres-replica-role.sql), their DATABASE_URL_FILE
 #   redis_{admin,auth,replica}_password    the Redis users' passwords, and from them:
-#   redis_users.acl                        Redis's users (deploy/redis/users.acl.template)
+#   redis_users.acl                        Redis's users (deploy/roles/redis-users.acl.template)
 #   redis_auth_url, redis_replica_url      REDIS_URL_FILE of auth and of the replicas
 #   grafana_admin_password                 GF_SECURITY_ADMIN_PASSWORD__FILE (user admin)
 #   tls_cert.pem, tls_key.pem              nginx's certificate: self-signed, for
@@ -45,6 +47,9 @@ write session_hash_key "$(random 32)"
 write key_encryption_key "$(random 32)"
 write postgres_password "$(random 24)"
 write database_url "postgresql://tessera:$(cat "$DIR/postgres_password")@postgres:5432/tessera"
+write postgres_replica_password "$(random 24)"
+write database_replica_url \
+    "postgresql://tessera_replica:$(cat "$DIR/postgres_replica_password")@postgres:5432/tessera"
 write grafana_admin_password "$(random 16)"
 
 write redis_admin_password "$(random 24)"
@@ -54,7 +59,7 @@ write redis_auth_url "redis://tessera-auth:$(cat "$DIR/redis_auth_password")@red
 write redis_replica_url "redis://tessera-replica:$(cat "$DIR/redis_replica_password")@redis:6379/0"
 # The ACL file holds only SHA-256 digests of the passwords; rendered afresh each run.
 digest() { printf '%s' "$(cat "$DIR/$1")" | sha256sum | cut -d' ' -f1; }
-TEMPLATE="$(dirname "$0")/../redis/users.acl.template"
+TEMPLATE="$(dirname "$0")/../roles/redis-users.acl.template"
 grep -v '^#' "$TEMPLATE" | grep -v '^$' | sed \
     -e "s/@ADMIN_SHA256@/$(digest redis_admin_password)/" \
     -e "s/@AUTH_SHA256@/$(digest redis_auth_password)/" \

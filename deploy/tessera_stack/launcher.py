@@ -69,7 +69,16 @@ from tessera_stack.processes import (
 from tessera_stack.rows import DEFAULT_ROW, ROWS, Row, policy_problem
 from tessera_stack.servers import PostgresServer, RedisServer
 from tessera_stack.services import AUTH_PROGRAM, REPLICA_PROGRAM, ServiceSettings
-from tessera_stack.state import AUTH, NGINX, REPLICA_PREFIX, Layout, ReplicaEntry, StackState
+from tessera_stack.state import (
+    AUTH,
+    NGINX,
+    POSTGRES_SUPERUSER,
+    REPLICA_DB_ROLE,
+    REPLICA_PREFIX,
+    Layout,
+    ReplicaEntry,
+    StackState,
+)
 from tessera_stack.tls import ensure_certificate
 
 __all__ = ["EXIT_NOT_RUNNING", "main"]
@@ -223,7 +232,7 @@ def _print_urls(layout: Layout, urls: StackUrls, state: StackState) -> None:
         ("metadata", env["METADATA_URL"]),
         ("replicas", ", ".join(f"{r.id}={LOOPBACK}:{r.port}" for r in urls.replicas)),
         ("CA cert", _display(Path(env["CA_CERT"])) + "  (curl --cacert ...)"),
-        ("database", env["DATABASE_URL"]),
+        ("database", _without_password(env["DATABASE_URL"])),
         ("redis", _without_password(env["REDIS_URL"])),
         ("env file", _display(layout.stack_env)),
         ("logs", "python -m tessera_stack logs NAME  (auth, nginx, r1, ...)"),
@@ -281,6 +290,8 @@ def _ensure_postgres(layout: Layout, state: StackState) -> bool:
         state.postgres, state.database_url, state.postgres_port = "external", url, None
         return False
     port = _recorded_port(state.postgres, state.database_url, state.postgres_port)
+    for role in (POSTGRES_SUPERUSER, REPLICA_DB_ROLE):
+        _ensure_secret(layout.secret(f"postgres_{role}_password"))
     server = layout.postgres(port)
     started = _start_managed(server, "PostgreSQL", port)
     state.postgres, state.database_url, state.postgres_port = "managed", server.url, server.port
@@ -349,6 +360,9 @@ def _service_settings(
 ) -> ServiceSettings:
     """What the services are started with; on the stack's own single Redis each
     logs in as its role's user (:mod:`tessera_stack.redis_acl`)."""
+    replica_database_url = ""
+    if state.postgres == "managed" and state.postgres_port is not None:
+        replica_database_url = layout.postgres(state.postgres_port).role_url(REPLICA_DB_ROLE)
     redis_urls: dict[str, str] = {}
     if _redis_topology(state) == "single":
         for user in (redis_acl.AUTH_USER, redis_acl.REPLICA_USER):
@@ -362,6 +376,7 @@ def _service_settings(
         https_port=https_port,
         alg=alg,
         redis_role_urls=redis_urls,
+        replica_database_url=replica_database_url,
     )
 
 

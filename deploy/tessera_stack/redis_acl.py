@@ -1,6 +1,6 @@
 """Redis users per role: what the auth service and the replicas may do (least privilege).
 
-One rule set, kept in ``deploy/redis/users.acl.template`` and rendered from
+One rule set, kept in ``deploy/roles/redis-users.acl.template`` and rendered from
 there by the local stack (here) and by ``deploy/compose/make-secrets.sh``:
 
 - ``default`` (the administrator: the launcher, tests, operators): everything,
@@ -27,7 +27,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 __all__ = ["ADMIN", "AUTH_USER", "REPLICA_USER", "ROLES", "render_acl", "role_url"]
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "redis" / "users.acl.template"
+TEMPLATE = Path(__file__).resolve().parents[1] / "roles" / "redis-users.acl.template"
 
 ADMIN = "default"
 AUTH_USER = "tessera-auth"

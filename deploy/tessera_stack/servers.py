@@ -30,6 +30,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -368,6 +369,13 @@ class PostgresServer(_LocalServer):
     ``base_dir`` (pytest's temporary directories are mode 0700, for one),
     the cluster goes into a private directory under the system temporary
     directory and ``base_dir/postgres`` becomes a symlink to it.
+
+    With ``password`` (the local stack) TCP logins need a password
+    (``scram-sha-256``; only the unix socket in the data directory, which
+    nobody else can reach, stays ``trust``) and :attr:`url` carries it; each
+    of ``roles`` (name -> password) is an unprivileged login role that owns a
+    schema of its name, its only search path: it sees none of the
+    superuser's tables (:meth:`role_url`).
     """
 
     name = "postgres"
@@ -388,6 +396,8 @@ class PostgresServer(_LocalServer):
         pid_path: Path | str | None = None,
         detached: bool = False,
         startup_timeout: float = 30.0,
+        password: str | None = None,
+        roles: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
             base_dir,
@@ -397,7 +407,11 @@ class PostgresServer(_LocalServer):
             detached=detached,
             startup_timeout=startup_timeout,
         )
+        if roles and password is None:
+            raise ValueError("login roles need a superuser password (else TCP is trust)")
         self._user = user
+        self._password = password
+        self._roles = dict(roles or {})
         self._database = database
         self._persistent = persistent
         self._bindir: Path | None = None
@@ -426,8 +440,16 @@ class PostgresServer(_LocalServer):
 
     @property
     def url(self) -> str:
-        """``postgresql://USER@127.0.0.1:PORT/DATABASE``."""
-        return f"postgresql://{self._user}@{LOOPBACK}:{self.port}/{self._database}"
+        """``postgresql://USER[:PASSWORD]@127.0.0.1:PORT/DATABASE``, as the superuser."""
+        return self._url_for(self._user, self._password)
+
+    def role_url(self, role: str) -> str:
+        """The URL that logs in as ``role`` (one of ``roles``)."""
+        return self._url_for(role, self._roles[role])
+
+    def _url_for(self, user: str, password: str | None) -> str:
+        login = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
+        return f"postgresql://{login}@{LOOPBACK}:{self.port}/{self._database}"
 
     def remove_data(self) -> None:
         """Delete the cluster (and its symlink), which must be stopped."""
@@ -453,13 +475,23 @@ class PostgresServer(_LocalServer):
         if not (data_dir / "PG_VERSION").exists():
             self._initdb(data_dir)
         _remove_stale_lock(data_dir)
+        if self._password is not None:
+            if not self._socket_dir(65535):  # the longest a port makes the path
+                # The socket is how passwords are set (before TCP can log in).
+                raise StackError(f"{data_dir} is too long a path for PostgreSQL's unix socket")
+            self._write_hba(data_dir)
+
+    def _socket_dir(self, port: int) -> str:
+        """Where the server's unix socket is ("" when none: the path would not fit
+        in sockaddr_un, and TCP is enough for us)."""
+        socket_dir = str(self.data_dir)
+        if len(f"{socket_dir}/.s.PGSQL.{port}.lock") > _MAX_UNIX_SOCKET_PATH:
+            return ""
+        return socket_dir
 
     def _command(self, port: int) -> list[str]:
         data_dir = self.data_dir
-        socket_dir = str(data_dir)
-        if len(f"{socket_dir}/.s.PGSQL.{port}.lock") > _MAX_UNIX_SOCKET_PATH:
-            # The path would not fit in sockaddr_un; TCP is enough for us.
-            socket_dir = ""
+        socket_dir = self._socket_dir(port)
         settings = {
             "listen_addresses": LOOPBACK,
             "unix_socket_directories": socket_dir,
@@ -505,31 +537,66 @@ class PostgresServer(_LocalServer):
             "SELECT format('CREATE DATABASE %I', :'dbname') "
             "WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'dbname') \\gexec\n"
         )
+        variables = {"dbname": self._database}
+        if self._password is not None:
+            # Every start: the passwords are the stack's secrets, whatever the cluster had.
+            script += "ALTER ROLE :\"superuser\" PASSWORD :'superuser_password';\n"
+            variables.update(superuser=self._user, superuser_password=self._password)
+        self._psql("postgres", script, variables, f"could not create database {self._database!r}")
+        for role, password in sorted(self._roles.items()):
+            variables = {"role": role, "password": password, "dbname": self._database}
+            self._psql(
+                self._database,
+                ROLE_SCRIPT.read_text(),
+                variables,
+                f"could not set up role {role!r}",
+            )
+
+    def _psql(self, database: str, script: str, variables: Mapping[str, str], what: str) -> None:
+        """Run ``script`` as the superuser: over the data directory's socket when it
+        has one (``trust``: also before a password is set), else over TCP."""
+        socket_dir = self._socket_dir(self.port)
+        host = socket_dir or LOOPBACK
+        env = _client_env()
+        if self._password is not None:
+            env["PGPASSWORD"] = self._password
         result = subprocess.run(
             [
                 str(self._bin("psql")),
                 "--no-psqlrc",
                 "--quiet",
                 "--set=ON_ERROR_STOP=1",
-                f"--set=dbname={self._database}",
+                *(f"--set={name}={value}" for name, value in variables.items()),
                 "--host",
-                LOOPBACK,
+                host,
                 "--port",
                 str(self.port),
                 "--username",
                 self._user,
                 "--dbname",
-                "postgres",
+                database,
             ],
             input=script.encode(),
             capture_output=True,
-            env=_client_env(),
+            env=env,
             check=False,
             timeout=60,
         )
         if result.returncode != 0:
             output = (result.stdout + result.stderr).decode(errors="replace").strip()
-            raise StackError(f"could not create database {self._database!r}: {output}")
+            raise StackError(f"{what}: {output}")
+
+    def _write_hba(self, data_dir: Path) -> None:
+        """Passwords on TCP; ``trust`` only on the socket in the (0700) data directory."""
+        hba = data_dir / "pg_hba.conf"
+        hba.write_text(
+            "# Written by tessera_stack at every start.\n"
+            "local all all trust\n"
+            f"host all all {LOOPBACK}/32 scram-sha-256\n",
+            encoding="ascii",
+        )
+        if self._os_user is not None:
+            os.chown(hba, self._os_user.pw_uid, self._os_user.pw_gid)
 
     def _popen_options(self) -> _PopenOptions:
         env = _client_env()
@@ -781,6 +848,11 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
     for dirpath, dirnames, filenames in os.walk(root):
         for entry in (*dirnames, *filenames):
             os.lchown(os.path.join(dirpath, entry), uid, gid)
+
+
+#: An unprivileged login role with a schema of its own as its whole world (psql
+#: variables role, password, dbname); compose runs the same file.
+ROLE_SCRIPT = Path(__file__).resolve().parents[1] / "roles" / "postgres-replica-role.sql"
 
 
 # -- Redis --------------------------------------------------------------------

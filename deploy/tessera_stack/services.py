@@ -85,6 +85,8 @@ class ServiceSettings:
     alg: str
     #: The Redis URL each role's user logs in with (empty: every service uses ``redis_url``).
     redis_role_urls: Mapping[str, str] = field(default_factory=dict)
+    #: The replicas' own PostgreSQL role (empty: they use ``database_url``).
+    replica_database_url: str = ""
 
     def redis_url_for(self, user: str) -> str:
         return self.redis_role_urls.get(user, self.redis_url)
@@ -139,6 +141,7 @@ def replica_env(
     """Replica ``replica``'s environment, accepting the credentials in ``methods``."""
     env = _base_env(layout, settings, REPLICA_USER)
     env.update(
+        DATABASE_URL=settings.replica_database_url or settings.database_url,
         TESSERA_PORT=str(replica.port),
         TESSERA_REPLICA_ID=replica.id,
         TESSERA_AUTH_URL=settings.auth_internal_url,

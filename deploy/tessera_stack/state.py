@@ -29,6 +29,10 @@ __all__ = ["AUTH", "NGINX", "REPLICA_PREFIX", "Layout", "ReplicaEntry", "StackSt
 
 AUTH = "auth"
 NGINX = "nginx"
+#: The stack PostgreSQL's superuser (the auth service, migrations, the admin CLI).
+POSTGRES_SUPERUSER = "tessera"
+#: The replicas' PostgreSQL role: their own schema (the forum), none of auth's tables.
+REPLICA_DB_ROLE = "tessera_replica"
 #: Process (pid and log file) name of replica ``r1``: ``resource-r1``.
 REPLICA_PREFIX = "resource-"
 
@@ -91,7 +95,10 @@ class Layout:
         self.secrets.chmod(0o700)
 
     def postgres(self, port: int | None = None) -> PostgresServer:
-        """The stack's PostgreSQL, durable; on ``port`` when given, else a free one."""
+        """The stack's PostgreSQL, durable, with passwords and the replicas' own role
+        (once ``up`` made their secrets); on ``port`` when given, else a free one."""
+        password = self.postgres_password(POSTGRES_SUPERUSER)
+        replica_password = self.postgres_password(REPLICA_DB_ROLE)
         return PostgresServer(
             self.data,
             port=port,
@@ -99,7 +106,16 @@ class Layout:
             log_path=self.log("postgres"),
             pid_path=self.pid("postgres"),
             detached=True,
+            password=password,
+            roles={REPLICA_DB_ROLE: replica_password} if password and replica_password else None,
         )
+
+    def postgres_password(self, role: str) -> str | None:
+        """The stack PostgreSQL role ``role``'s password; None until ``up`` made it."""
+        try:
+            return self.secret(f"postgres_{role}_password").read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return None
 
     def redis(self, port: int | None = None) -> RedisServer:
         """The stack's Redis, durable (AOF), with its users (:mod:`tessera_stack.redis_acl`);

@@ -1,31 +1,41 @@
-"""Redis users per role: the whole system works on them, and a replica's can mint nothing.
+"""Least privilege: the whole system works on per-role users, and a replica's can mint nothing.
 
 A real Redis loads the ACL file the local stack renders
-(``deploy/redis/users.acl.template`` via :mod:`tessera_stack.redis_acl`); the
+(``deploy/roles/redis-users.acl.template`` via :mod:`tessera_stack.redis_acl`); the
 auth service logs in as ``tessera-auth``, a replica as ``tessera-replica``,
-and the administrator (``default``) only watches ``ACL LOG``.
+and the administrator (``default``) only watches ``ACL LOG``. A real
+PostgreSQL with passwords gives the replicas a role of their own, as the local
+stack does, which cannot read or write a user (and so cannot set a password).
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 import redis.exceptions
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
+from tessera_auth.db import MIGRATOR as AUTH_MIGRATOR
+from tessera_resource.app import MIGRATOR as RESOURCE_MIGRATOR
 from tessera_resource.settings import load_settings as load_resource_settings
 from tessera_stack import redis_acl
-from tessera_stack.servers import RedisServer
+from tessera_stack.servers import PostgresServer, RedisServer
+from tessera_stack.state import REPLICA_DB_ROLE
 from tessera_verify import redis_keys
 from tessera_verify.clock import ManualClock
+from tessera_verify.pg_migrations import migrate_database
 from tessera_verify.principal import AuthMethod
 from tessera_verify.sessions import SESSION_COOKIE
 
@@ -194,3 +204,71 @@ def test_a_jwt_only_replica_holds_no_session_key() -> None:
     assert local.session_hash_key is None  # in-process sessions use a key of the process's own
     with pytest.raises(Exception, match="TESSERA_SESSION_HASH_KEY"):
         load_resource_settings({**base, "TESSERA_AUTH_METHODS": "shared_session"})
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def postgres_roles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A PostgreSQL as the local stack runs it: passwords, and the replicas' own role."""
+    # A short base directory: the unix socket that sets the passwords lives in it.
+    base = Path(tempfile.mkdtemp(prefix="pgr-", dir="/tmp"))
+    server = PostgresServer(
+        base,
+        password=secrets.token_urlsafe(24),
+        roles={REPLICA_DB_ROLE: secrets.token_urlsafe(24)},
+    )
+    server.start()
+    try:
+        asyncio.run(migrate_database(server.url, AUTH_MIGRATOR))
+        asyncio.run(migrate_database(server.role_url(REPLICA_DB_ROLE), RESOURCE_MIGRATOR))
+        yield server
+    finally:
+        server.stop()
+        server.remove_data()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT password_hash FROM public.users",
+        "UPDATE public.users SET password_hash = 'known'",
+        "INSERT INTO public.users (id, username, password_hash) VALUES (gen_random_uuid(), '', '')",
+        "DELETE FROM public.revocations",
+        "SELECT * FROM public.signing_keys",
+        "CREATE TABLE public.planted (a int)",
+    ],
+)
+async def test_the_replicas_database_role_cannot_touch_the_auth_services_tables(
+    postgres_roles: PostgresServer, statement: str
+) -> None:
+    connection = await asyncpg.connect(postgres_roles.role_url(REPLICA_DB_ROLE))
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+async def test_the_replicas_database_role_keeps_its_own_forum(
+    postgres_roles: PostgresServer,
+) -> None:
+    connection = await asyncpg.connect(postgres_roles.role_url(REPLICA_DB_ROLE))
+    try:
+        assert await connection.fetchval("SHOW search_path") == REPLICA_DB_ROLE
+        await connection.execute(
+            "INSERT INTO comments (user_id, body, served_by, created_at) "
+            "VALUES ('u1', 'hello', 'r1', now())"
+        )
+        assert await connection.fetchval("SELECT count(*) FROM comments") >= 1
+    finally:
+        await connection.close()
+
+
+async def test_tcp_logins_need_the_password(postgres_roles: PostgresServer) -> None:
+    parts = urlsplit(postgres_roles.url)
+    without = parts._replace(netloc=f"{parts.username}@{parts.hostname}:{parts.port}").geturl()
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(without)
