@@ -1,7 +1,7 @@
 """tessera's benchmark and load-test harness.
 
     make bench          # python -m bench           (about 15 minutes here)
-    make bench-quick    # python -m bench --quick   (under 3 minutes: every code path, short runs)
+    make bench-quick    # python -m bench --quick   (about 4 minutes: every code path, short runs)
 
 Starts a stack of its own (PostgreSQL, Redis, the auth service, replicas,
 nginx with TLS, all on loopback), measures
@@ -14,6 +14,10 @@ nginx with TLS, all on loopback), measures
 5. rows 4 and 5 under the same load while the shared store fails: one Redis
    SIGKILLed and restarted, a Sentinel primary and Cluster primaries SIGKILLed
    (each on a stack of its own with ``--redis sentinel|cluster``);
+6. legitimate logins with no attack and while an attacker floods the auth
+   service with wrong passwords, registrations and password changes from many
+   addresses, side by side, and where the attacker's requests ended (429, 503,
+   or a password hash);
 
 plus the in-process micro-benchmark (``bench.micro``), then writes
 ``bench/results/<timestamp>/`` (``report.md``, ``summary.md``, PNG charts,
@@ -38,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.attack import run_attack
 from bench.charts import draw_all
 from bench.config import FULL, QUICK, BenchConfig, Cores
 from bench.failover import run_failover
@@ -51,7 +56,7 @@ from bench.wrk import ensure_wrk
 
 __all__ = ["SECTIONS", "main", "run"]
 
-SECTIONS = ("validation", "logins", "micro", "rows", "failover")
+SECTIONS = ("validation", "logins", "attack", "micro", "rows", "failover")
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 
@@ -150,7 +155,7 @@ async def run(
             json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8"
         )
 
-    if {"validation", "logins", "rows"} & set(sections):
+    if {"validation", "logins", "attack", "rows"} & set(sections):
         ensure_wrk()
         with tempfile.TemporaryDirectory(prefix="tessera-bench-") as run_dir:
             stack = BenchStack(Path(run_dir) / "run", alg=alg)
@@ -166,6 +171,10 @@ async def run(
                 if "logins" in sections:
                     progress("3: logins and refreshes vs raw Argon2")
                     results["logins"] = await run_logins(stack, config, cores, out_dir, progress)
+                    save()
+                if "attack" in sections:
+                    progress("6: logins while an attacker floods the auth service")
+                    results["attack"] = await run_attack(stack, config, cores, progress)
                     save()
                 if "rows" in sections:
                     progress(f"2: the rows under load, {config.replicas} replicas")

@@ -228,6 +228,53 @@ def _logins(logins: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def _attack(attack: dict[str, Any], path: Path) -> None:
+    """Part 6: the users' logins/s with no attack and under attack; where attacks ended."""
+    summary = attack["summary"]
+    figure, (users, streams) = plt.subplots(
+        1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 2]}
+    )
+    phases = [("no attack", summary["baseline"]), ("under attack", summary["attack"])]
+    bars = users.bar(
+        [label for label, _ in phases],
+        [entry["rate"] for _, entry in phases],
+        color=["#2b6cb0", "#c05621"],
+    )
+    for bar, (_, entry) in zip(bars, phases, strict=True):
+        users.text(
+            bar.get_x() + bar.get_width() / 2,
+            bar.get_height(),
+            f"{entry['rate']:.1f}/s\np99 {entry['p99_ms']:.0f} ms",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    users.set_ylabel("legitimate logins per second")
+    users.set_ylim(0, max(entry["rate"] for _, entry in phases) * 1.35 or 1)
+    users.set_title(f"legitimate users ({summary['rate_ratio']:.0%} under attack)", fontsize=10)
+    tallies = list(summary["attackers"].values())
+    labels = [tally["label"] for tally in tallies]
+    left = [0.0] * len(tallies)
+    for field, colour, name in (
+        ("throttled", "#a0aec0", "429 (regulator)"),
+        ("busy", "#d69e2e", "503 (Argon2 queue full)"),
+        ("unavailable", "#805ad5", "503 (a dependency failed)"),
+        ("hashed", "#e53e3e", "reached Argon2"),
+    ):
+        values = [float(tally[field]) for tally in tallies]
+        streams.barh(labels, values, left=left, color=colour, label=name)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    streams.invert_yaxis()
+    streams.tick_params(axis="y", labelsize=8)
+    streams.set_xlabel("attacker requests (all rounds)")
+    streams.set_title("where the attacker's requests ended", fontsize=10)
+    streams.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+    figure.suptitle("6: logins while an attacker floods the auth service", fontsize=11)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def draw_all(results: dict[str, Any], out_dir: Path) -> list[str]:
     """Draw what the results allow; the file names written."""
     written: list[str] = []
@@ -252,4 +299,7 @@ def draw_all(results: dict[str, Any], out_dir: Path) -> list[str]:
     if logins is not None:
         _logins(logins, out_dir / "logins.png")
         written.append("logins.png")
+    if "attack" in results:
+        _attack(results["attack"], out_dir / "attack.png")
+        written.append("attack.png")
     return written

@@ -68,6 +68,14 @@ class BenchConfig:
     failover_seconds: float = 15.0
     failover_stores: tuple[str, ...] = ("single", "sentinel", "cluster")
     replicas: int = 3
+    # 6: logins while an attacker floods the auth service (bench.attack); the legitimate
+    # users are ``login_concurrency`` many.
+    attack_rounds: int = 3
+    attack_seconds: float = 5.0
+    #: Requests per second of each of the attacker's four streams.
+    attack_rate: float = 100.0
+    #: Source addresses of each attacker stream, fresh each round.
+    attack_addresses: int = 8
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -124,4 +132,6 @@ QUICK = BenchConfig(
     profile_seconds=1.0,
     failover_rows=(4,),
     failover_seconds=4.5,
+    attack_rounds=1,
+    attack_seconds=3.0,
 )

@@ -519,6 +519,148 @@ def _failover_section(failover: dict[str, Any]) -> str:
     )
 
 
+def _refused(entry: dict[str, Any]) -> str:
+    return f"{entry['throttled']} / {entry['busy']} / {entry['unavailable']}"
+
+
+def _attack_user_rows(summary: dict[str, Any]) -> list[list[str]]:
+    baseline, under = summary["baseline"], summary["attack"]
+    rows = [
+        [
+            label,
+            _n(entry["rate"], 1),
+            _n(entry["p50_ms"], 0),
+            _n(entry["p99_ms"], 0),
+            str(entry["ok"]),
+            _refused(entry),
+            _pct(entry["auth_utilisation"]),
+        ]
+        for label, entry in (("no attack", baseline), ("under attack", under))
+    ]
+    rows.append(
+        [
+            "under attack / no attack",
+            _pct(summary["rate_ratio"]),
+            _times(_ratio(under["p50_ms"], baseline["p50_ms"])),
+            _times(summary["p99_ratio"]),
+            "",
+            "",
+            "",
+        ]
+    )
+    return rows
+
+
+def _attack_stream_rows(tallies: list[dict[str, Any]]) -> list[list[str]]:
+    fields = ("sent", "throttled", "busy", "unavailable", "hashed")
+    rows = [
+        [
+            tally["label"],
+            *(str(tally[field]) for field in fields),
+            str(tally["other"] + tally["no_answer"]),
+        ]
+        for tally in tallies
+    ]
+    rows.append(
+        [
+            "**all**",
+            *(str(sum(tally[field] for tally in tallies)) for field in fields),
+            str(sum(tally["other"] + tally["no_answer"] for tally in tallies)),
+        ]
+    )
+    return rows
+
+
+def _attack_section(attack: dict[str, Any]) -> str:
+    """Part 6: the users' logins with no attack and under attack, and the attacker's requests."""
+    summary = attack["summary"]
+    under = summary["attack"]
+    throttles = attack["throttles"]
+    argon2 = attack["argon2"]
+    cores = attack.get("cores")
+    where = f"alone on core {cores['server']}" if cores else "unpinned"
+    tallies = list(summary["attackers"].values())
+    not_sent = sum(tally["not_sent"] for tally in tallies)
+    unsent = (
+        f"{not_sent} attacker requests were due but never sent ({attack['max_in_flight']} "
+        "in flight per stream at most). "
+        if not_sent
+        else ""
+    )
+    quiet, loud = summary["server"]["baseline"], summary["server"]["attack"]
+    rounds = len(attack["rounds"])
+    return "\n".join(
+        [
+            "## 6. Logins while an attacker floods the auth service",
+            "",
+            f"{attack['users']} users log in over and over with their right password (session "
+            f"cookie), each from a loopback address of its own: {attack['seconds']:g} s with no "
+            f"attack, then {attack['seconds']:g} s while an attacker sends four streams of "
+            f"{attack['rate_per_stream']:g} requests/s each, each stream from "
+            f"{attack['addresses_per_stream']} addresses of its own (127.B.X.Y, fresh every "
+            f"round; {rounds} round(s), medians, ratios paired within a round). The auth service "
+            f"is one of the benchmark's own, {where}, with the production throttles: "
+            f"{throttles['max_failures_per_pair']} failures per account and address, "
+            f"{throttles['max_failures_per_address']} per address, past "
+            f"{throttles['max_failures_per_account']} per account one guess per backoff slot "
+            f"(at most {throttles['max_backoff']:g} s), "
+            f"{throttles['max_registrations_per_address']} registrations per address, over "
+            f"{throttles['window']} s windows; an Argon2 queue of "
+            f"{throttles['argon2_max_pending'] or '2 x CPUs + 2'} jobs (m={argon2['memory_kib']}, "
+            f"t={argon2['time_cost']}). A refused login is tried again 50 ms later; "
+            "latencies are of successful logins.",
+            "",
+            _table(
+                [
+                    "legitimate users",
+                    "logins/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "logins ok",
+                    "refused 429 / 503 busy / 503 other",
+                    "auth CPU",
+                ],
+                _attack_user_rows(summary),
+            ),
+            "",
+            "Where the attacker's requests ended (all rounds). *429*: the regulator refused "
+            "them before any hashing; *503 busy*: admitted by the regulator, refused by the "
+            "full Argon2 queue (`server_busy`); *503 other*: a dependency failed (e.g. the "
+            "service ran out of Redis connections); *reached Argon2*: answered only after a "
+            "hash (a wrong password verified, an account created, a wrong current password "
+            "checked).",
+            "",
+            _table(
+                [
+                    "attacker stream",
+                    "sent",
+                    "429",
+                    "503 busy",
+                    "503 other",
+                    "reached Argon2",
+                    "other / no answer",
+                ],
+                _attack_stream_rows(tallies),
+            ),
+            "",
+            f"The service's own counters (`tessera_http_requests_total`): with no attack "
+            f"{quiet['hashed']} requests reached Argon2 ({_n(quiet['hashed_per_s'], 1)}/s); "
+            f"under attack {loud['hashed']} ({_n(loud['hashed_per_s'], 1)}/s), of which "
+            f"{under['ok']} were the users' logins, while it answered {loud['429']} "
+            f"429s and {loud['503']} 503s. {unsent}"
+            f"Driver: at most {_pct(under['driver_utilisation'])} of its core.",
+        ]
+    )
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else float("nan")
+
+
+def _times(value: float) -> str:
+    return "n/a" if value != value else f"{value:.2f}x"
+
+
 def _header(results: dict[str, Any]) -> str:
     meta = results["meta"]
     lines = [
@@ -546,6 +688,8 @@ def render_summary(results: dict[str, Any]) -> str:
         parts.append(_logins_section(results["logins"]))
     if "failover" in results:
         parts.append(_failover_section(results["failover"]))
+    if "attack" in results:
+        parts.append(_attack_section(results["attack"]))
     return "\n\n".join(part for part in parts if part) + "\n"
 
 

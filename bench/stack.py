@@ -8,9 +8,11 @@ it never touches a stack started with ``make up``. Every service gets
 passes the caller's environment through), so what is measured is the
 service and not its logging.
 
-Processes the benchmark starts itself (the all-methods replica, the peers)
-are :class:`ExtraProcess` objects: started detached, checked to be the
-process that answers on their port, stopped by pid.
+Processes the benchmark starts itself (the all-methods replica, the peers,
+the throttled auth service of part 6) are :class:`ExtraProcess` objects:
+started detached, checked to be the process that answers on their port (an
+auth service names no identity: it must answer ``/readyz`` and still run),
+stopped by pid.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procs import pin, process_tree
+from bench.procs import pin, pinned_command, process_tree
 from tessera_stack import free_port
 from tessera_stack.processes import is_alive
 from tessera_stack.services import (
@@ -36,6 +38,7 @@ from tessera_stack.services import (
     REPLICA_PROGRAM,
     ServiceSettings,
     auth_env,
+    readyz,
     replica_env,
     running_pid,
 )
@@ -73,7 +76,8 @@ class ExtraProcess:
     """A process the benchmark started itself (not through the launcher)."""
 
     name: str
-    identity: str
+    #: What its /healthz names; ``None`` for a process that names nothing (an auth service).
+    identity: str | None
     port: int
     proc: subprocess.Popen[bytes]
     log_path: Path
@@ -86,15 +90,23 @@ class ExtraProcess:
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
+    def answers(self) -> bool:
+        """Whether this process answers on its port: /healthz names it, or /readyz says 200."""
+        if self.identity is None:
+            # Nothing to tell it from another program by: it must still run once it answers
+            # (a process that could not bind its port exits).
+            return readyz(self.port) and self.proc.poll() is None
+        return healthz_id(self.port) == self.identity
+
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        """Until /healthz names this process; a port taken by someone else is an error."""
+        """Until this process answers; a port taken by someone else is an error."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"{self.name} exited with status {self.proc.returncode}; see {self.log_path}"
                 )
-            if healthz_id(self.port) == self.identity:
+            if self.answers():
                 return
             time.sleep(0.1)
         self.stop()
@@ -318,8 +330,24 @@ class BenchStack:
             name, identity, port, [sys.executable, "-m", REPLICA_PROGRAM, "serve"], env
         )
 
+    def spawn_auth(
+        self, name: str, changes: Mapping[str, str], cores: Sequence[int] | None
+    ) -> ExtraProcess:
+        """One more auth service on the stack's PostgreSQL and Redis, outside nginx, its
+        environment the launcher's with ``changes``; started on ``cores`` (so it sizes its
+        Argon2 pool for them)."""
+        port = free_port()
+        env = {**self.auth_environment(), **changes, "TESSERA_PORT": str(port)}
+        command = pinned_command([sys.executable, "-m", AUTH_PROGRAM, "serve"], cores)
+        return self.spawn(name, None, port, command, env)
+
     def spawn(
-        self, name: str, identity: str, port: int, command: Sequence[str], env: dict[str, str]
+        self,
+        name: str,
+        identity: str | None,
+        port: int,
+        command: Sequence[str],
+        env: dict[str, str],
     ) -> ExtraProcess:
         """Start ``command`` detached (log in the run directory) and wait until it answers."""
         self.layout.logs.mkdir(parents=True, exist_ok=True)

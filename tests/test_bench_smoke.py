@@ -3,8 +3,9 @@
 ``make bench-quick`` takes minutes on a stack of its own; these tests run its
 parts on tiny inputs in seconds: wrk with the request script against a
 local server, the peers, the timeline analysis, the profile summary, the
-aggregations, the budget verdicts, the report and the charts. No figure
-is asserted to be fast or slow.
+aggregations, the budget verdicts, the attack on an in-process auth
+service, the report and the charts. No figure is asserted to be fast or
+slow; counts are.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from bench import budget
+from bench.attack import Target, measure_attack
 from bench.charts import draw_all
-from bench.config import FULL, QUICK
+from bench.config import FULL, QUICK, BenchConfig
 from bench.failover import run_failover
 from bench.logins import _summarise as summarise_logins
 from bench.peers import PEER_SESSION_COOKIE, jwt_peer, session_peer
@@ -34,6 +37,10 @@ from bench.validation import Scenario, _summary, header_line
 from bench.wrk import WrkResult, WrkRun, run_wrk
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tessera_auth.regulation import RegulationPolicy
+from tessera_auth.settings import Settings
+
+from .conftest import AuthClientFactory
 from .private_stack import CHEAP_ARGON2
 
 
@@ -181,6 +188,8 @@ def test_quick_mode_is_shorter_than_the_full_one_in_every_part() -> None:
         "login_rounds",
         "users",
         "failover_seconds",
+        "attack_rounds",
+        "attack_seconds",
     ):
         assert getattr(QUICK, field) <= getattr(FULL, field)
 
@@ -398,3 +407,72 @@ async def test_the_failover_part_runs_a_fault_under_load_and_renders_its_section
     )
     assert "## 5. The shared store fails under load" in summary
     assert "one Redis (AOF)" in summary
+
+
+async def test_the_attack_part_refuses_the_flood_and_lets_the_users_log_in(
+    make_auth_client: AuthClientFactory, settings: Settings, tmp_path: Path
+) -> None:
+    # The auth service in-process on real PostgreSQL and Redis, every client on a loopback
+    # address of its own; registrations limited per address as in production, only tighter.
+    policy = RegulationPolicy(max_registrations_per_address=3)
+    client = await make_auth_client(regulation=policy)
+    target = Target(f"http://{client.host}:{client.port}", replace(settings, regulation=policy))
+    config = QUICK.scaled(
+        attack_rounds=1,
+        attack_seconds=1.0,
+        attack_rate=30.0,
+        attack_addresses=2,
+        login_concurrency=2,
+    )
+
+    attack = await measure_attack(target, config, lambda _: None)
+
+    summary = attack["summary"]
+    quiet, loud = summary["baseline"], summary["attack"]
+    assert quiet["ok"] > 0
+    assert quiet["refused"] == {}
+    assert loud["ok"] > 0
+    assert loud["throttled"] == 0  # the users' own addresses and accounts are never throttled
+    assert quiet["no_answer"] == loud["no_answer"] == 0
+    streams = summary["attackers"]
+    assert set(streams) == {"one_account", "many_accounts", "registrations", "password_changes"}
+    for tally in streams.values():
+        assert tally["sent"] + tally["not_sent"] == 30
+        # Every answer a 429, a 503 server_busy or one after a hash.
+        assert tally["other"] == tally["unavailable"] == tally["no_answer"] == 0
+    pairs = config.attack_addresses * policy.max_failures_per_pair
+    assert streams["one_account"]["throttled"] > 0
+    assert streams["one_account"]["hashed"] <= pairs
+    assert streams["registrations"]["throttled"] > 0
+    registrations = config.attack_addresses * policy.max_registrations_per_address
+    assert streams["registrations"]["hashed"] <= registrations
+    assert streams["password_changes"]["throttled"] > 0
+    assert streams["password_changes"]["hashed"] <= pairs
+    # The service counted what the clients counted.
+    server = summary["server"]["attack"]
+    assert server["hashed"] == loud["ok"] + sum(t["hashed"] for t in streams.values())
+    assert server["429"] == sum(t["throttled"] for t in streams.values())
+    assert server["503"] == loud["busy"] + sum(t["busy"] for t in streams.values())
+    assert summary["server"]["baseline"]["hashed"] == quiet["ok"]
+
+    results = {"meta": _meta(config), "attack": attack}
+    charts = draw_all(results, tmp_path)
+    assert charts == ["attack.png"]
+    assert (tmp_path / "attack.png").read_bytes().startswith(b"\x89PNG")
+    assert "## 6. Logins while an attacker floods the auth service" in render_summary(results)
+
+
+def _meta(config: BenchConfig) -> dict[str, Any]:
+    return {
+        "started": "2026-01-01 00:00 UTC",
+        "command": "make bench-quick",
+        "config": config.to_json(),
+        "git": "abc1234",
+        "cpu_model": "test CPU",
+        "cpus": 2,
+        "python": "3.11",
+        "algorithm": "ES256",
+        "loadavg_before": "0 0 0",
+        "loadavg_after": "0 0 0",
+        "elapsed_s": 60.0,
+    }
