@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 from tessera_auth import appkeys
 from tessera_auth.regulation import RegulationPolicy
 from tessera_verify.clock import ManualClock
+from tessera_verify.errors import ServerBusy
 
 from .conftest import AuthClientFactory, register_and_login
 
@@ -241,6 +242,28 @@ async def test_password_change_guesses_are_throttled_and_a_wrong_one_is_403(
         json={"username": owner["user"]["username"], "password": owner["password"]},
     )
     assert login.status == 200
+
+
+async def test_a_password_change_refused_for_a_full_argon2_queue_is_not_counted_as_a_guess(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner = await register_and_login(client, credential="token")
+    bearer = {"Authorization": f"Bearer {owner['access_token']}"}
+    accounts = client.app[appkeys.ACCOUNTS]
+    real_verify = accounts.verify_password
+
+    async def busy(*_: Any) -> bool:
+        raise ServerBusy()
+
+    monkeypatch.setattr(accounts, "verify_password", busy)
+    body = {"current_password": owner["password"], "new_password": "another fine passphrase"}
+    for _ in range(2 * POLICY.max_failures_per_pair):
+        refused = await client.post("/auth/password", headers=bearer, json=body)
+        assert refused.status == 503
+        assert (await refused.json())["error"] == "server_busy"
+    monkeypatch.setattr(accounts, "verify_password", real_verify)
+    changed = await client.post("/auth/password", headers=bearer, json=body)
+    assert changed.status == 200, await changed.text()
 
 
 async def test_throttling_is_audited_and_counted(

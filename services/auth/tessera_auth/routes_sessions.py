@@ -91,11 +91,16 @@ async def change_password(request: web.Request) -> web.Response:
     # A stolen session must not become an unthrottled password oracle: reserve first.
     ip = client_ip(request, app[appkeys.SETTINGS].trusted_proxies)
     attempt = await app[appkeys.REGULATOR].reserve("password-change:" + principal.user_id, ip)
-    user = await accounts.users.by_id(principal.user_id)
-    if user is None:
-        raise InvalidCredentials("the caller's user no longer exists")
-    if not await accounts.verify_password(user, current):
-        raise WrongCurrentPassword()
+    try:
+        user = await accounts.users.by_id(principal.user_id)
+        if user is None:
+            raise InvalidCredentials("the caller's user no longer exists")
+        correct = await accounts.verify_password(user, current)
+    except Exception:
+        await attempt.succeeded()  # not a guess (a full Argon2 queue, an outage): give it back
+        raise
+    if not correct:
+        raise WrongCurrentPassword()  # the reservation stays: it was a failure
     await attempt.succeeded()
     await accounts.change_password(user, new)  # the policy check is in there
     app[appkeys.AUDIT].record("password.change", user_id=user.id, username=user.username)
