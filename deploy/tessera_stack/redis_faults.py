@@ -29,11 +29,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
-import redis
 from tessera_stack import redis_acl
 from tessera_stack.processes import StackError, is_alive
 from tessera_stack.servers import LOOPBACK
