@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 from prometheus_client import Histogram
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
@@ -40,9 +41,10 @@ def _observe(latency: Histogram | None, args: tuple[Any, ...], started: float) -
 
 
 class InstrumentedRedis(Redis):
-    """A Redis client that times each command into ``latency`` (set after construction).
+    """A Redis client that times each command into ``latency`` (set after construction),
+    and each pipeline as one ``pipeline`` (a session load is one: GET and PEXPIRETIME).
 
-    Pipelines and pub/sub have their own paths in redis-py and are not timed.
+    Pub/sub has its own path in redis-py and is not timed.
     """
 
     latency: Histogram | None = None
@@ -53,6 +55,26 @@ class InstrumentedRedis(Redis):
             return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         finally:
             _observe(self.latency, args, started)
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        pipe = InstrumentedPipeline(
+            self.connection_pool, self.response_callbacks, transaction, shard_hint
+        )
+        pipe.latency = self.latency
+        return pipe
+
+
+class InstrumentedPipeline(Pipeline):
+    """A pipeline timed as one round trip, ``pipeline``."""
+
+    latency: Histogram | None = None
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        started = time.perf_counter()
+        try:
+            return await super().execute(raise_on_error)
+        finally:
+            _observe(self.latency, ("pipeline",), started)
 
 
 class SentinelManagedRedis(InstrumentedRedis):
