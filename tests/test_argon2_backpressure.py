@@ -12,7 +12,7 @@ import asyncio
 import ipaddress
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import argon2
@@ -20,9 +20,10 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from tessera_auth import appkeys
+from tessera_auth import appkeys, passwords
 from tessera_auth.passwords import PasswordHasher
 from tessera_auth.settings import Argon2Parameters
+from tessera_verify.errors import ServerBusy
 
 from .conftest import AuthClientFactory
 
@@ -219,3 +220,96 @@ async def test_the_default_bound_is_twice_the_cpus_plus_two() -> None:
         assert hasher.max_pending == 2 * cpu_count() + 2
     finally:
         hasher.close()
+
+
+# --- ranked admission: an address that keeps failing cannot keep a clean one out -----------
+
+
+class OrderedGate:
+    """Stands in for argon2's hasher: records the order jobs start in, holds them at ``gate``."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started: list[str] = []
+
+    def verify(self, password_hash: str, password: str) -> bool:
+        self.started.append(password)
+        self.gate.wait(SAFETY_TIMEOUT)
+        return False
+
+    def check_needs_rehash(self, password_hash: str) -> bool:
+        return False
+
+
+@pytest.fixture
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[PasswordHasher, OrderedGate]]:
+    """A hasher with one Argon2 thread and room for three jobs, its work held at a gate."""
+    monkeypatch.setattr(passwords, "cpu_count", lambda: 1)
+    hasher = PasswordHasher(Argon2Parameters(memory_kib=1024, time_cost=1), max_pending=3)
+    ordered = OrderedGate()
+    hasher._hasher = ordered  # type: ignore[assignment]
+    yield hasher, ordered
+    ordered.gate.set()
+    hasher.close()
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    pytest.fail("the hasher never got there")
+
+
+async def test_a_clean_address_takes_the_place_of_one_that_keeps_failing(
+    one_thread: tuple[PasswordHasher, OrderedGate],
+) -> None:
+    hasher, ordered = one_thread
+
+    def job(name: str, rank: int) -> asyncio.Task[bool]:
+        return asyncio.create_task(hasher.verify("hash", name, rank=rank))
+
+    running = job("spray-1", 9)
+    await _until(lambda: ordered.started == ["spray-1"])
+    waiting = [job("spray-2", 9), job("spray-3", 9)]
+    await _until(lambda: hasher.pending == 3)  # full: one running, two waiting
+
+    user = job("user", 0)
+    await _until(lambda: waiting[1].done())
+    with pytest.raises(ServerBusy):
+        waiting[1].result()  # the latest of the worst ranked gave up its place
+    with pytest.raises(ServerBusy):
+        await hasher.verify("hash", "spray-4", rank=9)  # nobody ranks worse: refused
+    second = job("user-2", 0)
+    await _until(lambda: waiting[0].done())
+    with pytest.raises(ServerBusy):
+        waiting[0].result()  # the last of the flood made way too
+    with pytest.raises(ServerBusy):
+        await hasher.verify("hash", "user-3", rank=0)  # equal ranks: first come, first served
+
+    ordered.gate.set()
+    assert await asyncio.gather(running, user, second) == [False, False, False]
+    assert ordered.started == ["spray-1", "user", "user-2"]  # the flood never went first
+    assert hasher.pending == 0
+
+
+async def test_a_request_that_gives_up_while_waiting_frees_its_place(
+    one_thread: tuple[PasswordHasher, OrderedGate],
+) -> None:
+    hasher, ordered = one_thread
+    running = asyncio.create_task(hasher.verify("hash", "first", rank=0))
+    await _until(lambda: ordered.started == ["first"])
+    gone = [asyncio.create_task(hasher.verify("hash", f"gone-{n}", rank=0)) for n in range(2)]
+    await _until(lambda: hasher.pending == 3)
+    for task in gone:
+        task.cancel()
+    await asyncio.gather(*gone, return_exceptions=True)
+    assert hasher.pending == 1
+    later = asyncio.create_task(hasher.verify("hash", "later", rank=5))
+    clean = asyncio.create_task(hasher.verify("hash", "clean", rank=0))
+    await _until(lambda: hasher.pending == 3)
+    ordered.gate.set()
+    assert await asyncio.gather(running, later, clean) == [False, False, False]
+    # The cancelled ones never ran; the clean address, though it came last, went first.
+    assert ordered.started == ["first", "clean", "later"]
+    assert hasher.pending == 0

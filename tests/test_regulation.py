@@ -64,9 +64,9 @@ def verifications(client: Client, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     count = [0]
 
     def counting(method: Callable[..., Any]) -> Callable[..., Any]:
-        async def wrapped(*args: Any) -> Any:
+        async def wrapped(*args: Any, **options: Any) -> Any:
             count[0] += 1
-            return await method(*args)
+            return await method(*args, **options)
 
         return wrapped
 
@@ -196,9 +196,9 @@ async def test_a_registration_flood_from_one_address_is_refused_before_any_hashi
     hashes = [0]
     original = hasher.hash
 
-    async def counting(password: str) -> str:
+    async def counting(password: str, *, rank: int = 0) -> str:
         hashes[0] += 1
-        return await original(password)
+        return await original(password, rank=rank)
 
     monkeypatch.setattr(hasher, "hash", counting)
 
@@ -252,7 +252,7 @@ async def test_a_password_change_refused_for_a_full_argon2_queue_is_not_counted_
     accounts = client.app[appkeys.ACCOUNTS]
     real_verify = accounts.verify_password
 
-    async def busy(*_: Any) -> bool:
+    async def busy(*_: Any, **__: Any) -> bool:
         raise ServerBusy()
 
     monkeypatch.setattr(accounts, "verify_password", busy)

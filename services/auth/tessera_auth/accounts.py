@@ -27,13 +27,17 @@ class Accounts:
         self.policy = policy or PasswordPolicy()
         self._clock = clock
 
-    async def register(self, username: str, password: str) -> User:
-        """Every cheap refusal (name, policy, name taken) comes before the Argon2 work."""
+    async def register(self, username: str, password: str, *, rank: int = 0) -> User:
+        """Every cheap refusal (name, policy, name taken) comes before the Argon2 work.
+
+        ``rank`` (here and below) is the caller's Argon2 admission rank (see
+        :class:`~tessera_auth.passwords.PasswordHasher`).
+        """
         normalized = normalize_username(username)
         secret = self.policy.check(password, username=normalized)
         if await self.users.by_username(normalized) is not None:
             raise UsernameTaken()
-        password_hash = await self.hasher.hash(secret)
+        password_hash = await self.hasher.hash(secret, rank=rank)
         # A concurrent registration of the same name still loses on the unique index.
         return await self.users.create(normalized, password_hash, now=self._clock.now())
 
@@ -45,7 +49,7 @@ class Accounts:
         password_hash = await self.hasher.hash(secret)
         await self.users.set_password(user.id, password_hash, now=self._clock.now())
 
-    async def authenticate(self, username: str, password: str) -> User:
+    async def authenticate(self, username: str, password: str, *, rank: int = 0) -> User:
         """The user, or :class:`InvalidCredentials` with the same work for every failure."""
         try:
             normalized = normalize_username(username)
@@ -55,15 +59,15 @@ class Accounts:
         if user is None:
             # As many verifications as a wrong password for a real user (see _verify).
             secret = normalize_password(password)
-            await self.hasher.verify_dummy(secret)
+            await self.hasher.verify_dummy(secret, rank=rank)
             if secret != password:
-                await self.hasher.verify_dummy(password)
+                await self.hasher.verify_dummy(password, rank=rank)
             raise InvalidCredentials()
-        if not await self.verify_password(user, password) or user.disabled:
+        if not await self.verify_password(user, password, rank=rank) or user.disabled:
             raise InvalidCredentials()
         return user
 
-    async def verify_password(self, user: User, password: str) -> bool:
+    async def verify_password(self, user: User, password: str, *, rank: int = 0) -> bool:
         """Whether ``password`` is ``user``'s; a match on an outdated hash is rehashed.
 
         Hashes are of the NFKC form. Hashes made before passwords were normalised
@@ -74,9 +78,11 @@ class Accounts:
         unknown users pay it too, so it tells nobody whether an account exists.
         """
         secret = normalize_password(password)
-        if await self.hasher.verify(user.password_hash, secret):
+        if await self.hasher.verify(user.password_hash, secret, rank=rank):
             outdated = self.hasher.needs_rehash(user.password_hash)
-        elif secret != password and await self.hasher.verify(user.password_hash, password):
+        elif secret != password and await self.hasher.verify(
+            user.password_hash, password, rank=rank
+        ):
             outdated = True
         else:
             return False

@@ -20,7 +20,10 @@ straddling a boundary still counts):
   attacker with many addresses gets a few guesses a minute, and the owner
   waits at most ``max_backoff`` for a slot.
 
-A global budget is the bounded Argon2 work queue of each process.
+A global budget is the bounded Argon2 work queue of each process. What an
+address has already spent ranks its next attempt there (:attr:`Reservation.rank`,
+see :class:`~tessera_auth.passwords.PasswordHasher`): an address that keeps
+failing waits behind, and is refused before, one that has not.
 
 Account names are counted whether or not they exist, so answers tell nothing
 about which names are registered; all names and addresses are hashed before
@@ -82,14 +85,15 @@ end
 return {1, 0}
 """
 
-# KEYS: address now, address before. ARGV: limit, key TTL. {1} reserved, {0} over the limit.
+# KEYS: address now, address before. ARGV: limit, key TTL.
+# Returns the count before this one when reserved, -1 over the limit.
 _RESERVE_ADDRESS = """
 local count = tonumber(redis.call('GET', KEYS[1]) or '0')
   + tonumber(redis.call('GET', KEYS[2]) or '0')
-if tonumber(ARGV[1]) > 0 and count >= tonumber(ARGV[1]) then return 0 end
+if tonumber(ARGV[1]) > 0 and count >= tonumber(ARGV[1]) then return -1 end
 redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
+return count
 """
 
 
@@ -104,6 +108,8 @@ class Reservation:
 
     _regulator: Regulator | None
     _keys: list[str] = field(default_factory=list)
+    #: Attempts its address has counted in the windows before this one (its Argon2 rank).
+    rank: int = 0
 
     async def succeeded(self) -> None:
         """The password was right: this attempt was no failure after all."""
@@ -129,15 +135,16 @@ class Regulator:
     def _ttl(self) -> int:
         return 2 * self.policy.window
 
-    async def _reserve_on_address(self, subject: str, limit: int) -> str | None:
-        """Count one attempt for ``subject``; its key, or None when over ``limit``."""
+    async def _reserve_on_address(self, subject: str, limit: int) -> tuple[str, int] | None:
+        """Count one attempt for ``subject``: its key and the count before it, or None
+        when over ``limit``."""
         current, _ = self._windows()
         now_key = redis_keys.login_failures(subject, current)
         before_key = redis_keys.login_failures(subject, current - 1)
-        reserved = await self._reserve_address(
-            keys=[now_key, before_key], args=[limit, self._ttl()]
+        before = int(
+            await self._reserve_address(keys=[now_key, before_key], args=[limit, self._ttl()])
         )
-        return now_key if int(reserved) == 1 else None
+        return None if before < 0 else (now_key, before)
 
     async def reserve(self, account: str, address: str) -> Reservation:
         """Count a password guess for ``account`` from ``address`` before verifying it;
@@ -146,11 +153,12 @@ class Regulator:
         if not policy.enabled:
             return Reservation(None)
         current, aged_out_in = self._windows()
-        address_key = await self._reserve_on_address(
+        on_address = await self._reserve_on_address(
             "address:" + _hashed(address), policy.max_failures_per_address
         )
-        if address_key is None:
+        if on_address is None:
             raise TooManyAttempts(retry_after=aged_out_in)
+        address_key, rank = on_address
         account_id = _hashed(account)
         pair = f"account:{account_id}:from:{_hashed(address)}"
         # The pair's keys carry the account's hash tag: one slot, one script.
@@ -174,7 +182,7 @@ class Regulator:
         if int(reserved) != 1:
             await self.give_back([address_key])
             raise TooManyAttempts(retry_after=aged_out_in if int(wait) < 0 else max(1, int(wait)))
-        return Reservation(self, [address_key, keys[0], keys[2]])
+        return Reservation(self, [address_key, keys[0], keys[2]], rank=rank)
 
     async def give_back(self, keys: list[str]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -182,10 +190,13 @@ class Regulator:
                 pipe.decr(key)
             await pipe.execute()
 
-    async def reserve_registration(self, address: str) -> None:
-        """Count a registration from ``address`` (it costs an Argon2 hash): 429 past the limit."""
+    async def reserve_registration(self, address: str) -> int:
+        """Count a registration from ``address`` (it costs an Argon2 hash): 429 past the
+        limit; else its Argon2 rank (the address's registrations before it)."""
         limit = self.policy.max_registrations_per_address
         if limit <= 0:
-            return
-        if await self._reserve_on_address("register:" + _hashed(address), limit) is None:
+            return 0
+        on_address = await self._reserve_on_address("register:" + _hashed(address), limit)
+        if on_address is None:
             raise TooManyAttempts(retry_after=self._windows()[1])
+        return on_address[1]

@@ -71,13 +71,13 @@ async def register(request: web.Request) -> web.Response:
     if not app[appkeys.SETTINGS].registration_enabled:
         raise RegistrationDisabled()
     # Each registration costs an Argon2 hash: counted per address before anything else.
-    await app[appkeys.REGULATOR].reserve_registration(
+    rank = await app[appkeys.REGULATOR].reserve_registration(
         client_ip(request, app[appkeys.SETTINGS].trusted_proxies)
     )
     body = await read_body(request)
     username = require_str(body, "username", max_length=256)
     password = require_str(body, "password", max_length=MAX_INPUT_LENGTH)
-    user = await request.app[appkeys.ACCOUNTS].register(username, password)
+    user = await request.app[appkeys.ACCOUNTS].register(username, password, rank=rank)
     return web.json_response({"user": _user_json(user)}, status=201, headers=NO_STORE)
 
 
@@ -107,7 +107,7 @@ async def login(request: web.Request) -> web.Response:
         audit.record("login", outcome="throttled", username=username[:64], ip=ip)
         raise
     try:
-        user = await app[appkeys.ACCOUNTS].authenticate(username, password)
+        user = await app[appkeys.ACCOUNTS].authenticate(username, password, rank=attempt.rank)
     except InvalidCredentials:
         metrics.logins.labels("invalid_credentials").inc()
         audit.record("login", outcome="failure", username=username[:64], ip=ip)

@@ -95,7 +95,7 @@ async def change_password(request: web.Request) -> web.Response:
         user = await accounts.users.by_id(principal.user_id)
         if user is None:
             raise InvalidCredentials("the caller's user no longer exists")
-        correct = await accounts.verify_password(user, current)
+        correct = await accounts.verify_password(user, current, rank=attempt.rank)
     except Exception:
         await attempt.succeeded()  # not a guess (a full Argon2 queue, an outage): give it back
         raise
