@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from tessera_stack import PostgresServer, RedisServer, free_port
+from tessera_verify.dependency_metrics import REDIS_MAX_CONNECTIONS, instrumented_redis
 from tessera_verify.sessions import SESSION_COOKIE
 
 from .conftest import AuthClientFactory, register_and_login
@@ -345,3 +346,17 @@ async def test_logout_during_a_postgresql_outage_answers_503_and_changes_nothing
         await asyncio.sleep(0.02)
     events = await audit.query(kind="logout")
     assert len(events) == 1
+
+
+async def test_a_burst_past_the_redis_pool_waits_for_a_connection_instead_of_failing(
+    redis_url: str,
+) -> None:
+    client = instrumented_redis(redis_url, timeout=5.0, latency=None)
+    try:
+        # More commands at once than the pool has connections: before, the rest failed
+        # at once with MaxConnectionsError (a 503 under a login flood).
+        burst = 3 * REDIS_MAX_CONNECTIONS
+        replies = await asyncio.gather(*(client.ping() for _ in range(burst)))
+        assert replies == [True] * burst
+    finally:
+        await client.aclose()

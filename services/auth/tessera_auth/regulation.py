@@ -153,15 +153,11 @@ class Regulator:
         if not policy.enabled:
             return Reservation(None)
         current, aged_out_in = self._windows()
-        on_address = await self._reserve_on_address(
-            "address:" + _hashed(address), policy.max_failures_per_address
-        )
-        if on_address is None:
-            raise TooManyAttempts(retry_after=aged_out_in)
-        address_key, rank = on_address
         account_id = _hashed(account)
         pair = f"account:{account_id}:from:{_hashed(address)}"
-        # The pair's keys carry the account's hash tag: one slot, one script.
+        # The pair's keys carry the account's hash tag: one slot, one script. The
+        # account first: a flood at one account (the common brute force) is refused
+        # in one round trip, with nothing to give back.
         keys = [
             redis_keys.login_failures(f"account:{account_id}", current, name=pair),
             redis_keys.login_failures(f"account:{account_id}", current - 1, name=pair),
@@ -180,8 +176,14 @@ class Regulator:
             ],
         )
         if int(reserved) != 1:
-            await self.give_back([address_key])
             raise TooManyAttempts(retry_after=aged_out_in if int(wait) < 0 else max(1, int(wait)))
+        on_address = await self._reserve_on_address(
+            "address:" + _hashed(address), policy.max_failures_per_address
+        )
+        if on_address is None:
+            await self.give_back([keys[0], keys[2]])
+            raise TooManyAttempts(retry_after=aged_out_in)
+        address_key, rank = on_address
         return Reservation(self, [address_key, keys[0], keys[2]], rank=rank)
 
     async def give_back(self, keys: list[str]) -> None:

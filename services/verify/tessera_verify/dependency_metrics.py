@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 import asyncpg
 from prometheus_client import Histogram
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
@@ -28,6 +28,8 @@ from redis.asyncio.sentinel import Sentinel
 DEPENDENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0)
 
 REDIS_URL_SCHEMES = ("redis", "rediss", "redis+sentinel", "redis+cluster")
+#: Connections one client opens to a single Redis (redis-py's default bound).
+REDIS_MAX_CONNECTIONS = 100
 _DEFAULT_PORTS = {"redis+sentinel": 26379, "redis+cluster": 6379}
 
 
@@ -169,15 +171,19 @@ def instrumented_redis(url: str, *, timeout: float, latency: Histogram | None) -
         return _sentinel_client(parse_redis_nodes(url), timeout=timeout, latency=latency)
     if scheme == "redis+cluster":
         return _cluster_client(parse_redis_nodes(url), timeout=timeout, latency=latency)
-    client = cast(
-        InstrumentedRedis,
-        InstrumentedRedis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
-        ),
+    # A blocking pool: past its connections a command waits (at most ``timeout``)
+    # for one to come back, instead of failing at once (MaxConnectionsError), so a
+    # burst of requests is slowed, not refused.
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
     )
+    client = InstrumentedRedis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # aclose() closes the pool it was given
     client.latency = latency
     return client
 
