@@ -102,7 +102,7 @@ fmt: bootstrap ## Format the code and apply safe lint fixes
 bench: bootstrap ## Benchmark and load test on a stack of its own (~15 min): report in bench/results/
 	$(PY) -m bench $(BENCH_ARGS)
 
-bench-quick: bootstrap ## The same, every part with short runs (< 3 min)
+bench-quick: bootstrap ## The same, every part with short runs (about 4 min)
 	$(PY) -m bench --quick $(BENCH_ARGS)
 
 clean: ## Stop the stack, delete .run/ and caches (keeps .venv)
