@@ -38,6 +38,7 @@ from . import (
 from .access_tokens import AccessTokenIssuer
 from .accounts import Accounts
 from .audit import AuditLog
+from .authenticate import build_authentication, session_cookie_name
 from .keyring import KeyRing
 from .metrics import AuthMetrics
 from .password_policy import PasswordPolicy
@@ -167,7 +168,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         ttl=settings.access_token_ttl,
         clock=clock,
     )
-    app[appkeys.VERIFIER] = AccessTokenVerifier(
+    verifier = AccessTokenVerifier(
         keyring.verification_keys,
         issuer=settings.issuer,
         audience=settings.audience,
@@ -175,6 +176,13 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         clock=clock,
         revocations=revocations,
         cache=token_cache,
+    )
+    app[appkeys.VERIFIER] = verifier
+    app[appkeys.AUTHENTICATION] = build_authentication(
+        verifier,
+        sessions,
+        cookie_name=session_cookie_name(app),
+        metrics=app[appkeys.METRICS],
     )
     refresh_tokens = RefreshTokenStore(
         redis,

@@ -7,6 +7,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from tessera_verify.access_tokens import AccessTokenVerifier
+from tessera_verify.authenticators import Authentication
 from tessera_verify.clock import Clock
 from tessera_verify.revocation_cache import RevocationCache
 from tessera_verify.sessions import SessionManager
@@ -32,6 +33,7 @@ SESSIONS = web.AppKey("sessions", SessionManager)
 ACCOUNTS = web.AppKey("accounts", Accounts)
 ISSUER = web.AppKey("issuer", AccessTokenIssuer)
 VERIFIER = web.AppKey("verifier", AccessTokenVerifier)
+AUTHENTICATION = web.AppKey("authentication", Authentication)
 REFRESH_TOKENS = web.AppKey("refresh_tokens", RefreshTokenStore)
 REVOCATION_STORE = web.AppKey("revocation_store", RevocationStore)
 REVOCATIONS = web.AppKey("revocations", RevocationCache)

@@ -1,48 +1,47 @@
-"""Who is calling the auth service: a bearer access token or the session cookie."""
+"""Who is calling the auth service: the replicas' authentication stack, with the
+credentials the auth service accepts (a bearer access token, then the session cookie)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from tessera_verify.authenticators import decision_outcome
-from tessera_verify.cookies import cookie_value
-from tessera_verify.errors import AuthenticationError, InvalidSession
-from tessera_verify.principal import AuthMethod, Principal, bearer_token
-from tessera_verify.sessions import INSECURE_SESSION_COOKIE, SESSION_COOKIE
+from tessera_verify.access_tokens import AccessTokenVerifier
+from tessera_verify.authenticators import (
+    Authentication,
+    BearerTokenAuthenticator,
+    DecisionRecorder,
+    SessionCookieAuthenticator,
+)
+from tessera_verify.principal import AuthMethod, Principal
+from tessera_verify.sessions import SessionManager
+from tessera_verify.sessions import session_cookie_name as _cookie_name
 
 from . import appkeys
 
 
 def session_cookie_name(app: web.Application) -> str:
-    return INSECURE_SESSION_COOKIE if app[appkeys.SETTINGS].cookie_insecure else SESSION_COOKIE
+    return _cookie_name(insecure=app[appkeys.SETTINGS].cookie_insecure)
+
+
+def build_authentication(
+    verifier: AccessTokenVerifier,
+    sessions: SessionManager,
+    *,
+    cookie_name: str,
+    metrics: DecisionRecorder,
+) -> Authentication:
+    """The same :class:`Authentication` a replica builds for ``jwt,shared_session``."""
+    return Authentication(
+        (
+            BearerTokenAuthenticator(verifier),
+            SessionCookieAuthenticator(
+                sessions, cookie_name=cookie_name, method=AuthMethod.SHARED_SESSION
+            ),
+        ),
+        metrics,
+    )
 
 
 async def authenticate(request: web.Request) -> Principal:
     """The caller, from a bearer token first, then the session cookie; 401 otherwise."""
-    app = request.app
-    metrics = app[appkeys.METRICS]
-    token = bearer_token(request)
-    if token is not None:
-        try:
-            claims = await app[appkeys.VERIFIER].verify(token)
-        except AuthenticationError as error:
-            metrics.decided(AuthMethod.JWT.value, decision_outcome(error))
-            raise
-        metrics.decided(AuthMethod.JWT.value, "ok")
-        return Principal(user_id=claims.subject, method=AuthMethod.JWT, token=claims)
-    session_id = cookie_value(request, session_cookie_name(app))
-    if session_id:
-        session = await app[appkeys.SESSIONS].load(session_id)
-        method = AuthMethod.SHARED_SESSION.value
-        if session is None:
-            metrics.decided(method, "unknown")
-            raise InvalidSession()
-        metrics.decided(method, "ok")
-        record = session.record
-        return Principal(
-            user_id=record.user_id,
-            username=record.username,
-            method=AuthMethod.SHARED_SESSION,
-            session=session,
-        )
-    raise AuthenticationError()
+    return await request.app[appkeys.AUTHENTICATION].require(request)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import unicodedata
 from typing import Any
 
 from aiohttp import web
@@ -32,7 +31,7 @@ from . import appkeys
 from .authenticate import authenticate, session_cookie_name
 from .password_policy import MAX_INPUT_LENGTH
 from .routes_token import token_response
-from .users import User
+from .users import User, fold_username
 
 routes = web.RouteTableDef()
 
@@ -98,7 +97,7 @@ async def login(request: web.Request) -> web.Response:
     ip = client_ip(request, settings.trusted_proxies)
     audit = app[appkeys.AUDIT]
     regulator = app[appkeys.REGULATOR]
-    account = unicodedata.normalize("NFKC", username).strip().casefold()
+    account = fold_username(username)
     try:
         # Reserve, then verify: the guess counts before any Argon2 work starts.
         attempt = await regulator.reserve(account, ip)

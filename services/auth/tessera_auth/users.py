@@ -25,9 +25,15 @@ class User:
     disabled: bool
 
 
+def fold_username(raw: str) -> str:
+    """NFKC + case folding, so ``Alice`` and ``ａｌｉｃｅ`` are one account (and one
+    throttling subject, whether or not the name is valid)."""
+    return unicodedata.normalize("NFKC", raw).strip().casefold()
+
+
 def normalize_username(raw: str) -> str:
-    """NFKC + case folding, so ``Alice`` and ``ａｌｉｃｅ`` are one account."""
-    normalized = unicodedata.normalize("NFKC", raw).strip().casefold()
+    """The folded name (:func:`fold_username`); 400 when it is not a valid username."""
+    normalized = fold_username(raw)
     if not _USERNAME.match(normalized):
         raise InvalidRequest(
             "username must be 3-64 characters: letters, digits, '.', '_' or '-', "

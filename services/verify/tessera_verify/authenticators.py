@@ -1,4 +1,6 @@
-"""Request authentication for any aiohttp service: one authenticator per credential kind.
+"""Request authentication for any aiohttp service: one authenticator per credential kind,
+tried in order by one :class:`Authentication`, which the replicas' middleware and the
+auth service's handlers both use.
 
 An authenticator returns a :class:`Principal` when the request carries its kind
 of credential and that credential is valid, ``None`` when the request does not
@@ -43,6 +45,51 @@ class Authenticator(Protocol):
     method: AuthMethod
 
     async def authenticate(self, request: web.Request) -> Principal | None: ...
+
+
+class DecisionRecorder(Protocol):
+    """Where decisions are counted (``tessera_auth_decisions_total``: ServiceMetrics)."""
+
+    def decided(self, method: str, outcome: str) -> None: ...
+
+
+class Authentication:
+    """The credentials a service accepts, tried in order; each decision counted once.
+
+    The first authenticator that finds its kind of credential decides: a valid
+    one is the caller, a bad one is refused (never passed over for the next).
+    """
+
+    def __init__(
+        self, authenticators: Sequence[Authenticator], metrics: DecisionRecorder | None = None
+    ) -> None:
+        self.authenticators = tuple(authenticators)
+        self._metrics = metrics
+
+    async def identify(self, request: web.Request) -> Principal | None:
+        """The caller, or None when the request carries no credential of an accepted kind;
+        :class:`AuthenticationError` when it carries a bad one."""
+        for authenticator in self.authenticators:
+            try:
+                principal = await authenticator.authenticate(request)
+            except AuthenticationError as error:
+                self._decided(authenticator.method, decision_outcome(error))
+                raise
+            if principal is not None:
+                self._decided(authenticator.method, "ok")
+                return principal
+        return None
+
+    async def require(self, request: web.Request) -> Principal:
+        """The caller; :class:`AuthenticationError` (401) when there is none."""
+        principal = await self.identify(request)
+        if principal is None:
+            raise AuthenticationError()
+        return principal
+
+    def _decided(self, method: AuthMethod, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.decided(method.value, outcome)
 
 
 class BearerTokenAuthenticator:

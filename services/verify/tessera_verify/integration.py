@@ -23,28 +23,22 @@ from redis.asyncio import Redis
 
 from .access_tokens import AccessTokenClaims, AccessTokenVerifier
 from .authenticators import (
+    Authentication,
     Authenticator,
     BearerTokenAuthenticator,
     ForwardedIdentityAuthenticator,
     SessionCookieAuthenticator,
-    decision_outcome,
 )
 from .client_ip import Network
 from .clock import Clock, SystemClock
 from .dependency_metrics import instrumented_redis
-from .errors import AuthenticationError
 from .http_metrics import ServiceMetrics
 from .keys import JWKSCache, KeySource, StaticKeySource, VerificationKey, shared_secret_kid
 from .principal import AuthMethod, set_principal
 from .revocation_cache import RevocationCache
 from .session_cache import CachedSessionStore
 from .session_store import RedisSessionStore
-from .sessions import (
-    INSECURE_SESSION_COOKIE,
-    SESSION_COOKIE,
-    SessionManager,
-    SessionPolicy,
-)
+from .sessions import SessionManager, SessionPolicy, session_cookie_name
 from .ttl_cache import TTLCache
 
 LOCAL_SESSION_COOKIE = "__Host-tessera_local_session"
@@ -118,7 +112,7 @@ class TesseraVerify:
         self.revocations: RevocationCache | None = None
         self.token_cache: TTLCache[str, AccessTokenClaims] = TTLCache(config.cache_max_entries)
         self.session_cache: CachedSessionStore | None = None
-        self.authenticators: list[Authenticator] = []
+        self.authentication = Authentication((), metrics)
 
     def install(self, app: web.Application) -> None:
         app[TESSERA_VERIFY] = self
@@ -127,7 +121,7 @@ class TesseraVerify:
 
     @property
     def session_cookie(self) -> str:
-        return INSECURE_SESSION_COOKIE if self.config.cookie_insecure else SESSION_COOKIE
+        return session_cookie_name(insecure=self.config.cookie_insecure)
 
     @property
     def local_session_cookie(self) -> str:
@@ -152,7 +146,7 @@ class TesseraVerify:
             feed = asyncio.create_task(self.revocations.run())
             # Start serving either way: until the copy is fresh, checks go to Redis directly.
             await self.revocations.wait_fresh(config.dependency_timeout)
-        self.authenticators = self._build_authenticators()
+        self.authentication = Authentication(self._build_authenticators(), self.metrics)
         if self.metrics is not None:
             cache = self.token_cache
             self.metrics.watch_cache("verified_tokens", lambda: (cache.hits, cache.misses))
@@ -249,21 +243,10 @@ class TesseraVerify:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in self.config.public_paths:
-            for authenticator in self.authenticators:
-                try:
-                    principal = await authenticator.authenticate(request)
-                except AuthenticationError as error:
-                    self._decided(authenticator.method, decision_outcome(error))
-                    raise
-                if principal is not None:
-                    self._decided(authenticator.method, "ok")
-                    set_principal(request, principal)
-                    break
+            principal = await self.authentication.identify(request)
+            if principal is not None:
+                set_principal(request, principal)
         return await handler(request)
-
-    def _decided(self, method: AuthMethod, outcome: str) -> None:
-        if self.metrics is not None:
-            self.metrics.decided(method.value, outcome)
 
     async def ping(self) -> None:
         """Raise when Redis (if used) cannot be reached."""

@@ -24,6 +24,13 @@ SESSION_COOKIE = "__Host-tessera_session"
 INSECURE_SESSION_COOKIE = "tessera_session"
 
 SESSION_ID_BYTES = 32  # 256 bits
+
+
+def session_cookie_name(*, insecure: bool) -> str:
+    """The shared session's cookie: ``__Host-`` unless on plain-HTTP loopback development."""
+    return INSECURE_SESSION_COOKIE if insecure else SESSION_COOKIE
+
+
 _SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
 
