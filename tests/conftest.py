@@ -128,16 +128,25 @@ async def auth_client(make_auth_client: AuthClientFactory) -> TestClient[Any, An
 async def register_and_login(
     client: TestClient[Any, Any], credential: str = "session", username: str | None = None
 ) -> dict[str, Any]:
-    """Register a fresh user and log in; returns the login body plus the password."""
+    """Register a fresh user and log in; returns the login body plus the password.
+
+    ``credential="none"`` checks the password (``/auth/password-check``) and issues nothing.
+    """
     username = username or f"user-{uuid.uuid4().hex[:10]}"
     password = "correct horse battery staple"
     response = await client.post(
         "/auth/register", json={"username": username, "password": password}
     )
     assert response.status == 201, await response.text()
-    response = await client.post(
-        "/auth/login", json={"username": username, "password": password, "credential": credential}
-    )
+    if credential == "none":
+        response = await client.post(
+            "/auth/password-check", json={"username": username, "password": password}
+        )
+    else:
+        response = await client.post(
+            "/auth/login",
+            json={"username": username, "password": password, "credential": credential},
+        )
     assert response.status == 200, await response.text()
     body: dict[str, Any] = await response.json()
     body["password"] = password

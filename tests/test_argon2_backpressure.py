@@ -126,19 +126,20 @@ async def test_a_weak_password_is_400_without_any_argon2_work(auth_client: Clien
 
 
 def _flood(users: list[str], newcomers: int) -> list[tuple[str, dict[str, str], str]]:
-    """Registrations, right and wrong logins and unknown users, each from its own address."""
+    """Registrations, right and wrong password checks and unknown users, each from its own
+    address."""
+    check = "/auth/password-check"
     requests: list[tuple[str, dict[str, str]]] = []
     for name in users:
-        requests.append(("/auth/login", {"username": name, "password": PASSWORD}))
+        requests.append((check, {"username": name, "password": PASSWORD}))
     for name in users[: len(users) // 2]:
-        requests.append(("/auth/login", {"username": name, "password": "not the password"}))
+        requests.append((check, {"username": name, "password": "not the password"}))
     for _ in range(newcomers):
         requests.append(("/auth/register", {"username": f"new-{uuid.uuid4().hex[:8]}"}))
-    requests.append(("/auth/login", {"username": "nobody-at-all", "password": PASSWORD}))
+    requests.append((check, {"username": "nobody-at-all", "password": PASSWORD}))
     flood = []
     for n, (path, body) in enumerate(requests):
         body.setdefault("password", PASSWORD)
-        body["credential"] = "none"
         flood.append((path, body, f"10.1.{n // 250}.{n % 250 + 1}"))
     return flood
 

@@ -30,7 +30,7 @@ async def _events(client: Client, **filters: Any) -> list[dict[str, Any]]:
 
 
 async def test_logins_are_audited_with_outcome_ip_and_request_id(auth: Client) -> None:
-    body = await register_and_login(auth, credential="none")
+    body = await register_and_login(auth, credential="session")
     await auth.post(
         "/auth/login",
         json={"username": body["user"]["username"], "password": "wrong password!"},
@@ -43,7 +43,14 @@ async def test_logins_are_audited_with_outcome_ip_and_request_id(auth: Client) -
     assert failure["username"] == body["user"]["username"]
     assert failure["ip"] == "127.0.0.1"
     assert success["user_id"] == body["user"]["id"]
-    assert success["details"] == {"credential": "none"}
+    assert success["details"] == {"credential": "session"}
+
+
+async def test_password_checks_are_audited_apart_from_logins(auth: Client) -> None:
+    body = await register_and_login(auth, credential="none")  # /auth/password-check
+    checked = await _events(auth, kind="password.check")
+    assert [(e["outcome"], e["user_id"]) for e in checked] == [("ok", body["user"]["id"])]
+    assert await _events(auth, kind="login") == []
 
 
 async def test_logout_revocations_and_refresh_reuse_are_audited(

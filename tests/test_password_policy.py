@@ -200,7 +200,7 @@ async def test_a_password_set_in_nfc_logs_in_typed_in_nfd(auth_client: Client) -
     assert response.status == 201, await response.text()
     for typed in (FRENCH_NFD, FRENCH_NFC):
         response = await auth_client.post(
-            "/auth/login", json={"username": "amelie", "password": typed, "credential": "none"}
+            "/auth/password-check", json={"username": "amelie", "password": typed}
         )
         assert response.status == 200, await response.text()
 
@@ -219,15 +219,15 @@ async def test_a_hash_of_the_unnormalised_password_still_logs_in_and_is_migrated
     assert user is not None
     await accounts.users.replace_hash(user_id, user.password_hash, legacy)
 
-    login = {"username": "amelie", "password": FRENCH_NFD, "credential": "none"}
-    assert (await auth_client.post("/auth/login", json=login)).status == 200
+    login = {"username": "amelie", "password": FRENCH_NFD}
+    assert (await auth_client.post("/auth/password-check", json=login)).status == 200
     migrated = await accounts.users.by_id(user_id)
     assert migrated is not None
     assert migrated.password_hash != legacy
     assert await accounts.hasher.verify(migrated.password_hash, FRENCH_NFC)
     # Now the other spelling works too.
     login["password"] = FRENCH_NFC
-    assert (await auth_client.post("/auth/login", json=login)).status == 200
+    assert (await auth_client.post("/auth/password-check", json=login)).status == 200
 
 
 async def test_password_change_applies_the_policy_to_the_new_password(

@@ -23,7 +23,7 @@ CREDENTIALS = {"username": "alice", "password": "correct horse battery staple"}
 
 
 async def _throttling_auth(aiohttp_server: ServerFactory, headers: dict[str, str]) -> str:
-    async def login(request: web.Request) -> web.Response:
+    async def password_check(request: web.Request) -> web.Response:
         return web.json_response(
             {
                 "error": "too_many_attempts",
@@ -35,7 +35,7 @@ async def _throttling_auth(aiohttp_server: ServerFactory, headers: dict[str, str
         )
 
     app = web.Application()
-    app.router.add_post("/auth/login", login)
+    app.router.add_post("/auth/password-check", password_check)
     server = await aiohttp_server(app)
     return str(server.make_url("")).rstrip("/")
 

@@ -41,6 +41,7 @@ from .audit import AuditLog
 from .authenticate import build_authentication, session_cookie_name
 from .keyring import KeyRing
 from .metrics import AuthMetrics
+from .password_check import PasswordCheck
 from .password_policy import PasswordPolicy
 from .passwords import PasswordHasher
 from .refresh_tokens import RefreshTokenStore, refresh_token_key
@@ -192,9 +193,13 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         grace=settings.refresh_grace,
     )
     app[appkeys.REFRESH_TOKENS] = refresh_tokens
-    app[appkeys.REGULATOR] = Regulator(redis, clock, settings.regulation)
+    regulator = Regulator(redis, clock, settings.regulation)
+    app[appkeys.REGULATOR] = regulator
     audit = AuditLog(pool, clock, app[appkeys.METRICS])
     app[appkeys.AUDIT] = audit
+    app[appkeys.PASSWORD_CHECK] = PasswordCheck(
+        regulator, app[appkeys.ACCOUNTS], app[appkeys.METRICS], audit
+    )
     app[appkeys.REVOKER] = Revoker(
         sessions=sessions,
         refresh_tokens=refresh_tokens,

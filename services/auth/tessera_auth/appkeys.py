@@ -17,6 +17,7 @@ from .accounts import Accounts
 from .audit import AuditLog
 from .keyring import KeyRing
 from .metrics import AuthMetrics
+from .password_check import PasswordCheck
 from .refresh_tokens import RefreshTokenStore
 from .regulation import Regulator
 from .revocation_store import RevocationStore
@@ -40,3 +41,4 @@ REVOCATIONS = web.AppKey("revocations", RevocationCache)
 REVOKER = web.AppKey("revoker", Revoker)
 AUDIT = web.AppKey("audit", AuditLog)
 REGULATOR = web.AppKey("regulator", Regulator)
+PASSWORD_CHECK = web.AppKey("password_check", PasswordCheck)

@@ -38,6 +38,7 @@ KINDS = (
     "revocation.refresh_family",
     "revocation.user",
     "password.change",
+    "password.check",
     "user.disabled",
     "user.enabled",
     "key.rotation",

@@ -17,11 +17,9 @@ from tessera_verify.cookies import cookie_value
 from tessera_verify.csrf import check_same_origin
 from tessera_verify.errors import (
     AuthenticationError,
-    InvalidCredentials,
     InvalidRequest,
     InvalidTokenError,
     RegistrationDisabled,
-    TooManyAttempts,
 )
 from tessera_verify.jsonbody import get_str, read_body, require_str
 from tessera_verify.principal import Principal, bearer_token
@@ -31,11 +29,11 @@ from . import appkeys
 from .authenticate import authenticate, session_cookie_name
 from .password_policy import MAX_INPUT_LENGTH
 from .routes_token import token_response
-from .users import User, fold_username
+from .users import User
 
 routes = web.RouteTableDef()
 
-CREDENTIAL_KINDS = ("session", "token", "both", "none")
+CREDENTIAL_KINDS = ("session", "token", "both")
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -95,27 +93,7 @@ async def login(request: web.Request) -> web.Response:
             details={"field": "credential"},
         )
     ip = client_ip(request, settings.trusted_proxies)
-    audit = app[appkeys.AUDIT]
-    regulator = app[appkeys.REGULATOR]
-    account = fold_username(username)
-    try:
-        # Reserve, then verify: the guess counts before any Argon2 work starts.
-        attempt = await regulator.reserve(account, ip)
-    except TooManyAttempts:
-        metrics.logins.labels("throttled").inc()
-        audit.record("login", outcome="throttled", username=username[:64], ip=ip)
-        raise
-    try:
-        user = await app[appkeys.ACCOUNTS].authenticate(username, password, rank=attempt.rank)
-    except InvalidCredentials:
-        metrics.logins.labels("invalid_credentials").inc()
-        audit.record("login", outcome="failure", username=username[:64], ip=ip)
-        raise  # the reservation stays: it was a failure
-    except Exception:
-        metrics.logins.labels("error").inc()
-        await attempt.succeeded()  # not the caller's fault (an outage): give it back
-        raise
-    await attempt.succeeded()
+    user = await app[appkeys.PASSWORD_CHECK].check(username, password, ip=ip, event="login")
     sessions = app[appkeys.SESSIONS]
     cookie_name = session_cookie_name(app)
     payload: dict[str, Any] = {"user": _user_json(user)}
@@ -142,8 +120,10 @@ async def login(request: web.Request) -> web.Response:
                 app, user_id=user.id, session_link=session_link, session_key=session_key
             )
         )
-    metrics.logins.labels("success" if kind != "none" else "password_checked").inc()
-    audit.record("login", user_id=user.id, username=user.username, ip=ip, credential=kind)
+    metrics.logins.labels("success").inc()
+    app[appkeys.AUDIT].record(
+        "login", user_id=user.id, username=user.username, ip=ip, credential=kind
+    )
 
     response = web.json_response(payload, headers=NO_STORE)
     if new_session_id is not None:
@@ -151,6 +131,23 @@ async def login(request: web.Request) -> web.Response:
             response, cookie_name, new_session_id, secure=not settings.cookie_insecure
         )
     return response
+
+
+@routes.post("/auth/password-check")
+async def password_check(request: web.Request) -> web.Response:
+    """Whether a password is right, issuing nothing: for replicas that keep their own
+    sessions (demo rows 1-3). Throttled, counted and audited exactly like login."""
+    app = request.app
+    body = await read_body(request)
+    username = require_str(body, "username", max_length=256)
+    password = require_str(body, "password", max_length=MAX_INPUT_LENGTH)
+    ip = client_ip(request, app[appkeys.SETTINGS].trusted_proxies)
+    user = await app[appkeys.PASSWORD_CHECK].check(
+        username, password, ip=ip, event="password.check"
+    )
+    app[appkeys.METRICS].logins.labels("password_checked").inc()
+    app[appkeys.AUDIT].record("password.check", user_id=user.id, username=user.username, ip=ip)
+    return web.json_response({"user": _user_json(user)}, headers=NO_STORE)
 
 
 @routes.post("/auth/logout")

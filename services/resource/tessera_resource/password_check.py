@@ -1,8 +1,9 @@
 """Asking the auth service whether a password is right (for replicas with in-process sessions).
 
-The replica never sees a password hash: it forwards the login to the auth
-service with ``"credential": "none"`` and trusts the answer, like an app
-server that delegates password checks to an identity service.
+The replica never sees a password hash: it asks the auth service's
+``/auth/password-check`` (which issues nothing, and is throttled like login)
+and trusts the answer, like an app server that delegates password checks to an
+identity service.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ class CheckedUser:
 class PasswordChecker:
     def __init__(self, session: aiohttp.ClientSession, auth_url: str, timeout: float) -> None:
         self._session = session
-        self._url = auth_url + "/auth/login"
+        self._url = auth_url + "/auth/password-check"
         self._timeout = aiohttp.ClientTimeout(total=timeout * 10)  # Argon2 takes a while
 
     async def check(self, username: str, password: str, *, client_ip: str) -> CheckedUser:
-        body = {"username": username, "password": password, "credential": "none"}
+        body = {"username": username, "password": password}
         try:
             async with self._session.post(
                 self._url, json=body, timeout=self._timeout, headers={"X-Forwarded-For": client_ip}
