@@ -12,17 +12,15 @@ the server certificate needs renewing both are simply made anew.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import trustme
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 
 __all__ = ["DEFAULT_HOSTS", "TlsFiles", "ensure_certificate"]
 
@@ -94,97 +92,19 @@ def _usable(files: TlsFiles, hosts: Sequence[str], now: datetime.datetime) -> bo
     return key.public_key() == cert.public_key()
 
 
-def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
-    entries: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            entries.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            entries.append(x509.DNSName(host))
-    return x509.SubjectAlternativeName(entries)
-
-
 def _generate(files: TlsFiles, hosts: Sequence[str], now: datetime.datetime) -> None:
-    not_before = now - datetime.timedelta(minutes=5)  # tolerate small clock skew
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tessera local stack"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "tessera local CA"),
-        ]
+    # trustme (a well-kept library for exactly this): an ECDSA P-256 CA, and a
+    # server certificate for ``hosts`` signed by it. Only the CA's certificate
+    # is written; its key dies with this function.
+    ca = trustme.CA(organization_name="tessera local stack")
+    server = ca.issue_cert(
+        *hosts,
+        not_before=now - datetime.timedelta(minutes=5),  # tolerate small clock skew
+        not_after=now + VALIDITY,
     )
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(now + VALIDITY)
-        .add_extension(_san(hosts), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    key_pem = server_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    _write(files.key, key_pem, 0o600)
-    _write(files.cert, server_cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    _write(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write(files.key, server.private_key_pem.bytes(), 0o600)
+    _write(files.cert, server.cert_chain_pems[0].bytes(), 0o644)
+    _write(files.ca_cert, ca.cert_pem.bytes(), 0o644)
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
