@@ -205,3 +205,60 @@ async def test_the_auth_service_signs_es256_with_low_s(auth_client: Any) -> None
         token = login["access_token"]
         assert jwt.get_unverified_header(token)["alg"] == "ES256"
         assert _s(token) <= P256_N // 2
+
+
+_edits = st.lists(
+    st.tuples(
+        st.sampled_from(["replace", "insert", "delete"]),
+        st.integers(min_value=0, max_value=10_000),
+        st.sampled_from(B64URL + ".=+/ \x00{}\"'"),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+def _edit(token: str, edits: list[tuple[str, int, str]]) -> str:
+    for op, at, char in edits:
+        at %= len(token) + 1
+        if op == "insert":
+            token = token[:at] + char + token[at:]
+        elif op == "delete":
+            token = token[:at] + token[at + 1 :]
+        else:
+            token = token[:at] + char + token[at + 1 :]
+    return token
+
+
+@settings(
+    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(alg=st.sampled_from(ALGORITHMS), edits=_edits)
+def test_whatever_tessera_accepts_pyjwt_accepts_with_the_same_claims(
+    alg: str, edits: list[tuple[str, int, str]]
+) -> None:
+    """Differential: random edits of a valid token; tessera never accepts more than pyjwt."""
+
+    async def check() -> None:
+        claims = _claims("user-1", secrets.token_urlsafe(8))
+        token = _edit(_canonical_sign(alg, claims), edits)
+        try:
+            accepted = await _verifier().verify(token)
+        except InvalidTokenError:
+            return
+        assert _pyjwt_accepts(token, alg), token
+        decoded = jwt.decode(
+            token,
+            _key(alg).public_key(),  # type: ignore[union-attr]
+            algorithms=[alg],
+            audience=AUDIENCE,
+            issuer=ISSUER,
+            options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+        )
+        assert (accepted.subject, accepted.token_id, accepted.expires_at) == (
+            decoded["sub"],
+            decoded["jti"],
+            decoded["exp"],
+        )
+
+    asyncio.run(check())
