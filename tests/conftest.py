@@ -27,6 +27,28 @@ from tessera_verify.principal import AuthMethod
 
 pytest_plugins = ["tests.fixtures_infra"]
 
+#: Test tiers by module (``-m stack``, ``-m deploy``; the rest runs in-process against
+#: real PostgreSQL, Redis and nginx). ``make test-fast`` leaves out the stack tier.
+STACK_MODULES = {
+    "test_bench_smoke",
+    "test_demo_faults",
+    "test_deploy_live_stack",
+    "test_stack",
+    "test_stack_redis_groups",
+    "test_stack_redis_outage",
+    "test_stack_rows",
+}
+DEPLOY_MODULES = {"test_deploy_compose", "test_deploy_images", "test_deploy_kubernetes"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in STACK_MODULES:
+            item.add_marker(pytest.mark.stack)
+        elif module in DEPLOY_MODULES:
+            item.add_marker(pytest.mark.deploy)
+
 # Cheap Argon2 for tests that are not about Argon2 (tests of the real cost set their own).
 FAST_ARGON2 = Argon2Parameters(memory_kib=1024, time_cost=1, parallelism=1)
 
