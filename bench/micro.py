@@ -32,7 +32,7 @@ import jwt
 from aiohttp import web
 from redis.asyncio import Redis
 
-from tessera_auth import appkeys
+from tessera_auth import app_state
 from tessera_auth.app import create_app
 from tessera_auth.revocation_store import RevocationStore
 from tessera_auth.settings import Argon2Parameters, Settings
@@ -156,13 +156,13 @@ async def _measure(
             session_id = response.cookies["__Host-tessera_session"].value
 
     token = tokens["access_token"]
-    keyring = app[appkeys.KEYRING]
-    settings = app[appkeys.SETTINGS]
-    redis = app[appkeys.REDIS]
-    clock = app[appkeys.CLOCK]
+    keyring = app[app_state.KEYRING]
+    settings = app[app_state.SETTINGS]
+    redis = app[app_state.REDIS]
+    clock = app[app_state.CLOCK]
     public_key = (await keyring.verification_keys.get(keyring.active.kid)).key
     alg = keyring.algorithm
-    feed = app[appkeys.REVOCATIONS]
+    feed = app[app_state.REVOCATIONS]
     assert feed.fresh, "the revocation feed should be up"
 
     def verifier(revocations: RevocationChecker | None, cache: bool) -> AccessTokenVerifier:
@@ -201,7 +201,7 @@ async def _measure(
         policy=SessionPolicy(idle_timeout=settings.session_idle_timeout),
         clock=clock,
     )
-    cached_sessions = app[appkeys.SESSIONS]  # Redis behind a cache fed by the revocation feed
+    cached_sessions = app[app_state.SESSIONS]  # Redis behind a cache fed by the revocation feed
 
     async def session_check(manager: SessionManager) -> None:
         assert await manager.load(session_id) is not None
@@ -212,7 +212,7 @@ async def _measure(
     repeated = await _amedian(timed_checks(lambda: cached_local.verify(token)), rounds)
     session_redis = await _amedian(timed_checks(lambda: session_check(redis_sessions)), rounds)
     session_cached = await _amedian(timed_checks(lambda: session_check(cached_sessions)), rounds)
-    propagation = await _propagation(redis, clock, app[appkeys.REVOCATION_STORE], revocations=50)
+    propagation = await _propagation(redis, clock, app[app_state.REVOCATION_STORE], revocations=50)
     figures = [
         Figure(f"raw Argon2id verify (m={params.memory_kib},t={params.time_cost})", argon2_cost),
         Figure("HTTP login -> session cookie", login_session),

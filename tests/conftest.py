@@ -49,6 +49,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         elif module in DEPLOY_MODULES:
             item.add_marker(pytest.mark.deploy)
 
+
 # Cheap Argon2 for tests that are not about Argon2 (tests of the real cost set their own).
 FAST_ARGON2 = Argon2Parameters(memory_kib=1024, time_cost=1, parallelism=1)
 

@@ -37,7 +37,7 @@ from tessera_verify.errors import (
     UnknownKey,
 )
 from tessera_verify.jws_canonical import canonical_es256_token, to_low_s_es256
-from tessera_verify.keys import StaticKeySource, VerificationKey
+from tessera_verify.verification_keys import StaticKeySource, VerificationKey
 
 ISSUER = "https://auth.tessera.test"
 AUDIENCE = "tessera-api"

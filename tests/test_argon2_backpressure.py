@@ -20,7 +20,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from tessera_auth import appkeys, passwords
+from tessera_auth import app_state, passwords
 from tessera_auth.passwords import PasswordHasher
 from tessera_auth.settings import Argon2Parameters
 from tessera_verify.errors import ServerBusy
@@ -76,7 +76,7 @@ class CountingArgon2:
 
 
 def _instrument(client: Client) -> tuple[PasswordHasher, CountingArgon2]:
-    hasher = client.app[appkeys.ACCOUNTS].hasher
+    hasher = client.app[app_state.ACCOUNTS].hasher
     counting = CountingArgon2(hasher._hasher)
     hasher._hasher = counting  # type: ignore[assignment]
     return hasher, counting

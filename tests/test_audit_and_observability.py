@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tessera_auth import appkeys
+from tessera_auth import app_state
 from tessera_auth.cli_users import audit_list
 from tessera_auth.settings import Settings
 from tessera_verify.clock import ManualClock
@@ -23,7 +23,7 @@ Client = TestClient[Any, Any]
 
 
 async def _events(client: Client, **filters: Any) -> list[dict[str, Any]]:
-    audit = client.app[appkeys.AUDIT]
+    audit = client.app[app_state.AUDIT]
     await audit.flush()
     events: list[dict[str, Any]] = await audit.query(**filters)
     return events
@@ -86,7 +86,7 @@ async def test_audit_command_lists_a_users_events_as_json_lines(
 ) -> None:
     first = await register_and_login(auth, credential="session")
     await register_and_login(auth, credential="session")
-    await auth.app[appkeys.AUDIT].flush()
+    await auth.app[app_state.AUDIT].flush()
     await audit_list(
         settings, argparse.Namespace(user=first["user"]["username"], kind="login", limit=10)
     )
@@ -97,7 +97,7 @@ async def test_audit_command_lists_a_users_events_as_json_lines(
 
 async def test_unknown_audit_kinds_are_refused(auth: Client) -> None:
     with pytest.raises(ValueError, match="unknown audit event kind"):
-        auth.app[appkeys.AUDIT].record("made.up")
+        auth.app[app_state.AUDIT].record("made.up")
 
 
 async def test_request_id_from_nginx_is_echoed_and_a_missing_one_is_made(auth: Client) -> None:

@@ -324,12 +324,12 @@ async def test_a_refresh_refused_during_a_postgresql_outage_leaves_the_refresh_t
 async def test_logout_during_a_postgresql_outage_answers_503_and_changes_nothing(
     app_on_own_postgres: Client, postgres_server: PostgresServer
 ) -> None:
-    from tessera_auth import appkeys
+    from tessera_auth import app_state
 
     port = postgres_server.port
     username, password = await _register(app_on_own_postgres)
     cookie = _session_cookie(await _login(app_on_own_postgres, username, password, "session"))
-    audit = app_on_own_postgres.app[appkeys.AUDIT]
+    audit = app_on_own_postgres.app[app_state.AUDIT]
     await _stop(postgres_server)
     # A revocation is acknowledged only once PostgreSQL (the source of truth) has it:
     # without it, logout refuses, and nothing is half-done (the session still works).

@@ -25,7 +25,7 @@ from tessera_verify.access_tokens import AccessTokenVerifier
 from tessera_verify.clock import ManualClock
 from tessera_verify.errors import ServiceUnavailable, UnknownKey
 from tessera_verify.jws_canonical import canonical_es256_token
-from tessera_verify.keys import JWKSCache, parse_jwks
+from tessera_verify.verification_keys import JWKSCache, parse_jwks
 
 MAX_AGE = 300.0
 MIN_REFETCH_INTERVAL = 5.0

@@ -27,7 +27,7 @@ from tessera_auth.keyring import generate_private_key, public_jwk
 from tessera_verify.access_tokens import AccessTokenVerifier
 from tessera_verify.clock import ManualClock
 from tessera_verify.errors import InvalidTokenError
-from tessera_verify.keys import StaticKeySource, VerificationKey
+from tessera_verify.verification_keys import StaticKeySource, VerificationKey
 
 from .conftest import register_and_login
 

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from tessera_auth import appkeys
+from tessera_auth import app_state
 from tessera_auth.__main__ import main
 from tessera_auth.app import create_app as create_auth_app
 from tessera_auth.keyring import KeyChange, KeyRing, KeyRotationUnsupported, KeyState
@@ -32,8 +32,8 @@ from tessera_verify import integration
 from tessera_verify.access_tokens import AccessTokenVerifier
 from tessera_verify.clock import ManualClock
 from tessera_verify.errors import InvalidTokenError
-from tessera_verify.keys import JWKSCache
 from tessera_verify.principal import AuthMethod
+from tessera_verify.verification_keys import JWKSCache
 
 from .conftest import AuthClientFactory, register_and_login
 
@@ -44,7 +44,7 @@ HS256_SECRET = b"tessera-test-shared-secret-0123456789abcdef"
 
 def _ring(client: Client) -> KeyRing:
     app: web.Application = client.app
-    return app[appkeys.KEYRING]
+    return app[app_state.KEYRING]
 
 
 def _kid(token: str) -> str:

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from tessera_auth.settings import Settings
-from tessera_verify import redis_keys
+from tessera_verify import redis_layout
 
 from .conftest import register_and_login
 
@@ -36,7 +36,7 @@ async def test_a_refresh_record_forged_with_a_replicas_secrets_is_refused(
     digest = hmac.new(
         settings.session_hash_key, b"refresh-token:" + forged.encode(), hashlib.sha256
     ).hexdigest()
-    key = redis_keys.refresh_token(family, digest)
+    key = redis_layout.refresh_token(family, digest)
     now = time.time()
     await redis.hset(
         key,

@@ -33,7 +33,7 @@ from tessera_resource.settings import load_settings as load_resource_settings
 from tessera_stack import redis_acl
 from tessera_stack.servers import PostgresServer, RedisServer
 from tessera_stack.state import REPLICA_DB_ROLE
-from tessera_verify import redis_keys
+from tessera_verify import redis_layout
 from tessera_verify.clock import ManualClock
 from tessera_verify.pg_migrations import migrate_database
 from tessera_verify.principal import AuthMethod
@@ -147,17 +147,17 @@ async def test_the_whole_credential_lifecycle_runs_on_the_role_users(
     assert await admin.acl_log() == []
 
 
-_VICTIM_SESSION = redis_keys.session("a" * 64)
-_REVOKED_USERS = redis_keys.revocations("user")
+_VICTIM_SESSION = redis_layout.session("a" * 64)
+_REVOKED_USERS = redis_layout.revocations("user")
 #: What a replica's Redis user is refused: every way to make or revive a credential.
 _FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "mint a session": ("SET", redis_keys.session("b" * 64), "{}"),
+    "mint a session": ("SET", redis_layout.session("b" * 64), "{}"),
     "rewrite whose a session is": ("SET", _VICTIM_SESSION, '{"user_id": "me"}', "XX"),
-    "write a refresh token": ("HSET", redis_keys.refresh_token("f" * 16, "d"), "user_id", "u"),
+    "write a refresh token": ("HSET", redis_layout.refresh_token("f" * 16, "d"), "user_id", "u"),
     "lift a user's revocation": ("HDEL", _REVOKED_USERS, "victim"),
-    "forget the revocation plane": ("DEL", redis_keys.revocation_generation()),
-    "fake the plane's marker": ("SET", redis_keys.revocation_generation(), "fake"),
-    "publish on the feed": ("PUBLISH", redis_keys.revocation_feed(), "1 x []"),
+    "forget the revocation plane": ("DEL", redis_layout.revocation_generation()),
+    "fake the plane's marker": ("SET", redis_layout.revocation_generation(), "fake"),
+    "publish on the feed": ("PUBLISH", redis_layout.revocation_feed(), "1 x []"),
     "delete a session": ("DEL", _VICTIM_SESSION),
     "run a script": ("EVAL", "return redis.call('SET', KEYS[1], '1')", "1", _VICTIM_SESSION),
     "reach another key": ("GET", "other:key"),
@@ -184,7 +184,7 @@ async def test_a_replicas_redis_user_can_mint_or_unrevoke_nothing(
 async def test_what_a_replicas_redis_user_may_write_creates_nothing(
     as_replica: Redis, admin: Redis
 ) -> None:
-    missing = redis_keys.session("c" * 64)
+    missing = redis_layout.session("c" * 64)
     assert await as_replica.pexpireat(missing, int((time.time() + 600) * 1000)) is False
     assert await admin.exists(missing) == 0
 

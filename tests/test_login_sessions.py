@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from tessera_verify import redis_keys
+from tessera_verify import redis_layout
 from tessera_verify.clock import ManualClock
 from tessera_verify.sessions import SESSION_COOKIE
 
@@ -73,7 +73,7 @@ async def test_session_is_stored_under_a_keyed_hash_with_user_ip_and_agent(
     await _register(auth_client, "alice")
     response = await _login(auth_client, "alice", headers={"User-Agent": "tessera-test/1"})
     session_id, _ = _session_cookie(response)
-    keys = [k.decode() for k in await redis.keys(redis_keys.session("*"))]
+    keys = [k.decode() for k in await redis.keys(redis_layout.session("*"))]
     assert len(keys) == 1
     assert session_id not in keys[0]
     raw = await redis.get(keys[0])
@@ -123,7 +123,7 @@ async def test_logout_deletes_the_session_server_side(auth_client: Client, redis
     assert response.status == 200
     assert (await response.json())["revoked"] == ["session"]
     assert 'tessera_session=""' in response.headers["Set-Cookie"]
-    assert await redis.keys(redis_keys.session("*")) == []
+    assert await redis.keys(redis_layout.session("*")) == []
     assert (await auth_client.get("/auth/me", headers=_cookie(session_id))).status == 401
 
 

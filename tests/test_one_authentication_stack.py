@@ -9,8 +9,8 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from tessera_auth import appkeys
-from tessera_resource import appkeys as resource_appkeys
+from tessera_auth import app_state
+from tessera_resource import app_state as resource_state
 from tessera_verify.integration import tessera_verify
 from tessera_verify.principal import AuthMethod
 from tessera_verify.sessions import session_cookie_name
@@ -29,7 +29,7 @@ async def test_the_auth_service_and_a_replica_authenticate_with_one_stack(
     auth: Client, make_replica: ResourceFactory
 ) -> None:
     replica = await make_replica(auth_methods=(AuthMethod.JWT, AuthMethod.SHARED_SESSION))
-    ours = auth.app[appkeys.AUTHENTICATION].authenticators
+    ours = auth.app[app_state.AUTHENTICATION].authenticators
     theirs = tessera_verify(replica.app).authentication.authenticators
     assert [(type(a), a.method) for a in ours] == [(type(a), a.method) for a in theirs]
 
@@ -41,8 +41,8 @@ async def test_the_auth_service_and_a_replica_authenticate_with_one_stack(
         ({"Cookie": f"{cookie_name}={'x' * 43}"}, 401, "shared_session", "unknown"),
     ]
     services = (
-        (auth, "/auth/me", auth.app[appkeys.METRICS].registry),
-        (replica, "/api/me", replica.app[resource_appkeys.METRICS].registry),
+        (auth, "/auth/me", auth.app[app_state.METRICS].registry),
+        (replica, "/api/me", replica.app[resource_state.METRICS].registry),
     )
     for headers, status, method, outcome in cases:
         for client, path, registry in services:

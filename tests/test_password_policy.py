@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tessera_auth import appkeys
+from tessera_auth import app_state
 from tessera_auth.cli_common import CommandError
 from tessera_auth.cli_users import users_create
 from tessera_auth.password_policy import (
@@ -213,7 +213,7 @@ async def test_a_hash_of_the_unnormalised_password_still_logs_in_and_is_migrated
         "/auth/register", json={"username": "amelie", "password": GOOD}
     )
     user_id = (await response.json())["user"]["id"]
-    accounts = auth_client.app[appkeys.ACCOUNTS]
+    accounts = auth_client.app[app_state.ACCOUNTS]
     legacy = await accounts.hasher.hash(FRENCH_NFD)
     user = await accounts.users.by_id(user_id)
     assert user is not None

@@ -75,9 +75,9 @@ async def test_every_failed_login_costs_one_argon2_verification(
     """Unknown user, wrong password and invalid names all do the same Argon2 work."""
     client = await make_auth_client()
     await client.post("/auth/register", json={"username": "alice", "password": PASSWORD})
-    from tessera_auth import appkeys
+    from tessera_auth import app_state
 
-    hasher = client.app[appkeys.ACCOUNTS].hasher
+    hasher = client.app[app_state.ACCOUNTS].hasher
     calls: list[str] = []
     original = hasher._verify_sync
 
@@ -102,14 +102,14 @@ async def test_disabled_user_gets_the_same_answer_as_a_wrong_password(
 ) -> None:
     from aiohttp.test_utils import TestClient
 
-    from tessera_auth import appkeys
+    from tessera_auth import app_state
 
     assert isinstance(auth_client, TestClient)
     response = await auth_client.post(
         "/auth/register", json={"username": "alice", "password": PASSWORD}
     )
     user_id = (await response.json())["user"]["id"]
-    await auth_client.app[appkeys.ACCOUNTS].users.set_disabled(user_id, True)
+    await auth_client.app[app_state.ACCOUNTS].users.set_disabled(user_id, True)
     response = await auth_client.post(
         "/auth/login", json={"username": "alice", "password": PASSWORD}
     )

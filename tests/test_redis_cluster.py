@@ -19,7 +19,7 @@ from redis.asyncio.cluster import RedisCluster
 from tessera_auth.refresh_tokens import RefreshTokenStore
 from tessera_auth.regulation import RegulationPolicy, Regulator
 from tessera_stack.redis_topologies import RedisClusterGroup
-from tessera_verify import redis_keys
+from tessera_verify import redis_layout
 from tessera_verify.clock import ManualClock
 from tessera_verify.dependency_metrics import instrumented_redis
 from tessera_verify.errors import InvalidGrant, TooManyAttempts
@@ -107,7 +107,7 @@ async def test_the_client_follows_a_cluster_failover_and_acknowledged_writes_sur
 
         victim = acknowledged[0]
         killed_at = time.monotonic()
-        killed = group.kill_primary(redis_keys.session(victim))
+        killed = group.kill_primary(redis_layout.session(victim))
         try:
             record, seconds, errors = await first_answer(
                 lambda: sessions.load(victim), since=killed_at

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from tessera_auth.refresh_tokens import RefreshTokenStore
 from tessera_stack.redis_topologies import RedisSentinelGroup
-from tessera_verify import redis_keys
+from tessera_verify import redis_layout
 from tessera_verify.clock import ManualClock
 from tessera_verify.dependency_metrics import instrumented_redis
 from tessera_verify.session_store import RedisSessionStore
@@ -89,7 +89,7 @@ async def test_the_client_follows_a_sentinel_failover_and_acknowledged_writes_su
         # primary the sentinels name again. Never as a second primary.
         assert killed.role() == "slave" or group.primary() is killed
         with redis.Redis(host="127.0.0.1", port=killed.port, socket_timeout=2.0) as old_primary:
-            assert old_primary.exists(*(redis_keys.session(k) for k in acknowledged)) == 20
+            assert old_primary.exists(*(redis_layout.session(k) for k in acknowledged)) == 20
     finally:
         await client.aclose()
     timed = {sample.labels["command"] for metric in latency.collect() for sample in metric.samples}

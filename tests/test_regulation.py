@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tessera_auth import appkeys
+from tessera_auth import app_state
 from tessera_auth.regulation import RegulationPolicy
 from tessera_verify.clock import ManualClock
 from tessera_verify.errors import ServerBusy
@@ -60,7 +60,7 @@ async def client(make_auth_client: AuthClientFactory) -> Client:
 @pytest.fixture
 def verifications(client: Client, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many Argon2 verifications the app ran (real ones, dummy ones for unknown names)."""
-    hasher = client.app[appkeys.ACCOUNTS].hasher
+    hasher = client.app[app_state.ACCOUNTS].hasher
     count = [0]
 
     def counting(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -192,7 +192,7 @@ async def test_a_registration_flood_from_one_address_is_refused_before_any_hashi
     sessions: Callable[[int], aiohttp.ClientSession],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    hasher = client.app[appkeys.ACCOUNTS].hasher
+    hasher = client.app[app_state.ACCOUNTS].hasher
     hashes = [0]
     original = hasher.hash
 
@@ -249,7 +249,7 @@ async def test_a_password_change_refused_for_a_full_argon2_queue_is_not_counted_
 ) -> None:
     owner = await register_and_login(client, credential="token")
     bearer = {"Authorization": f"Bearer {owner['access_token']}"}
-    accounts = client.app[appkeys.ACCOUNTS]
+    accounts = client.app[app_state.ACCOUNTS]
     real_verify = accounts.verify_password
 
     async def busy(*_: Any, **__: Any) -> bool:
@@ -271,8 +271,8 @@ async def test_throttling_is_audited_and_counted(
 ) -> None:
     for _ in range(POLICY.max_failures_per_pair + 1):
         await _login(client, sessions(140), "mallory", "wrong password")
-    await client.app[appkeys.AUDIT].flush()
-    outcomes = [e["outcome"] for e in await client.app[appkeys.AUDIT].query(kind="login")]
+    await client.app[app_state.AUDIT].flush()
+    outcomes = [e["outcome"] for e in await client.app[app_state.AUDIT].query(kind="login")]
     assert outcomes == ["throttled"] + ["failure"] * POLICY.max_failures_per_pair
     metrics = await (await client.get("/metrics")).text()
     assert 'tessera_logins_total{outcome="throttled"} 1.0' in metrics

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tessera_auth import appkeys
+from tessera_auth import app_state
 from tessera_stack.redis_topologies import RedisClusterGroup, RedisSentinelGroup
-from tessera_verify import redis_keys
+from tessera_verify import redis_layout
 from tessera_verify.integration import tessera_verify
 from tessera_verify.sessions import SESSION_COOKIE
 
@@ -111,7 +111,7 @@ async def test_a_failover_of_the_planes_primary_accepts_no_revoked_credential(
     asker = asyncio.create_task(ask())
     killed_at = time.monotonic()
     if isinstance(group, RedisClusterGroup):
-        killed = group.kill_primary(redis_keys.revocation_generation())
+        killed = group.kill_primary(redis_layout.revocation_generation())
     else:
         killed = group.kill_primary()
     try:
@@ -139,7 +139,7 @@ async def test_a_failover_of_the_planes_primary_accepts_no_revoked_credential(
             await asyncio.sleep(0.02)
         assert await _me(replica, live) == (401, 401)
         assert await _me(replica, revoked) == (401, 401)
-        record_property("plane_rebuilds", auth.app[appkeys.REVOCATION_STORE].rebuilds)
+        record_property("plane_rebuilds", auth.app[app_state.REVOCATION_STORE].rebuilds)
     finally:
         stop.set()
         await asyncio.gather(asker, return_exceptions=True)

@@ -25,11 +25,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
-from tessera_auth import appkeys
+from tessera_auth import app_state
 from tessera_auth.app import create_app
 from tessera_auth.settings import Settings
 from tessera_stack import RedisServer, free_port
-from tessera_verify import redis_keys
+from tessera_verify import redis_layout
 from tessera_verify.clock import ManualClock
 from tessera_verify.integration import tessera_verify
 from tessera_verify.revocation import MAX_LEEWAY
@@ -234,7 +234,7 @@ async def test_a_redis_restart_without_data_is_rebuilt_and_reopens_nothing(
     for replica in replicas:
         await _eventually(lambda r=replica: _is(r, live.token, 200))  # type: ignore[misc]
         assert (await replica.get("/api/me", headers=_bearer(gone.token))).status == 401
-    store = auth.app[appkeys.REVOCATION_STORE]
+    store = auth.app[app_state.REVOCATION_STORE]
     assert store.rebuilds >= 1
 
 
@@ -414,12 +414,12 @@ async def test_a_logged_out_token_stays_refused_through_every_verifiers_leeway(
     auth, replicas = stack
     user = await _user(auth)
     await _logout(auth, user, token_only=True)
-    expires_in = auth.app[appkeys.SETTINGS].access_token_ttl
+    expires_in = auth.app[app_state.SETTINGS].access_token_ttl
     clock.advance(expires_in + 4.5)  # past exp, within the 5 s leeway verifiers allow
-    await auth.app[appkeys.REVOCATION_STORE].prune()
+    await auth.app[app_state.REVOCATION_STORE].prune()
     client = Redis.from_url(own_redis.url)
     try:
-        assert await client.hlen(redis_keys.revocations("jti")) == 1
+        assert await client.hlen(redis_layout.revocations("jti")) == 1
     finally:
         await client.aclose()
     for replica in replicas:

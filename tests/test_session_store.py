@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from tessera_verify import redis_keys
+from tessera_verify import redis_layout
 from tessera_verify.clock import ManualClock
 from tessera_verify.dependency_metrics import instrumented_redis
 from tessera_verify.session_store import (
@@ -154,9 +154,9 @@ async def test_ping_succeeds_on_a_live_store(store: SessionStore) -> None:
 async def test_redis_store_record_carries_a_ttl(redis: Redis, clock: ManualClock) -> None:
     store = RedisSessionStore(redis, clock)
     await store.save("key-1", _record(clock), time.time() + 42)
-    ttl_ms = await redis.pttl(redis_keys.session("key-1"))
+    ttl_ms = await redis.pttl(redis_layout.session("key-1"))
     assert 0 < ttl_ms <= 42_000
-    assert 0 < await redis.ttl(redis_keys.user_sessions("u1")) <= 3600
+    assert 0 < await redis.ttl(redis_layout.user_sessions("u1")) <= 3600
 
 
 async def test_memory_store_forgets_after_ttl(clock: ManualClock) -> None:

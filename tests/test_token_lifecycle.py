@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
-from tessera_auth import appkeys
+from tessera_auth import app_state
 from tessera_auth.app import create_app
 from tessera_auth.settings import Settings
 from tessera_verify.clock import ManualClock
@@ -366,7 +366,7 @@ async def test_auth_refuses_with_503_rather_than_trust_stale_state_when_redis_is
         login = await register_and_login(client, credential="token")
         await asyncio.to_thread(server.stop)
         for _ in range(500):
-            if not app[appkeys.REVOCATIONS].fresh:
+            if not app[app_state.REVOCATIONS].fresh:
                 break
             await asyncio.sleep(0.01)
         response = await client.get("/auth/me", headers=_bearer(login["access_token"]))

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from tessera_auth.settings import Settings
-from tessera_verify import redis_keys
+from tessera_verify import redis_layout
 from tessera_verify.clock import ManualClock
 from tessera_verify.revocation import MAX_LEEWAY, parse_entry
 
@@ -142,7 +142,7 @@ async def test_refresh_returns_a_new_pair_and_the_old_refresh_token_is_spent(
 
 async def test_refresh_tokens_are_stored_only_hashed(auth_client: Client, redis: Redis) -> None:
     body = await register_and_login(auth_client, credential="token")
-    keys = [k.decode() for k in await redis.keys(redis_keys.refresh_token("*"))]
+    keys = [k.decode() for k in await redis.keys(redis_layout.refresh_token("*"))]
     assert len(keys) == 1
     assert body["refresh_token"] not in keys[0]
     stored = await redis.hgetall(keys[0])
@@ -180,7 +180,7 @@ async def test_logout_denylists_the_access_token_durably_past_expiry_and_any_lee
     # Remembered MAX_LEEWAY past exp (no verifier's leeway reopens it), in PostgreSQL
     # (the source of truth, before the 2xx) and in Redis's copy.
     until = claims["exp"] + MAX_LEEWAY
-    entry = await redis.hget(redis_keys.revocations("jti"), claims["jti"])
+    entry = await redis.hget(redis_layout.revocations("jti"), claims["jti"])
     assert entry is not None and parse_entry(entry) == (until, until)
     connection = await asyncpg.connect(settings.database_url)
     try:
@@ -244,9 +244,9 @@ async def test_hs256_shared_secret_mode_signs_and_publishes_nothing(
 
 
 async def test_token_of_a_disabled_user_cannot_be_refreshed(auth_client: Client) -> None:
-    from tessera_auth import appkeys
+    from tessera_auth import app_state
 
     body = await register_and_login(auth_client, credential="token")
-    await auth_client.app[appkeys.ACCOUNTS].users.set_disabled(body["user"]["id"], True)
+    await auth_client.app[app_state.ACCOUNTS].users.set_disabled(body["user"]["id"], True)
     assert (await _refresh(auth_client, body["refresh_token"])).status == 400
     assert (await auth_client.get("/auth/me", headers=_bearer(body["access_token"]))).status == 401

@@ -10,7 +10,7 @@ stack runs (``up --redis single|sentinel|cluster``):
   when every answering sentinel names another node and that node says it
   is a master (the services find it through the sentinels by themselves).
 - ``cluster``: the primary serving one slot, SIGKILLed: the slot of the
-  revocation plane (``{rev}``, :func:`tessera_verify.redis_keys.revocation_generation`),
+  revocation plane (``{rev}``, :func:`tessera_verify.redis_layout.revocation_generation`),
   or, with ``slot="sessions"``, a primary that does not serve it (a third of
   the sessions live there, the plane does not). Back when another node
   serves the slot and the cluster says ``cluster_state:ok``.
@@ -39,7 +39,7 @@ from tessera_stack.processes import StackError, is_alive
 from tessera_stack.servers import LOOPBACK
 from tessera_stack.stack_redis import GroupNode, RedisGroup
 from tessera_stack.state import Layout, StackState
-from tessera_verify import redis_keys
+from tessera_verify import redis_layout
 
 __all__ = [
     "SLOTS",
@@ -171,7 +171,7 @@ def find_target(layout: Layout, state: StackState, slot: str = "rev") -> FaultTa
     if slot not in SLOTS:
         raise StackError(f"slot must be one of {', '.join(SLOTS)}")
     data = tuple(n.port for n in group.nodes if not n.sentinel)
-    plane = redis_keys.revocation_generation()
+    plane = redis_layout.revocation_generation()
     plane_owner = _slot_owner(data, key_slot(plane.encode()))
     if plane_owner is None:
         raise StackError("no node of the cluster serves the revocation plane's slot")

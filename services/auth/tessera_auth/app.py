@@ -11,12 +11,12 @@ from aiohttp import web
 from prometheus_client import Histogram
 from redis.asyncio import Redis
 
-from tessera_verify import redis_keys
+from tessera_verify import redis_layout
 from tessera_verify.access_tokens import AccessTokenClaims, AccessTokenVerifier
 from tessera_verify.background import pause, reraise_if_cancelling
 from tessera_verify.clock import Clock, SystemClock
 from tessera_verify.dependency_metrics import instrumented_redis
-from tessera_verify.middleware import DEPENDENCY_ERRORS, error_middleware
+from tessera_verify.error_middleware import DEPENDENCY_ERRORS, error_middleware
 from tessera_verify.observability import request_id_middleware
 from tessera_verify.pg_migrations import open_database
 from tessera_verify.revocation_cache import RevocationCache
@@ -26,7 +26,7 @@ from tessera_verify.sessions import SessionManager, SessionPolicy
 from tessera_verify.ttl_cache import TTLCache
 
 from . import (
-    appkeys,
+    app_state,
     db,
     routes_account,
     routes_discovery,
@@ -61,18 +61,18 @@ def create_redis(settings: Settings, latency: Histogram | None = None) -> Redis:
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    redis = create_redis(app[appkeys.SETTINGS], app[appkeys.METRICS].dependency_latency)
-    app[appkeys.REDIS] = redis
+    redis = create_redis(app[app_state.SETTINGS], app[app_state.METRICS].dependency_latency)
+    app[app_state.REDIS] = redis
     yield
     await redis.aclose()
 
 
 async def _db_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[appkeys.SETTINGS]
+    settings = app[app_state.SETTINGS]
     pool = await open_database(
-        settings, db.MIGRATOR, latency=app[appkeys.METRICS].dependency_latency
+        settings, db.MIGRATOR, latency=app[app_state.METRICS].dependency_latency
     )
-    app[appkeys.DB] = pool
+    app[app_state.DB] = pool
     yield
     await pool.close()
 
@@ -104,7 +104,7 @@ SESSION_COUNT_INTERVAL = 30.0
 async def _count_sessions_forever(redis: Redis, metrics: AuthMetrics) -> None:
     """Keep ``tessera_sessions_live{store="redis"}`` current with a background SCAN
     (never on a request's path; its cost grows with the number of sessions)."""
-    pattern = redis_keys.session("*")
+    pattern = redis_layout.session("*")
     while True:
         try:
             count = 0
@@ -124,8 +124,8 @@ def _password_services(settings: Settings) -> tuple[PasswordHasher, PasswordPoli
 
 
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings, clock = app[appkeys.SETTINGS], app[appkeys.CLOCK]
-    redis, pool = app[appkeys.REDIS], app[appkeys.DB]
+    settings, clock = app[app_state.SETTINGS], app[app_state.CLOCK]
+    redis, pool = app[app_state.REDIS], app[app_state.DB]
 
     hasher, password_policy = await asyncio.get_running_loop().run_in_executor(
         None, _password_services, settings
@@ -136,10 +136,10 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     store = RevocationStore(
         pool, redis, clock, local=revocations, wait_replicas=settings.redis_wait_replicas
     )
-    app[appkeys.KEYRING] = keyring
-    app[appkeys.REVOCATION_STORE] = store
-    app[appkeys.REVOCATIONS] = revocations
-    app[appkeys.ACCOUNTS] = Accounts(UserRepository(pool), hasher, clock, password_policy)
+    app[app_state.KEYRING] = keyring
+    app[app_state.REVOCATION_STORE] = store
+    app[app_state.REVOCATIONS] = revocations
+    app[app_state.ACCOUNTS] = Accounts(UserRepository(pool), hasher, clock, password_policy)
     policy = SessionPolicy(
         idle_timeout=settings.session_idle_timeout,
         absolute_timeout=settings.session_absolute_timeout,
@@ -159,9 +159,9 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         clock=clock,
         revocations=revocations,
     )
-    app[appkeys.SESSIONS] = sessions
+    app[app_state.SESSIONS] = sessions
     token_cache: TTLCache[str, AccessTokenClaims] = TTLCache(settings.cache_max_entries)
-    app[appkeys.ISSUER] = AccessTokenIssuer(
+    app[app_state.ISSUER] = AccessTokenIssuer(
         keyring,
         issuer=settings.issuer,
         audience=settings.audience,
@@ -178,12 +178,12 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         revocations=revocations,
         cache=token_cache,
     )
-    app[appkeys.VERIFIER] = verifier
-    app[appkeys.AUTHENTICATION] = build_authentication(
+    app[app_state.VERIFIER] = verifier
+    app[app_state.AUTHENTICATION] = build_authentication(
         verifier,
         sessions,
         cookie_name=session_cookie_name(app),
-        metrics=app[appkeys.METRICS],
+        metrics=app[app_state.METRICS],
     )
     refresh_tokens = RefreshTokenStore(
         redis,
@@ -192,25 +192,25 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         clock=clock,
         grace=settings.refresh_grace,
     )
-    app[appkeys.REFRESH_TOKENS] = refresh_tokens
+    app[app_state.REFRESH_TOKENS] = refresh_tokens
     regulator = Regulator(redis, clock, settings.regulation)
-    app[appkeys.REGULATOR] = regulator
-    audit = AuditLog(pool, clock, app[appkeys.METRICS])
-    app[appkeys.AUDIT] = audit
-    app[appkeys.PASSWORD_CHECK] = PasswordCheck(
-        regulator, app[appkeys.ACCOUNTS], app[appkeys.METRICS], audit
+    app[app_state.REGULATOR] = regulator
+    audit = AuditLog(pool, clock, app[app_state.METRICS])
+    app[app_state.AUDIT] = audit
+    app[app_state.PASSWORD_CHECK] = PasswordCheck(
+        regulator, app[app_state.ACCOUNTS], app[app_state.METRICS], audit
     )
-    app[appkeys.REVOKER] = Revoker(
+    app[app_state.REVOKER] = Revoker(
         sessions=sessions,
         refresh_tokens=refresh_tokens,
         store=store,
         access_token_ttl=settings.access_token_ttl,
         credential_lifetime=max(settings.session_absolute_timeout, settings.refresh_token_ttl),
         clock=clock,
-        metrics=app[appkeys.METRICS],
+        metrics=app[app_state.METRICS],
         audit=audit,
     )
-    metrics = app[appkeys.METRICS]
+    metrics = app[app_state.METRICS]
     session_cache = sessions_cache.cache
     metrics.watch_cache("verified_tokens", lambda: (token_cache.hits, token_cache.misses))
     metrics.watch_cache("sessions", lambda: (session_cache.hits, session_cache.misses))
@@ -251,9 +251,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         client_max_size=settings.max_body_bytes,
         middlewares=[request_id_middleware, metrics.middleware(), error_middleware],
     )
-    app[appkeys.SETTINGS] = settings
-    app[appkeys.CLOCK] = clock or SystemClock()
-    app[appkeys.METRICS] = metrics
+    app[app_state.SETTINGS] = settings
+    app[app_state.CLOCK] = clock or SystemClock()
+    app[app_state.METRICS] = metrics
     app.cleanup_ctx.extend([_redis_ctx, _db_ctx, _services_ctx])
     app.on_response_prepare.append(_security_headers)
     for table in (

@@ -22,7 +22,7 @@ import asyncpg
 
 from tessera_verify.background import reraise_if_cancelling
 from tessera_verify.clock import Clock
-from tessera_verify.middleware import DEPENDENCY_ERRORS
+from tessera_verify.error_middleware import DEPENDENCY_ERRORS
 from tessera_verify.observability import current_request_id
 
 from .metrics import AuthMetrics

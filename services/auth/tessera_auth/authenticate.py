@@ -16,11 +16,11 @@ from tessera_verify.principal import AuthMethod, Principal
 from tessera_verify.sessions import SessionManager
 from tessera_verify.sessions import session_cookie_name as _cookie_name
 
-from . import appkeys
+from . import app_state
 
 
 def session_cookie_name(app: web.Application) -> str:
-    return _cookie_name(insecure=app[appkeys.SETTINGS].cookie_insecure)
+    return _cookie_name(insecure=app[app_state.SETTINGS].cookie_insecure)
 
 
 def build_authentication(
@@ -44,4 +44,4 @@ def build_authentication(
 
 async def authenticate(request: web.Request) -> Principal:
     """The caller, from a bearer token first, then the session cookie; 401 otherwise."""
-    return await request.app[appkeys.AUTHENTICATION].require(request)
+    return await request.app[app_state.AUTHENTICATION].require(request)

@@ -15,7 +15,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from . import appkeys
+from . import app_state
 from .cli_common import CommandError, running_app
 from .keyring import KeyChange, KeyRing, KeyRotationUnsupported, KeyStatus
 from .settings import VERIFIER_MIN_REFETCH_INTERVAL, Settings
@@ -67,8 +67,8 @@ def _policy_json(keyring: KeyRing) -> dict[str, Any]:
 
 async def keys_status(settings: Settings, args: argparse.Namespace) -> None:
     async with running_app(settings) as app:
-        keyring = app[appkeys.KEYRING]
-        keys = await keyring.status(now=app[appkeys.CLOCK].now())
+        keyring = app[app_state.KEYRING]
+        keys = await keyring.status(now=app[app_state.CLOCK].now())
     if keyring.shared_secret:
         print(
             f"tessera-auth: HS256 shared-secret mode: tokens are signed with the configured "
@@ -83,18 +83,18 @@ async def keys_status(settings: Settings, args: argparse.Namespace) -> None:
 
 async def keys_rotate(settings: Settings, args: argparse.Namespace) -> None:
     async with running_app(settings) as app:
-        keyring = app[appkeys.KEYRING]
+        keyring = app[app_state.KEYRING]
         try:
             rotation = await keyring.rotate(
-                now=app[appkeys.CLOCK].now(), activate_now=args.activate_now
+                now=app[app_state.CLOCK].now(), activate_now=args.activate_now
             )
         except KeyRotationUnsupported as error:
             raise CommandError(str(error)) from None
         for change in rotation.changes:
-            app[appkeys.AUDIT].record(
+            app[app_state.AUDIT].record(
                 "key.rotation", kid=change.kid, state=change.state, by="admin command"
             )
-        keys = {key.kid: key for key in await keyring.status(now=app[appkeys.CLOCK].now())}
+        keys = {key.kid: key for key in await keyring.status(now=app[app_state.CLOCK].now())}
     if args.activate_now:
         print(
             "tessera-auth: WARNING: the new key signs from now on without the publish lead "
@@ -126,7 +126,7 @@ async def keys_rotate(settings: Settings, args: argparse.Namespace) -> None:
 async def keys_retire_expired(settings: Settings, args: argparse.Namespace) -> None:
     async with running_app(settings) as app:
         try:
-            changes = await app[appkeys.KEYRING].retire_expired(now=app[appkeys.CLOCK].now())
+            changes = await app[app_state.KEYRING].retire_expired(now=app[app_state.CLOCK].now())
         except KeyRotationUnsupported as error:
             raise CommandError(str(error)) from None
     print(json.dumps({"retired": [change.kid for change in changes]}))

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from tessera_verify.errors import TesseraError
 
-from . import appkeys
+from . import app_state
 from .cli_common import CommandError, running_app
 from .settings import Settings
 from .users import User, normalize_username
@@ -46,7 +46,7 @@ async def _find(app: web.Application, username: str) -> User:
         normalized = normalize_username(username)
     except TesseraError as error:
         raise CommandError(error.message) from None
-    user = await app[appkeys.ACCOUNTS].users.by_username(normalized)
+    user = await app[app_state.ACCOUNTS].users.by_username(normalized)
     if user is None:
         raise CommandError(f"no user {normalized!r}")
     return user
@@ -56,7 +56,7 @@ async def users_create(settings: Settings, args: argparse.Namespace) -> None:
     password = _read_password(args)
     async with running_app(settings) as app:
         try:
-            user = await app[appkeys.ACCOUNTS].register(args.username, password)
+            user = await app[app_state.ACCOUNTS].register(args.username, password)
         except TesseraError as error:
             raise CommandError(error.message) from None
     print(json.dumps(_user_json(user)))
@@ -71,23 +71,23 @@ async def users_set_disabled(settings: Settings, args: argparse.Namespace) -> No
     disable = args.users_command == "disable"
     async with running_app(settings) as app:
         user = await _find(app, args.username)
-        await app[appkeys.ACCOUNTS].set_disabled(user.id, disable)
-        app[appkeys.AUDIT].record(
+        await app[app_state.ACCOUNTS].set_disabled(user.id, disable)
+        app[app_state.AUDIT].record(
             "user.disabled" if disable else "user.enabled",
             user_id=user.id,
             username=user.username,
             by="admin command",
         )
         if disable:
-            await app[appkeys.REVOKER].revoke_everything(user.id, reason="account disabled")
+            await app[app_state.REVOKER].revoke_everything(user.id, reason="account disabled")
         print(json.dumps(_user_json(await _find(app, args.username))))
 
 
 async def sessions_list(settings: Settings, args: argparse.Namespace) -> None:
     async with running_app(settings) as app:
         user = await _find(app, args.username)
-        sessions = await app[appkeys.SESSIONS].list_for_user(user.id)
-        families = await app[appkeys.REFRESH_TOKENS].families_of(user.id)
+        sessions = await app[app_state.SESSIONS].list_for_user(user.id)
+        families = await app[app_state.REFRESH_TOKENS].families_of(user.id)
     listing = {
         "user": user.username,
         "sessions": [
@@ -112,9 +112,9 @@ async def sessions_list(settings: Settings, args: argparse.Namespace) -> None:
 async def sessions_revoke(settings: Settings, args: argparse.Namespace) -> None:
     async with running_app(settings) as app:
         user = await _find(app, args.username)
-        for session in await app[appkeys.SESSIONS].list_for_user(user.id):
+        for session in await app[app_state.SESSIONS].list_for_user(user.id):
             if session.record.public_id == args.session_id:
-                await app[appkeys.REVOKER].revoke_session(session)
+                await app[app_state.REVOKER].revoke_session(session)
                 print(json.dumps({"revoked": {"session": args.session_id}}))
                 return
     raise CommandError(f"{user.username} has no session {args.session_id!r}")
@@ -123,7 +123,7 @@ async def sessions_revoke(settings: Settings, args: argparse.Namespace) -> None:
 async def sessions_revoke_all(settings: Settings, args: argparse.Namespace) -> None:
     async with running_app(settings) as app:
         user = await _find(app, args.username)
-        summary = await app[appkeys.REVOKER].revoke_everything(user.id, reason="admin command")
+        summary = await app[app_state.REVOKER].revoke_everything(user.id, reason="admin command")
     print(json.dumps({"revoked": summary.to_json()}))
 
 
@@ -163,7 +163,7 @@ def add_commands(commands: Any) -> None:
 async def audit_list(settings: Settings, args: argparse.Namespace) -> None:
     async with running_app(settings) as app:
         user_id = None if args.user is None else (await _find(app, args.user)).id
-        events = await app[appkeys.AUDIT].query(user_id=user_id, kind=args.kind, limit=args.limit)
+        events = await app[app_state.AUDIT].query(user_id=user_id, kind=args.kind, limit=args.limit)
     for event in events:
         print(json.dumps(event))
 

@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from tessera_verify.keys import StaticKeySource, VerificationKey, shared_secret_kid
+from tessera_verify.verification_keys import StaticKeySource, VerificationKey, shared_secret_kid
 
 from .settings import Settings
 

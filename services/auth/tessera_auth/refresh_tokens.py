@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from tessera_verify import redis_keys
+from tessera_verify import redis_layout
 from tessera_verify.clock import Clock
 from tessera_verify.errors import InvalidGrant, ServiceUnavailable
 
@@ -124,7 +124,7 @@ class RefreshTokenStore:
 
     def _key(self, token: str) -> str:
         digest = hmac.new(self._hash_key, b"refresh-token:" + token.encode(), hashlib.sha256)
-        return redis_keys.refresh_token(token[:_FAMILY_ID_LENGTH], digest.hexdigest())
+        return redis_layout.refresh_token(token[:_FAMILY_ID_LENGTH], digest.hexdigest())
 
     def _successor_key(self, token: str) -> bytes:
         return hmac.new(
@@ -151,7 +151,7 @@ class RefreshTokenStore:
         # whose token nobody holds.
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(
-                redis_keys.refresh_family(family.family_id),
+                redis_layout.refresh_family(family.family_id),
                 mapping={
                     "user_id": user_id,
                     "session_link": session_link,
@@ -160,12 +160,12 @@ class RefreshTokenStore:
                     "revoked": "0",
                 },
             )
-            pipe.expire(redis_keys.refresh_family(family.family_id), ttl)
+            pipe.expire(redis_layout.refresh_family(family.family_id), ttl)
             token, grant = self._queue_token(
                 pipe, family.family_id, user_id, session_link, family.expires_at
             )
             await pipe.execute()
-        index = redis_keys.user_refresh_families(user_id)
+        index = redis_layout.user_refresh_families(user_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.sadd(index, family.family_id)
             pipe.expire(index, ttl)
@@ -237,7 +237,7 @@ class RefreshTokenStore:
         except InvalidGrant:
             return None
         used = await self._redis.hget(self._key(token), "used_at")
-        revoked = await self._redis.hget(redis_keys.refresh_family(grant.family_id), "revoked")
+        revoked = await self._redis.hget(redis_layout.refresh_family(grant.family_id), "revoked")
         if (used and _text(used)) or revoked is None or _text(revoked) != "0":
             return None
         return grant
@@ -245,7 +245,7 @@ class RefreshTokenStore:
     async def claim(self, token: str, grant: RefreshGrant) -> Claim:
         """Spend ``token`` atomically: fresh (we rotate), grace (someone just did), or reuse."""
         result = await self._claim(
-            keys=[self._key(token), redis_keys.refresh_family(grant.family_id)],
+            keys=[self._key(token), redis_layout.refresh_family(grant.family_id)],
             args=[repr(self._clock.now()), repr(self.grace)],
         )
         outcome = _text(result[0])
@@ -291,7 +291,7 @@ class RefreshTokenStore:
     # --- revoking ----------------------------------------------------------------------
 
     async def family(self, family_id: str) -> Family | None:
-        fields = await self._redis.hgetall(redis_keys.refresh_family(family_id))
+        fields = await self._redis.hgetall(redis_layout.refresh_family(family_id))
         if not fields:
             return None
         data = {_text(k): _text(v) for k, v in fields.items()}
@@ -308,8 +308,8 @@ class RefreshTokenStore:
         # Two slots, two steps; the one that matters comes first. Should the
         # second fail, the index lists a revoked family, which revoking again
         # leaves revoked.
-        await self._redis.hset(redis_keys.refresh_family(family.family_id), "revoked", "1")
-        await self._redis.srem(redis_keys.user_refresh_families(family.user_id), family.family_id)
+        await self._redis.hset(redis_layout.refresh_family(family.family_id), "revoked", "1")
+        await self._redis.srem(redis_layout.user_refresh_families(family.user_id), family.family_id)
 
     async def family_of(self, token: str) -> Family | None:
         """The family a live token belongs to (to revoke the whole grant, RFC 7009)."""
@@ -320,6 +320,6 @@ class RefreshTokenStore:
         return await self.family(grant.family_id)
 
     async def families_of(self, user_id: str) -> list[Family]:
-        members = await self._redis.smembers(redis_keys.user_refresh_families(user_id))
+        members = await self._redis.smembers(redis_layout.user_refresh_families(user_id))
         families = [await self.family(_text(m)) for m in members]
         return [f for f in families if f is not None]

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from tessera_verify import redis_keys
+from tessera_verify import redis_layout
 from tessera_verify.clock import Clock
 from tessera_verify.errors import TooManyAttempts
 
@@ -139,8 +139,8 @@ class Regulator:
         """Count one attempt for ``subject``: its key and the count before it, or None
         when over ``limit``."""
         current, _ = self._windows()
-        now_key = redis_keys.login_failures(subject, current)
-        before_key = redis_keys.login_failures(subject, current - 1)
+        now_key = redis_layout.login_failures(subject, current)
+        before_key = redis_layout.login_failures(subject, current - 1)
         before = int(
             await self._reserve_address(keys=[now_key, before_key], args=[limit, self._ttl()])
         )
@@ -159,11 +159,11 @@ class Regulator:
         # account first: a flood at one account (the common brute force) is refused
         # in one round trip, with nothing to give back.
         keys = [
-            redis_keys.login_failures(f"account:{account_id}", current, name=pair),
-            redis_keys.login_failures(f"account:{account_id}", current - 1, name=pair),
-            redis_keys.login_failures(f"account:{account_id}", current),
-            redis_keys.login_failures(f"account:{account_id}", current - 1),
-            redis_keys.login_failures(f"account:{account_id}", 0, name="next-slot"),
+            redis_layout.login_failures(f"account:{account_id}", current, name=pair),
+            redis_layout.login_failures(f"account:{account_id}", current - 1, name=pair),
+            redis_layout.login_failures(f"account:{account_id}", current),
+            redis_layout.login_failures(f"account:{account_id}", current - 1),
+            redis_layout.login_failures(f"account:{account_id}", 0, name="next-slot"),
         ]
         reserved, wait = await self._reserve_account(
             keys=keys,

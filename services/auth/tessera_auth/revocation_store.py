@@ -26,7 +26,7 @@ import redis.exceptions
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from tessera_verify import redis_keys
+from tessera_verify import redis_layout
 from tessera_verify.background import pause, reraise_if_cancelling
 from tessera_verify.clock import Clock
 from tessera_verify.errors import ServiceUnavailable
@@ -188,9 +188,9 @@ class RevocationStore:
         kind = event.kind if stored else RevocationKind.TOKEN  # any key of the one slot
         await self._revoke(
             keys=[
-                redis_keys.revocation_generation(),
-                redis_keys.revocation_seq(),
-                redis_keys.revocations(kind.value),
+                redis_layout.revocation_generation(),
+                redis_layout.revocation_seq(),
+                redis_layout.revocations(kind.value),
             ],
             args=[
                 CHANNEL,
@@ -241,12 +241,12 @@ class RevocationStore:
             for kind, args in by_kind.items():
                 for start in range(0, len(args), _MERGE_BATCH * 3):
                     await self._merge(
-                        keys=[redis_keys.revocations(kind)],
+                        keys=[redis_layout.revocations(kind)],
                         args=args[start : start + _MERGE_BATCH * 3],
                     )
             generation = f"{await self._server_run_id()}.{secrets.token_hex(8)}"
             await self._seal(
-                keys=[redis_keys.revocation_generation(), redis_keys.revocation_seq()],
+                keys=[redis_layout.revocation_generation(), redis_layout.revocation_seq()],
                 args=[CHANNEL, generation],
             )
         self.rebuilds += 1
@@ -257,7 +257,7 @@ class RevocationStore:
         """The run ID of the Redis process holding the plane's slot (new on every restart)."""
         client: Any = self._redis  # the client factory may hand a RedisCluster typed as Redis
         if isinstance(client, RedisCluster):
-            node = client.get_node_from_key(redis_keys.revocation_generation())
+            node = client.get_node_from_key(redis_layout.revocation_generation())
             info = await client.info("server", target_nodes=node)
         else:
             info = await self._redis.info("server")
@@ -268,7 +268,7 @@ class RevocationStore:
         now = self._clock.now()
         await self._pool.execute("DELETE FROM revocations WHERE until <= $1", now)
         await self._prune(
-            keys=[redis_keys.revocations(kind.value) for kind in STORED_KINDS], args=[repr(now)]
+            keys=[redis_layout.revocations(kind.value) for kind in STORED_KINDS], args=[repr(now)]
         )
 
     async def watch(self) -> None:

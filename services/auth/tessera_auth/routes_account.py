@@ -25,7 +25,7 @@ from tessera_verify.jsonbody import get_str, read_body, require_str
 from tessera_verify.principal import Principal, bearer_token
 from tessera_verify.sessions import Session, clear_session_cookie, set_session_cookie
 
-from . import appkeys
+from . import app_state
 from .authenticate import authenticate, session_cookie_name
 from .password_policy import MAX_INPUT_LENGTH
 from .routes_token import token_response
@@ -56,7 +56,7 @@ async def _username(app: web.Application, principal: Principal) -> str:
     which also refuses a token whose user was deleted or disabled since."""
     if principal.username is not None:
         return principal.username
-    user = await app[appkeys.ACCOUNTS].users.by_id(principal.user_id)
+    user = await app[app_state.ACCOUNTS].users.by_id(principal.user_id)
     if user is None or user.disabled:
         raise AuthenticationError("the token's user no longer exists or is disabled")
     return user.username
@@ -65,23 +65,23 @@ async def _username(app: web.Application, principal: Principal) -> str:
 @routes.post("/auth/register")
 async def register(request: web.Request) -> web.Response:
     app = request.app
-    if not app[appkeys.SETTINGS].registration_enabled:
+    if not app[app_state.SETTINGS].registration_enabled:
         raise RegistrationDisabled()
     # Each registration costs an Argon2 hash: counted per address before anything else.
-    rank = await app[appkeys.REGULATOR].reserve_registration(
-        client_ip(request, app[appkeys.SETTINGS].trusted_proxies)
+    rank = await app[app_state.REGULATOR].reserve_registration(
+        client_ip(request, app[app_state.SETTINGS].trusted_proxies)
     )
     body = await read_body(request)
     username = require_str(body, "username", max_length=256)
     password = require_str(body, "password", max_length=MAX_INPUT_LENGTH)
-    user = await request.app[appkeys.ACCOUNTS].register(username, password, rank=rank)
+    user = await request.app[app_state.ACCOUNTS].register(username, password, rank=rank)
     return web.json_response({"user": _user_json(user)}, status=201, headers=NO_STORE)
 
 
 @routes.post("/auth/login")
 async def login(request: web.Request) -> web.Response:
     app = request.app
-    settings, metrics = app[appkeys.SETTINGS], app[appkeys.METRICS]
+    settings, metrics = app[app_state.SETTINGS], app[app_state.METRICS]
     check_same_origin(request)  # login CSRF: another site must not log you in as someone else
     body = await read_body(request)
     username = require_str(body, "username", max_length=256)
@@ -93,8 +93,8 @@ async def login(request: web.Request) -> web.Response:
             details={"field": "credential"},
         )
     ip = client_ip(request, settings.trusted_proxies)
-    user = await app[appkeys.PASSWORD_CHECK].check(username, password, ip=ip, event="login")
-    sessions = app[appkeys.SESSIONS]
+    user = await app[app_state.PASSWORD_CHECK].check(username, password, ip=ip, event="login")
+    sessions = app[app_state.SESSIONS]
     cookie_name = session_cookie_name(app)
     payload: dict[str, Any] = {"user": _user_json(user)}
     session_link = secrets.token_urlsafe(12)
@@ -121,7 +121,7 @@ async def login(request: web.Request) -> web.Response:
             )
         )
     metrics.logins.labels("success").inc()
-    app[appkeys.AUDIT].record(
+    app[app_state.AUDIT].record(
         "login", user_id=user.id, username=user.username, ip=ip, credential=kind
     )
 
@@ -141,12 +141,12 @@ async def password_check(request: web.Request) -> web.Response:
     body = await read_body(request)
     username = require_str(body, "username", max_length=256)
     password = require_str(body, "password", max_length=MAX_INPUT_LENGTH)
-    ip = client_ip(request, app[appkeys.SETTINGS].trusted_proxies)
-    user = await app[appkeys.PASSWORD_CHECK].check(
+    ip = client_ip(request, app[app_state.SETTINGS].trusted_proxies)
+    user = await app[app_state.PASSWORD_CHECK].check(
         username, password, ip=ip, event="password.check"
     )
-    app[appkeys.METRICS].logins.labels("password_checked").inc()
-    app[appkeys.AUDIT].record("password.check", user_id=user.id, username=user.username, ip=ip)
+    app[app_state.METRICS].logins.labels("password_checked").inc()
+    app[app_state.AUDIT].record("password.check", user_id=user.id, username=user.username, ip=ip)
     return web.json_response({"user": _user_json(user)}, headers=NO_STORE)
 
 
@@ -160,12 +160,12 @@ async def logout(request: web.Request) -> web.Response:
         body = await read_body(request, allow_form=True)
         refresh_token = get_str(body, "refresh_token", required=False, max_length=256)
 
-    revoker = app[appkeys.REVOKER]
+    revoker = app[app_state.REVOKER]
     cookie_name = session_cookie_name(app)
     session_id = cookie_value(request, cookie_name)
     if session_id:
         check_same_origin(request)
-        session = await app[appkeys.SESSIONS].load(session_id)
+        session = await app[app_state.SESSIONS].load(session_id)
         if session is not None:
             await revoker.revoke_session(session)
             revoked.append("session")
@@ -173,7 +173,7 @@ async def logout(request: web.Request) -> web.Response:
     token = bearer_token(request)
     if token is not None:
         try:
-            claims = await app[appkeys.VERIFIER].verify(token)
+            claims = await app[app_state.VERIFIER].verify(token)
         except InvalidTokenError:
             claims = None  # expired, already revoked or forged: nothing left to revoke
         if claims is not None:
@@ -181,15 +181,15 @@ async def logout(request: web.Request) -> web.Response:
             revoked.append("access_token")
 
     if refresh_token is not None:
-        family = await app[appkeys.REFRESH_TOKENS].family_of(refresh_token)
+        family = await app[app_state.REFRESH_TOKENS].family_of(refresh_token)
         if family is not None:
             await revoker.revoke_family(family, reason="logout")
             revoked.append("refresh_token")
 
     if revoked:
-        app[appkeys.AUDIT].record(
+        app[app_state.AUDIT].record(
             "logout",
-            ip=client_ip(request, app[appkeys.SETTINGS].trusted_proxies),
+            ip=client_ip(request, app[app_state.SETTINGS].trusted_proxies),
             revoked=revoked,
         )
     if not session_id and token is None and refresh_token is None:
@@ -197,7 +197,7 @@ async def logout(request: web.Request) -> web.Response:
     response = web.json_response({"revoked": revoked}, headers=NO_STORE)
     if session_id:
         clear_session_cookie(
-            response, cookie_name, secure=not app[appkeys.SETTINGS].cookie_insecure
+            response, cookie_name, secure=not app[app_state.SETTINGS].cookie_insecure
         )
     return response
 

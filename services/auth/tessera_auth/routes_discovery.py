@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import appkeys
+from . import app_state
 
 routes = web.RouteTableDef()
 
@@ -16,9 +16,9 @@ METADATA_PATH = "/.well-known/oauth-authorization-server"
 async def jwks(request: web.Request) -> web.Response:
     # A verifier that only refetches when its copy expires (not on an unknown kid) must
     # still see a new key before it signs: keep copies younger than the publish lead time.
-    max_age = max(0, request.app[appkeys.SETTINGS].key_publish_lead_time // 2)
+    max_age = max(0, request.app[app_state.SETTINGS].key_publish_lead_time // 2)
     return web.json_response(
-        request.app[appkeys.KEYRING].jwks(),
+        request.app[app_state.KEYRING].jwks(),
         headers={"Cache-Control": f"public, max-age={max_age}"},
         content_type="application/jwk-set+json",
     )
@@ -26,7 +26,7 @@ async def jwks(request: web.Request) -> web.Response:
 
 @routes.get(METADATA_PATH)
 async def metadata(request: web.Request) -> web.Response:
-    settings = request.app[appkeys.SETTINGS]
+    settings = request.app[app_state.SETTINGS]
     issuer = settings.issuer
     document = {
         "issuer": issuer,

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from tessera_verify.health import readiness_response
 
-from . import appkeys
+from . import app_state
 
 routes = web.RouteTableDef()
 
@@ -23,12 +23,15 @@ async def readyz(request: web.Request) -> web.Response:
     app = request.app
     return await readiness_response(
         app,
-        {"redis": app[appkeys.REDIS].ping(), "postgresql": app[appkeys.DB].fetchval("SELECT 1")},
-        timeout=app[appkeys.SETTINGS].dependency_timeout,
-        states={"keys": "ok" if app[appkeys.KEYRING].ready else "not loaded"},
+        {
+            "redis": app[app_state.REDIS].ping(),
+            "postgresql": app[app_state.DB].fetchval("SELECT 1"),
+        },
+        timeout=app[app_state.SETTINGS].dependency_timeout,
+        states={"keys": "ok" if app[app_state.KEYRING].ready else "not loaded"},
     )
 
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    return await request.app[appkeys.METRICS].handle_metrics(request)
+    return await request.app[app_state.METRICS].handle_metrics(request)

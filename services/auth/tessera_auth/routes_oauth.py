@@ -20,7 +20,7 @@ from aiohttp import web
 from tessera_verify.errors import AuthenticationError, InvalidTokenError
 from tessera_verify.jsonbody import get_str, read_body, require_str
 
-from . import appkeys
+from . import app_state
 from .routes_token import grant_is_revoked
 from .settings import Settings
 
@@ -69,10 +69,10 @@ def _looks_like_jwt(token: str) -> bool:
 
 
 async def _introspect(app: web.Application, token: str, hint: str | None) -> dict[str, Any]:
-    settings = app[appkeys.SETTINGS]
+    settings = app[app_state.SETTINGS]
     if _looks_like_jwt(token):
         try:
-            claims = await app[appkeys.VERIFIER].verify(token)
+            claims = await app[app_state.VERIFIER].verify(token)
         except InvalidTokenError:
             return {"active": False}
         return {
@@ -92,7 +92,7 @@ async def _introspect(app: web.Application, token: str, hint: str | None) -> dic
     )
     for kind in order:
         if kind == "session":
-            session = await app[appkeys.SESSIONS].load(token)
+            session = await app[app_state.SESSIONS].load(token)
             if session is not None:
                 record = session.record
                 return {
@@ -106,7 +106,7 @@ async def _introspect(app: web.Application, token: str, hint: str | None) -> dic
                     "sid": record.public_id,
                 }
         else:
-            grant = await app[appkeys.REFRESH_TOKENS].live_grant(token)
+            grant = await app[app_state.REFRESH_TOKENS].live_grant(token)
             if grant is not None and not await grant_is_revoked(app, grant):
                 return {
                     "active": True,
@@ -123,7 +123,7 @@ async def _introspect(app: web.Application, token: str, hint: str | None) -> dic
 @routes.post("/auth/introspect")
 async def introspect(request: web.Request) -> web.Response:
     app = request.app
-    if _authenticated_client(request, app[appkeys.SETTINGS]) is None:
+    if _authenticated_client(request, app[app_state.SETTINGS]) is None:
         raise InvalidClient("introspection requires client authentication (HTTP Basic)")
     body = await read_body(request, allow_form=True)
     token = require_str(body, "token", max_length=8192)
@@ -135,23 +135,23 @@ async def introspect(request: web.Request) -> web.Response:
 async def revoke(request: web.Request) -> web.Response:
     """RFC 7009: 200 whether or not the token was valid (nothing to learn from the answer)."""
     app = request.app
-    _authenticated_client(request, app[appkeys.SETTINGS])  # optional, but must be right if sent
+    _authenticated_client(request, app[app_state.SETTINGS])  # optional, but must be right if sent
     body = await read_body(request, allow_form=True)
     token = require_str(body, "token", max_length=8192)
-    revoker = app[appkeys.REVOKER]
+    revoker = app[app_state.REVOKER]
     if _looks_like_jwt(token):
         try:
-            claims = await app[appkeys.VERIFIER].verify(token)
+            claims = await app[app_state.VERIFIER].verify(token)
         except InvalidTokenError:
             claims = None
         if claims is not None:
             await revoker.revoke_access_token(claims.token_id, claims.expires_at)
         return web.json_response({}, headers=NO_STORE)
-    family = await app[appkeys.REFRESH_TOKENS].family_of(token)
+    family = await app[app_state.REFRESH_TOKENS].family_of(token)
     if family is not None:
         await revoker.revoke_family(family, reason="revocation endpoint")
         return web.json_response({}, headers=NO_STORE)
-    session = await app[appkeys.SESSIONS].load(token)
+    session = await app[app_state.SESSIONS].load(token)
     if session is not None:
         await revoker.revoke_session(session)
     return web.json_response({}, headers=NO_STORE)

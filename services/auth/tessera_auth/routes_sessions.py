@@ -12,7 +12,7 @@ from tessera_verify.errors import InvalidCredentials, NotFound, WrongCurrentPass
 from tessera_verify.jsonbody import read_body, require_str
 from tessera_verify.principal import AuthMethod, Principal
 
-from . import appkeys
+from . import app_state
 from .authenticate import authenticate
 from .password_policy import MAX_INPUT_LENGTH
 
@@ -41,7 +41,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     """The caller's live sessions, newest first; the one making this request is marked."""
     principal = await _caller(request)
     current = _current_link(principal)
-    sessions = await request.app[appkeys.SESSIONS].list_for_user(principal.user_id)
+    sessions = await request.app[app_state.SESSIONS].list_for_user(principal.user_id)
     listed: list[dict[str, Any]] = [
         {
             "id": s.record.public_id,
@@ -62,9 +62,9 @@ async def revoke_session(request: web.Request) -> web.Response:
     principal = await _caller(request)
     wanted = request.match_info["session_id"]
     app = request.app
-    for session in await app[appkeys.SESSIONS].list_for_user(principal.user_id):
+    for session in await app[app_state.SESSIONS].list_for_user(principal.user_id):
         if session.record.public_id == wanted:
-            await app[appkeys.REVOKER].revoke_session(session)
+            await app[app_state.REVOKER].revoke_session(session)
             return web.json_response({"revoked": ["session"]}, headers=NO_STORE)
     raise NotFound("no such session")
 
@@ -73,7 +73,7 @@ async def revoke_session(request: web.Request) -> web.Response:
 async def logout_everywhere(request: web.Request) -> web.Response:
     """Every session, refresh token and access token of the caller, on every device."""
     principal = await _caller(request)
-    summary = await request.app[appkeys.REVOKER].revoke_everything(
+    summary = await request.app[app_state.REVOKER].revoke_everything(
         principal.user_id, reason="logout everywhere"
     )
     return web.json_response({"revoked": summary.to_json()}, headers=NO_STORE)
@@ -87,10 +87,10 @@ async def change_password(request: web.Request) -> web.Response:
     current = require_str(body, "current_password", max_length=MAX_INPUT_LENGTH)
     new = require_str(body, "new_password", max_length=MAX_INPUT_LENGTH)
     app = request.app
-    accounts = app[appkeys.ACCOUNTS]
+    accounts = app[app_state.ACCOUNTS]
     # A stolen session must not become an unthrottled password oracle: reserve first.
-    ip = client_ip(request, app[appkeys.SETTINGS].trusted_proxies)
-    attempt = await app[appkeys.REGULATOR].reserve("password-change:" + principal.user_id, ip)
+    ip = client_ip(request, app[app_state.SETTINGS].trusted_proxies)
+    attempt = await app[app_state.REGULATOR].reserve("password-change:" + principal.user_id, ip)
     try:
         user = await accounts.users.by_id(principal.user_id)
         if user is None:
@@ -103,6 +103,6 @@ async def change_password(request: web.Request) -> web.Response:
         raise WrongCurrentPassword()  # the reservation stays: it was a failure
     await attempt.succeeded()
     await accounts.change_password(user, new)  # the policy check is in there
-    app[appkeys.AUDIT].record("password.change", user_id=user.id, username=user.username)
-    summary = await app[appkeys.REVOKER].revoke_everything(user.id, reason="password change")
+    app[app_state.AUDIT].record("password.change", user_id=user.id, username=user.username)
+    summary = await app[app_state.REVOKER].revoke_everything(user.id, reason="password change")
     return web.json_response({"revoked": summary.to_json()}, headers=NO_STORE)

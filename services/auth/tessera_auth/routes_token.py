@@ -10,7 +10,7 @@ from tessera_verify.errors import InvalidGrant, UnsupportedGrantType
 from tessera_verify.jsonbody import read_body, require_str
 from tessera_verify.revocation import Credential
 
-from . import appkeys
+from . import app_state
 from .refresh_tokens import RefreshGrant
 
 routes = web.RouteTableDef()
@@ -22,7 +22,7 @@ async def grant_is_revoked(app: web.Application, grant: RefreshGrant) -> bool:
     """Asked of the revocation plane, not only of the family's flag in Redis: a family
     that Redis brings back (a restore, a lagging failover) stays revoked."""
     credential = Credential(grant.user_id, grant.issued_at, grant.session_link)
-    return await app[appkeys.REVOCATIONS].is_revoked(credential)
+    return await app[app_state.REVOCATIONS].is_revoked(credential)
 
 
 async def token_response(
@@ -38,18 +38,18 @@ async def token_response(
     Without ``rotated_from`` this starts a refresh family (a login); with it, the
     new refresh token continues that family.
     """
-    valid_after = await app[appkeys.REVOCATIONS].user_valid_after(user_id)
-    access = app[appkeys.ISSUER].issue(
+    valid_after = await app[app_state.REVOCATIONS].user_valid_after(user_id)
+    access = app[app_state.ISSUER].issue(
         subject=user_id, session_link=session_link, valid_after=valid_after
     )
-    refresh_tokens = app[appkeys.REFRESH_TOKENS]
+    refresh_tokens = app[app_state.REFRESH_TOKENS]
     if rotated_from is None:
         refresh, _ = await refresh_tokens.start_family(
             user_id=user_id, session_link=session_link, session_key=session_key
         )
     else:
         refresh, _ = await refresh_tokens.rotate(rotated_from)
-    metrics = app[appkeys.METRICS]
+    metrics = app[app_state.METRICS]
     metrics.tokens_issued.labels("access_token").inc()
     metrics.tokens_issued.labels("refresh_token").inc()
     return {
@@ -63,18 +63,18 @@ async def token_response(
 @routes.post("/auth/token")
 async def token(request: web.Request) -> web.Response:
     app = request.app
-    metrics = app[appkeys.METRICS]
+    metrics = app[app_state.METRICS]
     body = await read_body(request, allow_form=True)
     grant_type = require_str(body, "grant_type", max_length=64)
     if grant_type != "refresh_token":
         raise UnsupportedGrantType("only grant_type=refresh_token is supported here")
-    refresh_tokens = app[appkeys.REFRESH_TOKENS]
+    refresh_tokens = app[app_state.REFRESH_TOKENS]
     presented = require_str(body, "refresh_token", max_length=256)
     try:
         # Everything that can refuse is checked before the token is spent, so a
         # refusal (or an outage) never burns a good token.
         grant = await refresh_tokens.peek(presented)
-        user = await app[appkeys.ACCOUNTS].users.by_id(grant.user_id)
+        user = await app[app_state.ACCOUNTS].users.by_id(grant.user_id)
         if user is None or user.disabled:
             raise InvalidGrant("the refresh token's user no longer exists or is disabled")
         if await grant_is_revoked(app, grant):
@@ -86,9 +86,9 @@ async def token(request: web.Request) -> web.Response:
     if claim.outcome == "reuse":
         family = await refresh_tokens.family(grant.family_id)
         if family is not None:
-            await app[appkeys.REVOKER].revoke_family(family, reason="refresh token reuse")
+            await app[app_state.REVOKER].revoke_family(family, reason="refresh token reuse")
         metrics.refreshes.labels("reuse_detected").inc()
-        app[appkeys.AUDIT].record(
+        app[app_state.AUDIT].record(
             "refresh.reuse", outcome="failure", user_id=grant.user_id, family=grant.family_id
         )
         raise InvalidGrant("refresh token reuse detected: this login has been revoked")

@@ -13,17 +13,17 @@ from prometheus_client import CollectorRegistry
 
 from tessera_verify.clock import Clock, SystemClock
 from tessera_verify.cookies import cookie_value
+from tessera_verify.error_middleware import error_middleware
 from tessera_verify.errors import DuplicateCookie
 from tessera_verify.http_metrics import ServiceMetrics
 from tessera_verify.integration import TesseraVerify, VerifyConfig
-from tessera_verify.middleware import error_middleware
 from tessera_verify.observability import request_id_middleware
 from tessera_verify.pg_migrations import Migrator, open_database
 from tessera_verify.principal import PRINCIPAL, AuthMethod
 from tessera_verify.session_store import MemorySessionStore
 from tessera_verify.sessions import SessionManager, SessionPolicy
 
-from . import appkeys, routes, routes_health
+from . import app_state, routes, routes_health
 from .comments import CommentRepository
 from .password_check import PasswordChecker
 from .settings import ResourceSettings
@@ -37,18 +37,20 @@ AUTH_METHOD_HEADER = "X-Auth-Method"
 
 
 async def _db_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[appkeys.SETTINGS]
-    pool = await open_database(settings, MIGRATOR, latency=app[appkeys.METRICS].dependency_latency)
-    app[appkeys.DB] = pool
-    app[appkeys.COMMENTS] = CommentRepository(pool)
+    settings = app[app_state.SETTINGS]
+    pool = await open_database(
+        settings, MIGRATOR, latency=app[app_state.METRICS].dependency_latency
+    )
+    app[app_state.DB] = pool
+    app[app_state.COMMENTS] = CommentRepository(pool)
     yield
     await pool.close()
 
 
 async def _auth_client_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[appkeys.SETTINGS]
+    settings = app[app_state.SETTINGS]
     async with aiohttp.ClientSession() as session:
-        app[appkeys.PASSWORDS] = PasswordChecker(
+        app[app_state.PASSWORDS] = PasswordChecker(
             session, settings.auth_url, settings.dependency_timeout
         )
         yield
@@ -62,7 +64,7 @@ async def stamp_middleware(request: web.Request, handler: Handler) -> web.Stream
     that signal fires. It sits outside the error middleware, so errors are stamped too.
     """
     response = await handler(request)
-    settings = request.app[appkeys.SETTINGS]
+    settings = request.app[app_state.SETTINGS]
     principal = request.get(PRINCIPAL)
     response.headers[SERVED_BY_HEADER] = settings.replica_id
     response.headers[AUTH_METHOD_HEADER] = principal.method.value if principal else "none"
@@ -97,9 +99,9 @@ def create_app(settings: ResourceSettings, *, clock: Clock | None = None) -> web
             error_middleware,
         ],
     )
-    app[appkeys.SETTINGS] = settings
-    app[appkeys.CLOCK] = clock
-    app[appkeys.METRICS] = metrics
+    app[app_state.SETTINGS] = settings
+    app[app_state.CLOCK] = clock
+    app[app_state.METRICS] = metrics
     policy = SessionPolicy(
         idle_timeout=settings.session_idle_timeout,
         absolute_timeout=settings.session_absolute_timeout,
@@ -111,7 +113,7 @@ def create_app(settings: ResourceSettings, *, clock: Clock | None = None) -> web
         local_store, hash_key=secrets.token_bytes(32), policy=policy, clock=clock
     )
     metrics.sessions_live.labels("memory").set_function(lambda: len(local_store))
-    app[appkeys.LOCAL_SESSIONS] = local_sessions
+    app[app_state.LOCAL_SESSIONS] = local_sessions
     app.cleanup_ctx.extend([_db_ctx, _auth_client_ctx])
     asymmetric = settings.jwt_algorithm != "HS256"
     TesseraVerify(

@@ -15,7 +15,7 @@ from tessera_verify.jsonbody import read_body, require_str
 from tessera_verify.principal import AuthMethod, Principal, get_principal
 from tessera_verify.sessions import clear_session_cookie, set_session_cookie
 
-from . import appkeys
+from . import app_state
 from .comments import MAX_COMMENT_LENGTH
 
 routes = web.RouteTableDef()
@@ -39,7 +39,7 @@ async def me(request: web.Request) -> web.Response:
         "user_id": principal.user_id,
         "username": principal.username,
         "auth_method": principal.method.value,
-        "served_by": request.app[appkeys.SETTINGS].replica_id,
+        "served_by": request.app[app_state.SETTINGS].replica_id,
     }
     if principal.token is not None:
         payload["token_expires_at"] = principal.token.expires_at
@@ -49,7 +49,7 @@ async def me(request: web.Request) -> web.Response:
 @routes.get("/api/comments")
 async def list_comments(request: web.Request) -> web.Response:
     get_principal(request)
-    comments = await request.app[appkeys.COMMENTS].latest(COMMENTS_PAGE)
+    comments = await request.app[app_state.COMMENTS].latest(COMMENTS_PAGE)
     return web.json_response({"comments": [c.to_json() for c in comments]}, headers=NO_STORE)
 
 
@@ -61,12 +61,12 @@ async def add_comment(request: web.Request) -> web.Response:
     if not text:
         raise InvalidRequest("'body' must not be empty", details={"field": "body"})
     app = request.app
-    comment = await app[appkeys.COMMENTS].add(
+    comment = await app[app_state.COMMENTS].add(
         user_id=principal.user_id,
         username=principal.username,
         body=text,
-        served_by=app[appkeys.SETTINGS].replica_id,
-        now=app[appkeys.CLOCK].now(),
+        served_by=app[app_state.SETTINGS].replica_id,
+        now=app[app_state.CLOCK].now(),
     )
     return web.json_response({"comment": comment.to_json()}, status=201)
 
@@ -75,18 +75,18 @@ async def add_comment(request: web.Request) -> web.Response:
 async def local_login(request: web.Request) -> web.Response:
     """In-process sessions (demo rows 1-3): this replica alone will know the session."""
     app = request.app
-    settings = app[appkeys.SETTINGS]
+    settings = app[app_state.SETTINGS]
     if AuthMethod.LOCAL_SESSION not in settings.auth_methods:
         raise NotFound("this replica does not keep local sessions; log in at /auth/login")
     check_same_origin(request)
     body = await read_body(request)
     ip = client_ip(request, settings.trusted_proxies)
-    user = await app[appkeys.PASSWORDS].check(
+    user = await app[app_state.PASSWORDS].check(
         require_str(body, "username", max_length=256),
         require_str(body, "password", max_length=1024),
         client_ip=ip,
     )
-    sessions = app[appkeys.LOCAL_SESSIONS]
+    sessions = app[app_state.LOCAL_SESSIONS]
     verify = tessera_verify(app)
     previous = cookie_value(request, verify.local_session_cookie)
     if previous:
@@ -117,11 +117,11 @@ async def local_logout(request: web.Request) -> web.Response:
     if principal.method is not AuthMethod.LOCAL_SESSION or principal.session is None:
         raise InvalidRequest("only local sessions log out here; use /auth/logout")
     app = request.app
-    await app[appkeys.LOCAL_SESSIONS].destroy_by_key(principal.session.storage_key)
+    await app[app_state.LOCAL_SESSIONS].destroy_by_key(principal.session.storage_key)
     response = web.json_response({"revoked": ["session"]}, headers=NO_STORE)
     clear_session_cookie(
         response,
         tessera_verify(app).local_session_cookie,
-        secure=not app[appkeys.SETTINGS].cookie_insecure,
+        secure=not app[app_state.SETTINGS].cookie_insecure,
     )
     return response

@@ -7,14 +7,16 @@ from aiohttp import web
 from tessera_verify.health import readiness_response
 from tessera_verify.integration import tessera_verify
 
-from . import appkeys
+from . import app_state
 
 routes = web.RouteTableDef()
 
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "replica": request.app[appkeys.SETTINGS].replica_id})
+    return web.json_response(
+        {"status": "ok", "replica": request.app[app_state.SETTINGS].replica_id}
+    )
 
 
 @routes.get("/readyz")
@@ -22,11 +24,11 @@ async def readyz(request: web.Request) -> web.Response:
     app = request.app
     return await readiness_response(
         app,
-        {"redis": tessera_verify(app).ping(), "postgresql": app[appkeys.DB].fetchval("SELECT 1")},
-        timeout=app[appkeys.SETTINGS].dependency_timeout,
+        {"redis": tessera_verify(app).ping(), "postgresql": app[app_state.DB].fetchval("SELECT 1")},
+        timeout=app[app_state.SETTINGS].dependency_timeout,
     )
 
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    return await request.app[appkeys.METRICS].handle_metrics(request)
+    return await request.app[app_state.METRICS].handle_metrics(request)

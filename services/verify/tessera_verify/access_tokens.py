@@ -26,9 +26,9 @@ from .errors import (
     RevokedToken,
 )
 from .jws_canonical import b64url_decode_canonical, is_low_s_es256
-from .keys import MAX_KID_LENGTH, SUPPORTED_ALGORITHMS, KeySource
 from .revocation import MAX_LEEWAY
 from .ttl_cache import TTLCache
+from .verification_keys import MAX_KID_LENGTH, SUPPORTED_ALGORITHMS, KeySource
 
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub", "jti")

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from .client_ip import Network
 from .dependency_metrics import REDIS_URL_SCHEMES, parse_redis_nodes
-from .keys import SUPPORTED_ALGORITHMS
+from .verification_keys import SUPPORTED_ALGORITHMS
 
 Environment = Literal["development", "production"]
 PLACEHOLDER_MARK = "dev-only-insecure"

@@ -1,6 +1,6 @@
 """The one error hierarchy of tessera.
 
-Handlers raise these; :func:`tessera_verify.middleware.error_middleware` turns
+Handlers raise these; :func:`tessera_verify.error_middleware.error_middleware` turns
 them into JSON bodies ``{"error": code, "message": text}`` plus
 ``WWW-Authenticate`` where RFC 6750 asks for it. ``code`` is stable and meant
 for programs; ``message`` is for people and may change.

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Mapping
 
 from aiohttp import web
 
-from .middleware import DEPENDENCY_ERRORS
+from .error_middleware import DEPENDENCY_ERRORS
 from .serve import draining
 
 

@@ -33,13 +33,19 @@ from .client_ip import Network
 from .clock import Clock, SystemClock
 from .dependency_metrics import instrumented_redis
 from .http_metrics import ServiceMetrics
-from .keys import JWKSCache, KeySource, StaticKeySource, VerificationKey, shared_secret_kid
 from .principal import AuthMethod, set_principal
 from .revocation_cache import RevocationCache
 from .session_cache import CachedSessionStore
 from .session_store import RedisSessionStore
 from .sessions import SessionManager, SessionPolicy, session_cookie_name
 from .ttl_cache import TTLCache
+from .verification_keys import (
+    JWKSCache,
+    KeySource,
+    StaticKeySource,
+    VerificationKey,
+    shared_secret_kid,
+)
 
 LOCAL_SESSION_COOKIE = "__Host-tessera_local_session"
 INSECURE_LOCAL_SESSION_COOKIE = "tessera_local_session"

@@ -31,14 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
-from . import redis_keys
+from . import redis_layout
 from .errors import ServiceUnavailable
 
 if TYPE_CHECKING:
     from .access_tokens import AccessTokenClaims
     from .session_store import SessionRecord
 
-CHANNEL = redis_keys.revocation_feed()
+CHANNEL = redis_layout.revocation_feed()
 
 #: The most any verifier may accept an access token past its ``exp`` (clock skew).
 #: A denylisted ``jti`` is kept this long past ``exp``, so no leeway reopens it.
@@ -164,16 +164,16 @@ class RevocationReader:
     async def marker(self) -> tuple[str | None, int]:
         """The generation (None: state lost) and the last change's number."""
         generation, seq = await self._redis.mget(
-            [redis_keys.revocation_generation(), redis_keys.revocation_seq()]
+            [redis_layout.revocation_generation(), redis_layout.revocation_seq()]
         )
         return (None if generation is None else _text(generation)), int(seq or 0)
 
     async def snapshot(self) -> Snapshot:
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.get(redis_keys.revocation_generation())
-            pipe.get(redis_keys.revocation_seq())
+            pipe.get(redis_layout.revocation_generation())
+            pipe.get(redis_layout.revocation_seq())
             for kind in STORED_KINDS:
-                pipe.hgetall(redis_keys.revocations(kind.value))
+                pipe.hgetall(redis_layout.revocations(kind.value))
             generation, seq, *tables = await pipe.execute()
         events = [
             RevocationEvent(kind, _text(value), *parse_entry(raw))
@@ -185,11 +185,11 @@ class RevocationReader:
     async def is_revoked(self, credential: Credential, now: float) -> bool:
         """Checked against Redis itself; :class:`RevocationStateLost` if the copy is incomplete."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.get(redis_keys.revocation_generation())
-            pipe.hget(redis_keys.revocations(RevocationKind.USER), credential.user_id)
-            pipe.hget(redis_keys.revocations(RevocationKind.TOKEN), credential.token_id or "")
+            pipe.get(redis_layout.revocation_generation())
+            pipe.hget(redis_layout.revocations(RevocationKind.USER), credential.user_id)
+            pipe.hget(redis_layout.revocations(RevocationKind.TOKEN), credential.token_id or "")
             pipe.hget(
-                redis_keys.revocations(RevocationKind.SESSION_LINK), credential.session_link or ""
+                redis_layout.revocations(RevocationKind.SESSION_LINK), credential.session_link or ""
             )
             generation, user, jti, sid = await pipe.execute()
         if generation is None:
@@ -202,5 +202,5 @@ class RevocationReader:
         )
 
     async def user_valid_after(self, user_id: str) -> float | None:
-        raw = await self._redis.hget(redis_keys.revocations(RevocationKind.USER), user_id)
+        raw = await self._redis.hget(redis_layout.revocations(RevocationKind.USER), user_id)
         return None if raw is None else parse_entry(raw)[0]

@@ -21,7 +21,7 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
-from . import redis_keys
+from . import redis_layout
 from .clock import Clock
 
 
@@ -114,8 +114,8 @@ class RedisSessionStore:
         # a failure in between leaves a record that nobody holds the ID of
         # (it dies with its TTL), and list_for_user never sees an indexed key
         # before its record exists (so it cannot prune a session being born).
-        await self._redis.set(redis_keys.session(key), record.to_bytes(), pxat=_ms(dies_at))
-        index = redis_keys.user_sessions(record.user_id)
+        await self._redis.set(redis_layout.session(key), record.to_bytes(), pxat=_ms(dies_at))
+        index = redis_layout.user_sessions(record.user_id)
         index_ttl = max(1, math.ceil(record.expires_at - self._clock.now()))
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zadd(index, {key: record.expires_at})
@@ -127,26 +127,26 @@ class RedisSessionStore:
     async def touch(self, key: str, dies_at: float) -> bool:
         # PEXPIREAT on a missing key is a no-op that answers 0: a session deleted
         # since it was read stays deleted.
-        return bool(await self._redis.pexpireat(redis_keys.session(key), _ms(dies_at)))
+        return bool(await self._redis.pexpireat(redis_layout.session(key), _ms(dies_at)))
 
     async def load(self, key: str) -> StoredSession | None:
         # One round trip; both commands on one key (one hash slot).
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.get(redis_keys.session(key))
-            pipe.pexpiretime(redis_keys.session(key))
+            pipe.get(redis_layout.session(key))
+            pipe.pexpiretime(redis_layout.session(key))
             raw, dies_at_ms = await pipe.execute()
         return _stored(raw, dies_at_ms)
 
     async def delete(self, key: str) -> bool:
-        raw = await self._redis.getdel(redis_keys.session(key))
+        raw = await self._redis.getdel(redis_layout.session(key))
         if raw is None:
             return False
         record = SessionRecord.from_bytes(raw)
-        await self._redis.zrem(redis_keys.user_sessions(record.user_id), key)
+        await self._redis.zrem(redis_layout.user_sessions(record.user_id), key)
         return True
 
     async def list_for_user(self, user_id: str) -> list[tuple[str, StoredSession]]:
-        index = redis_keys.user_sessions(user_id)
+        index = redis_layout.user_sessions(user_id)
         await self._redis.zremrangebyscore(index, "-inf", self._clock.now())
         members = await self._redis.zrange(index, 0, -1)
         keys = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
@@ -156,8 +156,8 @@ class RedisSessionStore:
         # trip per node, and reading records needs no atomicity.
         async with self._redis.pipeline(transaction=False) as pipe:
             for k in keys:
-                pipe.get(redis_keys.session(k))
-                pipe.pexpiretime(redis_keys.session(k))
+                pipe.get(redis_layout.session(k))
+                pipe.pexpiretime(redis_layout.session(k))
             replies: list[object] = await pipe.execute()
         live: list[tuple[str, StoredSession]] = []
         gone: list[str] = []
