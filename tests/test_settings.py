@@ -412,3 +412,38 @@ async def _migrate(database_url: str) -> None:
         await db.migrate(connection)
     finally:
         await connection.close()
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    [
+        "https://auth.example.com",
+        "https://auth.example.com/",
+        "http://auth.example.com",
+        "https://auth.example.com/?tenant=a",
+        "ftp://auth.example.com",
+        "https://",
+        "auth.example.com",
+    ],
+)
+@pytest.mark.parametrize("environment", ["production", "development"])
+def test_the_auth_service_and_the_replicas_judge_an_issuer_alike(
+    issuer: str, environment: str
+) -> None:
+    from tessera_resource.settings import ConfigError as ResourceConfigError
+    from tessera_resource.settings import load_settings as load_resource_settings
+
+    base = {**(PRODUCTION if environment == "production" else DEVELOPMENT)}
+    environ = {**base, "TESSERA_ISSUER": issuer, "TESSERA_AUTH_URL": "http://auth:8080"}
+    verdicts = []
+    for load, error in (
+        (load_settings, ConfigError),
+        (load_resource_settings, ResourceConfigError),
+    ):
+        try:
+            verdicts.append(("ok", load(environ).issuer))
+        except error as exc:
+            verdicts.append(("refused", "; ".join(p for p in exc.problems if "ISSUER" in p)))
+    assert verdicts[0] == verdicts[1]
+    if verdicts[0][0] == "ok":
+        assert not verdicts[0][1].endswith("/")

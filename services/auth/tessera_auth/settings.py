@@ -13,7 +13,6 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from tessera_verify.config import (
     ConfigError,
@@ -22,6 +21,7 @@ from tessera_verify.config import (
     read_cookie_insecure,
     read_dependency_urls,
     read_environment,
+    read_issuer,
     read_jwt_algorithm,
     read_port,
     read_process_settings,
@@ -163,15 +163,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     database_url, redis_url = read_dependency_urls(reader)
     port = read_port(reader, 8080)
-    issuer = reader.text("TESSERA_ISSUER")
-    if issuer is None:
-        if not development:
-            reader.problems.append("TESSERA_ISSUER is required outside development")
-        issuer = f"http://127.0.0.1:{port}"
-    elif urlsplit(issuer).scheme not in ("https", "http") or urlsplit(issuer).query:
-        reader.problems.append("TESSERA_ISSUER must be an http(s) URL without a query")
-    elif urlsplit(issuer).scheme == "http" and not development:
-        reader.problems.append("TESSERA_ISSUER must use https outside development")
+    issuer = read_issuer(reader, development=development, default=f"http://127.0.0.1:{port}")
 
     algorithm = read_jwt_algorithm(reader)
     hs256_secret: bytes | None = None
@@ -226,7 +218,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         key_encryption_key=read_secret(reader, "TESSERA_KEY_ENCRYPTION_KEY", development),
         environment=environment,
         port=port,
-        issuer=issuer.rstrip("/") if issuer else issuer,
+        issuer=issuer,
         audience=reader.text("TESSERA_AUDIENCE", "tessera") or "tessera",
         client_id=reader.text("TESSERA_CLIENT_ID", "tessera-web") or "tessera-web",
         jwt_algorithm=algorithm,

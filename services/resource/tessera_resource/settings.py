@@ -6,7 +6,6 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from tessera_verify.client_ip import Network
 from tessera_verify.config import (
@@ -17,6 +16,7 @@ from tessera_verify.config import (
     read_cookie_insecure,
     read_dependency_urls,
     read_environment,
+    read_issuer,
     read_jwt_algorithm,
     read_port,
     read_process_settings,
@@ -107,13 +107,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> ResourceSettings:
     trusted = read_trusted_proxies(reader)
     if AuthMethod.FORWARD in methods and not trusted:
         reader.problems.append("forward auth needs TESSERA_TRUSTED_PROXIES (nginx's address)")
-    issuer = reader.text("TESSERA_ISSUER")
-    if issuer is None:
-        if not development:
-            reader.problems.append("TESSERA_ISSUER is required outside development")
-        issuer = auth_url
-    elif urlsplit(issuer).scheme not in ("https", "http"):
-        reader.problems.append("TESSERA_ISSUER must be an http(s) URL")
+    issuer = read_issuer(reader, development=development, default=auth_url)
     cookie_insecure = read_cookie_insecure(reader, development)
     replica_id = reader.text("TESSERA_REPLICA_ID") or socket.gethostname()
     if not replica_id.replace("-", "").replace("_", "").isalnum() or len(replica_id) > 64:
@@ -128,7 +122,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> ResourceSettings:
         replica_id=replica_id,
         environment=environment,
         port=read_port(reader, 9001),
-        issuer=issuer.rstrip("/"),
+        issuer=issuer,
         audience=reader.text("TESSERA_AUDIENCE", "tessera") or "tessera",
         jwt_algorithm=algorithm,
         hs256_secret=hs256_secret,

@@ -118,6 +118,23 @@ def read_secret(
     return value.encode()
 
 
+def read_issuer(reader: EnvReader, *, development: bool, default: str) -> str:
+    """``TESSERA_ISSUER``, tokens' ``iss``, the same rule for the auth service and the
+    replicas: an http(s) URL without a query, https outside development; ``default``
+    only in development. No trailing slash (``iss`` is compared as a string)."""
+    issuer = reader.text("TESSERA_ISSUER")
+    if issuer is None:
+        if not development:
+            reader.problems.append("TESSERA_ISSUER is required outside development")
+        return default.rstrip("/")
+    parts = urlsplit(issuer)
+    if parts.scheme not in ("https", "http") or not parts.netloc or parts.query:
+        reader.problems.append("TESSERA_ISSUER must be an http(s) URL without a query")
+    elif parts.scheme == "http" and not development:
+        reader.problems.append("TESSERA_ISSUER must use https outside development")
+    return issuer.rstrip("/")
+
+
 def read_environment(reader: EnvReader) -> Environment:
     environment = reader.text("TESSERA_ENV", "production")
     if environment == "development":
