@@ -20,7 +20,7 @@ from tessera_verify.error_middleware import DEPENDENCY_ERRORS, error_middleware
 from tessera_verify.observability import request_id_middleware
 from tessera_verify.pg_migrations import open_database
 from tessera_verify.revocation_cache import RevocationCache
-from tessera_verify.session_cache import AnnouncingSessionStore, CachedSessionStore
+from tessera_verify.session_cache import CachedSessionStore
 from tessera_verify.session_store import RedisSessionStore
 from tessera_verify.sessions import SessionManager, SessionPolicy
 from tessera_verify.ttl_cache import TTLCache
@@ -37,6 +37,7 @@ from . import (
 )
 from .access_tokens import AccessTokenIssuer
 from .accounts import Accounts
+from .announcing_sessions import AnnouncingSessionStore
 from .audit import AuditLog
 from .authenticate import build_authentication, session_cookie_name
 from .keyring import KeyRing
