@@ -12,7 +12,8 @@ from .ttl_cache import TTLCache
 class CachedSessionStore:
     """Remembers loaded sessions for ``ttl`` seconds, only while the revocation copy is fresh.
 
-    A deleted session is announced on the feed (see :class:`AnnouncingSessionStore`)
+    A deleted session is announced on the feed (the auth service's
+    ``tessera_auth.announcing_sessions.AnnouncingSessionStore``)
     and dropped here at once; while the copy is not fresh the cache is bypassed,
     and it is emptied whenever the copy is reloaded.
     """
