@@ -50,6 +50,7 @@ from .regulation import Regulator
 from .revocation_store import RevocationStore
 from .revoker import Revoker
 from .settings import Settings
+from .token_pairs import TokenPairs
 from .users import UserRepository
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,9 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         grace=settings.refresh_grace,
     )
     app[app_state.REFRESH_TOKENS] = refresh_tokens
+    app[app_state.TOKEN_PAIRS] = TokenPairs(
+        revocations, app[app_state.ISSUER], refresh_tokens, app[app_state.METRICS]
+    )
     regulator = Regulator(redis, clock, settings.regulation)
     app[app_state.REGULATOR] = regulator
     audit = AuditLog(pool, clock, app[app_state.METRICS])

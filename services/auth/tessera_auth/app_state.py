@@ -23,6 +23,7 @@ from .regulation import Regulator
 from .revocation_store import RevocationStore
 from .revoker import Revoker
 from .settings import Settings
+from .token_pairs import TokenPairs
 
 SETTINGS = web.AppKey("settings", Settings)
 CLOCK = web.AppKey("clock", Clock)
@@ -36,6 +37,7 @@ ISSUER = web.AppKey("issuer", AccessTokenIssuer)
 VERIFIER = web.AppKey("verifier", AccessTokenVerifier)
 AUTHENTICATION = web.AppKey("authentication", Authentication)
 REFRESH_TOKENS = web.AppKey("refresh_tokens", RefreshTokenStore)
+TOKEN_PAIRS = web.AppKey("token_pairs", TokenPairs)
 REVOCATION_STORE = web.AppKey("revocation_store", RevocationStore)
 REVOCATIONS = web.AppKey("revocations", RevocationCache)
 REVOKER = web.AppKey("revoker", Revoker)

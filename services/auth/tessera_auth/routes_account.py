@@ -28,7 +28,6 @@ from tessera_verify.sessions import Session, clear_session_cookie, set_session_c
 from . import app_state
 from .authenticate import authenticate, session_cookie_name
 from .password_policy import MAX_INPUT_LENGTH
-from .routes_token import token_response
 from .users import User
 
 routes = web.RouteTableDef()
@@ -116,8 +115,8 @@ async def login(request: web.Request) -> web.Response:
         metrics.tokens_issued.labels("session").inc()
     if kind in ("token", "both"):
         payload.update(
-            await token_response(
-                app, user_id=user.id, session_link=session_link, session_key=session_key
+            await app[app_state.TOKEN_PAIRS].issue(
+                user_id=user.id, session_link=session_link, session_key=session_key
             )
         )
     metrics.logins.labels("success").inc()

@@ -21,8 +21,8 @@ from tessera_verify.errors import AuthenticationError, InvalidTokenError
 from tessera_verify.jsonbody import get_str, read_body, require_str
 
 from . import app_state
-from .routes_token import grant_is_revoked
 from .settings import Settings
+from .token_pairs import grant_is_revoked
 
 routes = web.RouteTableDef()
 
@@ -107,7 +107,7 @@ async def _introspect(app: web.Application, token: str, hint: str | None) -> dic
                 }
         else:
             grant = await app[app_state.REFRESH_TOKENS].live_grant(token)
-            if grant is not None and not await grant_is_revoked(app, grant):
+            if grant is not None and not await grant_is_revoked(app[app_state.REVOCATIONS], grant):
                 return {
                     "active": True,
                     "token_type": "refresh_token",

@@ -2,62 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from tessera_verify.errors import InvalidGrant, UnsupportedGrantType
 from tessera_verify.jsonbody import read_body, require_str
-from tessera_verify.revocation import Credential
 
 from . import app_state
-from .refresh_tokens import RefreshGrant
+from .token_pairs import grant_is_revoked
 
 routes = web.RouteTableDef()
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-
-async def grant_is_revoked(app: web.Application, grant: RefreshGrant) -> bool:
-    """Asked of the revocation plane, not only of the family's flag in Redis: a family
-    that Redis brings back (a restore, a lagging failover) stays revoked."""
-    credential = Credential(grant.user_id, grant.issued_at, grant.session_link)
-    return await app[app_state.REVOCATIONS].is_revoked(credential)
-
-
-async def token_response(
-    app: web.Application,
-    *,
-    user_id: str,
-    session_link: str,
-    session_key: str | None = None,
-    rotated_from: RefreshGrant | None = None,
-) -> dict[str, Any]:
-    """A new access + refresh token pair, shaped like RFC 6749 §5.1.
-
-    Without ``rotated_from`` this starts a refresh family (a login); with it, the
-    new refresh token continues that family.
-    """
-    valid_after = await app[app_state.REVOCATIONS].user_valid_after(user_id)
-    access = app[app_state.ISSUER].issue(
-        subject=user_id, session_link=session_link, valid_after=valid_after
-    )
-    refresh_tokens = app[app_state.REFRESH_TOKENS]
-    if rotated_from is None:
-        refresh, _ = await refresh_tokens.start_family(
-            user_id=user_id, session_link=session_link, session_key=session_key
-        )
-    else:
-        refresh, _ = await refresh_tokens.rotate(rotated_from)
-    metrics = app[app_state.METRICS]
-    metrics.tokens_issued.labels("access_token").inc()
-    metrics.tokens_issued.labels("refresh_token").inc()
-    return {
-        "access_token": access.token,
-        "token_type": "Bearer",
-        "expires_in": access.expires_in,
-        "refresh_token": refresh,
-    }
 
 
 @routes.post("/auth/token")
@@ -77,7 +32,7 @@ async def token(request: web.Request) -> web.Response:
         user = await app[app_state.ACCOUNTS].users.by_id(grant.user_id)
         if user is None or user.disabled:
             raise InvalidGrant("the refresh token's user no longer exists or is disabled")
-        if await grant_is_revoked(app, grant):
+        if await grant_is_revoked(app[app_state.REVOCATIONS], grant):
             raise InvalidGrant("the refresh token has been revoked")
         claim = await refresh_tokens.claim(presented, grant)
     except InvalidGrant:
@@ -96,8 +51,8 @@ async def token(request: web.Request) -> web.Response:
         assert claim.successor is not None
         metrics.refreshes.labels("concurrent").inc()
         return web.json_response(claim.successor, headers=NO_STORE)
-    payload = await token_response(
-        app, user_id=grant.user_id, session_link=grant.session_link, rotated_from=grant
+    payload = await app[app_state.TOKEN_PAIRS].issue(
+        user_id=grant.user_id, session_link=grant.session_link, rotated_from=grant
     )
     await refresh_tokens.record_successor(presented, payload)
     metrics.refreshes.labels("success").inc()
