@@ -13,11 +13,12 @@ tests kill their nodes, so they are always the suite's own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import pytest
 import redis.exceptions
@@ -30,19 +31,34 @@ from tessera_verify.session_store import RedisSessionStore, SessionRecord
 T = TypeVar("T")
 
 
+class _Throwaway(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def remove_data(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Throwaway)
+
+
+@contextlib.contextmanager
+def running(server: S) -> Iterator[S]:
+    """``server`` started, then stopped and its data deleted (a server or a Redis group)."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.remove_data()
+
+
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A PostgreSQL URL whose user may create databases."""
     if url := os.environ.get("DATABASE_URL"):
         yield url
         return
-    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
-    server.start()
-    try:
+    with running(PostgresServer(tmp_path_factory.mktemp("postgres"))) as server:
         yield server.url
-    finally:
-        server.stop()
-        server.remove_data()
 
 
 @pytest.fixture(scope="session")
@@ -51,37 +67,22 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url := os.environ.get("REDIS_URL"):
         yield url
         return
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
+    with running(RedisServer(tmp_path_factory.mktemp("redis"))) as server:
         yield server.url
-    finally:
-        server.stop()
-        server.remove_data()
 
 
 @pytest.fixture(scope="session")
 def redis_sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinelGroup]:
     """One primary, two replicas, three sentinels; tests that kill a node restart it."""
-    group = RedisSentinelGroup(tmp_path_factory.mktemp("redis-sentinel"))
-    group.start()
-    try:
+    with running(RedisSentinelGroup(tmp_path_factory.mktemp("redis-sentinel"))) as group:
         yield group
-    finally:
-        group.stop()
-        group.remove_data()
 
 
 @pytest.fixture(scope="session")
 def redis_cluster_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterGroup]:
     """Three primaries with a replica each; tests that kill a node restart it."""
-    group = RedisClusterGroup(tmp_path_factory.mktemp("redis-cluster"))
-    group.start()
-    try:
+    with running(RedisClusterGroup(tmp_path_factory.mktemp("redis-cluster"))) as group:
         yield group
-    finally:
-        group.stop()
-        group.remove_data()
 
 
 async def first_answer(

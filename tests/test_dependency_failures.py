@@ -23,6 +23,7 @@ from tessera_verify.dependency_metrics import REDIS_MAX_CONNECTIONS, instrumente
 from tessera_verify.sessions import SESSION_COOKIE
 
 from .conftest import AuthClientFactory, register_and_login
+from .fixtures_infra import running
 
 Client = TestClient[Any, Any]
 Server = RedisServer | PostgresServer
@@ -35,24 +36,15 @@ S = TypeVar("S", RedisServer, PostgresServer)
 @pytest.fixture(scope="module")
 def own_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     # A fixed port, so that a restart comes back where the app's client looks.
-    server = RedisServer(tmp_path_factory.mktemp("own-redis"), port=free_port())
-    server.start()
-    try:
+    with running(RedisServer(tmp_path_factory.mktemp("own-redis"), port=free_port())) as server:
         yield server
-    finally:
-        server.stop()
-        server.remove_data()
 
 
 @pytest.fixture(scope="module")
 def own_postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     server = PostgresServer(tmp_path_factory.mktemp("own-postgres"), port=free_port())
-    server.start()
-    try:
+    with running(server):
         yield server
-    finally:
-        server.stop()
-        server.remove_data()
 
 
 def _running(server: S) -> Iterator[S]:

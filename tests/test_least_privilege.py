@@ -40,6 +40,7 @@ from tessera_verify.principal import AuthMethod
 from tessera_verify.sessions import SESSION_COOKIE
 
 from .conftest import AuthClientFactory, ResourceFactory, register_and_login
+from .fixtures_infra import running
 
 Client = TestClient[Any, Any]
 
@@ -59,8 +60,7 @@ def role_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoleUrls]:
     acl_file = base / "users.acl"
     acl_file.write_text(redis_acl.render_acl(passwords))
     server = RedisServer(base, acl_file=acl_file, admin_password=passwords[redis_acl.ADMIN])
-    server.start()
-    try:
+    with running(server):
         yield RoleUrls(
             admin=server.url,
             auth=redis_acl.role_url(server.url, redis_acl.AUTH_USER, passwords["tessera-auth"]),
@@ -68,9 +68,6 @@ def role_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoleUrls]:
                 server.url, redis_acl.REPLICA_USER, passwords["tessera-replica"]
             ),
         )
-    finally:
-        server.stop()
-        server.remove_data()
 
 
 @pytest.fixture
@@ -219,14 +216,12 @@ def postgres_roles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgre
         password=secrets.token_urlsafe(24),
         roles={REPLICA_DB_ROLE: secrets.token_urlsafe(24)},
     )
-    server.start()
     try:
-        asyncio.run(migrate_database(server.url, AUTH_MIGRATOR))
-        asyncio.run(migrate_database(server.role_url(REPLICA_DB_ROLE), RESOURCE_MIGRATOR))
-        yield server
+        with running(server):
+            asyncio.run(migrate_database(server.url, AUTH_MIGRATOR))
+            asyncio.run(migrate_database(server.role_url(REPLICA_DB_ROLE), RESOURCE_MIGRATOR))
+            yield server
     finally:
-        server.stop()
-        server.remove_data()
         shutil.rmtree(base, ignore_errors=True)
 
 
