@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import ClassVar, Self, TypedDict, Unpack
 from urllib.parse import quote
 
 from tessera_stack.processes import (
@@ -72,6 +72,22 @@ _SCRATCH_GRACE_SECONDS = 600.0
 
 class _PortTakenError(StackError):
     """Someone bound the chosen port between free_port() and the server."""
+
+
+class ProcessOptions(TypedDict, total=False):
+    """Where a server's process logs and records its pid, and how it is run
+    (see :class:`_LocalServer`)."""
+
+    log_path: Path | str | None
+    pid_path: Path | str | None
+    detached: bool
+    startup_timeout: float
+
+
+class ServerOptions(ProcessOptions, total=False):
+    """:class:`ProcessOptions` and the port (None: a free one)."""
+
+    port: int | None
 
 
 class _LocalServer(abc.ABC):
@@ -388,25 +404,14 @@ class PostgresServer(_LocalServer):
         self,
         base_dir: Path | str,
         *,
-        port: int | None = None,
         user: str = "tessera",
         database: str = "tessera",
         persistent: bool = False,
-        log_path: Path | str | None = None,
-        pid_path: Path | str | None = None,
-        detached: bool = False,
-        startup_timeout: float = 30.0,
         password: str | None = None,
         roles: Mapping[str, str] | None = None,
+        **options: Unpack[ServerOptions],
     ) -> None:
-        super().__init__(
-            base_dir,
-            port=port,
-            log_path=log_path,
-            pid_path=pid_path,
-            detached=detached,
-            startup_timeout=startup_timeout,
-        )
+        super().__init__(base_dir, **options)
         if roles and password is None:
             raise ValueError("login roles need a superuser password (else TCP is trust)")
         self._user = user
@@ -881,23 +886,12 @@ class RedisServer(_LocalServer):
         self,
         base_dir: Path | str,
         *,
-        port: int | None = None,
         persistent: bool = False,
-        log_path: Path | str | None = None,
-        pid_path: Path | str | None = None,
-        detached: bool = False,
-        startup_timeout: float = 30.0,
         acl_file: Path | None = None,
         admin_password: str | None = None,
+        **options: Unpack[ServerOptions],
     ) -> None:
-        super().__init__(
-            base_dir,
-            port=port,
-            log_path=log_path,
-            pid_path=pid_path,
-            detached=detached,
-            startup_timeout=startup_timeout,
-        )
+        super().__init__(base_dir, **options)
         self._persistent = persistent
         self._acl_file = acl_file
         self._admin_password = admin_password
@@ -1067,19 +1061,9 @@ class NginxServer(_LocalServer):
         conf: Path | str,
         *,
         port: int,
-        log_path: Path | str | None = None,
-        pid_path: Path | str | None = None,
-        detached: bool = False,
-        startup_timeout: float = 30.0,
+        **options: Unpack[ProcessOptions],
     ) -> None:
-        super().__init__(
-            base_dir,
-            port=port,
-            log_path=log_path,
-            pid_path=pid_path,
-            detached=detached,
-            startup_timeout=startup_timeout,
-        )
+        super().__init__(base_dir, port=port, **options)
         self._conf = Path(conf).absolute()
 
     @property
