@@ -9,7 +9,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,6 +24,7 @@ from tessera_resource.app import create_app as create_resource_app
 from tessera_resource.settings import ResourceSettings
 from tessera_verify.clock import ManualClock
 from tessera_verify.principal import AuthMethod
+from tessera_verify.sessions import SESSION_COOKIE
 
 pytest_plugins = ["tests.fixtures_infra"]
 
@@ -174,6 +175,31 @@ async def register_and_login(
     body: dict[str, Any] = await response.json()
     body["password"] = password
     return body
+
+
+@dataclass(frozen=True)
+class LoggedIn:
+    """A fresh user holding every credential kind at once (``credential="both"``)."""
+
+    name: str
+    token: str
+    refresh: str
+    cookie: dict[str, str]
+
+
+async def log_in_with_everything(client: TestClient[Any, Any]) -> LoggedIn:
+    """Register a fresh user and log in for a session cookie and a token pair together."""
+    name = f"user-{uuid.uuid4().hex[:10]}"
+    password = "correct horse battery staple"
+    response = await client.post("/auth/register", json={"username": name, "password": password})
+    assert response.status == 201, await response.text()
+    response = await client.post(
+        "/auth/login", json={"username": name, "password": password, "credential": "both"}
+    )
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    cookie = {"Cookie": f"{SESSION_COOKIE}={response.cookies[SESSION_COOKIE].value}"}
+    return LoggedIn(name, body["access_token"], body["refresh_token"], cookie)
 
 
 # --- an auth server and resource replicas in-process (real PostgreSQL and Redis) --------

@@ -10,7 +10,7 @@ import functools
 import json
 import math
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,15 +19,12 @@ import asyncpg
 import jwt
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from tessera_auth import app_state
 from tessera_auth.__main__ import main
-from tessera_auth.app import create_app as create_auth_app
 from tessera_auth.keyring import KeyChange, KeyRing, KeyRotationUnsupported, KeyState
 from tessera_auth.settings import ConfigError, Settings, load_settings
-from tessera_resource.app import create_app as create_resource_app
-from tessera_resource.settings import ResourceSettings
 from tessera_verify import integration
 from tessera_verify.access_tokens import AccessTokenVerifier
 from tessera_verify.clock import ManualClock
@@ -35,7 +32,7 @@ from tessera_verify.errors import InvalidTokenError
 from tessera_verify.principal import AuthMethod
 from tessera_verify.verification_keys import JWKSCache
 
-from .conftest import AuthClientFactory, register_and_login
+from .conftest import AuthClientFactory, ResourceFactory, register_and_login
 
 Client = TestClient[Any, Any]
 LEAD = 60  # Settings.key_publish_lead_time's default
@@ -78,43 +75,9 @@ async def _token(client: Client, login: dict[str, Any]) -> str:
     return str((await response.json())["access_token"])
 
 
-@pytest.fixture
-async def auth_server(
-    aiohttp_server: Callable[..., Awaitable[TestServer]], settings: Settings, clock: ManualClock
-) -> TestServer:
-    return await aiohttp_server(create_auth_app(settings, clock=clock))
-
-
-@pytest.fixture
-async def auth(aiohttp_client: Callable[..., Awaitable[Client]], auth_server: TestServer) -> Client:
-    return await aiohttp_client(auth_server)
-
-
-@pytest.fixture
-def make_replica(
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    auth_server: TestServer,
-    settings: Settings,
-    clock: ManualClock,
-) -> Callable[[str], Awaitable[Client]]:
+def _jwt_replica(make_replica: ResourceFactory, replica_id: str) -> Awaitable[Client]:
     """A resource replica verifying JWTs against the auth server's JWKS."""
-
-    async def make(replica_id: str) -> Client:
-        resource_settings = ResourceSettings(
-            database_url=settings.database_url,
-            redis_url=settings.redis_url,
-            auth_url=str(auth_server.make_url("")).rstrip("/"),
-            session_hash_key=settings.session_hash_key,
-            replica_id=replica_id,
-            environment="development",
-            issuer=settings.issuer,
-            audience=settings.audience,
-            auth_methods=(AuthMethod.JWT,),
-            migrate_on_start=True,
-        )
-        return await aiohttp_client(create_resource_app(resource_settings, clock=clock))
-
-    return make
+    return make_replica(replica_id, auth_methods=(AuthMethod.JWT,))
 
 
 # --- the life cycle ----------------------------------------------------------
@@ -161,12 +124,12 @@ async def test_a_published_key_signs_only_after_the_lead_time(
 
 async def test_old_token_verifies_until_it_expires_and_its_key_retires_after(
     auth: Client,
-    make_replica: Callable[[str], Awaitable[Client]],
+    make_replica: ResourceFactory,
     settings: Settings,
     clock: ManualClock,
 ) -> None:
     ring = _ring(auth)
-    replica = await make_replica("r1")
+    replica = await _jwt_replica(make_replica, "r1")
     login = await register_and_login(auth, credential="token")
     old_token = login["access_token"]
     old = _kid(old_token)
@@ -316,10 +279,10 @@ async def test_activate_now_signs_with_the_new_key_at_once(
 
 
 async def test_only_activate_now_can_outrun_a_verifier_that_just_fetched_the_jwks(
-    auth: Client, make_replica: Callable[[str], Awaitable[Client]], clock: ManualClock
+    auth: Client, make_replica: ResourceFactory, clock: ManualClock
 ) -> None:
     ring = _ring(auth)
-    replica = await make_replica("r1")
+    replica = await _jwt_replica(make_replica, "r1")
     login = await register_and_login(auth, credential="token")
     assert (await replica.get("/api/me", headers=_bearer(login["access_token"]))).status == 200
 
@@ -550,7 +513,7 @@ def _reached(counts: list[int], targets: list[int]) -> bool:
 
 async def test_rotation_under_load_rejects_no_valid_token(
     auth: Client,
-    make_replica: Callable[[str], Awaitable[Client]],
+    make_replica: ResourceFactory,
     settings: Settings,
     clock: ManualClock,
     monkeypatch: pytest.MonkeyPatch,
@@ -566,7 +529,9 @@ async def test_rotation_under_load_rejects_no_valid_token(
     ring = _ring(auth)
     # The replicas verify with their JWKS caches; the auth service with its own key ring.
     verifiers = [("auth", auth, "/auth/me")]
-    verifiers += [(name, await make_replica(name), "/api/me") for name in ("r1", "r2", "r3")]
+    verifiers += [
+        (name, await _jwt_replica(make_replica, name), "/api/me") for name in ("r1", "r2", "r3")
+    ]
     assert len(caches) == 3
     logins = [
         await register_and_login(auth, credential="none", username=f"load-{uuid.uuid4().hex[:8]}")

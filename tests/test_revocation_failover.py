@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -24,35 +22,14 @@ from tessera_auth import app_state
 from tessera_stack.redis_topologies import RedisClusterGroup, RedisSentinelGroup
 from tessera_verify import redis_layout
 from tessera_verify.integration import tessera_verify
-from tessera_verify.sessions import SESSION_COOKIE
 
-from .conftest import AuthClientFactory, ResourceFactory
+from .conftest import AuthClientFactory, LoggedIn, ResourceFactory, log_in_with_everything
 
 Client = TestClient[Any, Any]
 PASSWORD = "correct horse battery staple"
 
 
-@dataclass
-class User:
-    token: str
-    refresh: str
-    cookie: dict[str, str]
-
-
-async def _user(auth: Client) -> User:
-    name = f"user-{uuid.uuid4().hex[:10]}"
-    response = await auth.post("/auth/register", json={"username": name, "password": PASSWORD})
-    assert response.status == 201, await response.text()
-    response = await auth.post(
-        "/auth/login", json={"username": name, "password": PASSWORD, "credential": "both"}
-    )
-    assert response.status == 200, await response.text()
-    body = await response.json()
-    cookie = {"Cookie": f"{SESSION_COOKIE}={response.cookies[SESSION_COOKIE].value}"}
-    return User(body["access_token"], body["refresh_token"], cookie)
-
-
-async def _logout(auth: Client, user: User) -> int:
+async def _logout(auth: Client, user: LoggedIn) -> int:
     response = await auth.post(
         "/auth/logout",
         headers={"Authorization": f"Bearer {user.token}", **user.cookie},
@@ -61,7 +38,7 @@ async def _logout(auth: Client, user: User) -> int:
     return response.status
 
 
-async def _me(replica: Client, user: User) -> tuple[int, int]:
+async def _me(replica: Client, user: LoggedIn) -> tuple[int, int]:
     by_token = await replica.get("/api/me", headers={"Authorization": f"Bearer {user.token}"})
     by_cookie = await replica.get("/api/me", headers=user.cookie)
     return by_token.status, by_cookie.status
@@ -86,7 +63,7 @@ async def test_a_failover_of_the_planes_primary_accepts_no_revoked_credential(
     cache = tessera_verify(replica.app).revocations
     assert cache is not None
     assert await cache.wait_fresh(10.0)
-    revoked, live = await _user(auth), await _user(auth)
+    revoked, live = await log_in_with_everything(auth), await log_in_with_everything(auth)
     assert await _logout(auth, revoked) == 200
     for _ in range(100):
         if await _me(replica, revoked) == (401, 401):

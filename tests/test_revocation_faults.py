@@ -15,9 +15,8 @@ import inspect
 import os
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +33,8 @@ from tessera_verify.clock import ManualClock
 from tessera_verify.integration import tessera_verify
 from tessera_verify.revocation import MAX_LEEWAY
 from tessera_verify.revocation_cache import RevocationCache
-from tessera_verify.sessions import SESSION_COOKIE
 
-from .conftest import ResourceFactory
+from .conftest import LoggedIn, ResourceFactory, log_in_with_everything
 from .tcp_proxy import TcpProxy
 
 Client = TestClient[Any, Any]
@@ -46,32 +44,11 @@ S = 2.0  # the staleness bound these tests run with
 PROPAGATION_BOUND = 1.0  # README: a revocation reaches every verifier within 1 s (healthy)
 
 
-@dataclass
-class User:
-    name: str
-    token: str
-    refresh: str
-    cookie: dict[str, str]
-
-
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def _user(auth: Client) -> User:
-    name = f"user-{uuid.uuid4().hex[:10]}"
-    response = await auth.post("/auth/register", json={"username": name, "password": PASSWORD})
-    assert response.status == 201, await response.text()
-    response = await auth.post(
-        "/auth/login", json={"username": name, "password": PASSWORD, "credential": "both"}
-    )
-    assert response.status == 200, await response.text()
-    body = await response.json()
-    cookie = {"Cookie": f"{SESSION_COOKIE}={response.cookies[SESSION_COOKIE].value}"}
-    return User(name, body["access_token"], body["refresh_token"], cookie)
-
-
-async def _logout(auth: Client, user: User, *, token_only: bool = False) -> None:
+async def _logout(auth: Client, user: LoggedIn, *, token_only: bool = False) -> None:
     """Logout with every credential at once (the session, the access and refresh tokens),
     or with the access token alone (its ``jti`` is denylisted)."""
     if token_only:
@@ -85,7 +62,7 @@ async def _logout(auth: Client, user: User, *, token_only: bool = False) -> None
     assert response.status == 200, await response.text()
 
 
-async def _statuses(replica: Client, user: User) -> tuple[int, int]:
+async def _statuses(replica: Client, user: LoggedIn) -> tuple[int, int]:
     """(bearer status, session status) on /api/me."""
     by_token = await replica.get("/api/me", headers=_bearer(user.token))
     by_cookie = await replica.get("/api/me", headers=user.cookie)
@@ -157,7 +134,7 @@ async def test_flushall_under_a_stream_of_logins_and_logouts_accepts_no_revoked_
     record_property: Callable[[str, object], None],
 ) -> None:
     auth, replicas = stack
-    revoked: list[User] = []
+    revoked: list[LoggedIn] = []
     acknowledged: dict[str, float] = {}  # user -> when the logout answered (monotonic)
     accepted_revoked = accepted_within_bound = 0
     stop = asyncio.Event()
@@ -167,7 +144,7 @@ async def test_flushall_under_a_stream_of_logins_and_logouts_accepts_no_revoked_
         # verify what it is asked to revoke): a client retries.
         while not stop.is_set():
             try:
-                user = await _user(auth)
+                user = await log_in_with_everything(auth)
             except AssertionError:
                 continue
             while True:
@@ -223,7 +200,7 @@ async def test_a_redis_restart_without_data_is_rebuilt_and_reopens_nothing(
     stack: tuple[Client, list[Client]], own_redis: RedisServer
 ) -> None:
     auth, replicas = stack
-    gone, live = await _user(auth), await _user(auth)
+    gone, live = await log_in_with_everything(auth), await log_in_with_everything(auth)
     await _logout(auth, gone)
     port = own_redis.port
     assert own_redis.pid is not None
@@ -248,7 +225,7 @@ async def test_a_revoked_session_or_refresh_family_that_redis_brings_back_stays_
     # A restore from an old AOF, or a failover to a replica that lagged, hands back
     # records that were deleted. The plane (from PostgreSQL) still kills them.
     auth, replicas = stack
-    user = await _user(auth)
+    user = await log_in_with_everything(auth)
     client = Redis.from_url(own_redis.url)
     try:
         before = {key: await client.dump(key) for key in await client.keys("tessera:session:*")}
@@ -282,7 +259,7 @@ async def test_logout_everywhere_kills_sessions_that_come_back_by_their_creation
     stack: tuple[Client, list[Client]], own_redis: RedisServer, clock: ManualClock
 ) -> None:
     auth, replicas = stack
-    user = await _user(auth)
+    user = await log_in_with_everything(auth)
     client = Redis.from_url(own_redis.url)
     try:
         saved = {key: await client.dump(key) for key in await client.keys("tessera:session:*")}
@@ -306,7 +283,7 @@ async def test_idle_touches_racing_a_logout_never_revive_the_session(
 ) -> None:
     auth, replicas = stack
     for _ in range(5):
-        user = await _user(auth)
+        user = await log_in_with_everything(auth)
         # Past the touch interval: every load below writes last-seen back.
         clock.advance(120)
         reads = [replica.get("/api/me", headers=user.cookie) for replica in replicas for _ in "ab"]
@@ -338,7 +315,7 @@ async def test_a_feed_that_drops_bytes_is_refused_within_s_and_resyncs_after(
         )
         cache = _cache(replica)
         assert await cache.wait_fresh(5.0)
-        victim, bystander = await _user(auth), await _user(auth)
+        victim, bystander = await log_in_with_everything(auth), await log_in_with_everything(auth)
         assert (await replica.get("/api/me", headers=_bearer(victim.token))).status == 200
 
         proxy.mode = "drop"  # the connection stays up; nothing gets through
@@ -361,7 +338,7 @@ async def test_a_paused_redis_is_refused_within_s_and_everything_recovers_after_
     stack: tuple[Client, list[Client]], own_redis: RedisServer, clock: ManualClock
 ) -> None:
     auth, replicas = stack
-    victim, bystander = await _user(auth), await _user(auth)
+    victim, bystander = await log_in_with_everything(auth), await log_in_with_everything(auth)
     await _logout(auth, victim)
     assert own_redis.pid is not None
     os.kill(own_redis.pid, signal.SIGSTOP)
@@ -382,7 +359,7 @@ async def test_staleness_zero_never_trusts_the_local_copy(
     make_replica: ResourceFactory, auth: Client
 ) -> None:
     replica = await make_replica("r1", revocation_max_staleness=0)
-    user = await _user(auth)
+    user = await log_in_with_everything(auth)
     assert (await replica.get("/api/me", headers=_bearer(user.token))).status == 200
     cache = _cache(replica)
     assert not cache.fresh
@@ -398,8 +375,9 @@ async def test_a_revocation_is_in_postgresql_before_the_logout_answers(
     import asyncpg
 
     auth, _ = stack
-    await _logout(auth, await _user(auth))  # the session's link: its tokens, its family
-    await _logout(auth, await _user(auth), token_only=True)  # one access token
+    # The session's link (its tokens, its family), then one access token alone.
+    await _logout(auth, await log_in_with_everything(auth))
+    await _logout(auth, await log_in_with_everything(auth), token_only=True)
     connection = await asyncpg.connect(settings.database_url)
     try:
         kinds = {row["kind"] for row in await connection.fetch("SELECT kind FROM revocations")}
@@ -412,7 +390,7 @@ async def test_a_logged_out_token_stays_refused_through_every_verifiers_leeway(
     stack: tuple[Client, list[Client]], clock: ManualClock, own_redis: RedisServer
 ) -> None:
     auth, replicas = stack
-    user = await _user(auth)
+    user = await log_in_with_everything(auth)
     await _logout(auth, user, token_only=True)
     expires_in = auth.app[app_state.SETTINGS].access_token_ttl
     clock.advance(expires_in + 4.5)  # past exp, within the 5 s leeway verifiers allow
