@@ -23,7 +23,8 @@ from aiohttp.test_utils import TestClient
 
 from tessera_auth import app_state
 from tessera_auth.__main__ import main
-from tessera_auth.keyring import KeyChange, KeyRing, KeyRotationUnsupported, KeyState
+from tessera_auth.key_schedule import KeyState
+from tessera_auth.keyring import KeyChange, KeyRing, KeyRotationUnsupported
 from tessera_auth.settings import ConfigError, Settings, load_settings
 from tessera_verify import integration
 from tessera_verify.access_tokens import AccessTokenVerifier

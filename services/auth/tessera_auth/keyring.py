@@ -33,11 +33,10 @@ import base64
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 import asyncpg
@@ -48,6 +47,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from tessera_verify.verification_keys import StaticKeySource, VerificationKey, shared_secret_kid
 
+from .key_schedule import KeyState, KeyTimes, RotationPolicy, next_change, plan
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,17 +60,6 @@ _THUMBPRINT_MEMBERS = {
     "OKP": ("crv", "kty", "x"),
     "RSA": ("e", "kty", "n"),
 }
-
-#: Seconds an inactive key outlives the last token it can have signed: covers the
-#: verifiers' expiry leeway (5 s) and clock skew between hosts.
-RETIRE_LEEWAY = 60.0
-
-
-class KeyState(StrEnum):
-    PUBLISHED = "published"
-    ACTIVE = "active"
-    INACTIVE = "inactive"
-    RETIRED = "retired"
 
 
 class KeyRotationUnsupported(Exception):
@@ -90,23 +79,6 @@ class SigningKey:
     kid: str
     alg: str
     private_key: Any  # a cryptography private key, or the HMAC secret (bytes)
-
-
-@dataclass(frozen=True)
-class RotationPolicy:
-    """When keys change state, in seconds."""
-
-    interval: float  # an active key's age at which its successor is published; 0: never
-    publish_lead_time: float  # how long a new key is published before it signs
-    retire_after: float  # how long after it stops signing a key leaves the JWKS
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RotationPolicy:
-        return cls(
-            interval=settings.key_rotation_interval,
-            publish_lead_time=settings.key_publish_lead_time,
-            retire_after=settings.access_token_ttl + settings.key_reload_interval + RETIRE_LEEWAY,
-        )
 
 
 @dataclass(frozen=True)
@@ -185,6 +157,20 @@ def public_jwk(alg: str, private_key: PrivateKeyTypes) -> dict[str, Any]:
 
 def _verification_key(jwk: dict[str, Any], private_key: PrivateKeyTypes) -> VerificationKey:
     return VerificationKey(kid=jwk["kid"], alg=jwk["alg"], key=private_key.public_key())
+
+
+def _times(row: asyncpg.Record) -> KeyTimes:
+    def seconds(value: datetime | None) -> float | None:
+        return None if value is None else value.timestamp()
+
+    return KeyTimes(
+        kid=row["kid"],
+        algorithm=row["algorithm"],
+        state=KeyState(row["state"]),
+        created_at=row["created_at"].timestamp(),
+        activated_at=seconds(row["activated_at"]),
+        deactivated_at=seconds(row["deactivated_at"]),
+    )
 
 
 def _at(now: float) -> datetime:
@@ -282,7 +268,7 @@ class KeyRing:
         self._private_keys = private_keys
 
     async def run_schedule(self, *, now: float) -> list[KeyChange]:
-        """One step of the schedule, then reload.
+        """One step of the schedule (:func:`tessera_auth.key_schedule.plan`), then reload.
 
         Activates a key published for at least the lead time (the active key
         becomes inactive), retires inactive keys whose tokens have all expired,
@@ -290,32 +276,21 @@ class KeyRing:
         """
         if self.shared_secret:
             return []
-        policy = self.policy
         async with self._locked() as connection:
-            changes: list[KeyChange] = []
             rows = await connection.fetch(
-                "SELECT kid, state, created_at, activated_at FROM signing_keys "
-                "WHERE algorithm = $1 AND state IN ('published', 'active') ORDER BY created_at",
-                self._alg,
+                "SELECT kid, algorithm, state, created_at, activated_at, deactivated_at "
+                "FROM signing_keys WHERE state IN ('published', 'active', 'inactive')"
             )
-            active = next((r for r in rows if r["state"] == KeyState.ACTIVE), None)
-            published = [r for r in rows if r["state"] == KeyState.PUBLISHED]
-            due = [
-                r
-                for r in published
-                if r["created_at"].timestamp() + policy.publish_lead_time <= now
-            ]
-            if due:
-                changes += await self._activate(connection, due[0]["kid"], now)
-            changes += await self._retire(connection, now)
-            if active is None and not published:
+            step = plan(
+                [_times(row) for row in rows], algorithm=self._alg, policy=self.policy, now=now
+            )
+            changes: list[KeyChange] = []
+            if step.activate is not None:
+                changes += await self._activate(connection, step.activate, now)
+            changes += await self._retire(connection, step.retire, now)
+            if step.create_active:
                 changes += await self._ensure_active(connection, now)
-            elif (
-                policy.interval > 0
-                and not published
-                and active is not None
-                and active["activated_at"].timestamp() + policy.interval <= now
-            ):
+            elif step.publish:
                 changes += await self._publish(connection, now)
         await self.reload()
         return changes
@@ -349,7 +324,14 @@ class KeyRing:
         """Retire the inactive keys whose tokens have all expired, then reload."""
         self._refuse_shared_secret()
         async with self._locked() as connection:
-            changes = await self._retire(connection, now)
+            rows = await connection.fetch(
+                "SELECT kid, algorithm, state, created_at, activated_at, deactivated_at "
+                "FROM signing_keys WHERE state = 'inactive'"
+            )
+            step = plan(
+                [_times(row) for row in rows], algorithm=self._alg, policy=self.policy, now=now
+            )
+            changes = await self._retire(connection, step.retire, now)
         await self.reload()
         return changes
 
@@ -365,22 +347,16 @@ class KeyRing:
         return [self._key_status(row, waiting) for row in rows]
 
     def _key_status(self, row: asyncpg.Record, successor_waiting: bool) -> KeyStatus:
-        policy, state = self.policy, KeyState(row["state"])
-        change: str | None = None
-        change_at: float | None = None
-        own = row["algorithm"] == self._alg and not self.shared_secret
-        if state is KeyState.INACTIVE:
-            change, change_at = "retire", row["deactivated_at"].timestamp() + policy.retire_after
-        elif own and state is KeyState.PUBLISHED:
-            change = "activate"
-            change_at = row["created_at"].timestamp() + policy.publish_lead_time
-        elif own and state is KeyState.ACTIVE and policy.interval > 0 and not successor_waiting:
-            change = "publish successor"
-            change_at = row["activated_at"].timestamp() + policy.interval
+        change, change_at = next_change(
+            _times(row),
+            own=row["algorithm"] == self._alg and not self.shared_secret,
+            successor_waiting=successor_waiting,
+            policy=self.policy,
+        )
         return KeyStatus(
             kid=row["kid"],
             algorithm=row["algorithm"],
-            state=state,
+            state=KeyState(row["state"]),
             created_at=row["created_at"],
             activated_at=row["activated_at"],
             deactivated_at=row["deactivated_at"],
@@ -428,12 +404,15 @@ class KeyRing:
             log.info("signing key %s is now %s", change.kid, change.state)
         return changes
 
-    async def _retire(self, connection: Connection, now: float) -> list[KeyChange]:
-        # Any algorithm: an inactive key's deactivation time is all that matters.
+    async def _retire(
+        self, connection: Connection, kids: Sequence[str], now: float
+    ) -> list[KeyChange]:
+        if not kids:
+            return []
         rows = await connection.fetch(
             "UPDATE signing_keys SET state = 'retired', retired_at = $2 "
-            "WHERE state = 'inactive' AND deactivated_at <= $1 RETURNING kid",
-            _at(now - self.policy.retire_after),
+            "WHERE state = 'inactive' AND kid = ANY($1::text[]) RETURNING kid",
+            list(kids),
             _at(now),
         )
         for row in rows:
