@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from jwt.algorithms import get_default_algorithms
 
-from tessera_auth.keyring import generate_private_key, public_jwk
+from tessera_auth.key_material import generate_private_key, public_jwk
 from tessera_verify.access_tokens import MAX_TOKEN_LENGTH, AccessTokenClaims, AccessTokenVerifier
 from tessera_verify.clock import ManualClock
 from tessera_verify.errors import (

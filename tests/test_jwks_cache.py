@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from jwt.algorithms import ECAlgorithm
 
-from tessera_auth.keyring import generate_private_key, public_jwk
+from tessera_auth.key_material import generate_private_key, public_jwk
 from tessera_verify.access_tokens import AccessTokenVerifier
 from tessera_verify.clock import ManualClock
 from tessera_verify.errors import ServiceUnavailable, UnknownKey

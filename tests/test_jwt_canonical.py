@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tessera_auth.keyring import generate_private_key, public_jwk
+from tessera_auth.key_material import generate_private_key, public_jwk
 from tessera_verify.access_tokens import AccessTokenVerifier
 from tessera_verify.clock import ManualClock
 from tessera_verify.errors import InvalidTokenError

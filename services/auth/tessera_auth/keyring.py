@@ -29,8 +29,6 @@ has no key rotation: its secret comes from the configuration, not from here.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -41,12 +39,11 @@ from typing import Any
 
 import asyncpg
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from tessera_verify.verification_keys import StaticKeySource, VerificationKey, shared_secret_kid
 
+from .key_material import new_encrypted_key
 from .key_schedule import KeyState, KeyTimes, RotationPolicy, next_change, plan
 from .settings import Settings
 
@@ -55,11 +52,6 @@ log = logging.getLogger(__name__)
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 _KEY_LOCK_ID = 0x7E55E7B
-_THUMBPRINT_MEMBERS = {
-    "EC": ("crv", "kty", "x", "y"),
-    "OKP": ("crv", "kty", "x"),
-    "RSA": ("e", "kty", "n"),
-}
 
 
 class KeyRotationUnsupported(Exception):
@@ -126,33 +118,6 @@ class KeyStatus:
             "next_change": self.next_change,
             "next_change_at": iso(self.next_change_at),
         }
-
-
-def generate_private_key(alg: str) -> PrivateKeyTypes:
-    if alg == "ES256":
-        return ec.generate_private_key(ec.SECP256R1())
-    if alg == "EdDSA":
-        return ed25519.Ed25519PrivateKey.generate()
-    if alg == "RS256":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    raise ValueError(f"cannot generate a key for {alg}")
-
-
-def public_jwk(alg: str, private_key: PrivateKeyTypes) -> dict[str, Any]:
-    """The public JWK with ``kid`` = its RFC 7638 thumbprint."""
-    public = private_key.public_key()
-    if isinstance(public, ec.EllipticCurvePublicKey):
-        jwk = ECAlgorithm.to_jwk(public, as_dict=True)
-    elif isinstance(public, ed25519.Ed25519PublicKey):
-        jwk = OKPAlgorithm.to_jwk(public, as_dict=True)
-    elif isinstance(public, rsa.RSAPublicKey):
-        jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
-    else:
-        raise ValueError(f"unsupported key type for {alg}")
-    members = {name: jwk[name] for name in _THUMBPRINT_MEMBERS[jwk["kty"]]}
-    digest = hashlib.sha256(json.dumps(members, separators=(",", ":"), sort_keys=True).encode())
-    kid = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
-    return {**members, "kid": kid, "alg": alg, "use": "sig"}
 
 
 def _verification_key(jwk: dict[str, Any], private_key: PrivateKeyTypes) -> VerificationKey:
@@ -443,7 +408,7 @@ async def insert_key(
     """Generate and store a new key in ``state``; returns its kid."""
     # RSA generation takes tens of milliseconds: not on the event loop.
     jwk, pem = await asyncio.get_running_loop().run_in_executor(
-        None, _new_encrypted_key, alg, passphrase
+        None, new_encrypted_key, alg, passphrase
     )
     when = _at(now)
     await connection.execute(
@@ -460,17 +425,6 @@ async def insert_key(
     )
     log.info("generated %s signing key %s (%s)", alg, jwk["kid"], state)
     return str(jwk["kid"])
-
-
-def _new_encrypted_key(alg: str, passphrase: bytes) -> tuple[dict[str, Any], bytes]:
-    """A new key's public JWK and its private key as encrypted PKCS#8 PEM."""
-    private_key = generate_private_key(alg)
-    pem = private_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase),
-    )
-    return public_jwk(alg, private_key), pem
 
 
 def _jwk_from_row(value: Any) -> dict[str, Any]:
