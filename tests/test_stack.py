@@ -14,7 +14,8 @@ import pytest
 from redis.asyncio import Redis
 
 from tessera_stack import PostgresServer, RedisServer, StackError, free_port
-from tessera_stack.launcher import EXIT_NOT_RUNNING, main
+from tessera_stack.cli import main
+from tessera_stack.launcher import EXIT_NOT_RUNNING
 from tessera_stack.processes import port_is_open
 from tessera_stack.servers import sweep_orphaned_scratch
 

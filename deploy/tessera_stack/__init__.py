@@ -3,7 +3,7 @@
 ``python -m tessera_stack up|down|status|logs|row|scale|add-replica|
 remove-replica|kill-replica|restart-replicas|demo|outage-probe`` runs the
 local stack (PostgreSQL, Redis, the auth service, resource replicas, nginx
-with TLS); see :mod:`tessera_stack.launcher`. :class:`PostgresServer`,
+with TLS); see :mod:`tessera_stack.cli` and :mod:`tessera_stack.launcher`. :class:`PostgresServer`,
 :class:`RedisServer` and :class:`NginxServer` are the real servers it (and
 the test suite) starts as local processes.
 """

@@ -1,5 +1,5 @@
-"""``python -m tessera_stack COMMAND``: the local stack (see tessera_stack.launcher)."""
+"""``python -m tessera_stack COMMAND``: the local stack (see tessera_stack.cli)."""
 
-from tessera_stack.launcher import main
+from tessera_stack.cli import main
 
 raise SystemExit(main())

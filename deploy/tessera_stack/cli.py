@@ -1,0 +1,202 @@
+"""``python -m tessera_stack COMMAND``: the command-line front end of the local stack.
+
+Parses the command line and hands each command to its function in
+:mod:`tessera_stack.launcher` (one table, :data:`COMMANDS`); what the commands
+do is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from tessera_stack import stack_redis
+from tessera_stack.demo import add_arguments as add_demo_arguments
+from tessera_stack.demo import run_from_cli as run_demo
+from tessera_stack.launcher import (
+    DEFAULT_ALG,
+    DEFAULT_HTTPS_PORT,
+    DEFAULT_PORT,
+    DEFAULT_REPLICAS,
+    LOOPBACK,
+    MAX_REPLICAS,
+    UpOptions,
+    cmd_add_replica,
+    cmd_down,
+    cmd_kill_replica,
+    cmd_logs,
+    cmd_remove_replica,
+    cmd_restart_replicas,
+    cmd_row,
+    cmd_scale,
+    cmd_status,
+    cmd_up,
+)
+from tessera_stack.nginx_conf import POLICIES
+from tessera_stack.outage import add_arguments as add_outage_arguments
+from tessera_stack.outage import run_from_cli as run_outage_probe
+from tessera_stack.rows import DEFAULT_ROW, ROWS
+from tessera_stack.state import Layout
+
+
+def _row_number(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a row number: {text!r}") from None
+    if number not in ROWS:
+        raise argparse.ArgumentTypeError(f"rows are {min(ROWS)}-{max(ROWS)}")
+    return number
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"invalid port {port}")
+    return port
+
+
+def _count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= count <= MAX_REPLICAS:
+        raise argparse.ArgumentTypeError(f"the replica count must be 1-{MAX_REPLICAS}")
+    return count
+
+
+def _rows_help() -> str:
+    return "; ".join(f"{r.number} = {r.label} ({r.methods}, {r.policy})" for r in ROWS.values())
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tessera_stack",
+        description=(
+            "Run tessera's local stack: PostgreSQL, Redis, the auth service, resource "
+            "replicas and nginx with TLS, as local processes."
+        ),
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path(".run"),
+        help="where the stack keeps data, logs, pids and secrets (default ./.run)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="start the stack (idempotent; completes a partial one)")
+    up.add_argument(
+        "--port",
+        type=_port,
+        help=f"the auth service's own port on {LOOPBACK} (default {DEFAULT_PORT})",
+    )
+    up.add_argument(
+        "--https-port",
+        type=_port,
+        help=f"nginx's TLS port on {LOOPBACK} (default {DEFAULT_HTTPS_PORT})",
+    )
+    up.add_argument("--alg", help=f"JWT signing algorithm, TESSERA_JWT_ALG (default {DEFAULT_ALG})")
+    up.add_argument(
+        "--row",
+        type=_row_number,
+        help=f"demonstration row (default {DEFAULT_ROW}): {_rows_help()}",
+    )
+    up.add_argument("--policy", choices=POLICIES, help="nginx policy (default: the row's)")
+    up.add_argument(
+        "--replicas",
+        type=_count,
+        help=f"number of resource replicas (default {DEFAULT_REPLICAS})",
+    )
+    up.add_argument(
+        "--redis",
+        choices=stack_redis.TOPOLOGIES,
+        help=(
+            "the stack's own Redis: one durable server (default), a Sentinel group "
+            "(a primary, 2 replicas, 3 sentinels) or a Cluster (3 primaries, 3 replicas)"
+        ),
+    )
+
+    row = commands.add_parser("row", help="switch the running stack to another row")
+    row.add_argument("number", type=_row_number, help=_rows_help())
+    row.add_argument("--policy", choices=POLICIES, help="nginx policy (default: the row's)")
+
+    commands.add_parser("add-replica", help="start one more replica and reload nginx")
+    remove = commands.add_parser("remove-replica", help="reload nginx without it, then stop it")
+    remove.add_argument("id", nargs="?", help="which replica (default: the newest)")
+    scale = commands.add_parser("scale", help="add or remove replicas to have N")
+    scale.add_argument("count", type=_count)
+    kill = commands.add_parser("kill-replica", help="SIGKILL a replica (a crash; nginx not told)")
+    kill.add_argument("id", help="which replica, e.g. r2")
+    restart = commands.add_parser(
+        "restart-replicas",
+        help="rolling restart: one replica at a time, out of nginx while it restarts",
+    )
+    restart.add_argument("ids", nargs="*", metavar="id", help="which replicas (default: all)")
+
+    demo = commands.add_parser("demo", help="walk the demonstration rows and print a table")
+    add_demo_arguments(demo)
+    probe = commands.add_parser(
+        "outage-probe",
+        help="take the stack's Redis away under a stream of GETs, bring it back, print figures",
+    )
+    add_outage_arguments(probe)
+
+    down = commands.add_parser("down", help="stop everything `up` started")
+    down.add_argument(
+        "--purge", action="store_true", help="also delete the run directory (data, logs, secrets)"
+    )
+
+    commands.add_parser("status", help="show which processes are alive")
+
+    logs = commands.add_parser("logs", help="print the end of a log")
+    logs.add_argument(
+        "name", nargs="?", help="auth, nginx, nginx-access, r1 (a replica), ... (default: all)"
+    )
+    logs.add_argument("-n", "--lines", type=int, default=50, help="how many lines (default 50)")
+    return parser
+
+
+def _up(layout: Layout, args: argparse.Namespace) -> int:
+    options = UpOptions(
+        port=args.port,
+        https_port=args.https_port,
+        alg=args.alg,
+        row=args.row,
+        policy=args.policy,
+        replicas=args.replicas,
+        redis=args.redis,
+    )
+    return cmd_up(layout, options)
+
+
+#: Each command's function, given the run directory's layout and the parsed arguments.
+COMMANDS: dict[str, Callable[[Layout, argparse.Namespace], int]] = {
+    "up": _up,
+    "row": lambda layout, args: cmd_row(layout, int(args.number), args.policy),
+    "add-replica": lambda layout, _: cmd_add_replica(layout),
+    "remove-replica": lambda layout, args: cmd_remove_replica(layout, args.id),
+    "scale": lambda layout, args: cmd_scale(layout, int(args.count)),
+    "kill-replica": lambda layout, args: cmd_kill_replica(layout, str(args.id)),
+    "restart-replicas": lambda layout, args: cmd_restart_replicas(
+        layout, [str(each) for each in args.ids]
+    ),
+    "demo": run_demo,
+    "outage-probe": run_outage_probe,
+    "down": lambda layout, args: cmd_down(layout, purge=bool(args.purge)),
+    "status": lambda layout, _: cmd_status(layout),
+    "logs": lambda layout, args: cmd_logs(layout, args.name, args.lines),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the launcher CLI; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    run_dir: Path = args.run_dir
+    layout = Layout(run_dir if run_dir.is_absolute() else Path.cwd() / run_dir)
+    return COMMANDS[args.command](layout, args)
