@@ -1,7 +1,8 @@
 """``python -m tessera_stack COMMAND``: the command-line front end of the local stack.
 
 Parses the command line and hands each command to its function in
-:mod:`tessera_stack.launcher` (one table, :data:`COMMANDS`); what the commands
+:mod:`tessera_stack.reconcile` (``up``) or :mod:`tessera_stack.launcher` (the
+rest), through one table, :data:`COMMANDS`; what the commands
 do is there.
 """
 
@@ -15,13 +16,6 @@ from tessera_stack import stack_redis
 from tessera_stack.demo import add_arguments as add_demo_arguments
 from tessera_stack.demo import run_from_cli as run_demo
 from tessera_stack.launcher import (
-    DEFAULT_ALG,
-    DEFAULT_HTTPS_PORT,
-    DEFAULT_PORT,
-    DEFAULT_REPLICAS,
-    LOOPBACK,
-    MAX_REPLICAS,
-    UpOptions,
     cmd_add_replica,
     cmd_down,
     cmd_kill_replica,
@@ -31,11 +25,20 @@ from tessera_stack.launcher import (
     cmd_row,
     cmd_scale,
     cmd_status,
-    cmd_up,
 )
 from tessera_stack.nginx_conf import POLICIES
 from tessera_stack.outage import add_arguments as add_outage_arguments
 from tessera_stack.outage import run_from_cli as run_outage_probe
+from tessera_stack.reconcile import (
+    DEFAULT_ALG,
+    DEFAULT_HTTPS_PORT,
+    DEFAULT_PORT,
+    DEFAULT_REPLICAS,
+    LOOPBACK,
+    MAX_REPLICAS,
+    UpOptions,
+    cmd_up,
+)
 from tessera_stack.rows import DEFAULT_ROW, ROWS
 from tessera_stack.state import Layout
 
