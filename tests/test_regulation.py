@@ -159,42 +159,6 @@ async def test_a_pair_ban_lifts_when_its_retry_after_has_passed(
     assert (await _login(client, sessions(100), name, owner["password"]))[0] == 200
 
 
-async def test_a_refused_pair_is_answered_from_memory_until_its_retry_after(
-    client: Client,
-    sessions: Callable[[int], aiohttp.ClientSession],
-    clock: ManualClock,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Knocking again after a 429 costs no Redis round trip (the flood's refusals were
-    what took the CPU), and the answer never outlives what Redis said."""
-    owner = await register_and_login(client, credential="none")
-    name = owner["user"]["username"]
-    regulator = client.app[app_state.REGULATOR]
-    calls = [0]
-    script = regulator._reserve_account
-
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        calls[0] += 1
-        return await script(*args, **kwargs)
-
-    monkeypatch.setattr(regulator, "_reserve_account", counted)
-    for _ in range(POLICY.max_failures_per_pair):
-        assert (await _login(client, sessions(101), name, "wrong password"))[0] == 401
-    status, headers, _ = await _login(client, sessions(101), name, "wrong password")
-    assert status == 429
-    retry_after = int(headers["Retry-After"])
-    before = calls[0]
-    clock.advance(retry_after - 1)
-    for _ in range(20):
-        status, headers, _ = await _login(client, sessions(101), name, owner["password"])
-        assert (status, headers["Retry-After"]) == (429, "1")
-    assert calls[0] == before  # answered from memory
-    # Another address is not refused by what this one earned.
-    assert (await _login(client, sessions(102), name, owner["password"]))[0] == 200
-    clock.advance(1)
-    assert (await _login(client, sessions(101), name, owner["password"]))[0] == 200
-
-
 async def test_unknown_and_known_accounts_are_throttled_alike(
     client: Client, sessions: Callable[[int], aiohttp.ClientSession]
 ) -> None:

@@ -25,12 +25,6 @@ address has already spent ranks its next attempt there (:attr:`Reservation.rank`
 see :class:`~tessera_auth.passwords.PasswordHasher`): an address that keeps
 failing waits behind, and is refused before, one that has not.
 
-A refusal is remembered in this process until its Retry-After (:class:`_Refusals`),
-so a flood that keeps knocking is answered without a Redis round trip: under
-attack the refusals, not the hashing, were what took the service's CPU. A
-remembered refusal never outlives what Redis said, and nothing is ever
-admitted without Redis.
-
 Account names are counted whether or not they exist, so answers tell nothing
 about which names are registered; all names and addresses are hashed before
 they become Redis keys.
@@ -40,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -109,36 +102,6 @@ def _hashed(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:32]
 
 
-class _Refusals:
-    """Refusals this process has been told will stand: subject -> until (clock time).
-
-    Bounded (oldest forgotten first); an expired entry is dropped when read.
-    """
-
-    def __init__(self, clock: Clock, max_entries: int = 100_000) -> None:
-        self._clock = clock
-        self._max_entries = max_entries
-        self._until: OrderedDict[str, float] = OrderedDict()
-
-    def check(self, *subjects: str) -> None:
-        """:class:`TooManyAttempts` if any of ``subjects`` is still refused."""
-        now = self._clock.now()
-        for subject in subjects:
-            until = self._until.get(subject)
-            if until is None:
-                continue
-            if until <= now:
-                del self._until[subject]
-                continue
-            raise TooManyAttempts(retry_after=max(1, math.ceil(until - now)))
-
-    def remember(self, subject: str, retry_after: int) -> None:
-        self._until[subject] = self._clock.now() + retry_after
-        self._until.move_to_end(subject)
-        while len(self._until) > self._max_entries:
-            self._until.popitem(last=False)
-
-
 @dataclass
 class Reservation:
     """One attempt, counted as a failure until :meth:`succeeded` says otherwise."""
@@ -162,7 +125,6 @@ class Regulator:
         self.policy = policy
         self._reserve_account = redis.register_script(_RESERVE_ACCOUNT)
         self._reserve_address = redis.register_script(_RESERVE_ADDRESS)
-        self._refusals = _Refusals(clock)
 
     def _windows(self) -> tuple[int, int]:
         """The current window's number, and the seconds until both counted windows age out."""
@@ -192,9 +154,7 @@ class Regulator:
             return Reservation(None)
         current, aged_out_in = self._windows()
         account_id = _hashed(account)
-        address_subject = "address:" + _hashed(address)
         pair = f"account:{account_id}:from:{_hashed(address)}"
-        self._refusals.check(pair, address_subject, "account:" + account_id)
         # The pair's keys carry the account's hash tag: one slot, one script. The
         # account first: a flood at one account (the common brute force) is refused
         # in one round trip, with nothing to give back.
@@ -216,17 +176,12 @@ class Regulator:
             ],
         )
         if int(reserved) != 1:
-            if int(wait) < 0:  # the pair's hard limit
-                self._refusals.remember(pair, aged_out_in)
-                raise TooManyAttempts(retry_after=aged_out_in)
-            self._refusals.remember("account:" + account_id, max(1, int(wait)))  # backoff
-            raise TooManyAttempts(retry_after=max(1, int(wait)))
+            raise TooManyAttempts(retry_after=aged_out_in if int(wait) < 0 else max(1, int(wait)))
         on_address = await self._reserve_on_address(
-            address_subject, policy.max_failures_per_address
+            "address:" + _hashed(address), policy.max_failures_per_address
         )
         if on_address is None:
             await self.give_back([keys[0], keys[2]])
-            self._refusals.remember(address_subject, aged_out_in)
             raise TooManyAttempts(retry_after=aged_out_in)
         address_key, rank = on_address
         return Reservation(self, [address_key, keys[0], keys[2]], rank=rank)
@@ -243,11 +198,7 @@ class Regulator:
         limit = self.policy.max_registrations_per_address
         if limit <= 0:
             return 0
-        subject = "register:" + _hashed(address)
-        self._refusals.check(subject)
-        on_address = await self._reserve_on_address(subject, limit)
+        on_address = await self._reserve_on_address("register:" + _hashed(address), limit)
         if on_address is None:
-            retry_after = self._windows()[1]
-            self._refusals.remember(subject, retry_after)
-            raise TooManyAttempts(retry_after=retry_after)
+            raise TooManyAttempts(retry_after=self._windows()[1])
         return on_address[1]
