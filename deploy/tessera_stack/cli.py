@@ -34,12 +34,12 @@ from tessera_stack.reconcile import (
     DEFAULT_HTTPS_PORT,
     DEFAULT_PORT,
     DEFAULT_REPLICAS,
-    LOOPBACK,
     MAX_REPLICAS,
     UpOptions,
     cmd_up,
 )
 from tessera_stack.rows import DEFAULT_ROW, ROWS
+from tessera_stack.servers import LOOPBACK
 from tessera_stack.state import Layout
 
 

@@ -67,6 +67,7 @@ from tessera_stack.reconcile import (
     spawn,
 )
 from tessera_stack.rows import ROWS, policy_problem
+from tessera_stack.servers import LOOPBACK
 from tessera_stack.services import AUTH_PROGRAM, REPLICA_PROGRAM
 from tessera_stack.stack_report import (
     describe_row,
@@ -87,7 +88,6 @@ from tessera_stack.state import (
 
 __all__ = ["EXIT_NOT_RUNNING"]
 
-LOOPBACK = "127.0.0.1"
 # Exit status of "status" when the stack is not running (as LSB init scripts).
 EXIT_NOT_RUNNING = 3
 

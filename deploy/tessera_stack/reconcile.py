@@ -28,7 +28,7 @@ from tessera_stack.processes import (
     wait_until,
 )
 from tessera_stack.rows import DEFAULT_ROW, ROWS, Row, policy_problem
-from tessera_stack.servers import PostgresServer, RedisServer
+from tessera_stack.servers import LOOPBACK, PostgresServer, RedisServer
 from tessera_stack.services import AUTH_PROGRAM, REPLICA_PROGRAM, ServiceSettings
 from tessera_stack.stack_report import (
     error,
@@ -46,7 +46,6 @@ from tessera_stack.state import (
 )
 from tessera_stack.tls import ensure_certificate
 
-LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_HTTPS_PORT = 8443
 DEFAULT_ALG = "ES256"

@@ -24,19 +24,16 @@ next fault meets a healthy group. Every wait is bounded; nothing leaves
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
-import redis
-from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.retry import Retry
 
 from tessera_stack import redis_acl
 from tessera_stack.processes import StackError, is_alive
-from tessera_stack.servers import LOOPBACK
+from tessera_stack.servers.redis_server import ask
 from tessera_stack.stack_redis import GroupNode, RedisGroup
 from tessera_stack.state import Layout, StackState
 from tessera_verify import redis_layout
@@ -55,6 +52,8 @@ SLOTS = ("rev", "sessions")
 REPAIR_TIMEOUT = 60.0
 POLL = 0.05
 _TIMEOUT = 0.5
+#: One command to a node, answering None at once when it cannot (see servers.redis_server).
+_ask = functools.partial(ask, timeout=_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -82,25 +81,6 @@ class FaultTarget:
     @property
     def sentinel_ports(self) -> tuple[int, ...]:
         return () if self.group is None else tuple(n.port for n in self.group.nodes if n.sentinel)
-
-
-def _ask(port: int, *command: Any, password: str | None = None) -> Any:
-    """One command to the Redis (or sentinel) on ``port``; ``None`` when it cannot answer."""
-    client = redis.Redis(
-        host=LOOPBACK,
-        port=port,
-        password=password,
-        socket_timeout=_TIMEOUT,
-        socket_connect_timeout=_TIMEOUT,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=True,
-    )
-    try:
-        return client.execute_command(*command)  # type: ignore[no-untyped-call]
-    except (redis.RedisError, OSError):
-        return None
-    finally:
-        client.close()
 
 
 def _info(port: int, section: str) -> dict[str, str]:

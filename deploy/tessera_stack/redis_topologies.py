@@ -29,19 +29,17 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, cast
 
 import redis
-from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.retry import Retry
 
 from tessera_stack.processes import StackError, free_port, wait_until
 from tessera_stack.servers import LOOPBACK, RedisServer
+from tessera_stack.servers.redis_server import ask, connect
 
 __all__ = ["RedisClusterGroup", "RedisNode", "RedisSentinelGroup"]
 
@@ -70,35 +68,9 @@ def _distinct_free_ports(count: int) -> list[int]:
     return ports
 
 
-@contextmanager
-def _connect(port: int) -> Iterator[redis.Redis]:
-    # No retries: a dead node must answer "no" at once, the callers poll.
-    client = redis.Redis(
-        host=LOOPBACK,
-        port=port,
-        socket_timeout=2.0,
-        socket_connect_timeout=2.0,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=True,
-    )
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-def _ask(port: int, *command: Any) -> Any:
-    """One command to the node on ``port``; None when it cannot answer."""
-    try:
-        with _connect(port) as client:
-            return client.execute_command(*command)  # type: ignore[no-untyped-call]
-    except (redis.RedisError, OSError):
-        return None
-
-
 def _info(port: int, section: str) -> dict[str, Any]:
     try:
-        with _connect(port) as client:
+        with connect(port) as client:
             info: dict[str, Any] = client.info(section)
             return info
     except (redis.RedisError, OSError):
@@ -329,7 +301,7 @@ class RedisSentinelGroup(_Group):
     def primary(self) -> RedisNode | None:
         """The node the sentinels name as primary (the first sentinel that answers)."""
         for sentinel in self.sentinels:
-            reply = _ask(sentinel.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+            reply = ask(sentinel.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
             if reply:
                 return self.node_on(int(reply[1]))
         return None
@@ -352,7 +324,7 @@ class RedisSentinelGroup(_Group):
 
         def failed_over() -> bool:
             named = {
-                str(_ask(s.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name))
+                str(ask(s.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name))
                 for s in self.sentinels
             }
             node = self.primary()
@@ -398,7 +370,7 @@ class RedisSentinelGroup(_Group):
 
     def _sentinel_sees_all(self, sentinel: RedisNode, primary: RedisNode) -> bool:
         try:
-            with _connect(sentinel.port) as client:
+            with connect(sentinel.port) as client:
                 master = cast(dict[str, Any], client.sentinel_master(self.master_name))
                 replicas = client.sentinel_slaves(self.master_name)
         except (redis.RedisError, OSError):
@@ -504,7 +476,7 @@ class RedisClusterGroup(_Group):
         for node in self.nodes:
             if not node.running:
                 continue
-            ranges = _ask(node.port, "CLUSTER", "SLOTS")
+            ranges = ask(node.port, "CLUSTER", "SLOTS")
             for start, end, owner, *_ in ranges or []:
                 if int(start) <= slot <= int(end):
                     return self.node_on(int(owner[1]))
@@ -537,7 +509,7 @@ class RedisClusterGroup(_Group):
                 return False
             if _info(owner.port, "replication").get("role") != "master":
                 return False
-            if "cluster_state:ok" not in str(_ask(owner.port, "CLUSTER", "INFO")):
+            if "cluster_state:ok" not in str(ask(owner.port, "CLUSTER", "INFO")):
                 return False
             promoted[:] = [owner]
             return True
@@ -559,7 +531,7 @@ class RedisClusterGroup(_Group):
             if not all(n.running for n in self.nodes):
                 return False
             for node in self.nodes:
-                info = str(_ask(node.port, "CLUSTER", "INFO"))
+                info = str(ask(node.port, "CLUSTER", "INFO"))
                 if "cluster_state:ok" not in info or "cluster_known_nodes:6" not in info:
                     return False
             primaries = self.primaries()

@@ -26,6 +26,7 @@ from tessera_stack.processes import (
     write_pid_file,
 )
 from tessera_stack.redis_acl import AUTH_USER, REPLICA_USER
+from tessera_stack.servers import LOOPBACK
 from tessera_stack.state import Layout, ReplicaEntry
 
 __all__ = [
@@ -44,7 +45,6 @@ __all__ = [
     "wait_ready",
 ]
 
-LOOPBACK = "127.0.0.1"
 AUTH_PROGRAM = "tessera_auth"
 REPLICA_PROGRAM = "tessera_resource"
 READY_TIMEOUT = 30.0

@@ -9,13 +9,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tessera_stack.rows import ROWS
+from tessera_stack.servers import LOOPBACK
 from tessera_stack.state import (
     Layout,
     ReplicaEntry,
     StackState,
 )
-
-LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)

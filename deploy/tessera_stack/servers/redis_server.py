@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Unpack
+from typing import Any, Unpack
 from urllib.parse import quote
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tessera_stack.processes import (
     StackError,
@@ -124,29 +128,38 @@ class RedisServer(_LocalServer):
         ]
 
     def _ready(self, port: int) -> bool:
-        commands = [[b"PING"]]
-        if self._admin_password:
-            commands.insert(0, [b"AUTH", self._admin_password.encode()])
-        try:
-            with socket.create_connection((LOOPBACK, port), timeout=1.0) as sock:
-                sock.sendall(b"".join(_resp(command) for command in commands))
-                reply = b""
-                deadline = time.monotonic() + 1.0
-                while reply.count(b"\r\n") < len(commands) and time.monotonic() < deadline:
-                    chunk = sock.recv(64)
-                    if not chunk:
-                        break
-                    reply += chunk
-        except OSError:
-            return False
-        # "-LOADING ..." means up but not serving yet; "-WRONGPASS" or "-ERR" after
-        # AUTH, that it runs without the users this server is started with.
-        replies = reply.split(b"\r\n")[: len(commands)]
-        return replies[-1].startswith(b"+PONG") and all(r.startswith(b"+") for r in replies)
+        # None while it cannot answer, "-LOADING" (up but not serving yet) included,
+        # or when AUTH fails (a server running without this one's users).
+        return ask(port, "PING", password=self._admin_password, timeout=1.0) is True
 
 
-def _resp(command: list[bytes]) -> bytes:
-    """``command`` in the Redis protocol (RESP2)."""
-    parts = [b"*%d\r\n" % len(command)]
-    parts.extend(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in command)
-    return b"".join(parts)
+@contextmanager
+def connect(
+    port: int, *, password: str | None = None, timeout: float = 2.0
+) -> Iterator[redis.Redis]:
+    """A client for the Redis (or sentinel) on 127.0.0.1:``port``, closed after use.
+
+    No retries: a dead node must answer "no" at once; the callers poll.
+    """
+    client = redis.Redis(
+        host=LOOPBACK,
+        port=port,
+        password=password,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+    )
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def ask(port: int, *command: Any, password: str | None = None, timeout: float = 2.0) -> Any:
+    """One command to the Redis (or sentinel) on ``port``; None when it cannot answer."""
+    try:
+        with connect(port, password=password, timeout=timeout) as client:
+            return client.execute_command(*command)  # type: ignore[no-untyped-call]
+    except (redis.RedisError, OSError):
+        return None
