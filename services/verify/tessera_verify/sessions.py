@@ -195,5 +195,7 @@ class SessionManager:
         timeout caps the death, this is a lower bound, which only makes the
         session look idle sooner.
         """
-        seen = max(stored.record.last_seen_at, stored.dies_at - self.policy.idle_timeout)
+        seen = stored.dies_at - self.policy.idle_timeout
+        if seen <= stored.record.last_seen_at:
+            return stored.record  # not touched since written (no copy on the hot path)
         return replace(stored.record, last_seen_at=seen)
