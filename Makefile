@@ -28,6 +28,7 @@ REDIS ?=
 FAULTS ?=
 
 STACK := $(PY) -m tessera_stack
+DEMO := $(PY) -m tessera_demo
 UP_ARGS := $(if $(PORT),--port $(PORT)) $(if $(HTTPS_PORT),--https-port $(HTTPS_PORT)) \
 	$(if $(ALG),--alg $(ALG)) $(if $(ROW),--row $(ROW)) $(if $(POLICY),--policy $(POLICY)) \
 	$(if $(REPLICAS),--replicas $(REPLICAS)) $(if $(REDIS),--redis $(REDIS))
@@ -65,10 +66,10 @@ logs: ## Print the end of the stack's logs (NAME=auth for one)
 	@$(STACK) logs $(NAME)
 
 demo: bootstrap ## Walk the load-balancer rows 1-6 (ROWS=2,3; FAULTS=1 adds the shared store's failures)
-	@$(STACK) demo $(if $(ROWS),--rows $(ROWS)) $(if $(filter only,$(FAULTS)),--faults-only,$(if $(FAULTS),--faults))
+	@$(DEMO) demo $(if $(ROWS),--rows $(ROWS)) $(if $(filter only,$(FAULTS)),--faults-only,$(if $(FAULTS),--faults))
 
 outage-probe: ## Take the stack's Redis away under a stream of GETs, bring it back, print figures
-	@$(STACK) outage-probe $(if $(HOW),--how $(HOW))
+	@$(DEMO) outage-probe $(if $(HOW),--how $(HOW))
 
 row: ## Switch the running stack to another demonstration row (ROW=N, POLICY=...)
 	@test -n "$(ROW)" || { echo "usage: make row ROW=1..6 [POLICY=least_conn]" >&2; exit 2; }

@@ -1,6 +1,6 @@
 """Part 5: the shared store fails under a steady load through nginx (rows 4 and 5).
 
-For each store and fault of the demonstration (:mod:`tessera_stack.demo_faults`):
+For each store and fault of the demonstration (:mod:`tessera_demo.faults`):
 one Redis (AOF) SIGKILLed and brought back by ``up`` after a second; a
 Sentinel group's primary SIGKILLed; a Cluster's primary of the revocation
 plane's slot (``{rev}``) SIGKILLed, and one of a primary serving only other
@@ -36,8 +36,8 @@ from bench.config import BenchConfig
 from bench.rows import MIN_EVENT_AT, drive, log_in
 from bench.stack import BenchStack
 from bench.timeline import Sample, analyse
-from tessera_stack.demo import demo_users, register, source_address
-from tessera_stack.demo_faults import FAULTS, Fault
+from tessera_demo.faults import FAULTS, Fault
+from tessera_demo.rows_walk import demo_users, register, source_address
 from tessera_stack.processes import is_alive
 from tessera_stack.redis_faults import FaultTarget, find_target, repair, store_is_back
 from tessera_stack.rows import ROWS

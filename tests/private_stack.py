@@ -20,8 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from tessera_demo.rows_walk import StackControl
 from tessera_stack import free_port
-from tessera_stack.demo import StackControl
 
 # The auth service hashes with Argon2; these tests are not about its cost.
 CHEAP_ARGON2 = {"TESSERA_ARGON2_MEMORY_KIB": "1024", "TESSERA_ARGON2_TIME_COST": "1"}

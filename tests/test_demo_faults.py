@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tessera_stack.demo import StackControl
-from tessera_stack.demo_faults import FAULTS, OWN_STACKS, format_faults, run_faults
+from tessera_demo.faults import FAULTS, OWN_STACKS, format_faults, run_faults
+from tessera_demo.rows_walk import StackControl
 
 from .private_stack import CHEAP_ARGON2
 

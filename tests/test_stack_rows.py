@@ -6,7 +6,7 @@ Every row of DESIGN.md's table is run once by the demo driver (the same code as
 ``make demo``) and its report is checked here: who could use the site before a
 replica was SIGKILLed, who could after, and what errors users saw. Simulated
 users connect from distinct loopback addresses, one /24 each, so ``ip_hash``
-treats them as different clients (see ``tessera_stack.demo.source_address``).
+treats them as different clients (see ``tessera_demo.rows_walk.source_address``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tessera_stack.demo import (
+from tessera_demo.rows_walk import (
     PASSWORD,
     DemoUser,
     Exchange,

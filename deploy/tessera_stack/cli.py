@@ -3,7 +3,8 @@
 Parses the command line and hands each command to its function in
 :mod:`tessera_stack.reconcile` (``up``) or :mod:`tessera_stack.launcher` (the
 rest), through one table, :data:`COMMANDS`; what the commands
-do is there.
+do is there. The demonstration that drives a running stack from outside
+(``demo``, ``outage-probe``) is another package, ``python -m tessera_demo``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tessera_stack import stack_redis
-from tessera_stack.demo import add_arguments as add_demo_arguments
-from tessera_stack.demo import run_from_cli as run_demo
 from tessera_stack.launcher import (
     cmd_add_replica,
     cmd_down,
@@ -27,8 +26,6 @@ from tessera_stack.launcher import (
     cmd_status,
 )
 from tessera_stack.nginx_conf import POLICIES
-from tessera_stack.outage import add_arguments as add_outage_arguments
-from tessera_stack.outage import run_from_cli as run_outage_probe
 from tessera_stack.reconcile import (
     DEFAULT_ALG,
     DEFAULT_HTTPS_PORT,
@@ -142,14 +139,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     restart.add_argument("ids", nargs="*", metavar="id", help="which replicas (default: all)")
 
-    demo = commands.add_parser("demo", help="walk the demonstration rows and print a table")
-    add_demo_arguments(demo)
-    probe = commands.add_parser(
-        "outage-probe",
-        help="take the stack's Redis away under a stream of GETs, bring it back, print figures",
-    )
-    add_outage_arguments(probe)
-
     down = commands.add_parser("down", help="stop everything `up` started")
     down.add_argument(
         "--purge", action="store_true", help="also delete the run directory (data, logs, secrets)"
@@ -189,8 +178,6 @@ COMMANDS: dict[str, Callable[[Layout, argparse.Namespace], int]] = {
     "restart-replicas": lambda layout, args: cmd_restart_replicas(
         layout, [str(each) for each in args.ids]
     ),
-    "demo": run_demo,
-    "outage-probe": run_outage_probe,
     "down": lambda layout, args: cmd_down(layout, purge=bool(args.purge)),
     "status": lambda layout, _: cmd_status(layout),
     "logs": lambda layout, args: cmd_logs(layout, args.name, args.lines),

@@ -14,9 +14,10 @@ reloads gracefully: requests in flight finish, new ones see the new set),
 ``kill-replica ID`` SIGKILLs one (a crash: nginx is not told),
 ``restart-replicas`` restarts them one at a time with nginx routing around
 each (a rolling restart that fails no request), ``status``
-shows what runs, ``logs NAME`` prints a log, ``demo`` walks every row, and
-``down`` stops everything. Every command that changes the stack brings it
-to its recorded shape, so a killed replica comes back with the next one.
+shows what runs, ``logs NAME`` prints a log, and ``down`` stops everything
+(``python -m tessera_demo demo`` walks every row). Every command that changes
+the stack brings it to its recorded shape, so a killed replica comes back
+with the next one.
 
 ``up`` on a running stack restarts exactly what needs it. A dead PostgreSQL
 or Redis comes back on the port recorded in the state, with its data (Redis

@@ -16,7 +16,7 @@ user is *lost* when it had a successful request before the kill and has
 none after it; an *error* is a 5xx or a failed connection. Request counts
 and timeouts are bounded and all traffic stays on loopback.
 
-Used by ``python -m tessera_stack demo`` (``make demo``) and by the tests,
+Used by ``python -m tessera_demo demo`` (``make demo``) and by the tests,
 which assert on :class:`RowReport` directly.
 """
 
@@ -683,14 +683,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class DemoOptions:
-    """How ``python -m tessera_stack demo`` runs each row."""
+    """How ``python -m tessera_demo demo`` runs each row."""
 
     rows: tuple[int, ...]
     users: int = DEFAULT_USERS
     rounds: int = DEFAULT_ROUNDS
     policy: str | None = None
     one_network: bool = False
-    #: The shared store's failures (:mod:`tessera_stack.demo_faults`), on these stores.
+    #: The shared store's failures (:mod:`tessera_demo.faults`), on these stores.
     fault_stores: tuple[str, ...] = ()
 
 
@@ -707,7 +707,7 @@ async def _demo(control: StackControl, options: DemoOptions) -> int:
         print(f"  {message}", file=sys.stderr, flush=True)
 
     # Imported here: the fault demo drives the outage probe, which uses this module.
-    from tessera_stack import demo_faults
+    from tessera_demo import faults as demo_faults
 
     fault_lines: list[demo_faults.FaultLine] = []
     try:
@@ -752,7 +752,7 @@ async def _demo(control: StackControl, options: DemoOptions) -> int:
 
 
 def run_from_cli(layout: Layout, args: argparse.Namespace) -> int:
-    """``python -m tessera_stack demo``: run the rows, print the table, restore the stack."""
+    """``python -m tessera_demo demo``: run the rows, print the table, restore the stack."""
     faults = bool(args.faults) or bool(args.faults_only)
     stores: tuple[str, ...] = args.fault_stores or ("single", "sentinel", "cluster")
     options = DemoOptions(

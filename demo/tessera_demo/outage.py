@@ -19,7 +19,7 @@ PING) to the first authenticated 2xx. Request counts and durations are
 bounded; everything stays on loopback. Times are reported, never judged:
 this machine's speed is not the stack's property.
 
-Used by ``python -m tessera_stack outage-probe`` and by
+Used by ``python -m tessera_demo outage-probe`` and by
 tests/test_stack_redis_outage.py (which records the figures as JUnit
 properties).
 """
@@ -37,7 +37,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from tessera_stack.demo import (
+from tessera_demo.revoked_clients import RevokedClients
+from tessera_demo.rows_walk import (
     DemoUser,
     Exchange,
     StackControl,
@@ -49,7 +50,6 @@ from tessera_stack.demo import (
 )
 from tessera_stack.processes import StackError, is_alive
 from tessera_stack.redis_faults import SLOTS, FaultTarget, find_target, repair, store_is_back
-from tessera_stack.revoked_clients import RevokedClients
 from tessera_stack.rows import ROWS, Row
 from tessera_stack.state import Layout
 
@@ -65,7 +65,7 @@ __all__ = [
 HOW = ("stop", "kill")
 DEFAULT_USERS = 4
 #: Users whose credentials were revoked before the fault, and users logging
-#: in and out through it (tessera_stack.revoked_clients).
+#: in and out through it (tessera_demo.revoked_clients).
 DEFAULT_REVOKED = 2
 DEFAULT_CHURNERS = 2
 DEFAULT_HOLD = 3.0
@@ -415,7 +415,7 @@ async def probe_redis_outage(
     user has been served again, and the probe waits until the group is
     whole. Meanwhile ``revoked`` users present credentials logged out before
     the fault and ``churners`` log in and out through it
-    (:mod:`tessera_stack.revoked_clients`).
+    (:mod:`tessera_demo.revoked_clients`).
     """
     if how not in HOW:
         raise ValueError(f"how must be one of {', '.join(HOW)}")
@@ -630,7 +630,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_cli(layout: Layout, args: argparse.Namespace) -> int:
-    """``python -m tessera_stack outage-probe``: print the figures of each outage."""
+    """``python -m tessera_demo outage-probe``: print the figures of each outage."""
     how: str = args.how
     users: int = args.users
     hold: float = args.hold

@@ -1,7 +1,7 @@
 """The demonstration's second table: rows 4-6 when the shared store fails.
 
-``python -m tessera_stack demo --faults`` (``make demo FAULTS=1``) runs the
-outage probe (:mod:`tessera_stack.outage`) for each store and fault:
+``python -m tessera_demo demo --faults`` (``make demo FAULTS=1``) runs the
+outage probe (:mod:`tessera_demo.outage`) for each store and fault:
 
 - one Redis (AOF): SIGKILL, brought back by ``up`` on its port with its data;
 - a Sentinel group: SIGKILL of the primary; the sentinels fail over;
@@ -27,8 +27,8 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
-from tessera_stack.demo import StackControl
-from tessera_stack.outage import OutageReport, probe_redis_outage
+from tessera_demo.outage import OutageReport, probe_redis_outage
+from tessera_demo.rows_walk import StackControl
 from tessera_stack.processes import free_port
 from tessera_stack.rows import ROWS
 
