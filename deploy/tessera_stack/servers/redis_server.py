@@ -6,12 +6,8 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 from urllib.parse import quote
-
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from tessera_stack.processes import (
     StackError,
@@ -21,6 +17,12 @@ from tessera_stack.servers.base import (
     ServerOptions,
     _LocalServer,
 )
+
+# redis is imported where a client is made: importing tessera_stack must need
+# the standard library only (the nginx image renders its configuration with
+# tessera_stack.compose_nginx on a bare Python, deploy/docker/nginx.Dockerfile).
+if TYPE_CHECKING:
+    import redis
 
 # -- Redis --------------------------------------------------------------------
 
@@ -141,6 +143,10 @@ def connect(
 
     No retries: a dead node must answer "no" at once; the callers poll.
     """
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     client = redis.Redis(
         host=LOOPBACK,
         port=port,
@@ -158,6 +164,8 @@ def connect(
 
 def ask(port: int, *command: Any, password: str | None = None, timeout: float = 2.0) -> Any:
     """One command to the Redis (or sentinel) on ``port``; None when it cannot answer."""
+    import redis
+
     try:
         with connect(port, password=password, timeout=timeout) as client:
             return client.execute_command(*command)  # type: ignore[no-untyped-call]
