@@ -1,8 +1,9 @@
 """docker-compose.yml, checked without a Docker engine: against the Compose
 Specification's schema, for the topology and start-up order it promises, for
 secrets that fail fast, and for environments the services' own settings loaders
-accept. The nginx configuration it runs is the one tessera_stack renders from
-nginx/, and nginx accepts it.
+accept. The nginx image renders its configuration from nginx/ with the
+standard library only (the test runs the image's own command), and nginx
+accepts the result.
 
 Helpers named without ``test_`` are shared with tests/test_deploy_kubernetes.py.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shlex
 import stat
 import subprocess
 import sys
@@ -27,13 +29,20 @@ from tessera_auth.settings import load_settings as load_auth_settings
 from tessera_resource.settings import ResourceSettings
 from tessera_resource.settings import load_settings as load_resource_settings
 from tessera_stack import redis_acl
-from tessera_stack.compose_nginx import HTTPS_PORT, compose_config, stale_files
+from tessera_stack.compose_nginx import HTTPS_PORT, compose_config, render_compose
 from tessera_stack.servers import nginx_check
 from tessera_stack.tls import TlsFiles, ensure_certificate
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-COMPOSE_NGINX = ROOT / "deploy" / "compose" / "nginx"
+NGINX_DOCKERFILE = ROOT / "deploy" / "docker" / "nginx.Dockerfile"
+# The nginx image's render stage: the repository's nginx/ and deploy/tessera_stack/
+# under /src, this command run in /src/deploy.
+RENDER_SOURCES = ("nginx/", "deploy/tessera_stack/")
+RENDER_WORKDIR = "deploy"
+RENDER_COMMAND = "python -B -E -S -m tessera_stack.compose_nginx --out /out"
+# Debian's interpreter: with -S it sees the standard library only, as in the image.
+SYSTEM_PYTHON = "/usr/bin/python3"
 MAKE_SECRETS = ROOT / "deploy" / "compose" / "make-secrets.sh"
 SECRETS_IN_CONTAINER = "/run/secrets/"
 TESSERA_SERVICES = ("migrate", "auth", "resource")
@@ -374,16 +383,68 @@ def test_every_variable_can_come_from_a_file(tmp_path: Path) -> None:
     for program in ("tessera_auth", "tessera_resource"):
         settings = load_service_settings(program, environ)
         assert settings.database_url == "postgresql://tessera:pw@postgres:5432/tessera"
-        assert settings.redis_url == "redis://redis:6379/3"
+        redis_url = (
+            settings.redis_url if isinstance(settings, Settings) else settings.verify.redis_url
+        )
+        assert redis_url == "redis://redis:6379/3"
 
 
 # -- nginx ----------------------------------------------------------------------------------
 
 
-def test_the_compose_nginx_config_is_what_the_renderer_produces() -> None:
-    assert not stale_files(COMPOSE_NGINX), (
-        "deploy/compose/nginx/ is stale: run python -m tessera_stack.compose_nginx"
+def _dockerfile_stages(path: Path) -> list[list[tuple[str, str]]]:
+    """Each stage's (INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+    stages: list[list[tuple[str, str]]] = []
+    for line in re.sub(r"\\\n", " ", path.read_text(encoding="utf-8")).splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        word, _, rest = stripped.partition(" ")
+        if word.upper() == "FROM":
+            stages.append([])
+        stages[-1].append((word.upper(), " ".join(rest.split())))
+    return stages
+
+
+@pytest.fixture(scope="module")
+def image_nginx_conf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The nginx image's configuration, rendered by the image's render command."""
+    out = tmp_path_factory.mktemp("image") / "out"
+    program, *args = shlex.split(RENDER_COMMAND)
+    assert program == "python"
+    result = subprocess.run(
+        [SYSTEM_PYTHON, *(str(out) if arg == "/out" else arg for arg in args)],
+        cwd=ROOT / RENDER_WORKDIR,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+def test_the_nginx_image_renders_with_the_command_the_tests_run() -> None:
+    render, final = _dockerfile_stages(NGINX_DOCKERFILE)
+    assert render[0] == ("FROM", "python:3.11.11-slim-bookworm AS render")
+    assert [args for word, args in render if word == "COPY"] == [
+        f"{source} /src/{source}" for source in RENDER_SOURCES
+    ]
+    assert ("WORKDIR", f"/src/{RENDER_WORKDIR}") in render
+    assert [args for word, args in render if word == "RUN"] == [RENDER_COMMAND]
+    assert [args for word, args in final if word == "COPY"] == [
+        "--from=render /out/ /etc/nginx/tessera/"
+    ]
+
+
+def test_the_image_render_needs_only_the_standard_library_and_matches_the_renderer(
+    image_nginx_conf: Path,
+) -> None:
+    # The system interpreter with -S has no site-packages: a third-party import
+    # anywhere under tessera_stack would have failed the render.
+    rendered = {path.name: path.read_text("utf-8") for path in image_nginx_conf.iterdir()}
+    assert rendered == render_compose()
+    assert "nginx.conf" in rendered
 
 
 def test_compose_nginx_points_at_the_compose_services_and_their_secrets(
@@ -401,7 +462,7 @@ def test_compose_nginx_points_at_the_compose_services_and_their_secrets(
         assert str(path).removeprefix(SECRETS_IN_CONTAINER) in nginx["secrets"]
     assert nginx["ports"][0].endswith(f":{config.https_port}")
     dockerfile = ROOT / nginx["build"]["dockerfile"]
-    assert "COPY deploy/compose/nginx/ /etc/nginx/tessera/" in dockerfile.read_text()
+    assert dockerfile == NGINX_DOCKERFILE
     assert '"/etc/nginx/tessera/nginx.conf"' in dockerfile.read_text()
     # The services listen where the image says.
     tessera_dockerfile = (ROOT / services["migrate"]["build"]["dockerfile"]).read_text()
@@ -411,8 +472,8 @@ def test_compose_nginx_points_at_the_compose_services_and_their_secrets(
     )
 
 
-def test_nginx_accepts_the_compose_config_with_paths_and_hosts_made_local(
-    tmp_path: Path,
+def test_nginx_accepts_the_image_config_with_paths_and_hosts_made_local(
+    tmp_path: Path, image_nginx_conf: Path
 ) -> None:
     tls: TlsFiles = ensure_certificate(tmp_path / "tls")
     prefix = tmp_path / "nginx"
@@ -429,7 +490,7 @@ def test_nginx_accepts_the_compose_config_with_paths_and_hosts_made_local(
         f"{config.host}:": "127.0.0.1:",
         "resource:": "127.0.0.1:",
     }
-    for source in COMPOSE_NGINX.glob("*.conf"):
+    for source in image_nginx_conf.glob("*.conf"):
         text = source.read_text(encoding="utf-8")
         for old, new in replacements.items():
             text = text.replace(old, new)

@@ -26,6 +26,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from tessera_stack import StackError, free_port
+from tessera_stack.compose_nginx import render_compose
 from tessera_stack.nginx_conf import POLICIES, NginxConfig, Replica, render, render_to
 from tessera_stack.servers import NginxServer, nginx_check
 from tessera_stack.tls import TlsFiles, ensure_certificate
@@ -95,10 +96,9 @@ def test_every_nginx_config_retries_a_replica_only_when_it_cannot_be_reached(
     for policy in POLICIES:
         files = render(_config(tmp_path, tls, policy, THREE))
         found[policy] = [c for text in files.values() for c in _retry_conditions(text)]
-    compose = root / "deploy" / "compose" / "nginx"
-    found["compose"] = [
-        c for path in sorted(compose.glob("*.conf")) for c in _retry_conditions(path.read_text())
-    ]
+    # What the compose nginx image renders at build time (tests/test_deploy_compose.py
+    # checks the image's own render command produces exactly this).
+    found["compose"] = [c for text in render_compose().values() for c in _retry_conditions(text)]
     ingress = (root / "deploy" / "k8s" / "ingress.yaml").read_text()
     annotation = "nginx.ingress.kubernetes.io/proxy-next-upstream:"
     found["k8s"] = [

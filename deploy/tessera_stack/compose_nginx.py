@@ -9,28 +9,26 @@ address an upstream server when it starts or reloads). The TLS certificate
 and key are compose secrets; pid, lock and temp files live under
 ``/tmp/nginx`` so nginx runs as a non-root user.
 
-The rendered files are checked in under ``deploy/compose/nginx/`` (the nginx
-image copies them); a test checks they are what this module renders::
+Nothing rendered is checked in: the nginx image renders the templates when it
+is built (the first stage of ``deploy/docker/nginx.Dockerfile``), on a bare
+Python with the standard library only (``-S``: no site-packages), from
+``deploy/`` next to ``nginx/``::
 
-    python -m tessera_stack.compose_nginx           # rewrite deploy/compose/nginx/
-    python -m tessera_stack.compose_nginx --check   # exit 1 when they are stale
+    python -B -E -S -m tessera_stack.compose_nginx --out /out
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from tessera_stack.nginx_conf import NginxConfig, Replica, default_template_dir, render
+from tessera_stack.nginx_conf import NginxConfig, Replica, render
 
 __all__ = [
     "COMPOSE_POLICY",
     "compose_config",
-    "default_output_dir",
     "main",
     "render_compose",
-    "stale_files",
     "write_compose",
 ]
 
@@ -60,35 +58,15 @@ def compose_config() -> NginxConfig:
     )
 
 
-def default_output_dir() -> Path:
-    """``deploy/compose/nginx/`` next to the templates' ``nginx/``."""
-    return default_template_dir().parent / "deploy" / "compose" / "nginx"
-
-
 def render_compose(template_dir: Path | None = None) -> dict[str, str]:
     """The compose nginx configuration, by file name (``nginx.conf`` is the entry file)."""
     return render(compose_config(), template_dir)
-
-
-def stale_files(directory: Path, template_dir: Path | None = None) -> list[str]:
-    """Files in ``directory`` that differ from (or are missing from) a fresh rendering."""
-    wanted = render_compose(template_dir)
-    stale = [
-        name
-        for name, text in wanted.items()
-        if not (directory / name).is_file() or (directory / name).read_text("utf-8") != text
-    ]
-    extra = [path.name for path in directory.glob("*.conf") if path.name not in wanted]
-    return sorted(stale + extra)
 
 
 def write_compose(directory: Path, template_dir: Path | None = None) -> list[str]:
     """Render into ``directory`` (world-readable: it holds no secret); the names written."""
     files = render_compose(template_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.conf"):
-        if stale.name not in files:
-            stale.unlink()
     for name, text in files.items():
         (directory / name).write_text(text, encoding="utf-8")
     return sorted(files)
@@ -97,22 +75,14 @@ def write_compose(directory: Path, template_dir: Path | None = None) -> list[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tessera_stack.compose_nginx",
-        description="Render nginx/ for docker-compose.yml into deploy/compose/nginx/.",
+        description="Render nginx/ for docker-compose.yml's nginx image into a directory.",
     )
-    parser.add_argument("--output", type=Path, help="default: deploy/compose/nginx/")
     parser.add_argument(
-        "--check", action="store_true", help="only report stale files (exit 1 when any)"
+        "--out", type=Path, required=True, help="directory for nginx.conf and what it includes"
     )
     args = parser.parse_args(argv)
-    output: Path = args.output or default_output_dir()
-    if args.check:
-        if stale := stale_files(output):
-            print(f"stale in {output}: {', '.join(stale)}", file=sys.stderr)
-            return 1
-        print(f"{output} is up to date")
-        return 0
-    names = write_compose(output)
-    print(f"rendered {', '.join(names)} into {output}")
+    names = write_compose(args.out)
+    print(f"rendered {', '.join(names)} into {args.out}")
     return 0
 
 
