@@ -23,7 +23,7 @@ import jwt
 from tessera_auth.access_tokens import AccessTokenIssuer
 from tessera_auth.keyring import KeyRing
 from tessera_auth.settings import Settings, load_settings
-from tessera_demo.rows_walk import PASSWORD
+from tessera_demo.users import PASSWORD
 from tessera_verify.clock import SystemClock
 from tessera_verify.integration import LOCAL_SESSION_COOKIE
 from tessera_verify.sessions import SESSION_COOKIE

@@ -37,7 +37,7 @@ from bench.rows import MIN_EVENT_AT, drive, log_in
 from bench.stack import BenchStack
 from bench.timeline import Sample, analyse
 from tessera_demo.faults import FAULTS, Fault
-from tessera_demo.rows_walk import demo_users, register, source_address
+from tessera_demo.users import demo_users, register, source_address
 from tessera_stack.processes import is_alive
 from tessera_stack.redis_faults import FaultTarget, find_target, repair, store_is_back
 from tessera_stack.rows import ROWS

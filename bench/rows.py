@@ -40,7 +40,7 @@ from bench.config import BenchConfig
 from bench.stack import BenchStack
 from bench.timeline import Sample, analyse
 from bench.wrk import WrkResult, WrkRun, run_wrk
-from tessera_demo.rows_walk import DemoUser, demo_users, login, register, source_address
+from tessera_demo.users import DemoUser, demo_users, login, register, source_address
 from tessera_stack.rows import ROWS, Row
 
 __all__ = ["MIN_EVENT_AT", "drive", "log_in", "run_rows"]

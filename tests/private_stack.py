@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from tessera_demo.rows_walk import StackControl
+from tessera_demo.stack_control import StackControl
 from tessera_stack import free_port
 
 # The auth service hashes with Argon2; these tests are not about its cost.

@@ -3,7 +3,7 @@
 Shared by tests/test_nginx_configs.py and tests/test_stack_rows.py. The
 address scheme (one /24 per client, because nginx's ``ip_hash`` looks at
 the first three octets only) is the demo's: see
-:func:`tessera_demo.rows_walk.source_address`.
+:func:`tessera_demo.users.source_address`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tessera_demo.rows_walk import source_address
+from tessera_demo.users import source_address
 
 __all__ = ["https_client", "source_address"]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tessera_demo.faults import FAULTS, OWN_STACKS, format_faults, run_faults
-from tessera_demo.rows_walk import StackControl
+from tessera_demo.stack_control import StackControl
 
 from .private_stack import CHEAP_ARGON2
 

@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tessera_demo.rows_walk import StackControl
+from tessera_demo.stack_control import StackControl
 from tessera_stack import free_port
 from tessera_stack.processes import read_pid_file
 from tests.stack_clients import https_client

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tessera_demo.rows_walk import DemoUser, demo_users, login, register
+from tessera_demo.users import DemoUser, demo_users, login, register
 from tessera_stack.processes import is_alive
 from tessera_stack.rows import ROWS
 from tessera_stack.services import AUTH_PROGRAM, REPLICA_PROGRAM, running_pid

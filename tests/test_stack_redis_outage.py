@@ -24,7 +24,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tessera_demo.outage import probe_redis_outage
-from tessera_demo.rows_walk import DemoUser, demo_users, login, register
+from tessera_demo.users import DemoUser, demo_users, login, register
 from tessera_stack.processes import is_alive, port_is_open
 from tessera_stack.rows import ROWS
 from tessera_stack.services import AUTH_PROGRAM, REPLICA_PROGRAM, running_pid

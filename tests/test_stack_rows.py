@@ -6,7 +6,7 @@ Every row of DESIGN.md's table is run once by the demo driver (the same code as
 ``make demo``) and its report is checked here: who could use the site before a
 replica was SIGKILLed, who could after, and what errors users saw. Simulated
 users connect from distinct loopback addresses, one /24 each, so ``ip_hash``
-treats them as different clients (see ``tessera_demo.rows_walk.source_address``).
+treats them as different clients (see ``tessera_demo.users.source_address``).
 """
 
 from __future__ import annotations
@@ -17,17 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tessera_demo.rows_walk import (
-    PASSWORD,
-    DemoUser,
-    Exchange,
-    RowReport,
-    StackControl,
-    demo_users,
-    login,
-    register,
-    run_row,
-)
+from tessera_demo.rows_walk import RowReport, run_row
+from tessera_demo.stack_control import StackControl
+from tessera_demo.users import PASSWORD, DemoUser, Exchange, demo_users, login, register
 from tessera_stack.rows import ROWS
 
 from .private_stack import private_stack

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from tessera_demo.outage import OutageReport, probe_redis_outage
-from tessera_demo.rows_walk import StackControl
+from tessera_demo.stack_control import StackControl
 from tessera_stack.processes import free_port
 from tessera_stack.rows import ROWS
 

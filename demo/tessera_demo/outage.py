@@ -26,22 +26,21 @@ properties).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
 
 from tessera_demo.revoked_clients import RevokedClients
-from tessera_demo.rows_walk import (
+from tessera_demo.stack_control import StackControl
+from tessera_demo.users import (
     DemoUser,
     Exchange,
-    StackControl,
     authenticated_ok,
     demo_users,
     login,
@@ -51,15 +50,17 @@ from tessera_demo.rows_walk import (
 from tessera_stack.processes import StackError, is_alive
 from tessera_stack.redis_faults import SLOTS, FaultTarget, find_target, repair, store_is_back
 from tessera_stack.rows import ROWS, Row
-from tessera_stack.state import Layout
 
 __all__ = [
+    "DEFAULT_CHURNERS",
+    "DEFAULT_HOLD",
+    "DEFAULT_MAX_HOLD",
+    "DEFAULT_REVOKED",
+    "DEFAULT_USERS",
     "HOW",
     "Answer",
     "OutageReport",
-    "add_arguments",
     "probe_redis_outage",
-    "run_from_cli",
 ]
 
 HOW = ("stop", "kill")
@@ -569,106 +570,3 @@ async def _restart(port: int, bring_back: BringBack) -> float:
     finally:
         watcher.cancel()
     return back_at[0]
-
-
-# -- CLI ------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``outage-probe`` subcommand's options."""
-    parser.add_argument(
-        "--how",
-        choices=(*HOW, "both"),
-        default="both",
-        help=(
-            "stop: SIGSTOP, then SIGCONT; kill: SIGKILL, then `up`; both (the default; "
-            "a Sentinel or Cluster primary is only killed, and fails over)"
-        ),
-    )
-    parser.add_argument(
-        "--slot",
-        choices=SLOTS,
-        default="rev",
-        help=(
-            "Cluster: kill the primary of the revocation plane's slot {rev} (the default), "
-            "or one that serves only other keys (sessions)"
-        ),
-    )
-    parser.add_argument(
-        "--revoked",
-        type=int,
-        default=DEFAULT_REVOKED,
-        help=f"users presenting credentials logged out before (default {DEFAULT_REVOKED})",
-    )
-    parser.add_argument(
-        "--churners",
-        type=int,
-        default=DEFAULT_CHURNERS,
-        help=f"users logging in and out through the fault (default {DEFAULT_CHURNERS})",
-    )
-    parser.add_argument(
-        "--users",
-        type=int,
-        default=DEFAULT_USERS,
-        help=f"streaming users (default {DEFAULT_USERS})",
-    )
-    parser.add_argument(
-        "--hold",
-        type=float,
-        default=DEFAULT_HOLD,
-        help=f"seconds Redis stays away, at least (default {DEFAULT_HOLD:g})",
-    )
-    parser.add_argument(
-        "--max-hold",
-        type=float,
-        default=DEFAULT_MAX_HOLD,
-        help=(
-            "seconds after which Redis comes back even if no client was refused yet "
-            f"(default {DEFAULT_MAX_HOLD:g})"
-        ),
-    )
-
-
-def run_from_cli(layout: Layout, args: argparse.Namespace) -> int:
-    """``python -m tessera_demo outage-probe``: print the figures of each outage."""
-    how: str = args.how
-    users: int = args.users
-    hold: float = args.hold
-    max_hold: float = args.max_hold
-    revoked: int = args.revoked
-    churners: int = args.churners
-    if not 1 <= users <= 64 or not 0 <= hold <= max_hold <= 300:
-        print("error: --users must be 1-64, and 0 <= --hold <= --max-hold <= 300", flush=True)
-        return 2
-    if not 0 <= revoked <= 32 or not 0 <= churners <= 32:
-        print("error: --revoked and --churners must be 0-32", flush=True)
-        return 2
-    control = StackControl(layout.root)
-    group = control.state().redis_topology not in ("", "single")
-    kinds: Sequence[str] = HOW if how == "both" else (how,)
-    if group and how == "both":
-        kinds = ("kill",)
-    print("this takes the stack's Redis away and brings it back; clients see 503s meanwhile")
-    for kind in kinds:
-        try:
-            report = asyncio.run(
-                probe_redis_outage(
-                    control,
-                    how=kind,
-                    slot=args.slot,
-                    users=users,
-                    hold=hold,
-                    max_hold=max_hold,
-                    revoked=revoked,
-                    churners=churners,
-                )
-            )
-        except (StackError, RuntimeError) as exc:
-            print(f"error: {exc}", flush=True)
-            return 1
-        print(report.format(), flush=True)
-        if report.revoked_accepted:
-            print(f"error: {report.revoked_accepted} revoked credentials accepted:", flush=True)
-            print("\n".join(f"  {line}" for line in report.accepted_details()), flush=True)
-            return 1
-    return 0

@@ -32,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from tessera_demo.rows_walk import PASSWORD, DemoUser
+from tessera_demo.users import PASSWORD, DemoUser
 
 __all__ = ["RevocationCheck", "RevokedClients"]
 
