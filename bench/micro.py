@@ -36,6 +36,7 @@ from tessera_auth import app_state
 from tessera_auth.app import create_app
 from tessera_auth.revocation_store import RevocationStore
 from tessera_auth.settings import Argon2Parameters, Settings
+from tessera_platform.process_settings import ProcessSettings
 from tessera_stack import PostgresServer, RedisServer, free_port
 from tessera_verify.access_tokens import AccessTokenVerifier, RevocationChecker
 from tessera_verify.clock import Clock
@@ -98,7 +99,7 @@ async def run(rounds: int, logins: int, verifications: int) -> dict[str, Any]:
             issuer="https://bench.tessera.test",
             audience="tessera-api",
             argon2=params,
-            migrate_on_start=True,
+            process=ProcessSettings(migrate_on_start=True),
         )
         app = create_app(settings)
         runner = web.AppRunner(app, access_log=None)

@@ -3,6 +3,7 @@ a clean Redis database per test, and the auth app on a moving clock."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import secrets
@@ -20,11 +21,21 @@ from redis.asyncio import Redis
 
 from tessera_auth.app import create_app
 from tessera_auth.settings import Argon2Parameters, Settings
+from tessera_platform.process_settings import ProcessSettings
 from tessera_resource.app import create_app as create_resource_app
 from tessera_resource.settings import ResourceSettings
 from tessera_verify.clock import ManualClock
 from tessera_verify.principal import AuthMethod
-from tessera_verify.sessions import SESSION_COOKIE
+from tessera_verify.sessions import SESSION_COOKIE, SessionPolicy
+from tessera_verify.verify_config import (
+    CacheConfig,
+    ForwardConfig,
+    JwtConfig,
+    LocalSessionConfig,
+    MethodConfig,
+    SharedSessionConfig,
+    VerifyConfig,
+)
 
 pytest_plugins = ["tests.fixtures_infra"]
 
@@ -39,7 +50,12 @@ STACK_MODULES = {
     "test_stack_redis_outage",
     "test_stack_rows",
 }
-DEPLOY_MODULES = {"test_deploy_compose", "test_deploy_images", "test_deploy_kubernetes"}
+DEPLOY_MODULES = {
+    "test_deploy_compose",
+    "test_deploy_images",
+    "test_deploy_kubernetes",
+    "test_workspace_packages",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -122,9 +138,28 @@ def settings(clean_db: str, redis: Redis, redis_url: str) -> Settings:
         issuer="https://auth.tessera.test",
         audience="tessera-api",
         argon2=FAST_ARGON2,
-        migrate_on_start=True,
-        max_body_bytes=4096,
+        process=ProcessSettings(migrate_on_start=True, max_body_bytes=4096),
     )
+
+
+def _changed(component: Any, changes: dict[str, Any]) -> Any:
+    """``component`` with the ``changes`` that name its fields (taken out of ``changes``)."""
+    own = {name: changes.pop(name) for name in list(changes) if name in fields_of(component)}
+    return replace(component, **own) if own else component
+
+
+def fields_of(component: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(component)}
+
+
+def with_changes(settings: Settings, **changes: Any) -> Settings:
+    """``settings`` with ``changes``, each routed to the part that holds it (the process
+    settings, the caches, the rest): tests name a setting, not where it lives."""
+    changes.setdefault("process", _changed(settings.process, changes))
+    changes.setdefault("caches", _changed(settings.caches, {**changes}))
+    for name in fields_of(settings.caches):
+        changes.pop(name, None)
+    return replace(settings, **changes)
 
 
 AuthClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -139,7 +174,7 @@ def make_auth_client(
     """Start an auth app (optionally with changed settings) on the shared clock."""
 
     async def make(**changes: Any) -> TestClient[Any, Any]:
-        return await aiohttp_client(create_app(replace(settings, **changes), clock=clock))
+        return await aiohttp_client(create_app(with_changes(settings, **changes), clock=clock))
 
     return make
 
@@ -231,21 +266,50 @@ def make_replica(
 ) -> ResourceFactory:
     """A resource replica validating against ``auth_server`` (every auth method on)."""
 
-    async def make(replica_id: str = "r1", **changes: Any) -> TestClient[Any, Any]:
+    async def make(
+        replica_id: str = "r1",
+        *,
+        auth_methods: tuple[AuthMethod, ...] = tuple(AuthMethod),
+        session_hash_key: bytes | None = None,
+        auth_url: str | None = None,
+        **changes: Any,
+    ) -> TestClient[Any, Any]:
+        """``changes`` name fields of the replica's settings, its process settings, its
+        verify configuration or its caches; the methods are built from ``auth_methods``."""
+        auth_url = auth_url or str(auth_server.make_url("")).rstrip("/")
+        policy = SessionPolicy()
+        by_kind: dict[AuthMethod, MethodConfig] = {
+            AuthMethod.JWT: JwtConfig(jwks_url=auth_url + "/.well-known/jwks.json"),
+            AuthMethod.SHARED_SESSION: SharedSessionConfig(
+                hash_key=session_hash_key or settings.session_hash_key, policy=policy
+            ),
+            AuthMethod.LOCAL_SESSION: LocalSessionConfig(policy=policy),
+            AuthMethod.FORWARD: ForwardConfig(secret=FORWARD_SECRET),
+        }
+        timeout = changes.get("dependency_timeout", 2.0)
+        process = _changed(
+            ProcessSettings(port=9001, migrate_on_start=True, max_body_bytes=4096), changes
+        )
+        caches = _changed(CacheConfig(), changes)
+        verify = _changed(
+            VerifyConfig(
+                issuer=settings.issuer,
+                audience=settings.audience,
+                methods=tuple(by_kind[kind] for kind in auth_methods),
+                redis_url=settings.redis_url,
+                trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),),
+                dependency_timeout=timeout,
+                caches=caches,
+            ),
+            changes,
+        )
         resource_settings = ResourceSettings(
             database_url=settings.database_url,
-            redis_url=settings.redis_url,
-            auth_url=str(auth_server.make_url("")).rstrip("/"),
-            session_hash_key=settings.session_hash_key,
+            auth_url=auth_url,
+            verify=verify,
+            process=process,
             replica_id=replica_id,
             environment="development",
-            issuer=settings.issuer,
-            audience=settings.audience,
-            auth_methods=tuple(AuthMethod),
-            forward_secret=FORWARD_SECRET,
-            trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),),
-            migrate_on_start=True,
-            max_body_bytes=4096,
         )
         return await aiohttp_client(
             create_resource_app(replace(resource_settings, **changes), clock=clock)

@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tessera_auth import app_state
 from tessera_auth.cli_users import audit_list
 from tessera_auth.settings import Settings
+from tessera_platform.observability import JsonFormatter, request_id_var
 from tessera_verify.clock import ManualClock
-from tessera_verify.observability import JsonFormatter, request_id_var
 
 from .conftest import ResourceFactory, register_and_login
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from tessera_verify.csrf import check_same_origin
+from tessera_platform.csrf import check_same_origin
 from tessera_verify.errors import CSRFRejected
 
 BEHIND_TLS = {"Host": "tessera.example.com", "X-Forwarded-Proto": "https"}

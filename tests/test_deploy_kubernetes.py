@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tessera_verify.config import ConfigError, parse_networks
+from tessera_verify.env import ConfigError, parse_networks
 
 from .test_deploy_compose import load_service_settings, unknown_settings, with_secret_files
 

@@ -163,7 +163,7 @@ async def test_form_body_is_415_where_only_json_is_accepted(auth_client: Client)
 async def test_body_over_max_body_bytes_with_content_length_is_413(
     auth_client: Client, settings: Settings
 ) -> None:
-    raw = json.dumps({"username": "alice", "password": "x" * settings.max_body_bytes})
+    raw = json.dumps({"username": "alice", "password": "x" * settings.process.max_body_bytes})
     response = await _post_raw(auth_client, "/auth/login", raw)
     assert response.request_info.headers["Content-Length"] == str(len(raw))
     await _error(response, 413, "payload_too_large")
@@ -175,7 +175,7 @@ async def test_body_over_max_body_bytes_with_chunked_encoding_is_413(
     async def chunks() -> AsyncIterator[bytes]:
         yield b'{"username": "alice", "password": "'
         for _ in range(4):
-            yield b"x" * (settings.max_body_bytes // 2)
+            yield b"x" * (settings.process.max_body_bytes // 2)
         yield b'"}'
 
     response = await auth_client.post("/auth/login", data=chunks(), headers=JSON_HEADERS)
@@ -187,8 +187,8 @@ async def test_body_just_under_max_body_bytes_is_read(
     auth_client: Client, settings: Settings
 ) -> None:
     prefix = '{"username": "alice", "password": "wrong password", "padding": "'
-    raw = prefix + "x" * (settings.max_body_bytes - len(prefix) - 2) + '"}'
-    assert len(raw) == settings.max_body_bytes
+    raw = prefix + "x" * (settings.process.max_body_bytes - len(prefix) - 2) + '"}'
+    assert len(raw) == settings.process.max_body_bytes
     await _error(await _post_raw(auth_client, "/auth/login", raw), 401, "invalid_credentials")
 
 

@@ -28,6 +28,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from tessera_auth.db import MIGRATOR as AUTH_MIGRATOR
+from tessera_platform.pg_migrations import migrate_database
 from tessera_resource.app import MIGRATOR as RESOURCE_MIGRATOR
 from tessera_resource.settings import load_settings as load_resource_settings
 from tessera_stack import redis_acl
@@ -35,9 +36,9 @@ from tessera_stack.servers import PostgresServer, RedisServer
 from tessera_stack.state import REPLICA_DB_ROLE
 from tessera_verify import redis_layout
 from tessera_verify.clock import ManualClock
-from tessera_verify.pg_migrations import migrate_database
 from tessera_verify.principal import AuthMethod
 from tessera_verify.sessions import SESSION_COOKIE
+from tessera_verify.verify_config import ForwardConfig, JwtConfig, SharedSessionConfig
 
 from .conftest import AuthClientFactory, ResourceFactory, register_and_login
 from .fixtures_infra import running
@@ -194,11 +195,13 @@ def test_a_jwt_only_replica_holds_no_session_key() -> None:
         "TESSERA_ISSUER": "https://tessera.example",
         "TESSERA_REPLICA_ID": "r1",
     }
-    jwt_only = load_resource_settings({**base, "TESSERA_AUTH_METHODS": "jwt"})
-    assert jwt_only.session_hash_key is None
-    assert jwt_only.forward_secret is None and jwt_only.hs256_secret is None
-    local = load_resource_settings({**base, "TESSERA_AUTH_METHODS": "jwt,local_session"})
-    assert local.session_hash_key is None  # in-process sessions use a key of the process's own
+    jwt_only = load_resource_settings({**base, "TESSERA_AUTH_METHODS": "jwt"}).verify
+    assert [type(method) for method in jwt_only.methods] == [JwtConfig]
+    jwt = jwt_only.method(JwtConfig)
+    assert jwt is not None and jwt.hs256_secret is None
+    local = load_resource_settings({**base, "TESSERA_AUTH_METHODS": "jwt,local_session"}).verify
+    # in-process sessions use a key of the process's own
+    assert local.method(SharedSessionConfig) is None and local.method(ForwardConfig) is None
     with pytest.raises(Exception, match="TESSERA_SESSION_HASH_KEY"):
         load_resource_settings({**base, "TESSERA_AUTH_METHODS": "shared_session"})
 

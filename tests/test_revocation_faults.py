@@ -16,7 +16,6 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from tessera_verify.clock import ManualClock
 from tessera_verify.integration import tessera_verify
 from tessera_verify.revocation import MAX_LEEWAY
 from tessera_verify.revocation_cache import RevocationCache
+from tests.conftest import with_changes
 
 from .conftest import LoggedIn, ResourceFactory, log_in_with_everything
 from .tcp_proxy import TcpProxy
@@ -102,7 +102,7 @@ async def stack(
     own_redis: RedisServer,
 ) -> tuple[Client, list[Client]]:
     """One auth service and three replicas on ``own_redis``, staleness bound S."""
-    auth_settings = replace(
+    auth_settings = with_changes(
         settings,
         redis_url=own_redis.url,
         revocation_max_staleness=S,

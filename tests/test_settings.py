@@ -19,6 +19,7 @@ from tessera_auth import db
 from tessera_auth.settings import ConfigError, Settings, load_settings
 from tessera_auth.startup import check_dependencies
 from tessera_stack import free_port
+from tests.conftest import with_changes
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,7 +60,7 @@ def test_development_works_with_only_database_and_redis_urls() -> None:
     assert settings.database_url == DATABASE_URL and settings.redis_url == REDIS_URL
     assert settings.issuer == "http://127.0.0.1:8080"
     assert settings.jwt_algorithm == "ES256" and settings.hs256_secret is None
-    assert settings.migrate_on_start is True
+    assert settings.process.migrate_on_start is True
     assert settings.cookie_insecure is False
     assert settings.registration_enabled is True
     assert len(settings.session_hash_key) >= 32 and len(settings.key_encryption_key) >= 32
@@ -70,7 +71,7 @@ def test_production_with_a_complete_environment_loads() -> None:
     assert settings.environment == "production"
     assert settings.session_hash_key == SECRET_A.encode()
     assert settings.key_encryption_key == SECRET_B.encode()
-    assert settings.migrate_on_start is False
+    assert settings.process.migrate_on_start is False
     assert settings.argon2.memory_kib == 19 * 1024 and settings.argon2.time_cost == 2
 
 
@@ -325,7 +326,7 @@ async def test_check_dependencies_finds_no_problem_with_the_real_servers_once_mi
     settings: Settings,
 ) -> None:
     await _migrate(settings.database_url)
-    assert await check_dependencies(replace(settings, migrate_on_start=False)) == []
+    assert await check_dependencies(with_changes(settings, migrate_on_start=False)) == []
 
 
 @pytest.fixture
@@ -345,11 +346,11 @@ async def test_check_dependencies_reports_pending_migrations_unless_migrating_on
     settings: Settings, empty_database_url: str
 ) -> None:
     fresh = replace(settings, database_url=empty_database_url)
-    problems = await check_dependencies(replace(fresh, migrate_on_start=False))
+    problems = await check_dependencies(with_changes(fresh, migrate_on_start=False))
     assert len(problems) == 1, problems
     assert problems[0].startswith("DATABASE_URL: migrations pending (0001_users")
     assert "python -m tessera_auth migrate" in problems[0]
-    assert await check_dependencies(replace(fresh, migrate_on_start=True)) == []
+    assert await check_dependencies(with_changes(fresh, migrate_on_start=True)) == []
 
 
 # --- python -m tessera_auth check --------------------------------------------------------
@@ -437,11 +438,11 @@ def test_the_auth_service_and_the_replicas_judge_an_issuer_alike(
     environ = {**base, "TESSERA_ISSUER": issuer, "TESSERA_AUTH_URL": "http://auth:8080"}
     verdicts = []
     for load, error in (
-        (load_settings, ConfigError),
-        (load_resource_settings, ResourceConfigError),
+        (lambda env: load_settings(env).issuer, ConfigError),
+        (lambda env: load_resource_settings(env).verify.issuer, ResourceConfigError),
     ):
         try:
-            verdicts.append(("ok", load(environ).issuer))
+            verdicts.append(("ok", load(environ)))
         except error as exc:
             verdicts.append(("refused", "; ".join(p for p in exc.problems if "ISSUER" in p)))
     assert verdicts[0] == verdicts[1]

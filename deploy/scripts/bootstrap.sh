@@ -4,8 +4,9 @@
 #     curl) and Prometheus (promtool and the server, for the tests),
 #     installed only when missing;
 #   - .venv with Python >= 3.11, created only when missing;
-#   - `pip install -e '.[dev]'`, rerun only when pyproject.toml changed
-#     (its sha256 is kept in .venv/.tessera-installed).
+#   - the workspace's packages (services/*, deploy, demo: one pyproject.toml
+#     each) installed editable with the root's dev tools, rerun only when a
+#     pyproject.toml changed (their sha256 is kept in .venv/.tessera-installed).
 # Idempotent and silent on success. Run as root or as a user with sudo
 # (needed only when packages are missing).
 #
@@ -133,9 +134,17 @@ fi
 "$VENV/bin/python" -c "import sys; sys.exit(sys.version_info < (${MIN_PYTHON/./, }))" ||
     die "$VENV uses Python < $MIN_PYTHON: remove it and run this again"
 
-wanted="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+# The members first: pip takes a dependency named like a project given here
+# (tessera-verify, ...) from that directory, never from an index.
+MEMBERS=(services/verify services/platform services/auth services/resource deploy demo)
+wanted="$(cat pyproject.toml "${MEMBERS[@]/%//pyproject.toml}" | sha256sum | cut -d' ' -f1)"
 installed="$(cat "$STAMP" 2>/dev/null || true)"
 if [ "$wanted" != "$installed" ]; then
-    quietly "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e '.[dev]'
+    editable=()
+    for member in "${MEMBERS[@]}"; do
+        editable+=(-e "./$member")
+    done
+    quietly "$VENV/bin/python" -m pip install --disable-pip-version-check -q \
+        "${editable[@]}" -e '.[dev]'
     echo "$wanted" >"$STAMP"
 fi

@@ -14,9 +14,9 @@ import argparse
 import asyncio
 import sys
 
-from tessera_verify import serve
-from tessera_verify.observability import configure_logging
-from tessera_verify.pg_migrations import migrate_database
+from tessera_platform import serve
+from tessera_platform.observability import configure_logging
+from tessera_platform.pg_migrations import migrate_database
 
 from . import cli_keys, cli_users, db
 from .app import create_app
@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = _load_or_exit()
     configure_logging(
         "auth",
-        settings.log_level,
-        json_logs=settings.log_json,
-        access_log_enabled=settings.access_log,
+        settings.process.log_level,
+        json_logs=settings.process.log_json,
+        access_log_enabled=settings.process.access_log,
     )
     if args.command == "migrate":
         print(asyncio.run(migrate_database(settings.database_url, db.MIGRATOR)))
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "check":
         print("configuration and dependencies: ok")
         return
-    serve.run(create_app(settings), settings)
+    serve.run(create_app(settings), settings.process)
 
 
 if __name__ == "__main__":

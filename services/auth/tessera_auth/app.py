@@ -11,14 +11,14 @@ from aiohttp import web
 from prometheus_client import Histogram
 from redis.asyncio import Redis
 
+from tessera_platform.observability import request_id_middleware
+from tessera_platform.pg_migrations import open_database
+from tessera_platform.service_errors import DEPENDENCY_ERRORS, error_middleware
 from tessera_verify import redis_layout
 from tessera_verify.access_tokens import AccessTokenClaims, AccessTokenVerifier
 from tessera_verify.background import pause, reraise_if_cancelling
 from tessera_verify.clock import Clock, SystemClock
 from tessera_verify.dependency_metrics import instrumented_redis
-from tessera_verify.error_middleware import DEPENDENCY_ERRORS, error_middleware
-from tessera_verify.observability import request_id_middleware
-from tessera_verify.pg_migrations import open_database
 from tessera_verify.revocation_cache import RevocationCache
 from tessera_verify.session_cache import CachedSessionStore
 from tessera_verify.session_store import RedisSessionStore
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 def create_redis(settings: Settings, latency: Histogram | None = None) -> Redis:
     return instrumented_redis(
-        settings.redis_url, timeout=settings.dependency_timeout, latency=latency
+        settings.redis_url, timeout=settings.process.dependency_timeout, latency=latency
     )
 
 
@@ -71,8 +71,9 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _db_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[app_state.SETTINGS]
+    latency = app[app_state.METRICS].dependency_latency
     pool = await open_database(
-        settings, db.MIGRATOR, latency=app[app_state.METRICS].dependency_latency
+        settings.database_url, settings.process, db.MIGRATOR, latency=latency
     )
     app[app_state.DB] = pool
     yield
@@ -134,7 +135,9 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     keyring = KeyRing(pool, settings)
     await keyring.load(now=clock.now())
-    revocations = RevocationCache(redis, clock, max_staleness=settings.revocation_max_staleness)
+    revocations = RevocationCache(
+        redis, clock, max_staleness=settings.caches.revocation_max_staleness
+    )
     store = RevocationStore(
         pool, redis, clock, local=revocations, wait_replicas=settings.redis_wait_replicas
     )
@@ -151,8 +154,8 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         AnnouncingSessionStore(RedisSessionStore(redis, clock), store),
         revocations,
         clock,
-        ttl=settings.cache_ttl,
-        max_entries=settings.cache_max_entries,
+        ttl=settings.caches.ttl,
+        max_entries=settings.caches.max_entries,
     )
     sessions = SessionManager(
         sessions_cache,
@@ -162,7 +165,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         revocations=revocations,
     )
     app[app_state.SESSIONS] = sessions
-    token_cache: TTLCache[str, AccessTokenClaims] = TTLCache(settings.cache_max_entries)
+    token_cache: TTLCache[str, AccessTokenClaims] = TTLCache(settings.caches.max_entries)
     app[app_state.ISSUER] = AccessTokenIssuer(
         keyring,
         issuer=settings.issuer,
@@ -227,7 +230,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         log.warning("revocation plane not checked at start (%r): the watch will", exc)
     watch = asyncio.create_task(store.watch())
     feed = asyncio.create_task(revocations.run())
-    await revocations.wait_fresh(settings.dependency_timeout)
+    await revocations.wait_fresh(settings.process.dependency_timeout)
     reloader = asyncio.create_task(
         _maintain_keys_forever(keyring, clock, settings.key_reload_interval, audit)
     )
@@ -253,7 +256,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     """The auth application; nothing connects until it starts."""
     metrics = AuthMetrics()
     app = web.Application(
-        client_max_size=settings.max_body_bytes,
+        client_max_size=settings.process.max_body_bytes,
         middlewares=[request_id_middleware, metrics.middleware(), error_middleware],
     )
     app[app_state.SETTINGS] = settings

@@ -20,10 +20,10 @@ from typing import Any
 
 import asyncpg
 
+from tessera_platform.observability import current_request_id
+from tessera_platform.service_errors import DEPENDENCY_ERRORS
 from tessera_verify.background import reraise_if_cancelling
 from tessera_verify.clock import Clock
-from tessera_verify.error_middleware import DEPENDENCY_ERRORS
-from tessera_verify.observability import current_request_id
 
 from .metrics import AuthMetrics
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tessera_verify.pg_migrations import Connection, Migration, Migrator, create_pool
+from tessera_platform.pg_migrations import Connection, Migration, Migrator, create_pool
 
 MIGRATOR = Migrator("tessera_auth.migrations", "schema_migrations")
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tessera_platform.csrf import check_same_origin
+from tessera_platform.jsonbody import get_str, read_body, require_str
 from tessera_verify.authenticators import (
     FORWARD_METHOD_HEADER,
     FORWARD_USER_ID_HEADER,
@@ -14,14 +16,12 @@ from tessera_verify.authenticators import (
 )
 from tessera_verify.client_ip import client_ip
 from tessera_verify.cookies import cookie_value
-from tessera_verify.csrf import check_same_origin
 from tessera_verify.errors import (
     AuthenticationError,
     InvalidRequest,
     InvalidTokenError,
     RegistrationDisabled,
 )
-from tessera_verify.jsonbody import get_str, read_body, require_str
 from tessera_verify.principal import Principal, bearer_token
 from tessera_verify.sessions import Session, clear_session_cookie, set_session_cookie
 

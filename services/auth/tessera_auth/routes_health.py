@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from tessera_verify.health import readiness_response
+from tessera_platform.health import readiness_response
 
 from . import app_state
 
@@ -27,7 +27,7 @@ async def readyz(request: web.Request) -> web.Response:
             "redis": app[app_state.REDIS].ping(),
             "postgresql": app[app_state.DB].fetchval("SELECT 1"),
         },
-        timeout=app[app_state.SETTINGS].dependency_timeout,
+        timeout=app[app_state.SETTINGS].process.dependency_timeout,
         states={"keys": "ok" if app[app_state.KEYRING].ready else "not loaded"},
     )
 

@@ -17,8 +17,8 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from tessera_platform.jsonbody import get_str, read_body, require_str
 from tessera_verify.errors import AuthenticationError, InvalidTokenError
-from tessera_verify.jsonbody import get_str, read_body, require_str
 
 from . import app_state
 from .settings import Settings

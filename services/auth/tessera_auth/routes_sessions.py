@@ -6,10 +6,10 @@ from typing import Any
 
 from aiohttp import web
 
+from tessera_platform.csrf import check_same_origin
+from tessera_platform.jsonbody import read_body, require_str
 from tessera_verify.client_ip import client_ip
-from tessera_verify.csrf import check_same_origin
 from tessera_verify.errors import InvalidCredentials, NotFound, WrongCurrentPassword
-from tessera_verify.jsonbody import read_body, require_str
 from tessera_verify.principal import AuthMethod, Principal
 
 from . import app_state

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from tessera_platform.jsonbody import read_body, require_str
 from tessera_verify.errors import InvalidGrant, UnsupportedGrantType
-from tessera_verify.jsonbody import read_body, require_str
 
 from . import app_state
 from .token_pairs import grant_is_revoked

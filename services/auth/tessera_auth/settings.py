@@ -14,20 +14,23 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from tessera_verify.config import (
+from tessera_platform.process_settings import (
+    ProcessSettings,
+    read_dependency_urls,
+    read_process_settings,
+)
+from tessera_verify.env import (
     ConfigError,
     Environment,
     EnvReader,
     read_cookie_insecure,
-    read_dependency_urls,
     read_environment,
     read_issuer,
     read_jwt_algorithm,
-    read_port,
-    read_process_settings,
     read_secret,
     read_trusted_proxies,
 )
+from tessera_verify.verify_config import CacheConfig, read_cache_config
 
 from .password_policy import DEFAULT_MIN_LENGTH, MAX_LENGTH, MIN_LENGTH_FLOOR
 from .regulation import RegulationPolicy
@@ -60,8 +63,6 @@ class Settings:
     session_hash_key: bytes = field(repr=False)
     key_encryption_key: bytes = field(repr=False)
     environment: Environment = "production"
-    host: str = "127.0.0.1"
-    port: int = 8080
     issuer: str = "http://127.0.0.1:8080"
     audience: str = "tessera"
     client_id: str = "tessera-web"
@@ -81,23 +82,13 @@ class Settings:
     #: Argon2 jobs (hash or verify) one process may have queued or running; None: 2 x CPUs + 2.
     argon2_max_pending: int | None = None
     password_min_length: int = DEFAULT_MIN_LENGTH
-    max_body_bytes: int = 16 * 1024
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    dependency_timeout: float = 2.0
     refresh_grace: float = 10.0
     regulation: RegulationPolicy = field(default_factory=RegulationPolicy)
-    cache_ttl: float = 30.0
-    revocation_max_staleness: float = 5.0
     redis_wait_replicas: int = 0
-    cache_max_entries: int = 10_000
     introspection_clients: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
-    db_pool_max: int = 10
-    migrate_on_start: bool = False
-    log_level: str = "INFO"
-    drain_seconds: float = 0.0
-    shutdown_timeout: float = 10.0
-    log_json: bool = True
-    access_log: bool = True
+    process: ProcessSettings = field(default_factory=ProcessSettings)
+    caches: CacheConfig = field(default_factory=CacheConfig)
 
     @property
     def development(self) -> bool:
@@ -162,8 +153,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     development = environment == "development"
 
     database_url, redis_url = read_dependency_urls(reader)
-    port = read_port(reader, 8080)
-    issuer = read_issuer(reader, development=development, default=f"http://127.0.0.1:{port}")
+    process = read_process_settings(
+        reader, development=development, default_port=8080, default_pool=10
+    )
+    issuer = read_issuer(
+        reader, development=development, default=f"http://127.0.0.1:{process.port}"
+    )
 
     algorithm = read_jwt_algorithm(reader)
     hs256_secret: bytes | None = None
@@ -211,13 +206,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         )
 
     settings = Settings(
-        **read_process_settings(reader, development=development, default_pool=10),
         database_url=database_url,
         redis_url=redis_url,
         session_hash_key=read_secret(reader, "TESSERA_SESSION_HASH_KEY", development),
         key_encryption_key=read_secret(reader, "TESSERA_KEY_ENCRYPTION_KEY", development),
         environment=environment,
-        port=port,
         issuer=issuer,
         audience=reader.text("TESSERA_AUDIENCE", "tessera") or "tessera",
         client_id=reader.text("TESSERA_CLIENT_ID", "tessera-web") or "tessera-web",
@@ -238,9 +231,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         password_min_length=password_min_length,
         trusted_proxies=read_trusted_proxies(reader),
         refresh_grace=reader.parsed("TESSERA_REFRESH_GRACE_SECONDS", float, 10.0, "a number"),
-        cache_max_entries=reader.positive_int("TESSERA_CACHE_MAX_ENTRIES", 10_000),
         redis_wait_replicas=reader.parsed("TESSERA_REDIS_WAIT_REPLICAS", int, 0, "an integer"),
         introspection_clients=_introspection_clients(reader),
+        process=process,
+        caches=read_cache_config(reader),
         regulation=RegulationPolicy(
             max_failures_per_account=reader.parsed(
                 "TESSERA_LOGIN_MAX_FAILURES", int, 10, "an integer"

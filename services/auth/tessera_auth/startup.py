@@ -14,7 +14,7 @@ from .settings import Settings
 async def check_dependencies(settings: Settings) -> list[str]:
     """Everything wrong with Redis and PostgreSQL as configured; empty when all is well."""
     problems: list[str] = []
-    timeout = settings.dependency_timeout
+    timeout = settings.process.dependency_timeout
 
     redis = create_redis(settings)
     try:
@@ -31,7 +31,7 @@ async def check_dependencies(settings: Settings) -> list[str]:
     else:
         try:
             pending = await db.pending_migrations(connection)
-            if pending and not settings.migrate_on_start:
+            if pending and not settings.process.migrate_on_start:
                 names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
                 problems.append(
                     f"DATABASE_URL: migrations pending ({names}); "

@@ -7,7 +7,6 @@ from aiohttp import web
 
 from tessera_verify.clock import Clock
 from tessera_verify.http_metrics import ServiceMetrics
-from tessera_verify.sessions import SessionManager
 
 from .comments import CommentRepository
 from .password_check import PasswordChecker
@@ -18,5 +17,4 @@ CLOCK = web.AppKey("clock", Clock)
 METRICS = web.AppKey("metrics", ServiceMetrics)
 DB = web.AppKey("db", asyncpg.Pool)
 COMMENTS = web.AppKey("comments", CommentRepository)
-LOCAL_SESSIONS = web.AppKey("local_sessions", SessionManager)
 PASSWORDS = web.AppKey("passwords", PasswordChecker)

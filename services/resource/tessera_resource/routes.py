@@ -6,12 +6,12 @@ from typing import Any
 
 from aiohttp import web
 
+from tessera_platform.csrf import check_same_origin
+from tessera_platform.jsonbody import read_body, require_str
 from tessera_verify.client_ip import client_ip
 from tessera_verify.cookies import cookie_value
-from tessera_verify.csrf import check_same_origin
 from tessera_verify.errors import InvalidRequest, NotFound
 from tessera_verify.integration import tessera_verify
-from tessera_verify.jsonbody import read_body, require_str
 from tessera_verify.principal import AuthMethod, Principal, get_principal
 from tessera_verify.sessions import clear_session_cookie, set_session_cookie
 
@@ -76,18 +76,19 @@ async def local_login(request: web.Request) -> web.Response:
     """In-process sessions (demo rows 1-3): this replica alone will know the session."""
     app = request.app
     settings = app[app_state.SETTINGS]
-    if AuthMethod.LOCAL_SESSION not in settings.auth_methods:
+    if AuthMethod.LOCAL_SESSION not in settings.verify.auth_methods:
         raise NotFound("this replica does not keep local sessions; log in at /auth/login")
     check_same_origin(request)
     body = await read_body(request)
-    ip = client_ip(request, settings.trusted_proxies)
+    ip = client_ip(request, settings.verify.trusted_proxies)
     user = await app[app_state.PASSWORDS].check(
         require_str(body, "username", max_length=256),
         require_str(body, "password", max_length=1024),
         client_ip=ip,
     )
-    sessions = app[app_state.LOCAL_SESSIONS]
     verify = tessera_verify(app)
+    sessions = verify.local_sessions
+    assert sessions is not None  # the local_session method is on (checked above)
     previous = cookie_value(request, verify.local_session_cookie)
     if previous:
         await sessions.destroy(previous)  # fixation: never keep a session the client brought
@@ -106,7 +107,10 @@ async def local_login(request: web.Request) -> web.Response:
         headers=NO_STORE,
     )
     set_session_cookie(
-        response, verify.local_session_cookie, session_id, secure=not settings.cookie_insecure
+        response,
+        verify.local_session_cookie,
+        session_id,
+        secure=not settings.verify.cookie_insecure,
     )
     return response
 
@@ -117,11 +121,13 @@ async def local_logout(request: web.Request) -> web.Response:
     if principal.method is not AuthMethod.LOCAL_SESSION or principal.session is None:
         raise InvalidRequest("only local sessions log out here; use /auth/logout")
     app = request.app
-    await app[app_state.LOCAL_SESSIONS].destroy_by_key(principal.session.storage_key)
+    sessions = tessera_verify(app).local_sessions
+    assert sessions is not None  # a local-session principal exists only with the method on
+    await sessions.destroy_by_key(principal.session.storage_key)
     response = web.json_response({"revoked": ["session"]}, headers=NO_STORE)
     clear_session_cookie(
         response,
         tessera_verify(app).local_session_cookie,
-        secure=not app[app_state.SETTINGS].cookie_insecure,
+        secure=not app[app_state.SETTINGS].verify.cookie_insecure,
     )
     return response

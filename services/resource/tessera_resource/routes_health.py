@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from tessera_verify.health import readiness_response
+from tessera_platform.health import readiness_response
 from tessera_verify.integration import tessera_verify
 
 from . import app_state
@@ -25,7 +25,7 @@ async def readyz(request: web.Request) -> web.Response:
     return await readiness_response(
         app,
         {"redis": tessera_verify(app).ping(), "postgresql": app[app_state.DB].fetchval("SELECT 1")},
-        timeout=app[app_state.SETTINGS].dependency_timeout,
+        timeout=app[app_state.SETTINGS].process.dependency_timeout,
     )
 
 

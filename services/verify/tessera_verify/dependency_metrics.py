@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
-import asyncpg
 from prometheus_client import Histogram
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
@@ -234,16 +233,3 @@ def _cluster_client(nodes: RedisNodes, *, timeout: float, latency: Histogram | N
     # cannot see: a MULTI or a script touches one hash slot (the tests run
     # every such path against a real cluster).
     return cast(Redis, client)
-
-
-def query_timer(latency: Histogram) -> Any:
-    """An asyncpg pool ``init`` hook that times every query by its leading SQL verb."""
-
-    def record(query: asyncpg.connection.LoggedQuery) -> None:
-        verb = query.query.lstrip().split(None, 1)[0].lower() if query.query.strip() else "?"
-        latency.labels("postgresql", verb).observe(query.elapsed)
-
-    async def init(connection: asyncpg.Connection) -> None:
-        connection.add_query_logger(record)
-
-    return init

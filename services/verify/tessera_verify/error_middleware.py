@@ -1,14 +1,18 @@
-"""The one middleware that turns errors into JSON responses."""
+"""The one middleware that turns errors into JSON responses.
+
+Verification depends on Redis and HTTP only; a service that also talks to
+PostgreSQL builds its middleware with :func:`error_middleware_for` and its own,
+longer list of dependency errors (``tessera_platform.service_errors``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-import asyncpg
 import redis.exceptions
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from .errors import (
     MethodNotAllowed,
@@ -32,12 +36,6 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
     redis.exceptions.RedisClusterException,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.CannotConnectNowError,
-    # "terminating connection due to administrator command" and kin: the server went away.
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.InterfaceError,
     ConnectionError,
     TimeoutError,
     asyncio.TimeoutError,
@@ -64,34 +62,43 @@ def error_response(error: TesseraError) -> web.Response:
     return response
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn tessera errors, aiohttp HTTP errors and dependency failures into JSON."""
-    try:
-        return await handler(request)
-    except TesseraError as error:
-        return error_response(error)
-    except web.HTTPException as exc:
-        if exc.status < 400:
+def error_middleware_for(dependency_errors: tuple[type[BaseException], ...]) -> Middleware:
+    """The error middleware, answering 503 for any of ``dependency_errors``."""
+
+    @web.middleware
+    async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Turn tessera errors, aiohttp HTTP errors and dependency failures into JSON."""
+        try:
+            return await handler(request)
+        except TesseraError as error:
+            return error_response(error)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            mapped = _HTTP_ERRORS.get(exc.status)
+            if mapped is not None:
+                response = error_response(mapped())
+                if "Allow" in exc.headers:  # RFC 9110 §15.5.6: a 405 must say what is allowed
+                    response.headers["Allow"] = exc.headers["Allow"]
+                return response
+            if 400 <= exc.status < 500:
+                return web.json_response(
+                    {"error": "bad_request", "message": exc.reason}, status=exc.status
+                )
             raise
-        mapped = _HTTP_ERRORS.get(exc.status)
-        if mapped is not None:
-            response = error_response(mapped())
-            if "Allow" in exc.headers:  # RFC 9110 §15.5.6: a 405 must say what is allowed
-                response.headers["Allow"] = exc.headers["Allow"]
-            return response
-        if 400 <= exc.status < 500:
+        except dependency_errors as exc:
+            log.warning("dependency unavailable on %s %s: %r", request.method, request.path, exc)
+            return error_response(ServiceUnavailable())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
             return web.json_response(
-                {"error": "bad_request", "message": exc.reason}, status=exc.status
+                {"error": "internal_error", "message": "internal error"}, status=500
             )
-        raise
-    except DEPENDENCY_ERRORS as exc:
-        log.warning("dependency unavailable on %s %s: %r", request.method, request.path, exc)
-        return error_response(ServiceUnavailable())
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return web.json_response(
-            {"error": "internal_error", "message": "internal error"}, status=500
-        )
+
+    return error_middleware
+
+
+#: For a service whose only dependencies are Redis and HTTP (verification alone).
+error_middleware = error_middleware_for(DEPENDENCY_ERRORS)

@@ -1,8 +1,10 @@
 """Validate tessera credentials in any aiohttp service, in three lines::
 
-    from tessera_verify.integration import TesseraVerify, VerifyConfig
+    from tessera_verify.integration import JwtConfig, TesseraVerify, VerifyConfig
     app = web.Application()
-    TesseraVerify(VerifyConfig(issuer=..., audience=..., jwks_url=..., redis_url=...)).install(app)
+    config = VerifyConfig(issuer=..., audience=..., methods=(JwtConfig(jwks_url=...),),
+                          redis_url=...)
+    TesseraVerify(config).install(app)
 
 Handlers then call :func:`tessera_verify.principal.get_principal` (401 when
 the caller is anonymous). Connections open and close with the app
@@ -13,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+import secrets
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -29,15 +31,14 @@ from .authenticators import (
     ForwardedIdentityAuthenticator,
     SessionCookieAuthenticator,
 )
-from .client_ip import Network
 from .clock import Clock, SystemClock
 from .dependency_metrics import instrumented_redis
 from .http_metrics import ServiceMetrics
 from .principal import AuthMethod, set_principal
 from .revocation_cache import RevocationCache
 from .session_cache import CachedSessionStore
-from .session_store import RedisSessionStore
-from .sessions import SessionManager, SessionPolicy, session_cookie_name
+from .session_store import MemorySessionStore, RedisSessionStore
+from .sessions import SessionManager, session_cookie_name
 from .ttl_cache import TTLCache
 from .verification_keys import (
     JWKSCache,
@@ -46,56 +47,17 @@ from .verification_keys import (
     VerificationKey,
     shared_secret_kid,
 )
+from .verify_config import (
+    CacheConfig,
+    ForwardConfig,
+    JwtConfig,
+    LocalSessionConfig,
+    SharedSessionConfig,
+    VerifyConfig,
+)
 
 LOCAL_SESSION_COOKIE = "__Host-tessera_local_session"
 INSECURE_LOCAL_SESSION_COOKIE = "tessera_local_session"
-
-
-@dataclass(frozen=True)
-class VerifyConfig:
-    """What a validating service needs to know; secrets stay out of ``repr``."""
-
-    issuer: str
-    audience: str
-    methods: Sequence[AuthMethod] = (AuthMethod.JWT,)
-    jwks_url: str | None = None
-    algorithms: Sequence[str] = ("ES256",)
-    hs256_secret: bytes | None = field(default=None, repr=False)
-    redis_url: str | None = None
-    session_hash_key: bytes | None = field(default=None, repr=False)
-    session_policy: SessionPolicy = field(default_factory=SessionPolicy)
-    local_sessions: SessionManager | None = None
-    forward_secret: bytes | None = field(default=None, repr=False)
-    trusted_proxies: Sequence[Network] = ()
-    cookie_insecure: bool = False
-    dependency_timeout: float = 2.0
-    cache_ttl: float = 30.0
-    revocation_max_staleness: float = 5.0
-    cache_max_entries: int = 10_000
-    jwks_max_age: float = 300.0
-    jwks_min_refetch_interval: float = 5.0
-    public_paths: Sequence[str] = ("/healthz", "/readyz", "/metrics")
-
-    def __post_init__(self) -> None:
-        problems = []
-        methods = set(self.methods)
-        if AuthMethod.JWT in methods:
-            if self.hs256_secret is None and self.jwks_url is None:
-                problems.append("JWT validation needs jwks_url (or hs256_secret)")
-            if self.redis_url is None:
-                problems.append("JWT validation needs redis_url for the revocation denylist")
-        if AuthMethod.SHARED_SESSION in methods and (
-            self.redis_url is None or self.session_hash_key is None
-        ):
-            problems.append("shared sessions need redis_url and session_hash_key")
-        if AuthMethod.LOCAL_SESSION in methods and self.local_sessions is None:
-            problems.append("local sessions need a local_sessions manager")
-        if AuthMethod.FORWARD in methods and (
-            self.forward_secret is None or not self.trusted_proxies
-        ):
-            problems.append("forward auth needs forward_secret and trusted_proxies")
-        if problems:
-            raise ValueError("; ".join(problems))
 
 
 class TesseraVerify:
@@ -116,8 +78,20 @@ class TesseraVerify:
         self.verifier: AccessTokenVerifier | None = None
         self.shared_sessions: SessionManager | None = None
         self.revocations: RevocationCache | None = None
-        self.token_cache: TTLCache[str, AccessTokenClaims] = TTLCache(config.cache_max_entries)
+        self.token_cache: TTLCache[str, AccessTokenClaims] = TTLCache(config.caches.max_entries)
         self.session_cache: CachedSessionStore | None = None
+        #: In-process sessions (demonstration rows 1-3), when that method is on.
+        self.local_sessions: SessionManager | None = None
+        local = config.method(LocalSessionConfig)
+        if local is not None:
+            store = MemorySessionStore(self.clock)
+            # They die with the process, so their key is the process's own: no other
+            # process needs it, and it opens nothing anywhere else.
+            self.local_sessions = SessionManager(
+                store, hash_key=secrets.token_bytes(32), policy=local.policy, clock=self.clock
+            )
+            if metrics is not None:
+                metrics.sessions_live.labels("memory").set_function(lambda: len(store))
         self.authentication = Authentication((), metrics)
 
     def install(self, app: web.Application) -> None:
@@ -147,7 +121,7 @@ class TesseraVerify:
         feed: asyncio.Task[None] | None = None
         if self.redis is not None:
             self.revocations = RevocationCache(
-                self.redis, self.clock, max_staleness=config.revocation_max_staleness
+                self.redis, self.clock, max_staleness=config.caches.revocation_max_staleness
             )
             feed = asyncio.create_task(self.revocations.run())
             # Start serving either way: until the copy is fresh, checks go to Redis directly.
@@ -172,52 +146,53 @@ class TesseraVerify:
             if self.redis is not None:
                 await self.redis.aclose()
 
-    def _key_source(self) -> KeySource:
-        config = self.config
-        if config.hs256_secret is not None:
-            kid = shared_secret_kid(config.hs256_secret)
-            return StaticKeySource([VerificationKey(kid, "HS256", config.hs256_secret)])
-        assert config.jwks_url is not None
+    def _key_source(self, jwt: JwtConfig) -> KeySource:
+        if jwt.hs256_secret is not None:
+            kid = shared_secret_kid(jwt.hs256_secret)
+            return StaticKeySource([VerificationKey(kid, "HS256", jwt.hs256_secret)])
+        assert jwt.jwks_url is not None  # JwtConfig holds exactly one of the two
         assert self.http is not None
         return JWKSCache(
-            config.jwks_url,
+            jwt.jwks_url,
             self.http,
             clock=self.clock,
-            max_age=config.jwks_max_age,
-            min_refetch_interval=config.jwks_min_refetch_interval,
-            timeout=config.dependency_timeout,
+            max_age=jwt.jwks_max_age,
+            min_refetch_interval=jwt.jwks_min_refetch_interval,
+            timeout=self.config.dependency_timeout,
         )
 
     def _build_authenticators(self) -> list[Authenticator]:
+        """One authenticator per configured method, in the configured order. Called once
+        the connections are open (``_lifetime``): Redis and the revocation copy exist
+        whenever a method that needs them is configured (``VerifyConfig`` checks it)."""
         config = self.config
         built: list[Authenticator] = []
         for method in config.methods:
-            if method is AuthMethod.JWT:
+            if isinstance(method, JwtConfig):
                 self.verifier = AccessTokenVerifier(
-                    self._key_source(),
+                    self._key_source(method),
                     issuer=config.issuer,
                     audience=config.audience,
-                    algorithms=config.algorithms,
+                    algorithms=method.algorithms,
                     clock=self.clock,
                     revocations=self.revocations,
                     cache=self.token_cache,
                 )
                 built.append(BearerTokenAuthenticator(self.verifier))
-            elif method is AuthMethod.SHARED_SESSION:
+            elif isinstance(method, SharedSessionConfig):
                 assert self.redis is not None
                 assert self.revocations is not None
-                assert config.session_hash_key is not None
                 self.session_cache = CachedSessionStore(
                     RedisSessionStore(self.redis, self.clock),
                     self.revocations,
                     self.clock,
-                    ttl=config.cache_ttl,
-                    max_entries=config.cache_max_entries,
+                    ttl=config.caches.ttl,
+                    max_entries=config.caches.max_entries,
                 )
                 self.shared_sessions = SessionManager(
                     self.session_cache,
-                    hash_key=config.session_hash_key,
-                    policy=config.session_policy,
+                    hash_key=method.hash_key,
+                    policy=method.policy,
                     clock=self.clock,
                     revocations=self.revocations,
                 )
@@ -228,20 +203,19 @@ class TesseraVerify:
                         method=AuthMethod.SHARED_SESSION,
                     )
                 )
-            elif method is AuthMethod.LOCAL_SESSION:
-                assert config.local_sessions is not None
+            elif isinstance(method, LocalSessionConfig):
+                assert self.local_sessions is not None
                 built.append(
                     SessionCookieAuthenticator(
-                        config.local_sessions,
+                        self.local_sessions,
                         cookie_name=self.local_session_cookie,
                         method=AuthMethod.LOCAL_SESSION,
                     )
                 )
-            elif method is AuthMethod.FORWARD:
-                assert config.forward_secret is not None
+            elif isinstance(method, ForwardConfig):
                 built.append(
                     ForwardedIdentityAuthenticator(
-                        secret=config.forward_secret, trusted_proxies=config.trusted_proxies
+                        secret=method.secret, trusted_proxies=config.trusted_proxies
                     )
                 )
         return built
@@ -270,6 +244,11 @@ def tessera_verify(app: web.Application) -> TesseraVerify:
 __all__ = [
     "LOCAL_SESSION_COOKIE",
     "TESSERA_VERIFY",
+    "CacheConfig",
+    "ForwardConfig",
+    "JwtConfig",
+    "LocalSessionConfig",
+    "SharedSessionConfig",
     "TesseraVerify",
     "VerifyConfig",
     "tessera_verify",

@@ -1,4 +1,5 @@
-"""Reading typed settings from the environment, shared by every tessera service.
+"""Reading typed settings from the environment: the reader and the rules every
+tessera service and the verify configuration share.
 
 Every secret can also come from a file named by ``<NAME>_FILE`` (Docker and
 Kubernetes secrets). :class:`EnvReader` records every problem instead of
@@ -8,15 +9,12 @@ stopping at the first, so an operator fixes a configuration in one pass.
 from __future__ import annotations
 
 import ipaddress
-import logging
-import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal, TypedDict, TypeVar
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 from .client_ip import Network
-from .dependency_metrics import REDIS_URL_SCHEMES, parse_redis_nodes
 from .verification_keys import SUPPORTED_ALGORITHMS
 
 Environment = Literal["development", "production"]
@@ -144,38 +142,6 @@ def read_environment(reader: EnvReader) -> Environment:
     return "production"
 
 
-def read_port(reader: EnvReader, default: int) -> int:
-    port = reader.parsed("TESSERA_PORT", int, default, "a port number")
-    if not 0 < port < 65536:
-        reader.problems.append(f"TESSERA_PORT must be 1-65535 (got {port})")
-    return port
-
-
-def read_dependency_timeout(reader: EnvReader) -> float:
-    """Seconds a Redis/PostgreSQL/HTTP dependency call may take before we answer 503."""
-    timeout = reader.parsed("TESSERA_DEPENDENCY_TIMEOUT", float, 2.0, "a number")
-    if not 0 < timeout < math.inf:  # also refuses nan
-        reader.problems.append(
-            f"TESSERA_DEPENDENCY_TIMEOUT must be positive and finite (got {timeout})"
-        )
-        return 2.0
-    return timeout
-
-
-def read_dependency_urls(reader: EnvReader) -> tuple[str, str]:
-    """``DATABASE_URL`` and ``REDIS_URL``, both required."""
-    database_url = check_url(
-        reader, "DATABASE_URL", reader.text("DATABASE_URL"), ("postgresql", "postgres")
-    )
-    redis_url = check_url(reader, "REDIS_URL", reader.text("REDIS_URL"), REDIS_URL_SCHEMES)
-    if urlsplit(redis_url).scheme in ("redis+sentinel", "redis+cluster"):
-        try:
-            parse_redis_nodes(redis_url)
-        except ValueError as exc:
-            reader.problems.append(f"REDIS_URL: {exc}")
-    return database_url, redis_url
-
-
 def read_jwt_algorithm(reader: EnvReader) -> str:
     algorithm = reader.text("TESSERA_JWT_ALG", "ES256") or "ES256"
     if algorithm not in SUPPORTED_ALGORITHMS:
@@ -194,68 +160,8 @@ def read_cookie_insecure(reader: EnvReader, development: bool) -> bool:
     return insecure
 
 
-def read_log_level(reader: EnvReader) -> str:
-    level = (reader.text("TESSERA_LOG_LEVEL", "INFO") or "INFO").upper()
-    if level not in logging.getLevelNamesMapping():
-        reader.problems.append(f"TESSERA_LOG_LEVEL={level!r} is not a log level")
-    return level
-
-
 def read_trusted_proxies(reader: EnvReader) -> tuple[Network, ...]:
     none: tuple[Network, ...] = ()
     return reader.parsed(
         "TESSERA_TRUSTED_PROXIES", parse_networks, none, "a comma-separated list of networks"
-    )
-
-
-def read_log_json(reader: EnvReader) -> bool:
-    """``TESSERA_LOG_FORMAT``: ``json`` (default, one object per line) or ``text``."""
-    value = (reader.text("TESSERA_LOG_FORMAT", "json") or "json").lower()
-    if value not in ("json", "text"):
-        reader.problems.append("TESSERA_LOG_FORMAT must be 'json' or 'text'")
-    return value != "text"
-
-
-def read_revocation_max_staleness(reader: EnvReader) -> float:
-    """``TESSERA_REVOCATION_MAX_STALENESS``: S, the oldest proof of a complete revocation
-    copy a verifier accepts credentials on (0: none, every check asks Redis)."""
-    value = reader.parsed("TESSERA_REVOCATION_MAX_STALENESS", float, 5.0, "a number")
-    if not 0 <= value <= 30:
-        reader.problems.append("TESSERA_REVOCATION_MAX_STALENESS must be between 0 and 30 seconds")
-    return value
-
-
-class ProcessSettings(TypedDict):
-    """What every tessera process reads the same way (unpacked into its settings)."""
-
-    host: str
-    max_body_bytes: int
-    dependency_timeout: float
-    cache_ttl: float
-    revocation_max_staleness: float
-    db_pool_max: int
-    migrate_on_start: bool
-    log_level: str
-    log_json: bool
-    access_log: bool
-    drain_seconds: float
-    shutdown_timeout: float
-
-
-def read_process_settings(
-    reader: EnvReader, *, development: bool, default_pool: int
-) -> ProcessSettings:
-    return ProcessSettings(
-        host=reader.text("TESSERA_HOST", "127.0.0.1") or "127.0.0.1",
-        max_body_bytes=reader.positive_int("TESSERA_MAX_BODY_BYTES", 16 * 1024),
-        dependency_timeout=read_dependency_timeout(reader),
-        cache_ttl=reader.parsed("TESSERA_CACHE_TTL", float, 30.0, "a number"),
-        revocation_max_staleness=read_revocation_max_staleness(reader),
-        db_pool_max=reader.positive_int("TESSERA_DB_POOL_MAX", default_pool),
-        migrate_on_start=reader.flag("TESSERA_MIGRATE_ON_START", development),
-        log_level=read_log_level(reader),
-        log_json=read_log_json(reader),
-        access_log=reader.flag("TESSERA_ACCESS_LOG", True),
-        drain_seconds=reader.parsed("TESSERA_DRAIN_SECONDS", float, 0.0, "a number"),
-        shutdown_timeout=reader.parsed("TESSERA_SHUTDOWN_TIMEOUT", float, 10.0, "a number"),
     )

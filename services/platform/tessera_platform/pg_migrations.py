@@ -12,12 +12,12 @@ import re
 import zlib
 from dataclasses import dataclass
 from importlib import resources
-from typing import Protocol
+from typing import Any
 
 import asyncpg
 from prometheus_client import Histogram
 
-from .dependency_metrics import query_timer
+from .process_settings import ProcessSettings
 
 log = logging.getLogger(__name__)
 
@@ -130,33 +130,34 @@ async def create_pool(
     return pool
 
 
-class DatabaseSettings(Protocol):
-    """Read-only view of the settings this needs."""
-
-    @property
-    def database_url(self) -> str: ...
-
-    @property
-    def db_pool_max(self) -> int: ...
-
-    @property
-    def dependency_timeout(self) -> float: ...
-
-    @property
-    def migrate_on_start(self) -> bool: ...
-
-
 async def open_database(
-    settings: DatabaseSettings, migrator: Migrator, *, latency: Histogram | None = None
+    database_url: str,
+    process: ProcessSettings,
+    migrator: Migrator,
+    *,
+    latency: Histogram | None = None,
 ) -> asyncpg.Pool:
     """The service's pool, with its migrations applied first when the settings ask."""
     pool = await create_pool(
-        settings.database_url,
-        max_size=settings.db_pool_max,
-        timeout=settings.dependency_timeout,
+        database_url,
+        max_size=process.db_pool_max,
+        timeout=process.dependency_timeout,
         latency=latency,
     )
-    if settings.migrate_on_start:
+    if process.migrate_on_start:
         async with pool.acquire() as connection:
             await migrator.migrate(connection)
     return pool
+
+
+def query_timer(latency: Histogram) -> Any:
+    """An asyncpg pool ``init`` hook that times every query by its leading SQL verb."""
+
+    def record(query: asyncpg.connection.LoggedQuery) -> None:
+        verb = query.query.lstrip().split(None, 1)[0].lower() if query.query.strip() else "?"
+        latency.labels("postgresql", verb).observe(query.elapsed)
+
+    async def init(connection: asyncpg.Connection) -> None:
+        connection.add_query_logger(record)
+
+    return init

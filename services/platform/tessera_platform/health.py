@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Mapping
 
 from aiohttp import web
 
-from .error_middleware import DEPENDENCY_ERRORS
+from tessera_platform.service_errors import DEPENDENCY_ERRORS
+
 from .serve import draining
 
 
@@ -27,7 +28,7 @@ async def readiness_response(
     states: Mapping[str, str] | None = None,
 ) -> web.Response:
     """200 when every probe answers within ``timeout`` and every extra state is "ok", else
-    503; always 503 once the service is shutting down (:mod:`tessera_verify.serve`)."""
+    503; always 503 once the service is shutting down (:mod:`tessera_platform.serve`)."""
     names = list(probes)
     results = await asyncio.gather(*(_check(probes[name], timeout) for name in names))
     checks = dict(zip(names, results, strict=True)) | dict(states or {})

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Protocol
 
 from aiohttp import web
+
+from .process_settings import ProcessSettings
 
 log = logging.getLogger(__name__)
 
@@ -56,23 +57,7 @@ async def serve(
         log.info("stopped")
 
 
-class ServeSettings(Protocol):
-    """Read-only view of the settings this needs."""
-
-    @property
-    def host(self) -> str: ...
-
-    @property
-    def port(self) -> int: ...
-
-    @property
-    def drain_seconds(self) -> float: ...
-
-    @property
-    def shutdown_timeout(self) -> float: ...
-
-
-def run(app: web.Application, settings: ServeSettings) -> None:
+def run(app: web.Application, settings: ProcessSettings) -> None:
     """Serve until SIGTERM/SIGINT with the settings' address and shutdown timing."""
     asyncio.run(
         serve(

@@ -8,7 +8,12 @@ from typing import Any
 
 from aiohttp import web
 
-from .errors import InvalidRequest, MalformedJSON, PayloadTooLarge, UnsupportedMediaType
+from tessera_verify.errors import (
+    InvalidRequest,
+    MalformedJSON,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"

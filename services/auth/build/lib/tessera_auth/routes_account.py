@@ -1,0 +1,243 @@
+"""Register, log in, log out, who am I."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from tessera_platform.csrf import check_same_origin
+from tessera_platform.jsonbody import get_str, read_body, require_str
+from tessera_verify.authenticators import (
+    FORWARD_METHOD_HEADER,
+    FORWARD_USER_ID_HEADER,
+    FORWARD_USERNAME_HEADER,
+)
+from tessera_verify.client_ip import client_ip
+from tessera_verify.cookies import cookie_value
+from tessera_verify.errors import (
+    AuthenticationError,
+    InvalidRequest,
+    InvalidTokenError,
+    RegistrationDisabled,
+)
+from tessera_verify.principal import Principal, bearer_token
+from tessera_verify.sessions import Session, clear_session_cookie, set_session_cookie
+
+from . import app_state
+from .authenticate import authenticate, session_cookie_name
+from .password_policy import MAX_INPUT_LENGTH
+from .users import User
+
+routes = web.RouteTableDef()
+
+CREDENTIAL_KINDS = ("session", "token", "both")
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def _user_json(user: User) -> dict[str, Any]:
+    return {"id": user.id, "username": user.username}
+
+
+def _session_json(session: Session) -> dict[str, Any]:
+    record = session.record
+    return {
+        "id": record.public_id,
+        "created_at": record.created_at,
+        "last_seen_at": record.last_seen_at,
+        "expires_at": record.expires_at,
+    }
+
+
+async def _username(app: web.Application, principal: Principal) -> str:
+    """The caller's name: from the session, or (tokens carry none) from the user row,
+    which also refuses a token whose user was deleted or disabled since."""
+    if principal.username is not None:
+        return principal.username
+    user = await app[app_state.ACCOUNTS].users.by_id(principal.user_id)
+    if user is None or user.disabled:
+        raise AuthenticationError("the token's user no longer exists or is disabled")
+    return user.username
+
+
+@routes.post("/auth/register")
+async def register(request: web.Request) -> web.Response:
+    app = request.app
+    if not app[app_state.SETTINGS].registration_enabled:
+        raise RegistrationDisabled()
+    # Each registration costs an Argon2 hash: counted per address before anything else.
+    rank = await app[app_state.REGULATOR].reserve_registration(
+        client_ip(request, app[app_state.SETTINGS].trusted_proxies)
+    )
+    body = await read_body(request)
+    username = require_str(body, "username", max_length=256)
+    password = require_str(body, "password", max_length=MAX_INPUT_LENGTH)
+    user = await request.app[app_state.ACCOUNTS].register(username, password, rank=rank)
+    return web.json_response({"user": _user_json(user)}, status=201, headers=NO_STORE)
+
+
+@routes.post("/auth/login")
+async def login(request: web.Request) -> web.Response:
+    app = request.app
+    settings, metrics = app[app_state.SETTINGS], app[app_state.METRICS]
+    check_same_origin(request)  # login CSRF: another site must not log you in as someone else
+    body = await read_body(request)
+    username = require_str(body, "username", max_length=256)
+    password = require_str(body, "password", max_length=MAX_INPUT_LENGTH)
+    kind = get_str(body, "credential", required=False, default="session", max_length=16)
+    if kind not in CREDENTIAL_KINDS:
+        raise InvalidRequest(
+            f"'credential' must be one of {', '.join(CREDENTIAL_KINDS)}",
+            details={"field": "credential"},
+        )
+    ip = client_ip(request, settings.trusted_proxies)
+    user = await app[app_state.PASSWORD_CHECK].check(username, password, ip=ip, event="login")
+    sessions = app[app_state.SESSIONS]
+    cookie_name = session_cookie_name(app)
+    payload: dict[str, Any] = {"user": _user_json(user)}
+    session_link = secrets.token_urlsafe(12)
+    new_session_id: str | None = None
+    session_key: str | None = None
+    if kind in ("session", "both"):
+        # Fixation: whatever session the client brought is destroyed, never upgraded.
+        previous = cookie_value(request, cookie_name)
+        if previous:
+            await sessions.destroy(previous)
+        new_session_id, session = await sessions.create(
+            user_id=user.id,
+            username=user.username,
+            ip=ip,
+            user_agent=request.headers.get("User-Agent", ""),
+        )
+        session_link, session_key = session.record.public_id, session.storage_key
+        payload["session"] = _session_json(session)
+        metrics.tokens_issued.labels("session").inc()
+    if kind in ("token", "both"):
+        payload.update(
+            await app[app_state.TOKEN_PAIRS].issue(
+                user_id=user.id, session_link=session_link, session_key=session_key
+            )
+        )
+    metrics.logins.labels("success").inc()
+    app[app_state.AUDIT].record(
+        "login", user_id=user.id, username=user.username, ip=ip, credential=kind
+    )
+
+    response = web.json_response(payload, headers=NO_STORE)
+    if new_session_id is not None:
+        set_session_cookie(
+            response, cookie_name, new_session_id, secure=not settings.cookie_insecure
+        )
+    return response
+
+
+@routes.post("/auth/password-check")
+async def password_check(request: web.Request) -> web.Response:
+    """Whether a password is right, issuing nothing: for replicas that keep their own
+    sessions (demo rows 1-3). Throttled, counted and audited exactly like login."""
+    app = request.app
+    body = await read_body(request)
+    username = require_str(body, "username", max_length=256)
+    password = require_str(body, "password", max_length=MAX_INPUT_LENGTH)
+    ip = client_ip(request, app[app_state.SETTINGS].trusted_proxies)
+    user = await app[app_state.PASSWORD_CHECK].check(
+        username, password, ip=ip, event="password.check"
+    )
+    app[app_state.METRICS].logins.labels("password_checked").inc()
+    app[app_state.AUDIT].record("password.check", user_id=user.id, username=user.username, ip=ip)
+    return web.json_response({"user": _user_json(user)}, headers=NO_STORE)
+
+
+@routes.post("/auth/logout")
+async def logout(request: web.Request) -> web.Response:
+    """Revoke what the caller presents: session cookie, bearer token, refresh token."""
+    app = request.app
+    revoked: list[str] = []
+    refresh_token: str | None = None
+    if request.body_exists:
+        body = await read_body(request, allow_form=True)
+        refresh_token = get_str(body, "refresh_token", required=False, max_length=256)
+
+    revoker = app[app_state.REVOKER]
+    cookie_name = session_cookie_name(app)
+    session_id = cookie_value(request, cookie_name)
+    if session_id:
+        check_same_origin(request)
+        session = await app[app_state.SESSIONS].load(session_id)
+        if session is not None:
+            await revoker.revoke_session(session)
+            revoked.append("session")
+
+    token = bearer_token(request)
+    if token is not None:
+        try:
+            claims = await app[app_state.VERIFIER].verify(token)
+        except InvalidTokenError:
+            claims = None  # expired, already revoked or forged: nothing left to revoke
+        if claims is not None:
+            await revoker.revoke_access_token(claims.token_id, claims.expires_at)
+            revoked.append("access_token")
+
+    if refresh_token is not None:
+        family = await app[app_state.REFRESH_TOKENS].family_of(refresh_token)
+        if family is not None:
+            await revoker.revoke_family(family, reason="logout")
+            revoked.append("refresh_token")
+
+    if revoked:
+        app[app_state.AUDIT].record(
+            "logout",
+            ip=client_ip(request, app[app_state.SETTINGS].trusted_proxies),
+            revoked=revoked,
+        )
+    if not session_id and token is None and refresh_token is None:
+        raise AuthenticationError("present a session cookie, a bearer token or a refresh token")
+    response = web.json_response({"revoked": revoked}, headers=NO_STORE)
+    if session_id:
+        clear_session_cookie(
+            response, cookie_name, secure=not app[app_state.SETTINGS].cookie_insecure
+        )
+    return response
+
+
+@routes.get("/auth/forward")
+async def forward(request: web.Request) -> web.Response:
+    """nginx ``auth_request``: 200 with identity headers, 401, 400 or 503.
+
+    nginx copies the identity headers onto the proxied request; the body is
+    never looked at, and nginx sends none (``proxy_pass_request_body off``).
+    nginx sees only the status of a refusal and renders the body itself
+    (``nginx/policies/forward_auth.conf``): a 400 from here means a session
+    cookie sent twice (:class:`~tessera_verify.errors.DuplicateCookie`), so no
+    other 400 may come from here.
+    """
+    principal = await authenticate(request)
+    username = await _username(request.app, principal)
+    return web.Response(
+        status=200,
+        headers={
+            FORWARD_USER_ID_HEADER: principal.user_id,
+            FORWARD_USERNAME_HEADER: username,
+            FORWARD_METHOD_HEADER: principal.method.value,
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+@routes.get("/auth/me")
+async def me(request: web.Request) -> web.Response:
+    principal = await authenticate(request)
+    payload: dict[str, Any] = {"user_id": principal.user_id, "method": principal.method.value}
+    if principal.session is not None:
+        payload["username"] = principal.session.record.username
+        payload["session"] = _session_json(principal.session)
+    else:
+        payload["username"] = await _username(request.app, principal)
+    if principal.token is not None:
+        payload["token"] = {
+            "jti": principal.token.token_id,
+            "expires_at": principal.token.expires_at,
+            "session_link": principal.token.session_link,
+        }
+    return web.json_response(payload, headers=NO_STORE)

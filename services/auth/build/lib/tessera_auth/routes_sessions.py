@@ -1,0 +1,108 @@
+"""A user's own sessions: list them, revoke one, log out everywhere, change the password."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from tessera_platform.csrf import check_same_origin
+from tessera_platform.jsonbody import read_body, require_str
+from tessera_verify.client_ip import client_ip
+from tessera_verify.errors import InvalidCredentials, NotFound, WrongCurrentPassword
+from tessera_verify.principal import AuthMethod, Principal
+
+from . import app_state
+from .authenticate import authenticate
+from .password_policy import MAX_INPUT_LENGTH
+
+routes = web.RouteTableDef()
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+async def _caller(request: web.Request) -> Principal:
+    principal = await authenticate(request)
+    if request.method != "GET" and principal.method is not AuthMethod.JWT:
+        check_same_origin(request)
+    return principal
+
+
+def _current_link(principal: Principal) -> str | None:
+    if principal.session is not None:
+        return principal.session.record.public_id
+    if principal.token is not None:
+        return principal.token.session_link
+    return None
+
+
+@routes.get("/auth/sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    """The caller's live sessions, newest first; the one making this request is marked."""
+    principal = await _caller(request)
+    current = _current_link(principal)
+    sessions = await request.app[app_state.SESSIONS].list_for_user(principal.user_id)
+    listed: list[dict[str, Any]] = [
+        {
+            "id": s.record.public_id,
+            "created_at": s.record.created_at,
+            "last_seen_at": s.record.last_seen_at,
+            "expires_at": s.record.expires_at,
+            "ip": s.record.ip,
+            "user_agent": s.record.user_agent,
+            "current": s.record.public_id == current,
+        }
+        for s in sorted(sessions, key=lambda s: s.record.created_at, reverse=True)
+    ]
+    return web.json_response({"sessions": listed}, headers=NO_STORE)
+
+
+@routes.delete("/auth/sessions/{session_id}")
+async def revoke_session(request: web.Request) -> web.Response:
+    principal = await _caller(request)
+    wanted = request.match_info["session_id"]
+    app = request.app
+    for session in await app[app_state.SESSIONS].list_for_user(principal.user_id):
+        if session.record.public_id == wanted:
+            await app[app_state.REVOKER].revoke_session(session)
+            return web.json_response({"revoked": ["session"]}, headers=NO_STORE)
+    raise NotFound("no such session")
+
+
+@routes.post("/auth/logout-all")
+async def logout_everywhere(request: web.Request) -> web.Response:
+    """Every session, refresh token and access token of the caller, on every device."""
+    principal = await _caller(request)
+    summary = await request.app[app_state.REVOKER].revoke_everything(
+        principal.user_id, reason="logout everywhere"
+    )
+    return web.json_response({"revoked": summary.to_json()}, headers=NO_STORE)
+
+
+@routes.post("/auth/password")
+async def change_password(request: web.Request) -> web.Response:
+    """Change the password; everything issued before is revoked, this device included."""
+    principal = await _caller(request)
+    body = await read_body(request)
+    current = require_str(body, "current_password", max_length=MAX_INPUT_LENGTH)
+    new = require_str(body, "new_password", max_length=MAX_INPUT_LENGTH)
+    app = request.app
+    accounts = app[app_state.ACCOUNTS]
+    # A stolen session must not become an unthrottled password oracle: reserve first.
+    ip = client_ip(request, app[app_state.SETTINGS].trusted_proxies)
+    attempt = await app[app_state.REGULATOR].reserve("password-change:" + principal.user_id, ip)
+    try:
+        user = await accounts.users.by_id(principal.user_id)
+        if user is None:
+            raise InvalidCredentials("the caller's user no longer exists")
+        correct = await accounts.verify_password(user, current, rank=attempt.rank)
+    except Exception:
+        await attempt.succeeded()  # not a guess (a full Argon2 queue, an outage): give it back
+        raise
+    if not correct:
+        raise WrongCurrentPassword()  # the reservation stays: it was a failure
+    await attempt.succeeded()
+    await accounts.change_password(user, new)  # the policy check is in there
+    app[app_state.AUDIT].record("password.change", user_id=user.id, username=user.username)
+    summary = await app[app_state.REVOKER].revoke_everything(user.id, reason="password change")
+    return web.json_response({"revoked": summary.to_json()}, headers=NO_STORE)

@@ -1,0 +1,163 @@
+"""Versioned SQL migrations for any tessera service that keeps data in PostgreSQL.
+
+Each service ships ``NNNN_name.sql`` files in a package and records what it
+applied in a table of its own, so services sharing one database never see
+each other's versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zlib
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import asyncpg
+from prometheus_client import Histogram
+
+from .process_settings import ProcessSettings
+
+log = logging.getLogger(__name__)
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+class Migrator:
+    """Applies the migrations of ``package`` and records them in ``table``."""
+
+    def __init__(self, package: str, table: str) -> None:
+        if not _TABLE_NAME.match(table):
+            raise ValueError(f"bad migrations table name {table!r}")
+        self.package = package
+        self.table = table
+        # One advisory lock per table: every replica of a service waits for the others.
+        self._lock_id = zlib.crc32(table.encode())
+
+    def available(self) -> list[Migration]:
+        """The shipped migrations, in order."""
+        found: list[Migration] = []
+        for entry in resources.files(self.package).iterdir():
+            match = _MIGRATION_NAME.match(entry.name)
+            if match:
+                found.append(Migration(int(match[1]), match[2], entry.read_text()))
+        found.sort(key=lambda m: m.version)
+        versions = [m.version for m in found]
+        if len(set(versions)) != len(versions):
+            raise RuntimeError(f"duplicate migration versions in {self.package}: {versions}")
+        return found
+
+    async def migrate(self, connection: Connection) -> list[Migration]:
+        """Apply pending migrations, each in its own transaction; returns those applied.
+
+        An advisory lock makes concurrent callers (several replicas starting at
+        once) wait for each other instead of racing.
+        """
+        await connection.execute("SELECT pg_advisory_lock($1)", self._lock_id)
+        try:
+            await connection.execute(
+                f"""CREATE TABLE IF NOT EXISTS {self.table} (
+                       version    integer PRIMARY KEY,
+                       name       text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            rows = await connection.fetch(f"SELECT version FROM {self.table}")  # noqa: S608
+            done = {row["version"] for row in rows}
+            applied: list[Migration] = []
+            for migration in self.available():
+                if migration.version in done:
+                    continue
+                async with connection.transaction():
+                    await connection.execute(migration.sql)
+                    await connection.execute(
+                        f"INSERT INTO {self.table} (version, name) VALUES ($1, $2)",  # noqa: S608
+                        migration.version,
+                        migration.name,
+                    )
+                log.info("applied migration %04d_%s", migration.version, migration.name)
+                applied.append(migration)
+            return applied
+        finally:
+            await connection.execute("SELECT pg_advisory_unlock($1)", self._lock_id)
+
+    async def pending(self, connection: Connection) -> list[Migration]:
+        exists = await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", self.table)
+        done: set[int] = set()
+        if exists:
+            rows = await connection.fetch(f"SELECT version FROM {self.table}")  # noqa: S608
+            done = {row["version"] for row in rows}
+        return [m for m in self.available() if m.version not in done]
+
+
+async def migrate_database(dsn: str, migrator: Migrator) -> str:
+    """Apply ``migrator``'s pending migrations to ``dsn``; a one-line summary for the CLI."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        applied = await migrator.migrate(connection)
+    finally:
+        await connection.close()
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "nothing to apply"
+    return f"migrations: {names}"
+
+
+async def create_pool(
+    dsn: str, *, max_size: int, timeout: float, latency: Histogram | None = None
+) -> asyncpg.Pool:
+    """A pool whose calls give up after ``timeout`` (acquire) / 5x (commands): no hangs.
+
+    With ``latency``, every query is timed into it (``tessera_dependency_duration_seconds``).
+    """
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        timeout=timeout,
+        command_timeout=timeout * 5,
+        init=None if latency is None else query_timer(latency),
+    )
+    assert pool is not None
+    return pool
+
+
+async def open_database(
+    database_url: str,
+    process: ProcessSettings,
+    migrator: Migrator,
+    *,
+    latency: Histogram | None = None,
+) -> asyncpg.Pool:
+    """The service's pool, with its migrations applied first when the settings ask."""
+    pool = await create_pool(
+        database_url,
+        max_size=process.db_pool_max,
+        timeout=process.dependency_timeout,
+        latency=latency,
+    )
+    if process.migrate_on_start:
+        async with pool.acquire() as connection:
+            await migrator.migrate(connection)
+    return pool
+
+
+def query_timer(latency: Histogram) -> Any:
+    """An asyncpg pool ``init`` hook that times every query by its leading SQL verb."""
+
+    def record(query: asyncpg.connection.LoggedQuery) -> None:
+        verb = query.query.lstrip().split(None, 1)[0].lower() if query.query.strip() else "?"
+        latency.labels("postgresql", verb).observe(query.elapsed)
+
+    async def init(connection: asyncpg.Connection) -> None:
+        connection.add_query_logger(record)
+
+    return init

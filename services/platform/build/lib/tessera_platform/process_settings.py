@@ -1,0 +1,103 @@
+"""What every tessera process reads the same way: where it listens, how it logs,
+how long it waits for a dependency, how it shuts down, its database pool.
+
+A service's settings hold one :class:`ProcessSettings` (composed, not copied
+field by field); :func:`tessera_platform.serve.run` and
+:func:`tessera_platform.pg_migrations.open_database` take it as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from tessera_verify.dependency_metrics import REDIS_URL_SCHEMES, parse_redis_nodes
+from tessera_verify.env import EnvReader, check_url
+
+__all__ = ["ProcessSettings", "read_dependency_urls", "read_process_settings"]
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    """The process's own settings; the defaults are production's."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 16 * 1024
+    #: Seconds a Redis/PostgreSQL/HTTP dependency call may take before we answer 503.
+    dependency_timeout: float = 2.0
+    db_pool_max: int = 10
+    migrate_on_start: bool = False
+    log_level: str = "INFO"
+    #: One JSON object per log line (``TESSERA_LOG_FORMAT=json``), else text.
+    log_json: bool = True
+    access_log: bool = True
+    #: Seconds /readyz answers 503 before the listener closes (a load balancer notices).
+    drain_seconds: float = 0.0
+    shutdown_timeout: float = 10.0
+
+
+def read_process_settings(
+    reader: EnvReader, *, development: bool, default_port: int, default_pool: int
+) -> ProcessSettings:
+    return ProcessSettings(
+        host=reader.text("TESSERA_HOST", "127.0.0.1") or "127.0.0.1",
+        port=_read_port(reader, default_port),
+        max_body_bytes=reader.positive_int("TESSERA_MAX_BODY_BYTES", 16 * 1024),
+        dependency_timeout=_read_dependency_timeout(reader),
+        db_pool_max=reader.positive_int("TESSERA_DB_POOL_MAX", default_pool),
+        migrate_on_start=reader.flag("TESSERA_MIGRATE_ON_START", development),
+        log_level=_read_log_level(reader),
+        log_json=_read_log_json(reader),
+        access_log=reader.flag("TESSERA_ACCESS_LOG", True),
+        drain_seconds=reader.parsed("TESSERA_DRAIN_SECONDS", float, 0.0, "a number"),
+        shutdown_timeout=reader.parsed("TESSERA_SHUTDOWN_TIMEOUT", float, 10.0, "a number"),
+    )
+
+
+def read_dependency_urls(reader: EnvReader) -> tuple[str, str]:
+    """``DATABASE_URL`` and ``REDIS_URL``, both required."""
+    database_url = check_url(
+        reader, "DATABASE_URL", reader.text("DATABASE_URL"), ("postgresql", "postgres")
+    )
+    redis_url = check_url(reader, "REDIS_URL", reader.text("REDIS_URL"), REDIS_URL_SCHEMES)
+    if urlsplit(redis_url).scheme in ("redis+sentinel", "redis+cluster"):
+        try:
+            parse_redis_nodes(redis_url)
+        except ValueError as exc:
+            reader.problems.append(f"REDIS_URL: {exc}")
+    return database_url, redis_url
+
+
+def _read_port(reader: EnvReader, default: int) -> int:
+    port = reader.parsed("TESSERA_PORT", int, default, "a port number")
+    if not 0 < port < 65536:
+        reader.problems.append(f"TESSERA_PORT must be 1-65535 (got {port})")
+    return port
+
+
+def _read_dependency_timeout(reader: EnvReader) -> float:
+    timeout = reader.parsed("TESSERA_DEPENDENCY_TIMEOUT", float, 2.0, "a number")
+    if not 0 < timeout < math.inf:  # also refuses nan
+        reader.problems.append(
+            f"TESSERA_DEPENDENCY_TIMEOUT must be positive and finite (got {timeout})"
+        )
+        return 2.0
+    return timeout
+
+
+def _read_log_level(reader: EnvReader) -> str:
+    level = (reader.text("TESSERA_LOG_LEVEL", "INFO") or "INFO").upper()
+    if level not in logging.getLevelNamesMapping():
+        reader.problems.append(f"TESSERA_LOG_LEVEL={level!r} is not a log level")
+    return level
+
+
+def _read_log_json(reader: EnvReader) -> bool:
+    """``TESSERA_LOG_FORMAT``: ``json`` (default, one object per line) or ``text``."""
+    value = (reader.text("TESSERA_LOG_FORMAT", "json") or "json").lower()
+    if value not in ("json", "text"):
+        reader.problems.append("TESSERA_LOG_FORMAT must be 'json' or 'text'")
+    return value != "text"

@@ -1,0 +1,27 @@
+"""The errors a tessera service answers 503 for, PostgreSQL's among them.
+
+The verify package knows Redis and HTTP only; the services also depend on
+PostgreSQL, and a connection it drops (a restart, ``pg_terminate_backend``, a
+full pool) is "a dependency is down" too: 503, fail closed, never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from tessera_verify.error_middleware import DEPENDENCY_ERRORS as VERIFY_DEPENDENCY_ERRORS
+from tessera_verify.error_middleware import error_middleware_for
+
+__all__ = ["DEPENDENCY_ERRORS", "error_middleware"]
+
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+    *VERIFY_DEPENDENCY_ERRORS,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    # "terminating connection due to administrator command" and kin: the server went away.
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+)
+
+error_middleware = error_middleware_for(DEPENDENCY_ERRORS)

@@ -1,0 +1,45 @@
+"""``python -m tessera_resource serve|migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from tessera_platform import serve
+from tessera_platform.observability import configure_logging
+from tessera_platform.pg_migrations import migrate_database
+
+from .app import MIGRATOR, create_app
+from .settings import ConfigError, ResourceSettings, load_settings
+
+
+def _load_or_exit() -> ResourceSettings:
+    try:
+        return load_settings()
+    except ConfigError as error:
+        print(f"tessera-resource: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tessera_resource", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run one resource replica")
+    commands.add_parser("migrate", help="apply the resource service's migrations")
+    args = parser.parse_args(argv)
+    settings = _load_or_exit()
+    configure_logging(
+        f"resource-{settings.replica_id}",
+        settings.process.log_level,
+        json_logs=settings.process.log_json,
+        access_log_enabled=settings.process.access_log,
+    )
+    if args.command == "migrate":
+        print(asyncio.run(migrate_database(settings.database_url, MIGRATOR)))
+        return
+    serve.run(create_app(settings), settings.process)
+
+
+if __name__ == "__main__":
+    main()

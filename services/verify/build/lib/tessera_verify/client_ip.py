@@ -1,0 +1,34 @@
+"""The client's address, trusting ``X-Forwarded-For`` only from configured proxies."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from aiohttp import web
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def is_trusted(address: str, proxies: Sequence[Network]) -> bool:
+    """Whether ``address`` is one of the configured proxies."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
+
+
+def client_ip(request: web.Request, trusted_proxies: Sequence[Network]) -> str:
+    """Walk ``X-Forwarded-For`` from the right while the hop is a trusted proxy."""
+    peer = request.remote or ""
+    if not trusted_proxies or not is_trusted(peer, trusted_proxies):
+        return peer
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not is_trusted(hop, trusted_proxies):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer
+    return hops[0] if hops else peer

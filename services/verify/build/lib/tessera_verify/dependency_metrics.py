@@ -1,0 +1,235 @@
+"""Latency of every Redis command and PostgreSQL query, observed without touching call sites.
+
+Every service opens Redis through :func:`instrumented_redis`, which also picks
+the topology from the URL's scheme:
+
+- ``redis://[user:password@]host:port[/db]`` and ``rediss://...`` (TLS): one server;
+- ``redis+sentinel://[user:password@]host:port[,host:port...]/<master-name>[/db]``:
+  the primary that the sentinels name, followed across failovers (the
+  credentials are the data nodes'; sentinels are reached without any);
+- ``redis+cluster://[user:password@]host:port[,host:port...]``: Redis Cluster,
+  any reachable node is enough to discover the rest (database 0 only).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
+
+from prometheus_client import Histogram
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel
+
+DEPENDENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0)
+
+REDIS_URL_SCHEMES = ("redis", "rediss", "redis+sentinel", "redis+cluster")
+#: Connections one client opens to a single Redis (redis-py's default bound).
+REDIS_MAX_CONNECTIONS = 100
+_DEFAULT_PORTS = {"redis+sentinel": 26379, "redis+cluster": 6379}
+
+
+def _observe(latency: Histogram | None, args: tuple[Any, ...], started: float) -> None:
+    if latency is not None and args:
+        command = args[0]
+        name = command.decode() if isinstance(command, bytes) else str(command)
+        latency.labels("redis", name.split(" ", 1)[0].lower()).observe(
+            time.perf_counter() - started
+        )
+
+
+class InstrumentedRedis(Redis):
+    """A Redis client that times each command into ``latency`` (set after construction),
+    and each pipeline as one ``pipeline`` (a session load is one: GET and PEXPIRETIME).
+
+    Pub/sub has its own path in redis-py and is not timed.
+    """
+
+    latency: Histogram | None = None
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        finally:
+            _observe(self.latency, args, started)
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        pipe = InstrumentedPipeline(
+            self.connection_pool, self.response_callbacks, transaction, shard_hint
+        )
+        pipe.latency = self.latency
+        return pipe
+
+
+class InstrumentedPipeline(Pipeline):
+    """A pipeline timed as one round trip, ``pipeline``."""
+
+    latency: Histogram | None = None
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        started = time.perf_counter()
+        try:
+            return await super().execute(raise_on_error)
+        finally:
+            _observe(self.latency, ("pipeline",), started)
+
+
+class SentinelManagedRedis(InstrumentedRedis):
+    """The primary of a Sentinel group; closing it also closes its sentinel connections."""
+
+    sentinels: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinels is not None:
+            await self.sentinels.aclose()
+
+
+class InstrumentedRedisCluster(RedisCluster):
+    """:class:`InstrumentedRedis` for Redis Cluster: a command's time includes its redirects."""
+
+    latency: Histogram | None = None
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            _observe(self.latency, args, started)
+
+
+@dataclass(frozen=True)
+class RedisNodes:
+    """What a ``redis+sentinel://`` or ``redis+cluster://`` URL names."""
+
+    scheme: str
+    addresses: tuple[tuple[str, int], ...]
+    username: str | None
+    password: str | None
+    master_name: str | None  # sentinel only
+    db: int
+
+
+def parse_redis_nodes(url: str) -> RedisNodes:
+    """Split a multi-node Redis URL; :class:`ValueError` says what is wrong with it."""
+    parts = urlsplit(url)
+    if parts.scheme not in _DEFAULT_PORTS:
+        raise ValueError(f"not a multi-node Redis URL scheme: {parts.scheme!r}")
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = credentials.partition(":")
+    addresses = tuple(_address(h, _DEFAULT_PORTS[parts.scheme]) for h in hosts.split(","))
+    segments = [unquote(s) for s in parts.path.split("/")[1:] if s]
+    if parts.scheme == "redis+sentinel":
+        if not segments or len(segments) > 2:
+            raise ValueError("a sentinel URL ends in /<master-name> or /<master-name>/<db>")
+        master_name, db = segments[0], _db(segments[1:])
+    else:
+        if len(segments) > 1 or _db(segments) != 0:
+            raise ValueError("Redis Cluster has database 0 only")
+        master_name, db = None, 0
+    return RedisNodes(
+        parts.scheme,
+        addresses,
+        unquote(username) or None,
+        unquote(password) or None,
+        master_name,
+        db,
+    )
+
+
+def _address(text: str, default_port: int) -> tuple[str, int]:
+    host, colon, port = text.rpartition(":") if not text.endswith("]") else (text, "", "")
+    if not colon:
+        host, port = text, str(default_port)
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not host:port")
+    return host, int(port)
+
+
+def _db(segments: list[str]) -> int:
+    if not segments:
+        return 0
+    if not segments[0].isdigit():
+        raise ValueError(f"database {segments[0]!r} is not a number")
+    return int(segments[0])
+
+
+def instrumented_redis(url: str, *, timeout: float, latency: Histogram | None) -> Redis:
+    """A client for ``url`` whose calls give up after ``timeout`` and are timed into ``latency``.
+
+    The scheme picks the topology (see the module's docstring). Whatever it
+    is, callers get the :class:`~redis.asyncio.Redis` interface.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme == "redis+sentinel":
+        return _sentinel_client(parse_redis_nodes(url), timeout=timeout, latency=latency)
+    if scheme == "redis+cluster":
+        return _cluster_client(parse_redis_nodes(url), timeout=timeout, latency=latency)
+    # A blocking pool: past its connections a command waits (at most ``timeout``)
+    # for one to come back, instead of failing at once (MaxConnectionsError), so a
+    # burst of requests is slowed, not refused.
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+    )
+    client = InstrumentedRedis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # aclose() closes the pool it was given
+    client.latency = latency
+    return client
+
+
+def _sentinel_client(nodes: RedisNodes, *, timeout: float, latency: Histogram | None) -> Redis:
+    assert nodes.master_name is not None
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(nodes.addresses),
+        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+    )
+    # Each new connection asks the sentinels for the primary's address, and a
+    # connection to a demoted primary ("READONLY") is dropped: after a
+    # failover, commands reach the new primary without a new client.
+    client = cast(
+        SentinelManagedRedis,
+        sentinel.master_for(
+            nodes.master_name,
+            redis_class=SentinelManagedRedis,
+            db=nodes.db,
+            username=nodes.username,
+            password=nodes.password,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=30,
+        ),
+    )
+    client.latency = latency
+    client.sentinels = sentinel
+    return client
+
+
+def _cluster_client(nodes: RedisNodes, *, timeout: float, latency: Histogram | None) -> Redis:
+    client = InstrumentedRedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes.addresses],
+        # The servers keep serving the slots of live shards while one fails
+        # over; so does the client.
+        require_full_coverage=False,
+        username=nodes.username,
+        password=nodes.password,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+    )
+    client.latency = latency
+    # RedisCluster is not a Redis subclass, but offers the same commands,
+    # pipelines, Lua scripts and pub/sub under the same names. The code base
+    # is typed against Redis and keeps to what both do, plus one rule mypy
+    # cannot see: a MULTI or a script touches one hash slot (the tests run
+    # every such path against a real cluster).
+    return cast(Redis, client)

@@ -1,0 +1,104 @@
+"""The one middleware that turns errors into JSON responses.
+
+Verification depends on Redis and HTTP only; a service that also talks to
+PostgreSQL builds its middleware with :func:`error_middleware_for` and its own,
+longer list of dependency errors (``tessera_platform.service_errors``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import redis.exceptions
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from .errors import (
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TesseraError,
+    UnsupportedMediaType,
+)
+
+log = logging.getLogger(__name__)
+
+#: Exceptions that mean "a dependency is down", answered with 503 (fail closed).
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    # A failover in progress: a demoted primary refusing writes, a cluster slot
+    # without a primary for a moment (Sentinel and Cluster).
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.RedisClusterException,
+    ConnectionError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    OSError,
+)
+
+_HTTP_ERRORS: dict[int, type[TesseraError]] = {
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+}
+
+
+def error_response(error: TesseraError) -> web.Response:
+    """The JSON response for ``error``, with ``WWW-Authenticate`` where it applies."""
+    response = web.json_response(error.body(), status=error.status)
+    challenge = error.www_authenticate()
+    if challenge:
+        response.headers["WWW-Authenticate"] = challenge
+    if error.status in (401, 429, 503):
+        response.headers["Cache-Control"] = "no-store"
+    response.headers.update(error.extra_headers())
+    return response
+
+
+def error_middleware_for(dependency_errors: tuple[type[BaseException], ...]) -> Middleware:
+    """The error middleware, answering 503 for any of ``dependency_errors``."""
+
+    @web.middleware
+    async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Turn tessera errors, aiohttp HTTP errors and dependency failures into JSON."""
+        try:
+            return await handler(request)
+        except TesseraError as error:
+            return error_response(error)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            mapped = _HTTP_ERRORS.get(exc.status)
+            if mapped is not None:
+                response = error_response(mapped())
+                if "Allow" in exc.headers:  # RFC 9110 §15.5.6: a 405 must say what is allowed
+                    response.headers["Allow"] = exc.headers["Allow"]
+                return response
+            if 400 <= exc.status < 500:
+                return web.json_response(
+                    {"error": "bad_request", "message": exc.reason}, status=exc.status
+                )
+            raise
+        except dependency_errors as exc:
+            log.warning("dependency unavailable on %s %s: %r", request.method, request.path, exc)
+            return error_response(ServiceUnavailable())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return web.json_response(
+                {"error": "internal_error", "message": "internal error"}, status=500
+            )
+
+    return error_middleware
+
+
+#: For a service whose only dependencies are Redis and HTTP (verification alone).
+error_middleware = error_middleware_for(DEPENDENCY_ERRORS)

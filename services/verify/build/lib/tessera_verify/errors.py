@@ -1,0 +1,251 @@
+"""The one error hierarchy of tessera.
+
+Handlers raise these; :func:`tessera_verify.error_middleware.error_middleware` turns
+them into JSON bodies ``{"error": code, "message": text}`` plus
+``WWW-Authenticate`` where RFC 6750 asks for it. ``code`` is stable and meant
+for programs; ``message`` is for people and may change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+REALM = "tessera"
+
+
+class TesseraError(Exception):
+    """Base of every error tessera reports to a client."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    default_message: ClassVar[str] = "internal error"
+
+    def __init__(self, message: str | None = None, *, details: Mapping[str, Any] | None = None):
+        self.message = message or self.default_message
+        self.details = dict(details or {})
+        super().__init__(self.message)
+
+    def www_authenticate(self) -> str | None:
+        return None
+
+    def extra_headers(self) -> dict[str, str]:
+        return {}
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+# --- 4xx: the request itself is wrong -------------------------------------------------
+
+
+class BadRequest(TesseraError):
+    status = 400
+    code = "bad_request"
+    default_message = "bad request"
+
+
+class MalformedJSON(BadRequest):
+    code = "malformed_json"
+    default_message = "request body is not valid JSON"
+
+
+class InvalidRequest(BadRequest):
+    """A well-formed body whose fields are missing or invalid."""
+
+    code = "invalid_request"
+    default_message = "request fields are missing or invalid"
+
+
+class DuplicateCookie(BadRequest):
+    """A credential cookie sent more than once: which copy is meant cannot be known."""
+
+    code = "duplicate_cookie"
+    default_message = "a cookie was sent more than once"
+
+
+class WeakPassword(InvalidRequest):
+    """A new password breaks the password policy; ``details["rule"]`` names the rule."""
+
+    code = "weak_password"
+    default_message = "the password does not meet the password policy"
+
+
+class UnsupportedMediaType(TesseraError):
+    status = 415
+    code = "unsupported_media_type"
+    default_message = "unsupported content type"
+
+
+class PayloadTooLarge(TesseraError):
+    status = 413
+    code = "payload_too_large"
+    default_message = "request body is too large"
+
+
+class NotFound(TesseraError):
+    status = 404
+    code = "not_found"
+    default_message = "not found"
+
+
+class MethodNotAllowed(TesseraError):
+    status = 405
+    code = "method_not_allowed"
+    default_message = "method not allowed"
+
+
+class Forbidden(TesseraError):
+    status = 403
+    code = "forbidden"
+    default_message = "forbidden"
+
+
+class WrongCurrentPassword(Forbidden):
+    """A signed-in caller got the current password wrong: 403, not 401 (still signed in)."""
+
+    code = "wrong_current_password"
+    default_message = "the current password is wrong"
+
+
+class RegistrationDisabled(Forbidden):
+    code = "registration_disabled"
+    default_message = "registration is disabled on this server"
+
+
+class CSRFRejected(Forbidden):
+    code = "csrf_rejected"
+    default_message = "cross-site request refused"
+
+
+class Conflict(TesseraError):
+    status = 409
+    code = "conflict"
+    default_message = "conflict"
+
+
+class UsernameTaken(Conflict):
+    code = "username_taken"
+    default_message = "that username is already registered"
+
+
+class InvalidGrant(BadRequest):
+    """RFC 6749 §5.2: the refresh token is invalid, expired, revoked or already used."""
+
+    code = "invalid_grant"
+    default_message = "the refresh token is invalid, expired or already used"
+
+
+class UnsupportedGrantType(BadRequest):
+    code = "unsupported_grant_type"
+    default_message = "unsupported grant_type"
+
+
+class TooManyAttempts(TesseraError):
+    """Login throttling: too many recent failures for this account or address."""
+
+    status = 429
+    code = "too_many_attempts"
+    default_message = "too many failed attempts; try again later"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(details={"retry_after": retry_after})
+        self.retry_after = retry_after
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+# --- 401: who are you? -----------------------------------------------------------------
+
+
+class AuthenticationError(TesseraError):
+    status = 401
+    code = "unauthenticated"
+    default_message = "authentication required"
+
+    def www_authenticate(self) -> str | None:
+        return f'Bearer realm="{REALM}"'
+
+
+class InvalidCredentials(AuthenticationError):
+    """Unknown user and wrong password alike: one answer for both."""
+
+    code = "invalid_credentials"
+    default_message = "invalid username or password"
+
+
+class InvalidSession(AuthenticationError):
+    code = "invalid_session"
+    default_message = "the session is unknown or has expired"
+
+
+class InvalidTokenError(AuthenticationError):
+    """Base of every reason an access token is refused (the pyjwt model)."""
+
+    code = "invalid_token"
+    default_message = "the access token is invalid"
+
+    def www_authenticate(self) -> str | None:
+        description = self.message.replace('"', "'")
+        return f'Bearer realm="{REALM}", error="invalid_token", error_description="{description}"'
+
+
+class MalformedToken(InvalidTokenError):
+    default_message = "the access token is malformed"
+
+
+class AlgorithmNotAllowed(InvalidTokenError):
+    default_message = "the token's algorithm is not accepted"
+
+
+class UnknownKey(InvalidTokenError):
+    default_message = "the token's signing key is unknown"
+
+
+class InvalidSignature(InvalidTokenError):
+    default_message = "the token's signature is invalid"
+
+
+class ExpiredToken(InvalidTokenError):
+    default_message = "the access token has expired"
+
+
+class ImmatureToken(InvalidTokenError):
+    default_message = "the access token is not yet valid"
+
+
+class InvalidClaims(InvalidTokenError):
+    default_message = "the access token's claims are invalid"
+
+
+class RevokedToken(InvalidTokenError):
+    default_message = "the access token has been revoked"
+
+
+# --- 5xx: our side ----------------------------------------------------------------------
+
+
+class ServiceUnavailable(TesseraError):
+    """A dependency (Redis, PostgreSQL, the JWKS endpoint) cannot be reached: fail closed."""
+
+    status = 503
+    code = "dependency_unavailable"
+    default_message = "a dependency is unavailable; try again later"
+
+    #: Seconds a client should wait: dependencies come back, and the verify side
+    #: re-proves its revocation state, within about a second (README, "When Redis fails").
+    retry_after = 1
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class ServerBusy(ServiceUnavailable):
+    """This process has as much password hashing queued as it may hold: shed, never pile up."""
+
+    code = "server_busy"
+    default_message = "the server is busy; try again shortly"
