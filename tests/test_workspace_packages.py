@@ -10,6 +10,7 @@ builds a fresh virtualenv with pip (PyPI for the third-party dependencies).
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import venv
@@ -27,10 +28,19 @@ def _fresh_venv(tmp_path: Path) -> Path:
 
 
 def _pip_install(python: Path, *paths: str) -> None:
+    """pip install ``paths`` (relative to the repository) from a copy: a build writes
+    ``build/`` and ``*.egg-info`` next to the sources, and the tree stays untouched."""
+    copy = python.parent.parent.parent / "src"
+    for path in paths:
+        shutil.copytree(
+            ROOT / path,
+            copy / path,
+            ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"),
+        )
     subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *paths],
         check=True,
-        cwd=ROOT,
+        cwd=copy,
         capture_output=True,
         timeout=600,
     )

@@ -1,2 +1,0 @@
-"""The platform every tessera service runs on: serving, health, migrations, JSON bodies,
-CSRF, logs."""
