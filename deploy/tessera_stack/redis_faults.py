@@ -1,6 +1,6 @@
 """Which Redis process a fault hits, and how to tell the store is back: one per topology.
 
-The outage probe (:mod:`tessera_stack.outage`) takes the stack's shared
+The outage probe (:mod:`tessera_demo.outage`) takes the stack's shared
 store away under traffic. What "away" and "back" mean depends on what the
 stack runs (``up --redis single|sentinel|cluster``):
 
