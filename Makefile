@@ -34,7 +34,7 @@ UP_ARGS := $(if $(PORT),--port $(PORT)) $(if $(HTTPS_PORT),--https-port $(HTTPS_
 	$(if $(REPLICAS),--replicas $(REPLICAS)) $(if $(REDIS),--redis $(REDIS))
 
 .PHONY: help bootstrap up down status logs demo outage-probe row scale kill-replica \
-	restart-replicas test test-fast test-stack lint fmt bench bench-quick clean
+	restart-replicas test test-unit test-fast test-stack lint fmt bench bench-quick clean
 
 help: ## List the targets
 	@echo "usage: make TARGET [VAR=value ...]"
@@ -89,6 +89,9 @@ restart-replicas: ## Rolling restart of the replicas, one at a time out of nginx
 # junit_family=xunit1: record_property (outage figures) works with --junitxml.
 test: bootstrap ## Run the test suite (real PostgreSQL, Redis and nginx are started for it)
 	$(PY) -m pytest -o junit_family=xunit1 $(PYTEST_ARGS)
+
+test-unit: bootstrap ## The tightest loop: tests that need no server at all
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 test-fast: bootstrap ## The inner loop: every test but the stack tier (no launcher, no demo)
 	$(PY) -m pytest -m "not stack" $(PYTEST_ARGS)

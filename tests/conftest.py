@@ -39,8 +39,10 @@ from tessera_verify.verify_config import (
 
 pytest_plugins = ["tests.fixtures_infra"]
 
-#: Test tiers by module (``-m stack``, ``-m deploy``; the rest runs in-process against
-#: real PostgreSQL, Redis and nginx). ``make test-fast`` leaves out the stack tier.
+#: Test tiers: ``unit`` (no server at all: ``make test-unit``, seconds), ``integration``
+#: (in-process services against real PostgreSQL, Redis, Sentinel, Cluster and nginx),
+#: ``stack`` (the launcher's whole local stack) and ``deploy`` (images, compose,
+#: Kubernetes, packages). ``make test-fast`` is everything but the stack tier.
 STACK_MODULES = {
     "test_bench_smoke",
     "test_demo_faults",
@@ -58,6 +60,22 @@ DEPLOY_MODULES = {
 }
 
 
+#: Modules whose tests start servers or service processes of their own (not by fixture).
+SERVER_MODULES = {
+    "test_dependency_failures",
+    "test_graceful_shutdown",
+    "test_least_privilege",
+    "test_migrations",
+    "test_nginx_configs",
+    "test_prometheus_metrics",
+    "test_revocation_faults",
+    "test_settings",
+    "test_token_lifecycle",
+}
+#: Fixtures that start a real server (everything that uses one depends on these).
+SERVER_FIXTURES = {"database_url", "redis_url", "redis_sentinel_group", "redis_cluster_group"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
@@ -65,6 +83,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.stack)
         elif module in DEPLOY_MODULES:
             item.add_marker(pytest.mark.deploy)
+        elif module in SERVER_MODULES or SERVER_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
 
 
 # Cheap Argon2 for tests that are not about Argon2 (tests of the real cost set their own).
