@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tessera_stack.processes import proc_stat_fields
+
 __all__ = [
     "MACHINE",
     "ORIGINAL_CORES",
@@ -44,11 +46,9 @@ def cpu_count() -> int:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of ``pid`` (all its threads) so far; 0 when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except OSError:
+    fields = proc_stat_fields(pid)
+    if fields is None:
         return 0.0
-    fields = stat.rpartition(")")[2].split()
     # Fields after the command name: state is [0], utime [11], stime [12].
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
@@ -64,12 +64,8 @@ def machine_busy_seconds() -> float:
 
 
 def _parent(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()
-    return int(fields[1]) if len(fields) > 1 else None
+    fields = proc_stat_fields(pid)
+    return int(fields[1]) if fields is not None and len(fields) > 1 else None
 
 
 def descendants(pid: int) -> list[int]:

@@ -6,6 +6,7 @@ free ports, log tails and bounded waits.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import signal
@@ -13,13 +14,17 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 __all__ = [
     "StackError",
+    "StartStop",
     "free_port",
     "is_alive",
     "log_tail",
     "port_is_open",
+    "proc_stat_fields",
     "read_pid_file",
     "terminate",
     "wait_until",
@@ -29,6 +34,31 @@ __all__ = [
 
 class StackError(RuntimeError):
     """A server or stack process could not be started, reached or stopped."""
+
+
+class StartStop(abc.ABC):
+    """Something started and stopped as a whole: ``with it:`` starts it, and stops it
+    however the block ends (a server, a group of Redis nodes)."""
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start; return once it serves, or raise :class:`StackError`."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop; safe to call when not running."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -125,14 +155,20 @@ def read_pid_file(path: Path) -> int | None:
     return int(text) if text.isdigit() and int(text) > 0 else None
 
 
-def _proc_state(pid: int) -> str | None:
-    """The state letter from /proc/PID/stat, or ``None`` without procfs."""
+def proc_stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...), or
+    ``None`` without procfs or once the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
     except OSError:
         return None
     # The command name in parentheses may itself contain spaces or ")".
-    fields = stat.rpartition(")")[2].split()
+    return stat.rpartition(")")[2].split()
+
+
+def _proc_state(pid: int) -> str | None:
+    """The state letter from /proc/PID/stat, or ``None`` without procfs."""
+    fields = proc_stat_fields(pid)
     return fields[0] if fields else None
 
 

@@ -31,13 +31,12 @@ import signal
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, cast
 
 import redis
 from redis.crc import key_slot
 
-from tessera_stack.processes import StackError, free_port, wait_until
+from tessera_stack.processes import StackError, StartStop, free_port, wait_until
 from tessera_stack.servers import LOOPBACK, RedisServer
 from tessera_stack.servers.redis_server import ask, connect
 
@@ -154,8 +153,9 @@ class RedisNode(RedisServer):
         return [*argv, "--sentinel"] if self._sentinel else argv
 
 
-class _Group(abc.ABC):
-    """What both topologies share: nodes, stop, remove_data, a context manager."""
+class _Group(StartStop):
+    """What both topologies share: nodes, stop, remove_data, a context manager, and
+    killing a primary, waiting for its successor and bringing it back."""
 
     def __init__(self, base_dir: Path | str) -> None:
         self._base_dir = Path(base_dir).absolute()
@@ -198,24 +198,60 @@ class _Group(abc.ABC):
         if not wait_until(predicate, timeout=timeout):
             raise StackError(f"{type(self).__name__}: {what} within {timeout:g} s")
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self._base_dir)!r})"
 
     @abc.abstractmethod
     def start(self) -> None:
         """Start every node; return once the group can fail over."""
+
+    @abc.abstractmethod
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every node runs and every replica is in sync (raise StackError after)."""
+
+    def _kill(self, primary: RedisNode | None, problem: str) -> RedisNode:
+        """SIGKILL ``primary`` and remember it as the killed node; ``problem`` when it is
+        not a running node."""
+        if primary is None or not primary.running:
+            raise StackError(problem)
+        primary.kill()
+        self._killed = primary
+        return primary
+
+    def _wait_for_promotion(
+        self,
+        what: Callable[[RedisNode], str],
+        candidate: Callable[[], RedisNode | None],
+        timeout: float,
+        serves: Callable[[RedisNode], bool] = lambda _: True,
+    ) -> RedisNode:
+        """Until ``candidate()`` is a node other than the killed one that says it is a
+        primary and ``serves``; that node. ``what(killed)``: the error's words."""
+        killed = self._killed
+        if killed is None:
+            raise StackError("nothing was killed: call kill_primary() first")
+        promoted: list[RedisNode] = []
+
+        def failed_over() -> bool:
+            node = candidate()
+            if node is None or node is killed:
+                return False
+            if _info(node.port, "replication").get("role") != "master":
+                return False
+            if not serves(node):
+                return False
+            promoted[:] = [node]
+            return True
+
+        self._wait(what(killed), failed_over, timeout)
+        return promoted[0]
+
+    def _rejoin(self, node: RedisNode, timeout: float) -> None:
+        """Start a killed node again and wait until the group is whole."""
+        node.start()
+        if self._killed is node:
+            self._killed = None
+        self.wait_healthy(timeout)
 
 
 def _replica_in_sync(port: int) -> bool:
@@ -308,35 +344,21 @@ class RedisSentinelGroup(_Group):
 
     def kill_primary(self) -> RedisNode:
         """SIGKILL the current primary; returns the killed node (see :meth:`restart`)."""
-        primary = self.primary()
-        if primary is None or not primary.running:
-            raise StackError("the sentinels name no running primary")
-        primary.kill()
-        self._killed = primary
-        return primary
+        return self._kill(self.primary(), "the sentinels name no running primary")
 
     def wait_for_failover(self, timeout: float = 30.0) -> RedisNode:
         """Block until every sentinel names a new, running primary that accepts writes."""
-        killed = self._killed
-        if killed is None:
-            raise StackError("nothing was killed: call kill_primary() first")
-        promoted: list[RedisNode] = []
 
-        def failed_over() -> bool:
+        def agreed_primary() -> RedisNode | None:
             named = {
                 str(ask(s.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name))
                 for s in self.sentinels
             }
-            node = self.primary()
-            if len(named) != 1 or node is None or node is killed:
-                return False
-            if _info(node.port, "replication").get("role") != "master":
-                return False
-            promoted[:] = [node]
-            return True
+            return self.primary() if len(named) == 1 else None
 
-        self._wait("no replica was promoted", failed_over, timeout)
-        return promoted[0]
+        return self._wait_for_promotion(
+            lambda _: "no replica was promoted", agreed_primary, timeout
+        )
 
     def restart(self, node: RedisNode, timeout: float = 30.0) -> None:
         """Start a killed node again as a replica of the current primary and wait for it.
@@ -349,10 +371,7 @@ class RedisSentinelGroup(_Group):
         if primary is None or primary is node:
             raise StackError("no other primary to rejoin")
         node.follow(primary)
-        node.start()
-        if self._killed is node:
-            self._killed = None
-        self.wait_healthy(timeout)
+        self._rejoin(node, timeout)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Until every node runs, every replica is in sync, every sentinel sees all of it."""
@@ -487,42 +506,23 @@ class RedisClusterGroup(_Group):
 
     def kill_primary(self, key: str) -> RedisNode:
         """SIGKILL the primary of ``key``'s slot; returns the killed node."""
-        primary = self.primary_for(key)
-        if primary is None or not primary.running:
-            raise StackError(f"no running primary serves {key!r}")
+        killed = self._kill(self.primary_for(key), f"no running primary serves {key!r}")
         self._killed_key = key
-        primary.kill()
-        self._killed = primary
-        return primary
+        return killed
 
     def wait_for_failover(self, timeout: float = 30.0) -> RedisNode:
         """Block until a replica serves the killed primary's slots and the cluster is ok."""
-        killed = self._killed
-        if killed is None:
-            raise StackError("nothing was killed: call kill_primary() first")
         key = self._killed_key
-        promoted: list[RedisNode] = []
-
-        def failed_over() -> bool:
-            owner = self.primary_for(key)
-            if owner is None or owner is killed:
-                return False
-            if _info(owner.port, "replication").get("role") != "master":
-                return False
-            if "cluster_state:ok" not in str(ask(owner.port, "CLUSTER", "INFO")):
-                return False
-            promoted[:] = [owner]
-            return True
-
-        self._wait(f"no replica took over from {killed.address}", failed_over, timeout)
-        return promoted[0]
+        return self._wait_for_promotion(
+            lambda killed: f"no replica took over from {killed.address}",
+            lambda: self.primary_for(key),
+            timeout,
+            serves=lambda owner: "cluster_state:ok" in str(ask(owner.port, "CLUSTER", "INFO")),
+        )
 
     def restart(self, node: RedisNode, timeout: float = 30.0) -> None:
         """Start a killed node again; the cluster makes it a replica of its successor."""
-        node.start()
-        if self._killed is node:
-            self._killed = None
-        self.wait_healthy(timeout)
+        self._rejoin(node, timeout)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Until all six nodes agree the cluster is ok and every replica is in sync."""

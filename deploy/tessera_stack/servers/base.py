@@ -10,11 +10,11 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import ClassVar, Self, TypedDict
+from typing import ClassVar, TypedDict
 
 from tessera_stack.processes import (
     StackError,
+    StartStop,
     free_port,
     is_alive,
     log_tail,
@@ -49,7 +49,7 @@ class ServerOptions(ProcessOptions, total=False):
     port: int | None
 
 
-class _LocalServer(abc.ABC):
+class _LocalServer(StartStop):
     """Start/stop/pid-file/log plumbing shared by the concrete servers."""
 
     #: Short name: default log file name and error messages.
@@ -195,25 +195,13 @@ class _LocalServer(abc.ABC):
     def remove_data(self) -> None:
         """Delete the server's data; the server must be stopped."""
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         state = f"port={self._port}" if self._port is not None else "stopped"
         return f"{type(self).__name__}({str(self._base_dir)!r}, {state})"
 
     # -- hooks for subclasses -------------------------------------------
 
-    def _prepare(self) -> None:  # noqa: B027 - optional hook, empty by default
+    def _prepare(self) -> None:  # optional hook, empty by default
         """Create data directories etc. before the first launch attempt."""
 
     @abc.abstractmethod
@@ -224,7 +212,7 @@ class _LocalServer(abc.ABC):
     def _ready(self, port: int) -> bool:
         """Whether the server on ``port`` accepts requests (one quick probe)."""
 
-    def _after_start(self) -> None:  # noqa: B027 - optional hook, empty by default
+    def _after_start(self) -> None:  # optional hook, empty by default
         """Work that needs the running server (e.g. create a database)."""
 
     def _popen_options(self) -> _PopenOptions:
