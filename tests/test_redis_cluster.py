@@ -8,7 +8,6 @@ acknowledged (``WAIT``) before the crash is there afterwards.
 
 from __future__ import annotations
 
-import logging
 import secrets
 import time
 from typing import cast
@@ -25,9 +24,7 @@ from tessera_verify.dependency_metrics import instrumented_redis
 from tessera_verify.errors import InvalidGrant, TooManyAttempts
 from tessera_verify.session_store import RedisSessionStore
 
-from .fixtures_infra import first_answer, save_sessions
-
-log = logging.getLogger(__name__)
+from .fixtures_infra import FailoverWrites, save_sessions, start_families
 
 
 async def test_refresh_token_rotation_and_reuse_detection_run_on_a_cluster(
@@ -85,6 +82,9 @@ async def test_login_throttling_counts_on_a_cluster(
 async def test_the_client_follows_a_cluster_failover_and_acknowledged_writes_survive(
     redis_cluster_group: RedisClusterGroup, clock: ManualClock
 ) -> None:
+    """Mirrors test_the_client_follows_a_sentinel_failover_... in test_redis_sentinel.py on
+    purpose: the same writes and checks (:class:`FailoverWrites`); a Cluster acknowledges
+    per primary, loses one slot's primary, and makes it a replica of its successor."""
     group = redis_cluster_group
     client = instrumented_redis(group.url, timeout=2.0, latency=None)
     sessions = RedisSessionStore(client, clock)
@@ -92,10 +92,7 @@ async def test_the_client_follows_a_cluster_failover_and_acknowledged_writes_sur
     try:
         await client.flushdb()
         acknowledged = await save_sessions(sessions, clock, 30)
-        tokens = [
-            (await refresh.start_family(user_id="u1", session_link=f"link-{i}"))[0]
-            for i in range(6)
-        ]
+        tokens = await start_families(refresh, 6)  # some live on the primary killed below
         # Each primary's replica has what that primary took (one client, one
         # task: each WAIT runs on the connection that wrote). WAIT answers per
         # primary; the client adds the answers up.
@@ -103,35 +100,22 @@ async def test_the_client_follows_a_cluster_failover_and_acknowledged_writes_sur
             "WAIT", 1, 5000, target_nodes=RedisCluster.PRIMARIES
         )
         assert replicas >= 3
-        unacknowledged = await save_sessions(sessions, clock, 30)
+        writes = FailoverWrites(
+            sessions, refresh, acknowledged, tokens, await save_sessions(sessions, clock, 30)
+        )
 
         victim = acknowledged[0]
         killed_at = time.monotonic()
         killed = group.kill_primary(redis_layout.session(victim))
         try:
-            record, seconds, errors = await first_answer(
-                lambda: sessions.load(victim), since=killed_at
+            promoted = await writes.survive(
+                "cluster (the killed slot)",
+                probe=victim,
+                killed_at=killed_at,
+                failover=group.wait_for_failover,
             )
-            promoted = group.wait_for_failover()
             assert promoted is not killed
-            assert record is not None
-            for key in acknowledged:
-                assert await sessions.load(key) is not None
             assert len(await sessions.list_for_user("u1")) >= len(acknowledged)
-            for token in tokens:  # some families lived on the killed primary
-                grant = await refresh.peek(token)
-                assert (await refresh.claim(token, grant)).outcome == "fresh"
-            lost = [key for key in unacknowledged if await sessions.load(key) is None]
-            log.info(
-                "cluster failover: first answer for the killed slot %.2f s after SIGKILL "
-                "(errors before it: %s); acknowledged sessions lost: 0/%d; "
-                "unacknowledged lost: %d/%d",
-                seconds,
-                sorted(set(errors)),
-                len(acknowledged),
-                len(lost),
-                len(unacknowledged),
-            )
         finally:
             group.restart(killed)
         # The old primary is back as a replica of the node that took its slots.

@@ -8,7 +8,6 @@ window, reported, not asserted.
 
 from __future__ import annotations
 
-import logging
 import time
 
 import redis
@@ -21,9 +20,7 @@ from tessera_verify.clock import ManualClock
 from tessera_verify.dependency_metrics import instrumented_redis
 from tessera_verify.session_store import RedisSessionStore
 
-from .fixtures_infra import first_answer, save_sessions
-
-log = logging.getLogger(__name__)
+from .fixtures_infra import FailoverWrites, save_sessions, start_families
 
 
 def test_the_sentinel_url_names_every_sentinel_and_the_master(
@@ -42,6 +39,9 @@ def test_the_sentinel_url_names_every_sentinel_and_the_master(
 async def test_the_client_follows_a_sentinel_failover_and_acknowledged_writes_survive(
     redis_sentinel_group: RedisSentinelGroup, clock: ManualClock
 ) -> None:
+    """Mirrors test_the_client_follows_a_cluster_failover_... in test_redis_cluster.py on
+    purpose: the same writes and checks (:class:`FailoverWrites`), but a Sentinel group is
+    acknowledged and killed (and rejoins) differently from a Cluster."""
     group = redis_sentinel_group
     latency = Histogram("latency", "", ["dependency", "command"], registry=CollectorRegistry())
     client = instrumented_redis(group.url, timeout=2.0, latency=latency)
@@ -50,38 +50,23 @@ async def test_the_client_follows_a_sentinel_failover_and_acknowledged_writes_su
     try:
         await client.flushdb()
         acknowledged = await save_sessions(sessions, clock, 20)
-        tokens = [
-            (await refresh.start_family(user_id="u1", session_link=f"link-{i}"))[0]
-            for i in range(5)
-        ]
+        tokens = await start_families(refresh, 5)
         # One client, used by one task: WAIT runs on the connection that wrote.
         assert await client.wait(1, 5000) >= 1
-        unacknowledged = await save_sessions(sessions, clock, 20)
+        writes = FailoverWrites(
+            sessions, refresh, acknowledged, tokens, await save_sessions(sessions, clock, 20)
+        )
 
         killed_at = time.monotonic()
         killed = group.kill_primary()
         try:
-            record, seconds, errors = await first_answer(
-                lambda: sessions.load(acknowledged[0]), since=killed_at
+            promoted = await writes.survive(
+                "sentinel",
+                probe=acknowledged[0],
+                killed_at=killed_at,
+                failover=group.wait_for_failover,
             )
-            promoted = group.wait_for_failover()
             assert promoted is not killed
-            assert record is not None
-            for key in acknowledged:
-                assert await sessions.load(key) is not None
-            for token in tokens:  # rotation goes on, on the new primary
-                grant = await refresh.peek(token)
-                assert (await refresh.claim(token, grant)).outcome == "fresh"
-            lost = [key for key in unacknowledged if await sessions.load(key) is None]
-            log.info(
-                "sentinel failover: first answer %.2f s after SIGKILL (errors before it: %s); "
-                "acknowledged sessions lost: 0/%d; unacknowledged lost: %d/%d",
-                seconds,
-                sorted(set(errors)),
-                len(acknowledged),
-                len(lost),
-                len(unacknowledged),
-            )
         finally:
             group.restart(killed)
         # The old primary is back, with the data: as a replica of the new one, or (on a
