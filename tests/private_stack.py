@@ -1,9 +1,10 @@
 """A whole local stack (auth, replicas, nginx) for one test module, on free ports.
 
-:func:`private_stack`: each module gets its own run directory, its own
-database on the session's PostgreSQL and its own Redis database (other tests
-flush database 0). :func:`own_stack`: the launcher also runs the module's own
-PostgreSQL and (durable) Redis, as ``make up`` does, so a test may kill them.
+:func:`private_stack` (as a module's ``stack`` fixture: :func:`private_stack_fixture`):
+each module gets its own run directory, its own database on the session's PostgreSQL
+and its own Redis database (other tests flush database 0). :func:`own_stack`: the
+launcher also runs the module's own PostgreSQL and (durable) Redis, as ``make up``
+does, so a test may kill them.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import pytest
 
-from tessera_demo.stack_control import StackControl
-from tessera_stack import free_port
+from tessera_demo.stack_control import StackControl, own_servers_env, up_on_free_ports
 
 # The auth service hashes with Argon2; these tests are not about its cost.
 CHEAP_ARGON2 = {"TESSERA_ARGON2_MEMORY_KIB": "1024", "TESSERA_ARGON2_TIME_COST": "1"}
@@ -73,21 +75,29 @@ def private_stack(
         "REDIS_URL": _with_path(redis_url, f"/{redis_db}"),
     }
     try:
-        launcher(
-            run_dir,
-            "up",
-            "--port",
-            str(free_port()),
-            "--https-port",
-            str(free_port()),
-            "--replicas",
-            "3",
-            env=env,
-        )
+        launcher(run_dir, *up_on_free_ports(), env=env)
         yield StackControl(run_dir)
     finally:
         launcher(run_dir, "down", env=env)
         asyncio.run(_admin(database_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+
+def private_stack_fixture(*, redis_db: int, name: str) -> Any:
+    """A module's ``stack`` fixture (``stack = private_stack_fixture(...)``): the
+    :func:`private_stack` on Redis database ``redis_db`` (one per module), for the module."""
+
+    @pytest.fixture(scope="module")
+    def stack(
+        tmp_path_factory: pytest.TempPathFactory, database_url: str, redis_url: str
+    ) -> Iterator[StackControl]:
+        """Auth, three replicas and nginx at row 4 (shared sessions, round robin), stopped
+        and its database dropped at the end of the module."""
+        with private_stack(
+            tmp_path_factory.mktemp("stack"), database_url, redis_url, redis_db=redis_db, name=name
+        ) as control:
+            yield control
+
+    return stack
 
 
 class OwnStack(StackControl):
@@ -117,22 +127,10 @@ def own_stack(run_dir: Path, *up_args: str) -> Iterator[OwnStack]:
     does (``up_args`` such as ``--redis sentinel`` go to its first ``up``);
     ``down --purge`` deletes them at the end.
     """
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(CHEAP_ARGON2)
+    env = {**own_servers_env(), **CHEAP_ARGON2}
     stack = OwnStack(run_dir, env)
     try:
-        launcher(
-            run_dir,
-            "up",
-            "--port",
-            str(free_port()),
-            "--https-port",
-            str(free_port()),
-            "--replicas",
-            "3",
-            *up_args,
-            env=env,
-        )
+        launcher(run_dir, *up_on_free_ports(*up_args), env=env)
         yield stack
     finally:
         launcher(run_dir, "down", "--purge", env=env)

@@ -30,7 +30,7 @@ from tessera_stack import free_port
 from tessera_stack.processes import read_pid_file
 from tests.stack_clients import https_client
 
-from .private_stack import private_stack
+from .private_stack import private_stack_fixture
 from .test_prometheus_metrics import dashboard_queries, rule_queries
 
 pytestmark = pytest.mark.slow
@@ -45,15 +45,7 @@ POLL_INTERVAL = 0.1
 MAX_REQUESTS_PER_CLIENT = 50_000
 
 
-@pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory, database_url: str, redis_url: str
-) -> Iterator[StackControl]:
-    """Auth, three replicas and nginx at row 4 (shared sessions, round robin)."""
-    with private_stack(
-        tmp_path_factory.mktemp("stack"), database_url, redis_url, redis_db=6, name="live"
-    ) as control:
-        yield control
+stack = private_stack_fixture(redis_db=6, name="live")
 
 
 def _scrape_targets(stack: StackControl) -> dict[str, list[str]]:

@@ -12,7 +12,6 @@ treats them as different clients (see ``tessera_demo.users.source_address``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from tessera_demo.stack_control import StackControl
 from tessera_demo.users import PASSWORD, DemoUser, Exchange, demo_users, login, register
 from tessera_stack.rows import ROWS
 
-from .private_stack import private_stack
+from .private_stack import private_stack_fixture
 
 pytestmark = pytest.mark.slow
 
@@ -30,15 +29,7 @@ USERS = 12
 ROUNDS = 8
 
 
-@pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory, database_url: str, redis_url: str
-) -> Iterator[StackControl]:
-    """The whole stack, up at row 4 with three replicas, stopped at the end."""
-    with private_stack(
-        tmp_path_factory.mktemp("stack"), database_url, redis_url, redis_db=7, name="stack"
-    ) as control:
-        yield control
+stack = private_stack_fixture(redis_db=7, name="stack")
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,39 @@ stack (switch rows, kill a replica, ``up``, ``down``) only through
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
+from tessera_stack.processes import free_port
 from tessera_stack.services import AUTH_PROGRAM, running_pid
 from tessera_stack.state import AUTH, Layout, StackState
 
-__all__ = ["StackControl"]
+__all__ = ["StackControl", "own_servers_env", "up_on_free_ports"]
+
+
+def up_on_free_ports(*args: str, replicas: int = 3) -> list[str]:
+    """The launcher command ``up`` on free ports with ``replicas`` replicas, then ``args``:
+    a stack that runs beside any other on this machine."""
+    return [
+        "up",
+        "--port",
+        str(free_port()),
+        "--https-port",
+        str(free_port()),
+        "--replicas",
+        str(replicas),
+        *args,
+    ]
+
+
+def own_servers_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) without ``DATABASE_URL`` and ``REDIS_URL``: a
+    launcher run in it starts and records its own PostgreSQL and Redis, as ``make up``
+    does."""
+    source = os.environ if env is None else env
+    return {k: v for k, v in source.items() if k not in ("DATABASE_URL", "REDIS_URL")}
 
 
 class StackControl:
