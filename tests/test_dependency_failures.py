@@ -221,6 +221,9 @@ async def test_login_and_tokens_work_again_when_redis_returns_without_restarting
 
 
 # --- PostgreSQL --------------------------------------------------------------------------
+# Mirrors the Redis section on purpose, test for test under the same names (login, readyz,
+# bearer token, session, recovery): each dependency's outage is read on its own, and
+# the outcomes differ where they should (sessions live in Redis and outlast PostgreSQL).
 
 
 async def test_login_answers_503_dependency_unavailable_while_postgresql_is_down(

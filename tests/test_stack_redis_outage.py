@@ -106,6 +106,11 @@ async def test_the_stacks_redis_keeps_an_aof_on_the_port_recorded_in_its_state(
     assert Path(directory) == stack.layout.data / "redis"
 
 
+# The two crash tests below mirror each other on purpose (one store each, the same `up`
+# after a SIGKILL): what each store must keep differs (sessions in Redis's AOF, accounts
+# in PostgreSQL), and so do the checks.
+
+
 async def test_up_after_a_redis_crash_brings_it_back_with_the_sessions_and_restarts_nothing_else(
     stack: OwnStack,
 ) -> None:
