@@ -21,15 +21,14 @@ and deletes it after (``down --purge``), whatever happened.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from tessera_demo.outage import OutageReport, probe_redis_outage
-from tessera_demo.stack_control import StackControl
-from tessera_stack.processes import free_port
+from tessera_demo.stack_control import StackControl, own_servers_env, up_on_free_ports
+from tessera_demo.tables import align_columns
 from tessera_stack.rows import ROWS
 
 __all__ = [
@@ -91,11 +90,6 @@ class FaultLine:
         return found
 
 
-def _launcher_env() -> dict[str, str]:
-    # Without them the launcher runs and records its own PostgreSQL and Redis.
-    return {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-
-
 @contextlib.asynccontextmanager
 async def _stack_for(
     control: StackControl, topology: str, progress: Callable[[str], None]
@@ -107,21 +101,10 @@ async def _stack_for(
         yield control
         return
     run_dir = control.layout.root / OWN_STACKS / topology
-    own = StackControl(run_dir, env=_launcher_env())
+    own = StackControl(run_dir, env=own_servers_env())
     progress(f"starting a stack of the demo's own with --redis {topology} in {run_dir}")
     try:
-        await own.cli(
-            "up",
-            "--port",
-            str(free_port()),
-            "--https-port",
-            str(free_port()),
-            "--replicas",
-            "3",
-            "--redis",
-            topology,
-            timeout=300.0,
-        )
+        await own.cli(*up_on_free_ports("--redis", topology), timeout=300.0)
         yield own
     finally:
         progress(f"stopping and deleting the demo's {topology} stack")
@@ -198,13 +181,7 @@ def format_faults(lines: Sequence[FaultLine]) -> str:
                 "yes" if not unexpected else "NO: " + "; ".join(unexpected),
             )
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True))
-        + "  "
-        + row[-1]
-        for row in table
-    )
+    return align_columns(table)
 
 
 FAULTS_LEGEND = (

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tessera_demo.stack_control import StackControl
+from tessera_demo.tables import align_columns
 from tessera_demo.users import DemoUser, Exchange, demo_users, login, register
 from tessera_stack.rows import ROWS, Row
 
@@ -340,14 +341,7 @@ def format_table(reports: Sequence[RowReport]) -> str:
                 "yes" if not unexpected else "NO: " + "; ".join(unexpected),
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    rendered = [
-        "  ".join(cell.ljust(width) for cell, width in zip(line[:-1], widths, strict=True))
-        + "  "
-        + line[-1]
-        for line in lines
-    ]
-    return "\n".join(rendered)
+    return align_columns(lines)
 
 
 LEGEND = (
