@@ -47,12 +47,14 @@ from bench.charts import draw_all
 from bench.config import FULL, QUICK, BenchConfig, Cores
 from bench.failover import run_failover
 from bench.logins import run_logins
+from bench.procs import REPO_ROOT, bench_environment
 from bench.profiling import summarise
 from bench.report import render_report, render_summary, verdicts
 from bench.rows import run_rows
 from bench.stack import BenchStack
-from bench.validation import REPO_ROOT, bench_environment, run_validation
+from bench.validation import run_validation
 from bench.wrk import ensure_wrk
+from tessera_demo.stack_control import own_servers_env
 
 __all__ = ["SECTIONS", "main", "run"]
 
@@ -94,9 +96,7 @@ def _loadavg() -> str:
 def _micro(config: BenchConfig, cores: Cores | None, out_dir: Path) -> dict[str, Any]:
     """``python -m bench.micro`` in a process of its own (own PostgreSQL and Redis), server core."""
     output = out_dir / "micro.json"
-    env = bench_environment()
-    env.pop("DATABASE_URL", None)
-    env.pop("REDIS_URL", None)
+    env = own_servers_env(bench_environment())
     command = [
         sys.executable,
         "-m",

@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -62,6 +61,7 @@ from bench.flood import (
 from bench.procs import ORIGINAL_CORES, CpuMeter, cpu_count, pin
 from bench.sources import REQUEST_TIMEOUT, SourceAddresses, bound_session
 from bench.stack import BenchStack
+from bench.stats import median, ratio
 from bench.timeline import percentiles
 from tessera_auth.settings import Settings
 
@@ -278,30 +278,21 @@ async def _legit_logins(
     }
 
 
-def _median(values: Sequence[float | None]) -> float:
-    clean = [value for value in values if value is not None and value == value]
-    return statistics.median(clean) if clean else float("nan")
-
-
-def _ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator else float("nan")
-
-
 def _legit_summary(phases: Sequence[dict[str, Any]]) -> dict[str, Any]:
     refused: Counter[str] = Counter()
     for phase in phases:
         refused.update(phase["legit"]["refused"])
     return {
-        "rate": _median([phase["legit"]["rate"] for phase in phases]),
-        "p50_ms": _median([phase["legit"]["p50_ms"] for phase in phases]),
-        "p99_ms": _median([phase["legit"]["p99_ms"] for phase in phases]),
+        "rate": median([phase["legit"]["rate"] for phase in phases]),
+        "p50_ms": median([phase["legit"]["p50_ms"] for phase in phases]),
+        "p99_ms": median([phase["legit"]["p99_ms"] for phase in phases]),
         "ok": sum(phase["legit"]["ok"] for phase in phases),
         "throttled": sum(phase["legit"]["throttled"] for phase in phases),
         "busy": sum(phase["legit"]["busy"] for phase in phases),
         "unavailable": sum(phase["legit"]["unavailable"] for phase in phases),
         "refused": dict(sorted(refused.items())),
         "no_answer": sum(phase["legit"]["no_answer"] for phase in phases),
-        "auth_utilisation": _median([phase["auth_utilisation"] for phase in phases]),
+        "auth_utilisation": median([phase["auth_utilisation"] for phase in phases]),
         "driver_utilisation": max(phase["driver_utilisation"] for phase in phases),
     }
 
@@ -323,8 +314,8 @@ def summarise(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {
         "baseline": _legit_summary(baselines),
         "attack": _legit_summary(attacks),
-        "rate_ratio": _median([_ratio(a["rate"], b["rate"]) for b, a in pairs]),
-        "p99_ratio": _median([_ratio(a["p99_ms"], b["p99_ms"]) for b, a in pairs]),
+        "rate_ratio": median([ratio(a["rate"], b["rate"]) for b, a in pairs]),
+        "p99_ratio": median([ratio(a["p99_ms"], b["p99_ms"]) for b, a in pairs]),
         "attackers": {
             key: _summed([phase["attackers"][key] for phase in attacks])
             for key in attacks[0]["attackers"]
@@ -341,5 +332,5 @@ def _server(phases: Sequence[dict[str, Any]]) -> dict[str, Any]:
     seconds = sum(phase["seconds"] for phase in phases)
     summary: dict[str, Any] = {"counts": dict(sorted(counts.items())), "seconds": seconds}
     summary.update(outcomes(dict(counts)))
-    summary["hashed_per_s"] = _ratio(summary["hashed"], seconds)
+    summary["hashed_per_s"] = ratio(summary["hashed"], seconds)
     return summary

@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import BenchConfig
-from bench.rows import MIN_EVENT_AT, drive, log_in
+from bench.rows import drive, log_in
 from bench.stack import BenchStack
 from bench.timeline import Sample, analyse
 from tessera_demo.faults import FAULTS, Fault
+from tessera_demo.stack_control import own_servers_env
 from tessera_demo.users import demo_users, register, source_address
 from tessera_stack.processes import is_alive
 from tessera_stack.redis_faults import FaultTarget, find_target, repair, store_is_back
@@ -93,7 +94,6 @@ async def _one(stack: BenchStack, config: BenchConfig, fault: Fault, number: int
             base_url,
             rate=config.offered_rate,
             duration=duration,
-            event_at=max(MIN_EVENT_AT, duration / 3),
             event=_fault_event(stack, target),
             seed=f"tessera-bench-failover-{fault.topology}-{fault.slot}-{number}",
         )
@@ -133,9 +133,7 @@ async def run_failover(
     faults = [f for f in FAULTS if f.topology in config.failover_stores]
     for topology in dict.fromkeys(f.topology for f in faults):
         stack = BenchStack(run_root / f"failover-{topology}", alg=alg)
-        # Without these the launcher runs its own PostgreSQL and Redis group.
-        stack.env.pop("DATABASE_URL", None)
-        stack.env.pop("REDIS_URL", None)
+        stack.env = own_servers_env(stack.env)  # its own PostgreSQL and Redis group
         try:
             progress(f"5: failover, a stack with --redis {topology}")
             await asyncio.to_thread(

@@ -15,12 +15,8 @@ Rounds interleave the four measurements; each figure is the median.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
-import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,10 +28,11 @@ from bench import budget
 from bench.config import BenchConfig, Cores
 from bench.credentials import PASSWORD as USER_PASSWORD
 from bench.credentials import TokenPair, auth_settings, login_tokens, refresh, register
-from bench.procs import MACHINE, ORIGINAL_CORES, CpuMeter, pin, pinned_command
+from bench.procs import MACHINE, ORIGINAL_CORES, CpuMeter, pin
 from bench.profiling import Profile, start_recording, summarise
+from bench.rawcost import measure_alone
 from bench.stack import BenchStack
-from bench.validation import bench_environment
+from bench.stats import median, percentile
 
 __all__ = ["run_logins"]
 
@@ -43,27 +40,18 @@ USERS = 8
 
 
 def _raw_argon2(settings_argon2: Any, seconds: float, cores: Cores | None) -> float:
-    command = pinned_command(
-        [
-            sys.executable,
-            "-m",
-            "bench.rawcost",
-            "argon2",
-            "--memory-kib",
-            str(settings_argon2.memory_kib),
-            "--time-cost",
-            str(settings_argon2.time_cost),
-            "--parallelism",
-            str(settings_argon2.parallelism),
-            "--seconds",
-            str(seconds),
-        ],
-        None if cores is None else [cores.server],
-    )
-    result = subprocess.run(
-        command, capture_output=True, text=True, env=bench_environment(), check=True, timeout=300
-    )
-    return float(json.loads(result.stdout.strip().splitlines()[-1])["argon2_per_second"])
+    args = [
+        "argon2",
+        "--memory-kib",
+        str(settings_argon2.memory_kib),
+        "--time-cost",
+        str(settings_argon2.time_cost),
+        "--parallelism",
+        str(settings_argon2.parallelism),
+        "--seconds",
+        str(seconds),
+    ]
+    return measure_alone(args, "argon2_per_second", cores, timeout=300)
 
 
 async def _drive(
@@ -87,13 +75,6 @@ async def _drive(
 
     await asyncio.gather(*(worker(number) for number in range(workers)))
     return len(latencies), failures, latencies
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def run_logins(
@@ -188,8 +169,8 @@ async def _measure(
                 "failed": failed,
                 "seconds": elapsed,
                 "rate": ok / elapsed,
-                "p50_ms": _percentile(latencies, 0.5) * 1000,
-                "p99_ms": _percentile(latencies, 0.99) * 1000,
+                "p50_ms": percentile(latencies, 0.5) * 1000,
+                "p99_ms": percentile(latencies, 0.99) * 1000,
                 "auth_cpu_ms": used["auth"] / ok * 1000 if ok else float("nan"),
                 "auth_utilisation": used["auth"] / elapsed,
                 "driver_utilisation": driver / elapsed,
@@ -239,34 +220,29 @@ async def _measure(
     }
 
 
-def _median(values: list[float]) -> float:
-    clean = [value for value in values if value == value]
-    return statistics.median(clean) if clean else float("nan")
-
-
 def _summarise(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    raw_rate = _median([record["rate"] for record in records["argon2"]])
-    raw_cpu_ms = _median([record["cpu_ms"] for record in records["argon2"]])
+    raw_rate = median([record["rate"] for record in records["argon2"]])
+    raw_cpu_ms = median([record["cpu_ms"] for record in records["argon2"]])
     summary: dict[str, Any] = {"argon2": {"rate": raw_rate, "cpu_ms": raw_cpu_ms}}
     for kind in ("login_session", "login_token", "refresh"):
         runs = records[kind]
         pairs = list(zip(records["argon2"], runs, strict=True))
         entry: dict[str, Any] = {
-            "rate": _median([run["rate"] for run in runs]),
-            "p50_ms": _median([run["p50_ms"] for run in runs]),
-            "p99_ms": _median([run["p99_ms"] for run in runs]),
-            "auth_cpu_ms": _median([run["auth_cpu_ms"] for run in runs]),
-            "auth_utilisation": _median([run["auth_utilisation"] for run in runs]),
-            "driver_utilisation": _median([run["driver_utilisation"] for run in runs]),
-            "background_cores": _median([run["background_cores"] for run in runs]),
+            "rate": median([run["rate"] for run in runs]),
+            "p50_ms": median([run["p50_ms"] for run in runs]),
+            "p99_ms": median([run["p99_ms"] for run in runs]),
+            "auth_cpu_ms": median([run["auth_cpu_ms"] for run in runs]),
+            "auth_utilisation": median([run["auth_utilisation"] for run in runs]),
+            "driver_utilisation": median([run["driver_utilisation"] for run in runs]),
+            "background_cores": median([run["background_cores"] for run in runs]),
             "failed": sum(run["failed"] for run in runs),
         }
         if kind != "refresh":
             # Paired within a round, then the median.
-            entry["rate_share_of_argon2"] = _median(
+            entry["rate_share_of_argon2"] = median(
                 [run["rate"] / raw["rate"] for raw, run in pairs]
             )
-            entry["cost_share_of_argon2"] = _median(
+            entry["cost_share_of_argon2"] = median(
                 [raw["cpu_ms"] / run["auth_cpu_ms"] for raw, run in pairs]
             )
             entry["not_hashing_ms"] = entry["auth_cpu_ms"] - raw_cpu_ms

@@ -20,7 +20,9 @@ from tessera_stack.processes import proc_stat_fields
 __all__ = [
     "MACHINE",
     "ORIGINAL_CORES",
+    "REPO_ROOT",
     "CpuMeter",
+    "bench_environment",
     "cpu_count",
     "cpu_seconds",
     "descendants",
@@ -37,6 +39,18 @@ MACHINE = "machine"
 
 #: The cores this process could use when it started, before the benchmark pinned anything.
 ORIGINAL_CORES: tuple[int, ...] = tuple(sorted(os.sched_getaffinity(0)))
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_environment() -> dict[str, str]:
+    """The environment for ``python -m bench.*`` subprocesses (the repository on the path)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        part for part in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if part
+    )
+    return env
 
 
 def cpu_count() -> int:

@@ -7,7 +7,8 @@
 parameters (what the auth service does once per login). ``jwt``: pyjwt's
 signature check alone (no claim checks), in CPU microseconds, on the key the
 token names. The benchmark runs both under ``taskset`` on the core the
-service under test had, and reads the JSON line they print.
+service under test had, and reads the JSON line they print
+(:func:`measure_alone`).
 """
 
 from __future__ import annotations
@@ -15,15 +16,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import argon2
 import jwt
 
-__all__ = ["argon2_rate", "jwt_signature_us", "main"]
+from bench.config import Cores
+from bench.procs import bench_environment, pinned_command
+
+__all__ = ["argon2_rate", "jwt_signature_us", "main", "measure_alone"]
 
 PASSWORD = "correct horse battery staple"  # the cost does not depend on it
 _SIGNATURE_ONLY: Any = {
@@ -111,6 +117,23 @@ def main(argv: list[str] | None = None) -> None:
         print(
             json.dumps({"signature_us": jwt_signature_us(args.jwks_url, args.token, args.seconds)})
         )
+
+
+def measure_alone(args: Sequence[str], figure: str, cores: Cores | None, timeout: float) -> float:
+    """``python -m bench.rawcost ARGS`` in a process of its own on the server core (anywhere
+    without ``cores``); the ``figure`` of the JSON line it prints."""
+    command = pinned_command(
+        [sys.executable, "-m", "bench.rawcost", *args], None if cores is None else [cores.server]
+    )
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=bench_environment(),
+        check=True,
+        timeout=timeout,
+    )
+    return float(json.loads(result.stdout.strip().splitlines()[-1])[figure])
 
 
 if __name__ == "__main__":

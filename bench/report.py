@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench import budget
+from bench.stats import median, ratio
 
 __all__ = ["render_report", "render_summary", "verdicts"]
 
@@ -145,18 +146,10 @@ def _validation_section(validation: dict[str, Any], meta: dict[str, Any]) -> str
         f"least {_pct(server_min)} of its core in every run but forward auth's (100% = it was "
         "the bottleneck; less means another program had the core for a while). "
         f"Other programs on this machine used a median "
-        f"{_n(_median([v['background_cores'] for v in scenarios.values()]), 2)} cores during "
+        f"{_n(median([v['background_cores'] for v in scenarios.values()]), 2)} cores during "
         "these runs.",
     ]
     return "\n".join(text)
-
-
-def _median(values: list[float]) -> float:
-    clean = sorted(v for v in values if v == v)
-    if not clean:
-        return float("nan")
-    middle = len(clean) // 2
-    return clean[middle] if len(clean) % 2 else (clean[middle - 1] + clean[middle]) / 2
 
 
 def _peers_section(validation: dict[str, Any]) -> str:
@@ -541,7 +534,7 @@ def _attack_user_rows(summary: dict[str, Any]) -> list[list[str]]:
         [
             "under attack / no attack",
             _pct(summary["rate_ratio"]),
-            _times(_ratio(under["p50_ms"], baseline["p50_ms"])),
+            _times(ratio(under["p50_ms"], baseline["p50_ms"])),
             _times(summary["p99_ratio"]),
             "",
             "",
@@ -651,10 +644,6 @@ def _attack_section(attack: dict[str, Any]) -> str:
             f"Driver: at most {_pct(under['driver_utilisation'])} of its core.",
         ]
     )
-
-
-def _ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator else float("nan")
 
 
 def _times(value: float) -> str:

@@ -43,13 +43,19 @@ from bench.wrk import WrkResult, WrkRun, run_wrk
 from tessera_demo.users import DemoUser, demo_users, login, register, source_address
 from tessera_stack.rows import ROWS, Row
 
-__all__ = ["MIN_EVENT_AT", "drive", "log_in", "run_rows"]
+__all__ = ["MIN_EVENT_AT", "drive", "event_time", "log_in", "run_rows"]
 
 POST_EVERY = 10  # one request in ten is a POST /api/comments
 CAPACITY_SHUFFLES = 20
 #: The event (kill, scale-out) comes a third of the way in, never before this.
 MIN_EVENT_AT = 2.0
 WRK_ADDRESS = "127.0.0.1"
+
+
+def event_time(duration: float) -> float:
+    """When the event of a run of ``duration`` seconds comes: a third of the way in, never
+    before :data:`MIN_EVENT_AT`."""
+    return max(MIN_EVENT_AT, duration / 3)
 
 
 async def log_in(users: Sequence[DemoUser], base_url: str, row: Row) -> list[str]:
@@ -156,16 +162,17 @@ async def drive(
     *,
     rate: float,
     duration: float,
-    event_at: float,
     event: Callable[[], str],
     seed: str,
 ) -> tuple[list[Sample], float, float, str, float]:
-    """Every user sends at ``rate / len(users)`` per second; ``event`` runs at ``event_at``.
+    """Every user sends at ``rate / len(users)`` per second; ``event`` runs at
+    :func:`event_time`.
 
     Returns the samples, the event's start and end (seconds from the start),
     what the event returned, and the driver's own CPU utilisation.
     """
     interval = len(users) / rate
+    event_at = event_time(duration)
     rng = random.Random(seed)
     samples: list[Sample] = []
     started = time.monotonic()
@@ -240,7 +247,6 @@ async def _event_run(
         base_url,
         rate=config.offered_rate,
         duration=duration,
-        event_at=max(MIN_EVENT_AT, duration / 3),
         event=event,
         seed=f"tessera-bench-{row.number}-{kind}",
     )
@@ -281,7 +287,7 @@ async def run_rows(
             await register(users, base_url)
             progress(f"row {number}: {config.users} users log in, each from its own /24")
             failed = await log_in(users, base_url, row)
-            at = f"t={max(MIN_EVENT_AT, config.event_run_seconds / 3):.0f} s"
+            at = f"t={event_time(config.event_run_seconds):.0f} s"
             progress(f"row {number}: steady load, a replica added at {at}")
             scale_out = await _event_run(stack, config, users, row, "scale_out")
             stack.scale(config.replicas)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.procs import pin, pinned_command, process_tree
+from tessera_demo.stack_control import up_on_free_ports
 from tessera_stack import free_port
 from tessera_stack.processes import is_alive
 from tessera_stack.services import (
@@ -160,21 +161,16 @@ class BenchStack:
         ``redis``: the topology of its own Redis (``up --redis``)."""
         problem = ""
         for _ in range(2):
-            port, https_port = free_port(), free_port()
             try:
                 self.cli(
-                    "up",
-                    "--row",
-                    str(row),
-                    "--replicas",
-                    str(replicas),
-                    "--port",
-                    str(port),
-                    "--https-port",
-                    str(https_port),
-                    "--alg",
-                    self.alg,
-                    *(("--redis", redis) if redis != "single" else ()),
+                    *up_on_free_ports(
+                        "--row",
+                        str(row),
+                        "--alg",
+                        self.alg,
+                        *(("--redis", redis) if redis != "single" else ()),
+                        replicas=replicas,
+                    )
                 )
                 self.check_replicas()
                 return

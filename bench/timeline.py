@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bench.stats import percentile
+
 __all__ = ["Sample", "analyse", "buckets", "percentiles"]
 
 WARM_UP_SECONDS = 1.0
@@ -46,14 +48,7 @@ class Sample:
 
 def percentiles(latencies: Sequence[float]) -> dict[str, float]:
     """p50, p90 and p99 in milliseconds (NaN without samples)."""
-    if not latencies:
-        return {"p50_ms": float("nan"), "p90_ms": float("nan"), "p99_ms": float("nan")}
-    ordered = sorted(latencies)
-
-    def at(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-    return {"p50_ms": at(0.50), "p90_ms": at(0.90), "p99_ms": at(0.99)}
+    return {f"p{q}_ms": percentile(latencies, q / 100) * 1000 for q in (50, 90, 99)}
 
 
 def _segment(samples: Sequence[Sample], start: float, end: float) -> list[Sample]:

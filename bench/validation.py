@@ -29,13 +29,10 @@ ratio alike.
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import re
 import secrets
 import ssl
-import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -58,15 +55,16 @@ from bench.credentials import (
     register,
 )
 from bench.peers import PEER_SESSION_COOKIE
-from bench.procs import MACHINE, ORIGINAL_CORES, pin, pinned_command
+from bench.procs import MACHINE, ORIGINAL_CORES, bench_environment, pin
 from bench.profiling import Profile, start_recording, summarise
+from bench.rawcost import measure_alone
 from bench.stack import BenchStack, ExtraProcess
+from bench.stats import median
 from bench.wrk import WrkResult, WrkRun, run_wrk
 from tessera_stack import free_port
 
-__all__ = ["Scenario", "bench_environment", "header_line", "run_validation"]
+__all__ = ["Scenario", "header_line", "run_validation"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The replicas' verified-token cache size (VerifyConfig's default).
 TOKEN_CACHE_ENTRIES = 10_000
 MINTED_TOKEN_TTL = 3600
@@ -75,15 +73,6 @@ _METRIC = re.compile(
     r'^tessera_cache_requests_total\{cache="(?P<cache>[^"]+)",result="(?P<result>[^"]+)"\}'
     r" (?P<value>[0-9.e+]+)$"
 )
-
-
-def bench_environment() -> dict[str, str]:
-    """The environment for ``python -m bench.*`` subprocesses (the repository on the path)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        part for part in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if part
-    )
-    return env
 
 
 def header_line(**headers: str) -> str:
@@ -143,30 +132,8 @@ async def _check(http: aiohttp.ClientSession, scenario: Scenario) -> None:
 
 
 def _raw_signature_us(jwks_url: str, token: str, seconds: float, cores: Cores | None) -> float:
-    command = pinned_command(
-        [
-            sys.executable,
-            "-m",
-            "bench.rawcost",
-            "jwt",
-            "--jwks-url",
-            jwks_url,
-            "--token",
-            token,
-            "--seconds",
-            str(seconds),
-        ],
-        None if cores is None else [cores.server],
-    )
-    result = subprocess.run(
-        command, capture_output=True, text=True, env=bench_environment(), check=True, timeout=120
-    )
-    return float(json.loads(result.stdout.strip().splitlines()[-1])["signature_us"])
-
-
-def _median(values: Sequence[float]) -> float:
-    clean = [value for value in values if value == value]  # drop NaN
-    return statistics.median(clean) if clean else float("nan")
+    args = ["jwt", "--jwks-url", jwks_url, "--token", token, "--seconds", str(seconds)]
+    return measure_alone(args, "signature_us", cores, timeout=120)
 
 
 def cost_us(scenario: Scenario, run: WrkResult) -> float:
@@ -190,22 +157,22 @@ def _summary(
         "url": scenario.url,
         "server": scenario.server,
         "runs": len(runs),
-        "rate": _median([run.rate for run in runs]),
-        "ratio_to_baseline": _median(ratios),
-        "cost_us": _median([cost_us(scenario, run) for run in runs]),
-        "cost_ratio_to_baseline": _median(cost_ratios),
-        "p50_ms": _median([run.latency_us["p50"] / 1000 for run in runs]),
-        "p90_ms": _median([run.latency_us["p90"] / 1000 for run in runs]),
-        "p99_ms": _median([run.latency_us["p99"] / 1000 for run in runs]),
-        "server_cpu_us": _median([run.cpu_us_per_request(scenario.server) for run in runs]),
+        "rate": median([run.rate for run in runs]),
+        "ratio_to_baseline": median(ratios),
+        "cost_us": median([cost_us(scenario, run) for run in runs]),
+        "cost_ratio_to_baseline": median(cost_ratios),
+        "p50_ms": median([run.latency_us["p50"] / 1000 for run in runs]),
+        "p90_ms": median([run.latency_us["p90"] / 1000 for run in runs]),
+        "p99_ms": median([run.latency_us["p99"] / 1000 for run in runs]),
+        "server_cpu_us": median([run.cpu_us_per_request(scenario.server) for run in runs]),
         "cost_cpu_us": {
-            group: _median([run.cpu_us_per_request(group) for run in runs]) for group in cost_groups
+            group: median([run.cpu_us_per_request(group) for run in runs]) for group in cost_groups
         },
-        "server_utilisation": _median([run.utilisation(scenario.server) for run in runs]),
-        "wrk_utilisation": _median([run.wrk_utilisation for run in runs]),
-        "background_cores": _median([_background(run) for run in runs]),
+        "server_utilisation": median([run.utilisation(scenario.server) for run in runs]),
+        "wrk_utilisation": median([run.wrk_utilisation for run in runs]),
+        "background_cores": median([_background(run) for run in runs]),
         "failures": sum(run.failures for run in runs),
-        "cache_hit_ratio": _median(hits) if hits else None,
+        "cache_hit_ratio": median(hits) if hits else None,
     }
 
 
@@ -216,6 +183,25 @@ def _background(run: WrkResult) -> float:
     return max(0.0, machine - ours - run.wrk_cpu_seconds) / run.seconds if run.seconds else 0.0
 
 
+def _spawn_peer(stack: BenchStack, kind: str, *args: str) -> ExtraProcess:
+    """``python -m bench.peers KIND ... ARGS`` (:mod:`bench.peers`) on a free port, as
+    ``peer-KIND``."""
+    identity = f"peer{kind}{secrets.token_hex(3)}"
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "bench.peers",
+        kind,
+        "--port",
+        str(port),
+        "--identity",
+        identity,
+        *args,
+    ]
+    return stack.spawn(f"peer-{kind}", identity, port, command, bench_environment())
+
+
 async def run_validation(
     stack: BenchStack,
     config: BenchConfig,
@@ -224,54 +210,21 @@ async def run_validation(
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     """Measure parts 1 and 4 on ``stack`` (row 6, one replica); leaves nothing pinned."""
-    env = bench_environment()
-    auth_env = stack.auth_environment()
-    settings = auth_settings(auth_env)
+    settings = auth_settings(stack.auth_environment())
     jwks_url = f"{stack.auth_url}/.well-known/jwks.json"
     progress("starting the all-methods replica and the peers")
     replica = stack.spawn_replica("bench", "jwt,shared_session,local_session")
-    peer_jwt_identity = f"peerjwt{secrets.token_hex(3)}"
-    peer_jwt = stack.spawn(
-        "peer-jwt",
-        peer_jwt_identity,
-        port := free_port(),
-        [
-            sys.executable,
-            "-m",
-            "bench.peers",
-            "jwt",
-            "--port",
-            str(port),
-            "--identity",
-            peer_jwt_identity,
-            "--jwks-url",
-            jwks_url,
-            "--issuer",
-            settings.issuer,
-            "--audience",
-            settings.audience,
-        ],
-        env,
+    peer_jwt = _spawn_peer(
+        stack,
+        "jwt",
+        "--jwks-url",
+        jwks_url,
+        "--issuer",
+        settings.issuer,
+        "--audience",
+        settings.audience,
     )
-    peer_session_identity = f"peersession{secrets.token_hex(3)}"
-    peer_session = stack.spawn(
-        "peer-session",
-        peer_session_identity,
-        port := free_port(),
-        [
-            sys.executable,
-            "-m",
-            "bench.peers",
-            "session",
-            "--port",
-            str(port),
-            "--identity",
-            peer_session_identity,
-            "--redis-url",
-            stack.settings.redis_url,
-        ],
-        env,
-    )
+    peer_session = _spawn_peer(stack, "session", "--redis-url", stack.settings.redis_url)
     try:
         return await _measure(
             stack, config, cores, out_dir, progress, replica, peer_jwt, peer_session, jwks_url
@@ -493,7 +446,7 @@ async def _measure(
         for s in scenarios
     }
     profiles = _profiles(
-        summaries, _median(signature_us), scenarios, run, config, out_dir, groups, progress
+        summaries, median(signature_us), scenarios, run, config, out_dir, groups, progress
     )
     return {
         "user": username,
@@ -501,7 +454,7 @@ async def _measure(
         "token_cache_entries": TOKEN_CACHE_ENTRIES,
         "algorithm": stack.settings.alg,
         "cores": None if cores is None else {"server": cores.server, "load": cores.load},
-        "signature_us": _median(signature_us),
+        "signature_us": median(signature_us),
         "signature_us_runs": signature_us,
         "scenarios": summaries,
         "runs": {key: [run.to_json() for run in runs] for key, runs in results.items()},
