@@ -120,22 +120,32 @@ def _samples(victim: str, *, users: int = 6, duration: float = 6.0) -> list[Samp
     return samples
 
 
+def _r1_killed() -> dict[str, Any]:
+    """The timeline of r1 SIGKILLed at t=2 s (see :func:`_samples`)."""
+    return analyse(
+        _samples("r1"), duration=6.0, event_start=2.0, event_end=2.3, users=6, replica="r1"
+    )
+
+
+def _r4_added() -> dict[str, Any]:
+    """The timeline of r4 added at t=2 s and never sent a request."""
+    return analyse(
+        _samples("none"),
+        duration=6.0,
+        event_start=2.0,
+        event_end=3.0,
+        users=6,
+        replica="r4",
+        fair_share=0.25,
+    )
+
+
 def _rows() -> dict[str, Any]:
     entries = {}
     for number in (1, 2):
-        kill = analyse(
-            _samples("r1"), duration=6.0, event_start=2.0, event_end=2.3, users=6, replica="r1"
-        )
+        kill = _r1_killed()
         kill["driver_utilisation"] = 0.1
-        scale = analyse(
-            _samples("none"),
-            duration=6.0,
-            event_start=2.0,
-            event_end=3.0,
-            users=6,
-            replica="r4",
-            fair_share=0.25,
-        )
+        scale = _r4_added()
         scale["driver_utilisation"] = 0.1
         capacity = _wrk_summary(
             [_wrk_result(9000, 100, {"r1": 3000, "r2": 3000, "r3": 3000})], ["server"]
@@ -195,9 +205,7 @@ def test_quick_mode_is_shorter_than_the_full_one_in_every_part() -> None:
 
 
 def test_a_killed_replica_loses_exactly_its_users_in_the_timeline() -> None:
-    result = analyse(
-        _samples("r1"), duration=6.0, event_start=2.0, event_end=2.3, users=6, replica="r1"
-    )
+    result = _r1_killed()
     assert result["before"]["success_rate"] == 1.0
     assert result["users_lost"] == 2  # users 0 and 3 lived on r1
     assert result["lost"] == [0, 3]
@@ -207,15 +215,7 @@ def test_a_killed_replica_loses_exactly_its_users_in_the_timeline() -> None:
 
 
 def test_a_replica_that_gets_no_traffic_never_rebalances() -> None:
-    result = analyse(
-        _samples("none"),
-        duration=6.0,
-        event_start=2.0,
-        event_end=3.0,
-        users=6,
-        replica="r4",
-        fair_share=0.25,
-    )
+    result = _r4_added()
     assert result["rebalance_s"] is None
     assert result["users_lost"] == 0
 
@@ -238,19 +238,7 @@ def test_profile_summary_leaves_idle_threads_out(tmp_path: Path) -> None:
 
 def test_report_and_charts_render_from_the_aggregations(tmp_path: Path) -> None:
     results: dict[str, Any] = {
-        "meta": {
-            "started": "2026-01-01 00:00 UTC",
-            "command": "make bench-quick",
-            "config": QUICK.to_json(),
-            "git": "abc1234",
-            "cpu_model": "test CPU",
-            "cpus": 2,
-            "python": "3.11",
-            "algorithm": "ES256",
-            "loadavg_before": "0 0 0",
-            "loadavg_after": "0 0 0",
-            "elapsed_s": 60.0,
-        },
+        "meta": _meta(QUICK),
         "validation": _validation(),
         "rows": _rows(),
         "logins": _logins(),
@@ -387,24 +375,7 @@ async def test_the_failover_part_runs_a_fault_under_load_and_renders_its_section
         assert {"p99_ms", "failed", "requests"} <= set(run[phase])
     assert run["statuses_502"] == 0
     assert not (tmp_path / "failover-single").exists()
-    summary = render_summary(
-        {
-            "meta": {
-                "started": "2026-01-01 00:00 UTC",
-                "command": "make bench-quick",
-                "config": config.to_json(),
-                "git": "abc1234",
-                "cpu_model": "test CPU",
-                "cpus": 2,
-                "python": "3.11",
-                "algorithm": "ES256",
-                "loadavg_before": "0 0 0",
-                "loadavg_after": "0 0 0",
-                "elapsed_s": 60.0,
-            },
-            "failover": failover,
-        }
-    )
+    summary = render_summary({"meta": _meta(config), "failover": failover})
     assert "## 5. The shared store fails under load" in summary
     assert "one Redis (AOF)" in summary
 
