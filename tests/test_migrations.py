@@ -70,22 +70,19 @@ def test_migrate_command_applies_pending_migrations(empty_database: str, redis_u
         "DATABASE_URL": empty_database,
         "REDIS_URL": redis_url,
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "tessera_auth", "migrate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+
+    def migrate() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tessera_auth", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    result = migrate()
     assert result.returncode == 0, result.stderr
     assert "0001_users" in result.stdout and "0002_signing_keys" in result.stdout
-    again = subprocess.run(
-        [sys.executable, "-m", "tessera_auth", "migrate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    again = migrate()
     assert "nothing to apply" in again.stdout

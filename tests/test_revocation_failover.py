@@ -44,6 +44,18 @@ async def _me(replica: Client, user: LoggedIn) -> tuple[int, int]:
     return by_token.status, by_cookie.status
 
 
+async def _me_until(
+    replica: Client, user: LoggedIn, expected: tuple[int, int], *, tries: int, every: float
+) -> tuple[int, int]:
+    """Ask (at most ``tries`` times, ``every`` seconds) until the replica answers
+    ``expected`` for ``user``; its last answer."""
+    for _ in range(tries):
+        if (answer := await _me(replica, user)) == expected:
+            return answer
+        await asyncio.sleep(every)
+    return await _me(replica, user)
+
+
 @pytest.mark.parametrize("topology", ["sentinel", "cluster"])
 async def test_a_failover_of_the_planes_primary_accepts_no_revoked_credential(
     topology: str,
@@ -65,11 +77,7 @@ async def test_a_failover_of_the_planes_primary_accepts_no_revoked_credential(
     assert await cache.wait_fresh(10.0)
     revoked, live = await log_in_with_everything(auth), await log_in_with_everything(auth)
     assert await _logout(auth, revoked) == 200
-    for _ in range(100):
-        if await _me(replica, revoked) == (401, 401):
-            break
-        await asyncio.sleep(0.02)
-    assert await _me(replica, revoked) == (401, 401)
+    assert await _me_until(replica, revoked, (401, 401), tries=100, every=0.02) == (401, 401)
     assert await _me(replica, live) == (200, 200)
 
     statuses: dict[str, list[int]] = {"revoked": [], "live": []}
@@ -94,11 +102,8 @@ async def test_a_failover_of_the_planes_primary_accepts_no_revoked_credential(
     try:
         await asyncio.to_thread(group.wait_for_failover, 60.0)
         # The live user's session and token work again through the new primary.
-        for _ in range(600):
-            if await _me(replica, live) == (200, 200):
-                break
-            await asyncio.sleep(0.05)
-        assert await _me(replica, live) == (200, 200), "the live user never came back"
+        back = await _me_until(replica, live, (200, 200), tries=600, every=0.05)
+        assert back == (200, 200), "the live user never came back"
         stop.set()
         await asyncio.wait_for(asker, 30)
         record_property("failover_seconds", round(time.monotonic() - killed_at, 3))
@@ -110,11 +115,7 @@ async def test_a_failover_of_the_planes_primary_accepts_no_revoked_credential(
 
         # The feed follows the new primary: a revocation made now reaches the replica.
         assert await _logout(auth, live) == 200
-        for _ in range(100):
-            if await _me(replica, live) == (401, 401):
-                break
-            await asyncio.sleep(0.02)
-        assert await _me(replica, live) == (401, 401)
+        assert await _me_until(replica, live, (401, 401), tries=100, every=0.02) == (401, 401)
         assert await _me(replica, revoked) == (401, 401)
         record_property("plane_rebuilds", auth.app[app_state.REVOCATION_STORE].rebuilds)
     finally:
