@@ -18,6 +18,7 @@ from tessera_verify.errors import TesseraError
 
 from . import app_state
 from .cli_common import CommandError, running_app
+from .session_views import session_details
 from .settings import Settings
 from .users import User, normalize_username
 
@@ -90,17 +91,7 @@ async def sessions_list(settings: Settings, args: argparse.Namespace) -> None:
         families = await app[app_state.REFRESH_TOKENS].families_of(user.id)
     listing = {
         "user": user.username,
-        "sessions": [
-            {
-                "id": s.record.public_id,
-                "created_at": s.record.created_at,
-                "last_seen_at": s.record.last_seen_at,
-                "expires_at": s.record.expires_at,
-                "ip": s.record.ip,
-                "user_agent": s.record.user_agent,
-            }
-            for s in sessions
-        ],
+        "sessions": [session_details(s) for s in sessions],
         "refresh_token_families": [
             {"id": f.family_id, "session_link": f.session_link, "expires_at": f.expires_at}
             for f in families

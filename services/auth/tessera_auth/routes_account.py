@@ -23,11 +23,12 @@ from tessera_verify.errors import (
     RegistrationDisabled,
 )
 from tessera_verify.principal import Principal, bearer_token
-from tessera_verify.sessions import Session, clear_session_cookie, set_session_cookie
+from tessera_verify.sessions import clear_session_cookie, set_session_cookie
 
 from . import app_state
 from .authenticate import authenticate, session_cookie_name
 from .password_policy import MAX_INPUT_LENGTH
+from .session_views import session_json
 from .users import User
 
 routes = web.RouteTableDef()
@@ -38,16 +39,6 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 def _user_json(user: User) -> dict[str, Any]:
     return {"id": user.id, "username": user.username}
-
-
-def _session_json(session: Session) -> dict[str, Any]:
-    record = session.record
-    return {
-        "id": record.public_id,
-        "created_at": record.created_at,
-        "last_seen_at": record.last_seen_at,
-        "expires_at": record.expires_at,
-    }
 
 
 async def _username(app: web.Application, principal: Principal) -> str:
@@ -111,7 +102,7 @@ async def login(request: web.Request) -> web.Response:
             user_agent=request.headers.get("User-Agent", ""),
         )
         session_link, session_key = session.record.public_id, session.storage_key
-        payload["session"] = _session_json(session)
+        payload["session"] = session_json(session)
         metrics.tokens_issued.labels("session").inc()
     if kind in ("token", "both"):
         payload.update(
@@ -231,7 +222,7 @@ async def me(request: web.Request) -> web.Response:
     payload: dict[str, Any] = {"user_id": principal.user_id, "method": principal.method.value}
     if principal.session is not None:
         payload["username"] = principal.session.record.username
-        payload["session"] = _session_json(principal.session)
+        payload["session"] = session_json(principal.session)
     else:
         payload["username"] = await _username(request.app, principal)
     if principal.token is not None:

@@ -15,6 +15,7 @@ from tessera_verify.principal import AuthMethod, Principal
 from . import app_state
 from .authenticate import authenticate
 from .password_policy import MAX_INPUT_LENGTH
+from .session_views import session_details
 
 routes = web.RouteTableDef()
 
@@ -43,15 +44,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     current = _current_link(principal)
     sessions = await request.app[app_state.SESSIONS].list_for_user(principal.user_id)
     listed: list[dict[str, Any]] = [
-        {
-            "id": s.record.public_id,
-            "created_at": s.record.created_at,
-            "last_seen_at": s.record.last_seen_at,
-            "expires_at": s.record.expires_at,
-            "ip": s.record.ip,
-            "user_agent": s.record.user_agent,
-            "current": s.record.public_id == current,
-        }
+        {**session_details(s), "current": s.record.public_id == current}
         for s in sorted(sessions, key=lambda s: s.record.created_at, reverse=True)
     ]
     return web.json_response({"sessions": listed}, headers=NO_STORE)
