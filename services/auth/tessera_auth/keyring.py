@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from tessera_verify.verification_keys import StaticKeySource, VerificationKey, shared_secret_kid
 
 from .key_material import new_encrypted_key
-from .key_schedule import KeyState, KeyTimes, RotationPolicy, next_change, plan
+from .key_schedule import KeyState, KeyTimes, RotationPolicy, Step, next_change, plan
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -242,12 +242,8 @@ class KeyRing:
         if self.shared_secret:
             return []
         async with self._locked() as connection:
-            rows = await connection.fetch(
-                "SELECT kid, algorithm, state, created_at, activated_at, deactivated_at "
-                "FROM signing_keys WHERE state IN ('published', 'active', 'inactive')"
-            )
-            step = plan(
-                [_times(row) for row in rows], algorithm=self._alg, policy=self.policy, now=now
+            step = await self._plan(
+                connection, (KeyState.PUBLISHED, KeyState.ACTIVE, KeyState.INACTIVE), now
             )
             changes: list[KeyChange] = []
             if step.activate is not None:
@@ -289,16 +285,20 @@ class KeyRing:
         """Retire the inactive keys whose tokens have all expired, then reload."""
         self._refuse_shared_secret()
         async with self._locked() as connection:
-            rows = await connection.fetch(
-                "SELECT kid, algorithm, state, created_at, activated_at, deactivated_at "
-                "FROM signing_keys WHERE state = 'inactive'"
-            )
-            step = plan(
-                [_times(row) for row in rows], algorithm=self._alg, policy=self.policy, now=now
-            )
+            step = await self._plan(connection, (KeyState.INACTIVE,), now)
             changes = await self._retire(connection, step.retire, now)
         await self.reload()
         return changes
+
+    async def _plan(self, connection: Connection, states: Sequence[KeyState], now: float) -> Step:
+        """The schedule's next step (:func:`tessera_auth.key_schedule.plan`) over the
+        stored keys in ``states``."""
+        rows = await connection.fetch(
+            "SELECT kid, algorithm, state, created_at, activated_at, deactivated_at "
+            "FROM signing_keys WHERE state = ANY($1::text[])",
+            [str(state) for state in states],
+        )
+        return plan([_times(row) for row in rows], algorithm=self._alg, policy=self.policy, now=now)
 
     async def status(self, *, now: float) -> list[KeyStatus]:
         """Every stored key, oldest first, with the schedule's next step for each."""
