@@ -174,17 +174,22 @@ def instrumented_redis(url: str, *, timeout: float, latency: Histogram | None) -
     # for one to come back, instead of failing at once (MaxConnectionsError), so a
     # burst of requests is slowed, not refused.
     pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=REDIS_MAX_CONNECTIONS,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=30,
+        url, max_connections=REDIS_MAX_CONNECTIONS, timeout=timeout, **_connection_options(timeout)
     )
     client = InstrumentedRedis(connection_pool=pool)
     client.auto_close_connection_pool = True  # aclose() closes the pool it was given
     client.latency = latency
     return client
+
+
+def _connection_options(timeout: float) -> dict[str, Any]:
+    """What every connection to a Redis node is opened with, whatever the topology: a
+    reply (and a connect) may take ``timeout``; one idle for 30 s is PINGed before use."""
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "health_check_interval": 30,
+    }
 
 
 def _sentinel_client(nodes: RedisNodes, *, timeout: float, latency: Histogram | None) -> Redis:
@@ -204,9 +209,7 @@ def _sentinel_client(nodes: RedisNodes, *, timeout: float, latency: Histogram | 
             db=nodes.db,
             username=nodes.username,
             password=nodes.password,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
+            **_connection_options(timeout),
         ),
     )
     client.latency = latency
@@ -222,9 +225,7 @@ def _cluster_client(nodes: RedisNodes, *, timeout: float, latency: Histogram | N
         require_full_coverage=False,
         username=nodes.username,
         password=nodes.password,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=30,
+        **_connection_options(timeout),
     )
     client.latency = latency
     # RedisCluster is not a Redis subclass, but offers the same commands,
