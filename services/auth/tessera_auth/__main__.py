@@ -17,20 +17,13 @@ import sys
 from tessera_platform import serve
 from tessera_platform.observability import configure_logging
 from tessera_platform.pg_migrations import migrate_database
+from tessera_platform.process_settings import load_or_exit
 
 from . import cli_keys, cli_users, db
 from .app import create_app
 from .cli_common import CommandError
-from .settings import ConfigError, Settings, load_settings
+from .settings import Settings, load_settings
 from .startup import check_dependencies
-
-
-def _load_or_exit() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as error:
-        print(f"tessera-auth: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def _check_or_exit(settings: Settings) -> None:
@@ -60,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    settings = _load_or_exit()
+    settings = load_or_exit(load_settings, "tessera-auth")
     configure_logging(
         "auth",
         settings.process.log_level,

@@ -10,13 +10,28 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from tessera_verify.dependency_metrics import REDIS_URL_SCHEMES, parse_redis_nodes
-from tessera_verify.env import EnvReader, check_url
+from tessera_verify.env import ConfigError, EnvReader, check_url
 
-__all__ = ["ProcessSettings", "read_dependency_urls", "read_process_settings"]
+__all__ = ["ProcessSettings", "load_or_exit", "read_dependency_urls", "read_process_settings"]
+
+T = TypeVar("T")
+
+
+def load_or_exit(load: Callable[[], T], program: str) -> T:
+    """``load()``'s settings; on a :class:`~tessera_verify.env.ConfigError` its every
+    problem on stderr under ``program``'s name, and exit status 2 (a usage error)."""
+    try:
+        return load()
+    except ConfigError as error:
+        print(f"{program}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 @dataclass(frozen=True)

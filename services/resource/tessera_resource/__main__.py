@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 
 from tessera_platform import serve
 from tessera_platform.observability import configure_logging
 from tessera_platform.pg_migrations import migrate_database
+from tessera_platform.process_settings import load_or_exit
 
 from .app import MIGRATOR, create_app
-from .settings import ConfigError, ResourceSettings, load_settings
-
-
-def _load_or_exit() -> ResourceSettings:
-    try:
-        return load_settings()
-    except ConfigError as error:
-        print(f"tessera-resource: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+from .settings import load_settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("serve", help="run one resource replica")
     commands.add_parser("migrate", help="apply the resource service's migrations")
     args = parser.parse_args(argv)
-    settings = _load_or_exit()
+    settings = load_or_exit(load_settings, "tessera-resource")
     configure_logging(
         f"resource-{settings.replica_id}",
         settings.process.log_level,
