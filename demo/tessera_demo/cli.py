@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from tessera_demo import outage, rows_walk
 from tessera_demo.faults import FAULTS, FaultLine, print_faults, run_faults
 from tessera_demo.stack_control import StackControl
+from tessera_stack.cli import Command, add_run_dir_option, run_command
 from tessera_stack.nginx_conf import POLICIES
 from tessera_stack.processes import StackError
 from tessera_stack.redis_faults import SLOTS
@@ -52,23 +52,24 @@ def _stores_arg(text: str) -> tuple[str, ...]:
     return stores
 
 
+def _number_option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    kind: type[int] | type[float],
+    default: float,
+    help: str,
+) -> None:
+    """A numeric option whose help ends in its default."""
+    parser.add_argument(flag, type=kind, default=default, help=f"{help} (default {default:g})")
+
+
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``demo`` command's options."""
     parser.add_argument(
         "--rows", type=_rows_arg, default=list(ROWS), help="which rows, e.g. 1-6 or 2,3"
     )
-    parser.add_argument(
-        "--users",
-        type=int,
-        default=rows_walk.DEFAULT_USERS,
-        help=f"simulated users (default {rows_walk.DEFAULT_USERS})",
-    )
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=rows_walk.DEFAULT_ROUNDS,
-        help=f"requests per user per burst (default {rows_walk.DEFAULT_ROUNDS})",
-    )
+    _number_option(parser, "--users", int, rows_walk.DEFAULT_USERS, "simulated users")
+    _number_option(parser, "--rounds", int, rows_walk.DEFAULT_ROUNDS, "requests per user per burst")
     parser.add_argument(
         "--policy",
         choices=POLICIES,
@@ -218,38 +219,30 @@ def _outage_arguments(parser: argparse.ArgumentParser) -> None:
             "or one that serves only other keys (sessions)"
         ),
     )
-    parser.add_argument(
+    _number_option(
+        parser,
         "--revoked",
-        type=int,
-        default=outage.DEFAULT_REVOKED,
-        help=f"users presenting credentials logged out before (default {outage.DEFAULT_REVOKED})",
+        int,
+        outage.DEFAULT_REVOKED,
+        "users presenting credentials logged out before",
     )
-    parser.add_argument(
+    _number_option(
+        parser,
         "--churners",
-        type=int,
-        default=outage.DEFAULT_CHURNERS,
-        help=f"users logging in and out through the fault (default {outage.DEFAULT_CHURNERS})",
+        int,
+        outage.DEFAULT_CHURNERS,
+        "users logging in and out through the fault",
     )
-    parser.add_argument(
-        "--users",
-        type=int,
-        default=outage.DEFAULT_USERS,
-        help=f"streaming users (default {outage.DEFAULT_USERS})",
+    _number_option(parser, "--users", int, outage.DEFAULT_USERS, "streaming users")
+    _number_option(
+        parser, "--hold", float, outage.DEFAULT_HOLD, "seconds Redis stays away, at least"
     )
-    parser.add_argument(
-        "--hold",
-        type=float,
-        default=outage.DEFAULT_HOLD,
-        help=f"seconds Redis stays away, at least (default {outage.DEFAULT_HOLD:g})",
-    )
-    parser.add_argument(
+    _number_option(
+        parser,
         "--max-hold",
-        type=float,
-        default=outage.DEFAULT_MAX_HOLD,
-        help=(
-            "seconds after which Redis comes back even if no client was refused yet "
-            f"(default {outage.DEFAULT_MAX_HOLD:g})"
-        ),
+        float,
+        outage.DEFAULT_MAX_HOLD,
+        "seconds after which Redis comes back even if no client was refused yet",
     )
 
 
@@ -306,12 +299,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m tessera_demo",
         description="Drive tessera's running local stack: the demonstration and the outage probe.",
     )
-    parser.add_argument(
-        "--run-dir",
-        type=Path,
-        default=Path(".run"),
-        help="the stack's run directory (default ./.run)",
-    )
+    add_run_dir_option(parser, "the stack's run directory (default ./.run)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser("demo", help="walk the demonstration rows and print a table")
     _demo_arguments(demo)
@@ -323,8 +311,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Each command's function, given the run directory's layout and the parsed arguments.
-COMMANDS: dict[str, Callable[[Layout, argparse.Namespace], int]] = {
+#: Each command's function.
+COMMANDS: dict[str, Command] = {
     "demo": _run_demo,
     "outage-probe": _run_outage_probe,
 }
@@ -332,7 +320,4 @@ COMMANDS: dict[str, Callable[[Layout, argparse.Namespace], int]] = {
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo CLI; returns the process exit status."""
-    args = _parser().parse_args(argv)
-    run_dir: Path = args.run_dir
-    layout = Layout(run_dir if run_dir.is_absolute() else Path.cwd() / run_dir)
-    return COMMANDS[args.command](layout, args)
+    return run_command(_parser(), COMMANDS, argv)

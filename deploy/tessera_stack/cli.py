@@ -10,7 +10,7 @@ do is there. The demonstration that drives a running stack from outside
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from tessera_stack import stack_redis
@@ -38,6 +38,25 @@ from tessera_stack.reconcile import (
 from tessera_stack.rows import DEFAULT_ROW, ROWS
 from tessera_stack.servers import LOOPBACK
 from tessera_stack.state import Layout
+
+#: A command's function, given the run directory's layout and the parsed arguments.
+Command = Callable[[Layout, argparse.Namespace], int]
+
+
+def add_run_dir_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--run-dir`` (default ``./.run``): where the stack keeps everything."""
+    parser.add_argument("--run-dir", type=Path, default=Path(".run"), help=help)
+
+
+def run_command(
+    parser: argparse.ArgumentParser, commands: Mapping[str, Command], argv: Sequence[str] | None
+) -> int:
+    """Parse ``argv`` and run its command of ``commands`` on the run directory (a relative
+    ``--run-dir`` is the working directory's); the process exit status."""
+    args = parser.parse_args(argv)
+    run_dir: Path = args.run_dir
+    layout = Layout(run_dir if run_dir.is_absolute() else Path.cwd() / run_dir)
+    return commands[args.command](layout, args)
 
 
 def _row_number(text: str) -> int:
@@ -82,11 +101,8 @@ def _parser() -> argparse.ArgumentParser:
             "replicas and nginx with TLS, as local processes."
         ),
     )
-    parser.add_argument(
-        "--run-dir",
-        type=Path,
-        default=Path(".run"),
-        help="where the stack keeps data, logs, pids and secrets (default ./.run)",
+    add_run_dir_option(
+        parser, "where the stack keeps data, logs, pids and secrets (default ./.run)"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -167,8 +183,8 @@ def _up(layout: Layout, args: argparse.Namespace) -> int:
     return cmd_up(layout, options)
 
 
-#: Each command's function, given the run directory's layout and the parsed arguments.
-COMMANDS: dict[str, Callable[[Layout, argparse.Namespace], int]] = {
+#: Each command's function.
+COMMANDS: dict[str, Command] = {
     "up": _up,
     "row": lambda layout, args: cmd_row(layout, int(args.number), args.policy),
     "add-replica": lambda layout, _: cmd_add_replica(layout),
@@ -186,7 +202,4 @@ COMMANDS: dict[str, Callable[[Layout, argparse.Namespace], int]] = {
 
 def main(argv: list[str] | None = None) -> int:
     """Run the launcher CLI; returns the process exit status."""
-    args = _parser().parse_args(argv)
-    run_dir: Path = args.run_dir
-    layout = Layout(run_dir if run_dir.is_absolute() else Path.cwd() / run_dir)
-    return COMMANDS[args.command](layout, args)
+    return run_command(_parser(), COMMANDS, argv)
