@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Self
 __all__ = [
     "StackError",
     "StartStop",
+    "command_output",
     "free_port",
     "is_alive",
     "log_tail",
@@ -59,6 +61,11 @@ class StartStop(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def command_output(result: subprocess.CompletedProcess[bytes]) -> str:
+    """What a finished command printed (stdout, then stderr), fit for an error message."""
+    return (result.stdout + result.stderr).decode(errors="replace").strip()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

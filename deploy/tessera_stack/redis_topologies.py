@@ -36,7 +36,13 @@ from typing import Any, cast
 import redis
 from redis.crc import key_slot
 
-from tessera_stack.processes import StackError, StartStop, free_port, wait_until
+from tessera_stack.processes import (
+    StackError,
+    StartStop,
+    command_output,
+    free_port,
+    wait_until,
+)
 from tessera_stack.servers import LOOPBACK, RedisServer
 from tessera_stack.servers.redis_server import ask, connect
 
@@ -486,8 +492,7 @@ class RedisClusterGroup(_Group):
             timeout=self._startup_timeout,
         )
         if result.returncode != 0:
-            output = (result.stdout + result.stderr).decode(errors="replace").strip()
-            raise StackError(f"redis-cli --cluster create failed:\n{output}")
+            raise StackError(f"redis-cli --cluster create failed:\n{command_output(result)}")
 
     def primary_for(self, key: str) -> RedisNode | None:
         """The node serving ``key``'s slot, as the running nodes report it."""

@@ -11,6 +11,7 @@ from typing import Unpack
 
 from tessera_stack.processes import (
     StackError,
+    command_output,
     port_is_open,
     wait_until,
 )
@@ -44,8 +45,7 @@ def nginx_check(conf: Path, prefix: Path) -> None:
         timeout=30,
     )
     if result.returncode != 0:
-        output = (result.stdout + result.stderr).decode(errors="replace").strip()
-        raise StackError(f"nginx rejects {conf}:\n{output}")
+        raise StackError(f"nginx rejects {conf}:\n{command_output(result)}")
 
 
 def _children(pid: int) -> set[int]:

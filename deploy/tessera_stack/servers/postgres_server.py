@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from tessera_stack.processes import (
     StackError,
+    command_output,
     is_alive,
 )
 from tessera_stack.servers.base import (
@@ -257,8 +258,7 @@ class PostgresServer(_LocalServer):
             timeout=60,
         )
         if result.returncode != 0:
-            output = (result.stdout + result.stderr).decode(errors="replace").strip()
-            raise StackError(f"{what}: {output}")
+            raise StackError(f"{what}: {command_output(result)}")
 
     def _write_hba(self, data_dir: Path) -> None:
         """Passwords on TCP; ``trust`` only on the socket in the (0700) data directory."""
@@ -415,7 +415,7 @@ def _postgres_os_user() -> pwd.struct_passwd | None:
         # Another process may have created it concurrently: look again.
         return pwd.getpwnam("tessera")
     except KeyError:
-        output = (result.stdout + result.stderr).decode(errors="replace").strip()
+        output = command_output(result)
         raise StackError(f"could not create system user 'tessera': {output}") from None
 
 
