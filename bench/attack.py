@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import time
 from collections import Counter
@@ -58,7 +57,7 @@ from bench.flood import (
     registrations,
     unavailable,
 )
-from bench.procs import ORIGINAL_CORES, CpuMeter, cpu_count, pin
+from bench.procs import CpuMeter, cpu_count
 from bench.sources import REQUEST_TIMEOUT, SourceAddresses, bound_session
 from bench.stack import BenchStack
 from bench.stats import median, ratio
@@ -103,9 +102,7 @@ async def run_attack(
     progress("starting an auth service with production throttles")
     service = await asyncio.to_thread(stack.spawn_auth, "auth-attacked", changes, service_cores)
     if cores is not None:
-        stack.pin_all([cores.load])
-        pin([os.getpid()], [cores.load])
-        pin([service.pid], [cores.server])
+        stack.pin_for_measurement(cores, [service.pid])
     try:
         measured = await measure_attack(
             Target(service.url, settings, service.pid), config, progress
@@ -114,8 +111,7 @@ async def run_attack(
         service.stop()
         stack.extras.remove(service)
         if cores is not None:
-            pin([os.getpid()], ORIGINAL_CORES)
-            stack.pin_all(ORIGINAL_CORES)
+            stack.unpin()
     measured["cores"] = None if cores is None else {"server": cores.server, "load": cores.load}
     return measured
 

@@ -15,7 +15,6 @@ Rounds interleave the four measurements; each figure is the median.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +27,7 @@ from bench import budget
 from bench.config import BenchConfig, Cores
 from bench.credentials import PASSWORD as USER_PASSWORD
 from bench.credentials import TokenPair, auth_settings, login_tokens, refresh, register
-from bench.procs import MACHINE, ORIGINAL_CORES, CpuMeter, pin
+from bench.procs import MACHINE, CpuMeter
 from bench.profiling import Profile, start_recording, summarise
 from bench.rawcost import measure_alone
 from bench.stack import BenchStack
@@ -90,15 +89,12 @@ async def run_logins(
     if auth_pid is None:
         raise RuntimeError("the auth service is not running")
     if cores is not None:
-        stack.pin_all([cores.load])
-        pin([os.getpid()], [cores.load])
-        pin([auth_pid], [cores.server])
+        stack.pin_for_measurement(cores, [auth_pid])
     try:
         return await _measure(stack, config, cores, out_dir, progress, settings, auth_pid)
     finally:
         if cores is not None:
-            pin([os.getpid()], ORIGINAL_CORES)
-            stack.pin_all(ORIGINAL_CORES)
+            stack.unpin()
 
 
 async def _measure(

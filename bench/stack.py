@@ -26,11 +26,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procs import pin, pinned_command, process_tree
+from bench.config import Cores
+from bench.procs import ORIGINAL_CORES, pin, pinned_command, process_tree
 from tessera_demo.stack_control import up_on_free_ports
 from tessera_stack import free_port
 from tessera_stack.processes import is_alive
@@ -307,6 +308,18 @@ class BenchStack:
     def pin_all(self, cores: Sequence[int]) -> None:
         """Pin every process of the stack (and the extras) to ``cores``."""
         pin([pid for pids in self.service_pids().values() for pid in pids], cores)
+
+    def pin_for_measurement(self, cores: Cores, measured: Iterable[int]) -> None:
+        """The stack and this process (the load) on the load core, ``measured`` alone on the
+        server core; :meth:`unpin` undoes it."""
+        self.pin_all([cores.load])
+        pin([os.getpid()], [cores.load])
+        pin(measured, [cores.server])
+
+    def unpin(self) -> None:
+        """This process and the stack back on the cores this process started with."""
+        pin([os.getpid()], ORIGINAL_CORES)
+        self.pin_all(ORIGINAL_CORES)
 
     # -- processes of the benchmark's own ---------------------------------------------
 

@@ -29,7 +29,6 @@ ratio alike.
 from __future__ import annotations
 
 import http.client
-import os
 import re
 import secrets
 import ssl
@@ -55,7 +54,7 @@ from bench.credentials import (
     register,
 )
 from bench.peers import PEER_SESSION_COOKIE
-from bench.procs import MACHINE, ORIGINAL_CORES, bench_environment, pin
+from bench.procs import MACHINE, bench_environment
 from bench.profiling import Profile, start_recording, summarise
 from bench.rawcost import measure_alone
 from bench.stack import BenchStack, ExtraProcess
@@ -231,8 +230,7 @@ async def run_validation(
         )
     finally:
         if cores is not None:
-            pin([os.getpid()], ORIGINAL_CORES)
-            stack.pin_all(ORIGINAL_CORES)
+            stack.unpin()
         for extra in (peer_session, peer_jwt, replica):
             extra.stop()
             stack.extras.remove(extra)
@@ -374,11 +372,11 @@ async def _measure(
                 raise RuntimeError(f"a logged-in token was refused: {response.status}")
 
     if cores is not None:
-        stack.pin_all([cores.load])
-        pin([os.getpid()], [cores.load])
-        pin([replica.pid, peer_jwt.pid, peer_session.pid], [cores.server])
-        if (r1_pid := stack.replica_pid(r1.id)) is not None:
-            pin([r1_pid], [cores.server])
+        r1_pid = stack.replica_pid(r1.id)
+        stack.pin_for_measurement(
+            cores,
+            [replica.pid, peer_jwt.pid, peer_session.pid, *([] if r1_pid is None else [r1_pid])],
+        )
     load_cores = None if cores is None else [cores.load]
     groups = stack.service_pids()
 
