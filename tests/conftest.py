@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import os
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -91,30 +89,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # Cheap Argon2 for tests that are not about Argon2 (tests of the real cost set their own).
 FAST_ARGON2 = Argon2Parameters(memory_kib=1024, time_cost=1, parallelism=1)
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + name))
-
-
-@pytest.fixture(scope="session")
-def test_database_url(database_url: str) -> Iterator[str]:
-    """A database of our own on the server, created for this test run and dropped after."""
-    import asyncio
-
-    name = f"tessera_test_{os.getpid()}_{secrets.token_hex(3)}"
-
-    async def admin(sql: str) -> None:
-        connection = await asyncpg.connect(database_url)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield _with_database(database_url, name)
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 Loaded by ``pytest_plugins = ["tests.fixtures_infra"]`` in tests/conftest.py.
 ``DATABASE_URL`` / ``REDIS_URL`` in the environment point the suite at
 existing servers; otherwise a real throwaway server is started for the
-session and stopped (and deleted) at its end.
+session and stopped (and deleted) at its end. ``test_database_url`` is a
+database of the run's own on that PostgreSQL (:func:`throwaway_database`).
 
 A Redis Sentinel group and a Redis Cluster (real ``redis-server`` processes
 on loopback) are started the first time a test asks for one: the failover
@@ -21,7 +22,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 import redis.exceptions
 
@@ -55,24 +58,64 @@ def running(server: S) -> Iterator[S]:
         server.remove_data()
 
 
+def _url_from_env_or_throwaway(
+    variable: str, throwaway: Callable[[], PostgresServer | RedisServer]
+) -> Iterator[str]:
+    """``$variable`` when set (an existing server); else the URL of ``throwaway()``, run
+    for the session."""
+    if url := os.environ.get(variable):
+        yield url
+        return
+    with running(throwaway()) as server:
+        yield server.url
+
+
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A PostgreSQL URL whose user may create databases."""
-    if url := os.environ.get("DATABASE_URL"):
-        yield url
-        return
-    with running(PostgresServer(tmp_path_factory.mktemp("postgres"))) as server:
-        yield server.url
+    yield from _url_from_env_or_throwaway(
+        "DATABASE_URL", lambda: PostgresServer(tmp_path_factory.mktemp("postgres"))
+    )
 
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Redis URL (database 0) that tests may use freely."""
-    if url := os.environ.get("REDIS_URL"):
+    yield from _url_from_env_or_throwaway(
+        "REDIS_URL", lambda: RedisServer(tmp_path_factory.mktemp("redis"))
+    )
+
+
+def with_path(url: str, path: str) -> str:
+    """``url`` with ``path`` (a database: ``/name`` for PostgreSQL, ``/N`` for Redis)."""
+    return urlunsplit(urlsplit(url)._replace(path=path))
+
+
+async def _admin(database_url: str, sql: str) -> None:
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(sql)
+    finally:
+        await connection.close()
+
+
+@contextlib.contextmanager
+def throwaway_database(database_url: str, prefix: str) -> Iterator[str]:
+    """A database of its own on ``database_url``'s server (named ``prefix``, this process
+    and a random part), dropped with its connections at the end; its URL."""
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
+    asyncio.run(_admin(database_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield with_path(database_url, f"/{name}")
+    finally:
+        asyncio.run(_admin(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def test_database_url(database_url: str) -> Iterator[str]:
+    """A database of our own on the server, created for this test run and dropped after."""
+    with throwaway_database(database_url, "tessera_test") as url:
         yield url
-        return
-    with running(RedisServer(tmp_path_factory.mktemp("redis"))) as server:
-        yield server.url
 
 
 @pytest.fixture(scope="session")

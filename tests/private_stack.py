@@ -12,18 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
 from tessera_demo.stack_control import StackControl, own_servers_env, up_on_free_ports
+
+from .fixtures_infra import throwaway_database, with_path
 
 # The auth service hashes with Argon2; these tests are not about its cost.
 CHEAP_ARGON2 = {"TESSERA_ARGON2_MEMORY_KIB": "1024", "TESSERA_ARGON2_TIME_COST": "1"}
@@ -49,37 +48,23 @@ def launcher(run_dir: Path, *args: str, env: dict[str, str]) -> str:
     return output
 
 
-def _with_path(url: str, path: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=path))
-
-
-async def _admin(database_url: str, sql: str) -> None:
-    connection = await asyncpg.connect(database_url)
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
-
-
 @contextlib.contextmanager
 def private_stack(
     run_dir: Path, database_url: str, redis_url: str, *, redis_db: int, name: str
 ) -> Iterator[StackControl]:
     """The stack up at row 4 with three replicas; stopped and its database dropped after."""
-    database = f"tessera_{name}_{os.getpid()}_{secrets.token_hex(3)}"
-    asyncio.run(_admin(database_url, f'CREATE DATABASE "{database}"'))
-    env = {
-        **os.environ,
-        **CHEAP_ARGON2,
-        "DATABASE_URL": _with_path(database_url, f"/{database}"),
-        "REDIS_URL": _with_path(redis_url, f"/{redis_db}"),
-    }
-    try:
-        launcher(run_dir, *up_on_free_ports(), env=env)
-        yield StackControl(run_dir)
-    finally:
-        launcher(run_dir, "down", env=env)
-        asyncio.run(_admin(database_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+    with throwaway_database(database_url, f"tessera_{name}") as database:
+        env = {
+            **os.environ,
+            **CHEAP_ARGON2,
+            "DATABASE_URL": database,
+            "REDIS_URL": with_path(redis_url, f"/{redis_db}"),
+        }
+        try:
+            launcher(run_dir, *up_on_free_ports(), env=env)
+            yield StackControl(run_dir)
+        finally:
+            launcher(run_dir, "down", env=env)
 
 
 def private_stack_fixture(*, redis_db: int, name: str) -> Any:

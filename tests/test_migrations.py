@@ -4,27 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import asyncpg
 import pytest
 
 from tessera_auth import db
 
-from .conftest import _with_database
+from .fixtures_infra import throwaway_database
 
 
 @pytest.fixture
-async def empty_database(database_url: str) -> AsyncIterator[str]:
-    name = f"tessera_migrate_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    yield _with_database(database_url, name)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+def empty_database(database_url: str) -> Iterator[str]:
+    with throwaway_database(database_url, "tessera_migrate") as url:
+        yield url
 
 
 async def _tables(url: str) -> set[str]:

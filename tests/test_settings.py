@@ -7,10 +7,9 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -20,6 +19,7 @@ from tessera_auth.settings import ConfigError, Settings, load_settings
 from tessera_auth.startup import check_dependencies
 from tessera_stack import free_port
 from tests.conftest import with_changes
+from tests.fixtures_infra import throwaway_database
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -330,16 +330,10 @@ async def test_check_dependencies_finds_no_problem_with_the_real_servers_once_mi
 
 
 @pytest.fixture
-async def empty_database_url(database_url: str) -> AsyncIterator[str]:
+def empty_database_url(database_url: str) -> Iterator[str]:
     """A brand-new database with no tables, dropped after the test."""
-    name = f"tessera_empty_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield urlunsplit(urlsplit(database_url)._replace(path="/" + name))
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    with throwaway_database(database_url, "tessera_empty") as url:
+        yield url
 
 
 async def test_check_dependencies_reports_pending_migrations_unless_migrating_on_start(
