@@ -23,6 +23,7 @@ from tessera_platform.process_settings import ProcessSettings
 from tessera_resource.app import create_app as create_resource_app
 from tessera_resource.settings import ResourceSettings
 from tessera_verify.clock import ManualClock
+from tessera_verify.errors import PROBLEM_MEMBERS
 from tessera_verify.principal import AuthMethod
 from tessera_verify.sessions import SESSION_COOKIE, SessionPolicy
 from tessera_verify.verify_config import (
@@ -312,3 +313,9 @@ def make_replica(
         )
 
     return make
+
+
+def extensions(problem_body: dict[str, Any]) -> dict[str, Any]:
+    """An RFC 9457 problem's extension members besides ``error`` (the field at fault, the
+    rule broken, the wait asked for)."""
+    return {name: value for name, value in problem_body.items() if name not in PROBLEM_MEMBERS}

@@ -25,7 +25,7 @@ BAD_CHARSETS = ("no-such-charset", "utf-16", "latin-1", "x" * 300, "utf-9")
 async def _refused(response: ClientResponse) -> None:
     text = await response.text()
     assert response.status == 415, text
-    assert response.content_type == "application/json", text
+    assert response.content_type == "application/problem+json", text
     assert json.loads(text)["error"] == "unsupported_media_type"
 
 

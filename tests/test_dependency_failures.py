@@ -99,7 +99,7 @@ async def app_on_own_postgres(
 async def _unavailable(response: ClientResponse) -> None:
     text = await response.text()
     assert response.status == 503, text
-    assert response.content_type == "application/json", text
+    assert response.content_type == "application/problem+json", text
     assert (await response.json())["error"] == "dependency_unavailable"
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["Retry-After"] == "1"

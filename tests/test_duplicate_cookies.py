@@ -30,10 +30,10 @@ def _twice(name: str, first: str = "a" * 43, second: str = "b" * 43) -> dict[str
 async def _duplicate_cookie(response: ClientResponse) -> None:
     text = await response.text()
     assert response.status == 400, text
-    assert response.content_type == "application/json", text
+    assert response.content_type == "application/problem+json", text
     body = json.loads(text)
     assert body["error"] == "duplicate_cookie", body
-    assert SESSION_COOKIE in body["message"] or LOCAL_SESSION_COOKIE in body["message"], body
+    assert SESSION_COOKIE in body["detail"] or LOCAL_SESSION_COOKIE in body["detail"], body
 
 
 async def test_auth_refuses_a_repeated_session_cookie_on_me_logout_and_login(auth: Client) -> None:

@@ -17,6 +17,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from tessera_auth.settings import Settings
+from tests.conftest import extensions
 
 from .conftest import AuthClientFactory, register_and_login
 
@@ -29,10 +30,11 @@ async def _error(response: ClientResponse, status: int, code: str) -> dict[str, 
     """Assert ``response`` is the JSON error ``code`` with ``status``; return its body."""
     text = await response.text()
     assert response.status == status, text
-    assert response.content_type == "application/json", text
+    assert response.content_type == "application/problem+json", text
     body: dict[str, Any] = json.loads(text)
     assert body["error"] == code, body
-    assert isinstance(body["message"], str) and body["message"]
+    assert body["status"] == status and body["type"] == "about:blank", body
+    assert isinstance(body["detail"], str) and body["detail"]
     return body
 
 
@@ -121,8 +123,8 @@ async def test_missing_or_wrong_typed_field_is_400_invalid_request_naming_the_fi
 ) -> None:
     response = await auth_client.post(path, json=body)
     error = await _error(response, 400, "invalid_request")
-    assert error["details"]["field"] == field
-    assert field in error["message"]
+    assert error["field"] == field
+    assert field in error["detail"]
 
 
 async def test_a_string_with_a_lone_surrogate_is_400_not_500(auth_client: Client) -> None:
@@ -130,7 +132,7 @@ async def test_a_string_with_a_lone_surrogate_is_400_not_500(auth_client: Client
     for path in ("/auth/register", "/auth/login"):
         raw = '{"username": "alice", "password": "abcdefgh\\ud800"}'
         error = await _error(await _post_raw(auth_client, path, raw), 400, "invalid_request")
-        assert error["details"]["field"] == "password"
+        assert error["field"] == "password"
 
 
 # --- content type and size --------------------------------------------------------------
@@ -271,7 +273,7 @@ async def test_register_with_an_invalid_username_is_400_naming_username(
     auth_client: Client, settings: Settings, username: str
 ) -> None:
     error = await _error(await _register(auth_client, username), 400, "invalid_request")
-    assert error["details"]["field"] == "username"
+    assert error["field"] == "username"
     assert await _user_count(settings) == 0
 
 
@@ -279,7 +281,7 @@ async def test_register_with_a_short_password_is_400_and_writes_no_user(
     auth_client: Client, settings: Settings
 ) -> None:
     error = await _error(await _register(auth_client, "alice", "short"), 400, "weak_password")
-    assert error["details"] == {"field": "password", "rule": "too_short", "min_length": 15}
+    assert extensions(error) == {"field": "password", "rule": "too_short", "min_length": 15}
     assert await _user_count(settings) == 0
     # The name is still free: nothing half-written blocks a correct retry.
     assert (await _register(auth_client, "alice")).status == 201
@@ -363,7 +365,7 @@ async def test_odd_bodies_on_every_post_endpoint_get_a_json_answer_below_500(
             response = await _post_raw(auth_client, path, raw)
             text = await response.text()
             assert response.status < 500, (path, raw[:200], text)
-            assert response.content_type == "application/json", (path, raw[:200], text)
+            assert response.content_type.endswith("json"), (path, raw[:200], text)
             body = json.loads(text)
             if response.status >= 400:
                 assert isinstance(body["error"], str), body
@@ -394,4 +396,4 @@ async def test_odd_form_bodies_on_the_form_endpoints_get_a_json_answer_below_500
         )
         text = await response.text()
         assert response.status < 500, (path, text)
-        assert response.content_type == "application/json", (path, text)
+        assert response.content_type.endswith("json"), (path, text)

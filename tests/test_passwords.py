@@ -7,6 +7,7 @@ import pytest
 
 from tessera_auth.passwords import PasswordHasher
 from tessera_auth.settings import Argon2Parameters
+from tessera_verify.errors import problem
 
 from .conftest import AuthClientFactory
 
@@ -90,10 +91,9 @@ async def test_every_failed_login_costs_one_argon2_verification(
         "/auth/login", json={"username": username, "password": "wrong password"}
     )
     assert response.status == 401
-    assert await response.json() == {
-        "error": "invalid_credentials",
-        "message": "invalid username or password",
-    }
+    assert await response.json() == problem(
+        401, "invalid_credentials", "invalid username or password"
+    )
     assert calls == ["m=1024,t=1,p=1"]
 
 

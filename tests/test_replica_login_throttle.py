@@ -16,6 +16,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tessera_verify.errors import problem
+
 from .conftest import ResourceFactory
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -25,11 +27,12 @@ CREDENTIALS = {"username": "alice", "password": "correct horse battery staple"}
 async def _throttling_auth(aiohttp_server: ServerFactory, headers: dict[str, str]) -> str:
     async def password_check(request: web.Request) -> web.Response:
         return web.json_response(
-            {
-                "error": "too_many_attempts",
-                "message": "too many failed attempts; try again later",
-                "details": {"retry_after": 37},
-            },
+            problem(
+                429,
+                "too_many_attempts",
+                "too many failed attempts; try again later",
+                retry_after=37,
+            ),
             status=429,
             headers=headers,
         )

@@ -76,7 +76,7 @@ async def _status(user: DemoUser, url: str) -> tuple[int, str | None]:
     """A GET's status and, for a JSON error, its code."""
     async with user.session.get(url) as response:
         error = None
-        if response.status >= 400 and response.content_type == "application/json":
+        if response.status >= 400 and response.content_type.endswith("json"):
             error = (await response.json()).get("error")
         await response.read()
         return response.status, error

@@ -192,7 +192,7 @@ async def test_logout_denylists_the_access_token_durably_past_expiry_and_any_lee
     assert row is not None and row["until"] == until
     me = await auth_client.get("/auth/me", headers=_bearer(body["access_token"]))
     assert me.status == 401
-    assert "revoked" in (await me.json())["message"]
+    assert "revoked" in (await me.json())["detail"]
     assert (await _refresh(auth_client, body["refresh_token"])).status == 400
 
 

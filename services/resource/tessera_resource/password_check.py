@@ -58,15 +58,15 @@ class PasswordChecker:
             # Throttled: the client must wait as long as auth says, not retry at once.
             raise TooManyAttempts(_retry_after(retry_after, payload))
         if status == 400:
-            message = payload.get("message") if isinstance(payload, dict) else None
-            raise InvalidRequest(message if isinstance(message, str) else None)
+            detail = payload.get("detail") if isinstance(payload, dict) else None
+            raise InvalidRequest(detail if isinstance(detail, str) else None)
         raise ServiceUnavailable("the auth service could not check the password")
 
 
 def _retry_after(header: str | None, payload: Any) -> int:
-    """The wait auth asked for: its Retry-After header, else its body's details."""
-    details = payload.get("details") if isinstance(payload, dict) else None
-    candidates = (header, details.get("retry_after") if isinstance(details, dict) else None)
+    """The wait auth asked for: its Retry-After header, else its problem's retry_after."""
+    in_body = payload.get("retry_after") if isinstance(payload, dict) else None
+    candidates = (header, in_body)
     for value in candidates:
         if isinstance(value, int) and not isinstance(value, bool):
             seconds = value

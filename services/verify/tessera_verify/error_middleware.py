@@ -15,12 +15,15 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from .errors import (
+    PROBLEM_JSON,
+    BadRequest,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
     TesseraError,
     UnsupportedMediaType,
+    problem,
 )
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,7 @@ _HTTP_ERRORS: dict[int, type[TesseraError]] = {
 
 def error_response(error: TesseraError) -> web.Response:
     """The JSON response for ``error``, with ``WWW-Authenticate`` where it applies."""
-    response = web.json_response(error.body(), status=error.status)
+    response = web.json_response(error.body(), status=error.status, content_type=PROBLEM_JSON)
     challenge = error.www_authenticate()
     if challenge:
         response.headers["WWW-Authenticate"] = challenge
@@ -82,9 +85,8 @@ def error_middleware_for(dependency_errors: tuple[type[BaseException], ...]) -> 
                     response.headers["Allow"] = exc.headers["Allow"]
                 return response
             if 400 <= exc.status < 500:
-                return web.json_response(
-                    {"error": "bad_request", "message": exc.reason}, status=exc.status
-                )
+                body = problem(exc.status, BadRequest.code, exc.reason)
+                return web.json_response(body, status=exc.status, content_type=PROBLEM_JSON)
             raise
         except dependency_errors as exc:
             log.warning("dependency unavailable on %s %s: %r", request.method, request.path, exc)
@@ -93,9 +95,7 @@ def error_middleware_for(dependency_errors: tuple[type[BaseException], ...]) -> 
             raise
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
-            return web.json_response(
-                {"error": "internal_error", "message": "internal error"}, status=500
-            )
+            return error_response(TesseraError())
 
     return error_middleware
 

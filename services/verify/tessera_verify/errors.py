@@ -1,17 +1,28 @@
 """The one error hierarchy of tessera.
 
 Handlers raise these; :func:`tessera_verify.error_middleware.error_middleware` turns
-them into JSON bodies ``{"error": code, "message": text}`` plus
-``WWW-Authenticate`` where RFC 6750 asks for it. ``code`` is stable and meant
-for programs; ``message`` is for people and may change.
+them into RFC 9457 problem details (``application/problem+json``)::
+
+    {"type": "about:blank", "title": "Unauthorized", "status": 401,
+     "detail": "invalid username or password", "error": "invalid_credentials"}
+
+plus ``WWW-Authenticate`` where RFC 6750 asks for it. ``error`` (an extension
+member) is the stable code, meant for programs; ``detail`` is for people and
+may change; what else an error knows (``retry_after``, the ``field`` at fault,
+the password ``rule`` broken) are further extension members. The OAuth
+endpoints answer in RFC 6749 §5.2's shape instead (:meth:`TesseraError.oauth_body`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 REALM = "tessera"
+PROBLEM_JSON = "application/problem+json"
+#: The members RFC 9457 defines, and ours: an error's details never overwrite them.
+PROBLEM_MEMBERS = frozenset({"type", "title", "status", "detail", "instance", "error"})
 
 
 class TesseraError(Exception):
@@ -24,6 +35,8 @@ class TesseraError(Exception):
     def __init__(self, message: str | None = None, *, details: Mapping[str, Any] | None = None):
         self.message = message or self.default_message
         self.details = dict(details or {})
+        if clash := PROBLEM_MEMBERS & self.details.keys():
+            raise ValueError(f"details may not redefine {sorted(clash)}")
         super().__init__(self.message)
 
     def www_authenticate(self) -> str | None:
@@ -33,10 +46,26 @@ class TesseraError(Exception):
         return {}
 
     def body(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"error": self.code, "message": self.message}
-        if self.details:
-            out["details"] = self.details
-        return out
+        """The RFC 9457 problem details of this error."""
+        return problem(self.status, self.code, self.message, **self.details)
+
+    def oauth_body(self) -> dict[str, Any]:
+        """RFC 6749 §5.2's error response (the token, introspection and revocation
+        endpoints): ``error`` and ``error_description``."""
+        return {"error": self.code, "error_description": self.message}
+
+
+def problem(status: int, code: str, detail: str, **extensions: Any) -> dict[str, Any]:
+    """An RFC 9457 problem: ``about:blank`` with the status phrase as its title (every
+    tessera problem is told apart by ``error``, the stable code)."""
+    return {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "error": code,
+        **extensions,
+    }
 
 
 # --- 4xx: the request itself is wrong -------------------------------------------------
