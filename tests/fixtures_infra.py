@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -116,6 +118,24 @@ def test_database_url(database_url: str) -> Iterator[str]:
     """A database of our own on the server, created for this test run and dropped after."""
     with throwaway_database(database_url, "tessera_test") as url:
         yield url
+
+
+@pytest.fixture(autouse=True)
+def _reap_failover_sockets(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test on a Sentinel or Cluster group, collect what its failovers left.
+
+    When a primary is SIGKILLed, redis-py's cluster and Sentinel clients drop the
+    dead node's connections without closing the ones a command was waiting on;
+    the sockets are closed when the garbage collector gets to them, which may be
+    in a later test, whose event loop is another (a ResourceWarning there, an
+    error under ``filterwarnings = error``). They are reaped here, in the test
+    that killed the node, with the warnings a deliberate SIGKILL causes ignored.
+    """
+    yield
+    if {"redis_sentinel_group", "redis_cluster_group"} & set(request.fixturenames):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
 
 
 @pytest.fixture(scope="session")
