@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +18,9 @@ import pytest
 from tessera_auth import db
 from tessera_auth.settings import ConfigError, Settings, load_settings
 from tessera_auth.startup import check_dependencies
+from tessera_platform.process_settings import unread_variables
 from tessera_stack import free_port
+from tessera_verify.env import RecordedEnviron
 from tests.conftest import with_changes
 from tests.fixtures_infra import throwaway_database
 
@@ -442,3 +445,89 @@ def test_the_auth_service_and_the_replicas_judge_an_issuer_alike(
     assert verdicts[0] == verdicts[1]
     if verdicts[0][0] == "ok":
         assert not verdicts[0][1].endswith("/")
+
+
+# --- TESSERA_* variables nothing reads ----------------------------------------------------
+
+
+def _unread(load: Callable[[Mapping[str, str]], object], environ: dict[str, str]) -> list[str]:
+    recorded = RecordedEnviron(environ)
+    load(recorded)
+    return unread_variables(recorded)
+
+
+def test_a_complete_auth_environment_leaves_no_variable_unread(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text(SECRET_A)
+    environ = {
+        **PRODUCTION,
+        "TESSERA_SESSION_HASH_KEY_FILE": str(tmp_path / "key"),
+        "TESSERA_ARGON2_MEMORY_KIB": "65536",
+        "TESSERA_LOG_FORMAT": "text",
+        "PATH": "/usr/bin",
+        "TESSERA_PORT": "8081",
+    }
+    del environ["TESSERA_SESSION_HASH_KEY"]
+    assert _unread(load_settings, environ) == []
+
+
+def test_a_misspelt_auth_variable_is_named_with_the_one_it_resembles() -> None:
+    environ = {**DEVELOPMENT, "TESSERA_SESION_IDLE_TIMEOUT": "60", "TESSERA_ACCES_TOKEN_TTL": "60"}
+    assert _unread(load_settings, environ) == [
+        "TESSERA_ACCES_TOKEN_TTL is set but this service does not read it; "
+        "did you mean TESSERA_ACCESS_TOKEN_TTL?",
+        "TESSERA_SESION_IDLE_TIMEOUT is set but this service does not read it; "
+        "did you mean TESSERA_SESSION_IDLE_TIMEOUT?",
+    ]
+
+
+def test_a_misspelt_secret_file_variable_is_named_with_the_file_form() -> None:
+    environ = {**DEVELOPMENT, "TESSERA_KEY_ENCRYPTION_KEY_FLIE": "/run/secrets/kek"}
+    (warning,) = _unread(load_settings, environ)
+    assert warning.endswith("did you mean TESSERA_KEY_ENCRYPTION_KEY_FILE?")
+
+
+def test_a_replica_names_a_misspelt_variable_and_one_meant_for_the_auth_service() -> None:
+    from tessera_resource.settings import load_settings as load_resource_settings
+
+    environ = {
+        **DEVELOPMENT,
+        "TESSERA_AUTH_URL": "http://auth:8080",
+        "TESSERA_AUTH_METHOD": "jwt",
+        "TESSERA_REGISTRATION_ENABLED": "0",
+    }
+    unread = _unread(load_resource_settings, environ)
+    assert unread[0] == (
+        "TESSERA_AUTH_METHOD is set but this service does not read it; "
+        "did you mean TESSERA_AUTH_METHODS?"
+    )
+    assert unread[1].startswith("TESSERA_REGISTRATION_ENABLED is set but this service does not")
+    assert len(unread) == 2
+    # Its methods decide what it reads: a forward-auth secret on a JWT-only replica does nothing.
+    forward = {**environ, "TESSERA_AUTH_METHODS": "jwt", "TESSERA_FORWARD_AUTH_SECRET": SECRET_A}
+    assert "TESSERA_FORWARD_AUTH_SECRET" in " ".join(_unread(load_resource_settings, forward))
+
+
+def test_check_logs_a_warning_for_a_misspelt_variable_and_otherwise_runs_as_before() -> None:
+    result = _run_check(
+        {
+            **DEVELOPMENT,
+            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "DATABASE_URL": f"postgresql://tessera@127.0.0.1:{free_port()}/tessera",
+            "TESSERA_JWT_ALGO": "EdDSA",
+        }
+    )
+    assert result.returncode == 3, result
+    (warning,) = [
+        json.loads(line) for line in result.stderr.splitlines() if "TESSERA_JWT_ALGO" in line
+    ]
+    assert warning["level"] == "warning"
+    assert warning["msg"] == (
+        "TESSERA_JWT_ALGO is set but this service does not read it; did you mean TESSERA_JWT_ALG?"
+    )
+
+
+def test_an_invalid_configuration_also_names_the_variables_nothing_read() -> None:
+    result = _run_check({"TESSERA_ENV": "development", "TESSERA_REDIS_URL": REDIS_URL})
+    assert result.returncode == 2, result
+    assert "REDIS_URL is required" in result.stderr
+    assert "tessera-auth: warning: TESSERA_REDIS_URL is set but this service" in result.stderr

@@ -13,11 +13,18 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from tessera_stack import PostgresServer, RedisServer, StackError, free_port
+from tessera_auth.settings import load_settings as load_auth_settings
+from tessera_resource.settings import load_settings as load_resource_settings
+from tessera_stack import PostgresServer, RedisServer, StackError, free_port, services
 from tessera_stack.cli import main
 from tessera_stack.launcher import EXIT_NOT_RUNNING
 from tessera_stack.processes import port_is_open
+from tessera_stack.reconcile import SECRET_NAMES, ensure_secret
+from tessera_stack.rows import ROWS
 from tessera_stack.servers import sweep_orphaned_scratch
+from tessera_stack.services import ServiceSettings
+from tessera_stack.state import Layout, ReplicaEntry
+from tessera_verify.env import RecordedEnviron
 
 
 def test_free_port_can_be_bound_on_loopback() -> None:
@@ -249,3 +256,27 @@ def test_orphaned_scratch_clusters_are_swept_and_referenced_ones_kept(tmp_path: 
     assert young.exists()
     assert referenced.exists()
     assert unrelated.exists()
+
+
+@pytest.mark.parametrize("alg", ["ES256", "HS256"])
+def test_the_stack_gives_each_service_only_variables_it_reads(
+    alg: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A variable a service does not read is logged as a warning at its start
+    # (a misspelling, or a secret handed to a process that has no use for it).
+    for name in [name for name in os.environ if name.startswith("TESSERA_")]:
+        monkeypatch.delenv(name)
+    layout = Layout(tmp_path)
+    layout.create()
+    for name in (*SECRET_NAMES, "jwt_hs256_secret"):
+        ensure_secret(layout.secret(name))
+    settings = ServiceSettings("postgresql://tessera@127.0.0.1/t", "redis://127.0.0.1/0", 1, 2, alg)
+    environ = RecordedEnviron(services.auth_env(layout, settings))
+    load_auth_settings(environ)
+    assert environ.unread() == []
+    for row in ROWS.values():
+        environ = RecordedEnviron(
+            services.replica_env(layout, settings, ReplicaEntry("r1", 3), row.methods)
+        )
+        load_resource_settings(environ)
+        assert environ.unread() == [], f"row {row.number}"

@@ -116,9 +116,14 @@ def _base_env(layout: Layout, settings: ServiceSettings, redis_user: str) -> dic
         TESSERA_TRUSTED_PROXIES=TRUSTED_PROXIES,
         PYTHONUNBUFFERED="1",
     )
-    if settings.alg == "HS256":
-        env["TESSERA_JWT_HS256_SECRET_FILE"] = str(layout.secret("jwt_hs256_secret"))
     return env
+
+
+def _hs256_secret(layout: Layout, settings: ServiceSettings) -> dict[str, str]:
+    """HS256's shared secret, for those who sign or verify JWTs in that mode."""
+    if settings.alg != "HS256":
+        return {}
+    return {"TESSERA_JWT_HS256_SECRET_FILE": str(layout.secret("jwt_hs256_secret"))}
 
 
 def auth_env(layout: Layout, settings: ServiceSettings) -> dict[str, str]:
@@ -131,6 +136,7 @@ def auth_env(layout: Layout, settings: ServiceSettings) -> dict[str, str]:
         # The demo and the bench log dozens of users in at once to measure the
         # replicas, not Argon2 admission (503 server_busy past 2 x CPUs + 2 jobs).
         TESSERA_ARGON2_MAX_PENDING="256",
+        **_hs256_secret(layout, settings),
     )
     return env
 
@@ -149,6 +155,8 @@ def replica_env(
     )
     # Each secret only where the replica's methods need it (least privilege).
     accepted = {method.strip() for method in methods.split(",")}
+    if "jwt" in accepted:
+        env.update(_hs256_secret(layout, settings))
     if "shared_session" in accepted:
         env["TESSERA_SESSION_HASH_KEY_FILE"] = str(layout.secret("session_hash_key"))
     if "forward" in accepted:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from tessera_platform import serve
 from tessera_platform.observability import configure_logging
 from tessera_platform.pg_migrations import migrate_database
-from tessera_platform.process_settings import load_or_exit
+from tessera_platform.process_settings import load_or_exit, warn_unread_variables
+from tessera_verify.env import RecordedEnviron
 
 from . import cli_keys, cli_users, db
 from .app import create_app
@@ -53,13 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    settings = load_or_exit(load_settings, "tessera-auth")
+    environ = RecordedEnviron(os.environ)
+    settings = load_or_exit(load_settings, "tessera-auth", environ)
     configure_logging(
         "auth",
         settings.process.log_level,
         json_logs=settings.process.log_json,
         access_log_enabled=settings.process.access_log,
     )
+    warn_unread_variables(environ)
     if args.command == "migrate":
         print(asyncio.run(migrate_database(settings.database_url, db.MIGRATOR)))
         return

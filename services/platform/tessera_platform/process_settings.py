@@ -11,27 +11,58 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 from tessera_verify.dependency_metrics import REDIS_URL_SCHEMES, parse_redis_nodes
-from tessera_verify.env import ConfigError, EnvReader, check_url
+from tessera_verify.env import ConfigError, EnvReader, RecordedEnviron, check_url
 
-__all__ = ["ProcessSettings", "load_or_exit", "read_dependency_urls", "read_process_settings"]
+__all__ = [
+    "ProcessSettings",
+    "load_or_exit",
+    "read_dependency_urls",
+    "read_process_settings",
+    "unread_variables",
+    "warn_unread_variables",
+]
 
 T = TypeVar("T")
 
+log = logging.getLogger("tessera.settings")
 
-def load_or_exit(load: Callable[[], T], program: str) -> T:
-    """``load()``'s settings; on a :class:`~tessera_verify.env.ConfigError` its every
-    problem on stderr under ``program``'s name, and exit status 2 (a usage error)."""
+
+def load_or_exit(
+    load: Callable[[Mapping[str, str]], T], program: str, environ: RecordedEnviron
+) -> T:
+    """``load(environ)``'s settings; on a :class:`~tessera_verify.env.ConfigError` its every
+    problem on stderr under ``program``'s name (and the variables it did not read, which
+    may be why), and exit status 2 (a usage error)."""
     try:
-        return load()
+        return load(environ)
     except ConfigError as error:
         print(f"{program}: {error}", file=sys.stderr)
+        for warning in unread_variables(environ):
+            print(f"{program}: warning: {warning}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def unread_variables(environ: RecordedEnviron) -> list[str]:
+    """One sentence for each ``TESSERA_*`` variable set in ``environ`` that loading the
+    settings never read: misspelt, or meant for another service (it has no effect)."""
+    warnings = []
+    for name in environ.unread():
+        close = environ.closest_read(name)
+        hint = f"; did you mean {close}?" if close else ""
+        warnings.append(f"{name} is set but this service does not read it{hint}")
+    return warnings
+
+
+def warn_unread_variables(environ: RecordedEnviron) -> None:
+    """Log :func:`unread_variables` as warnings: a start that ignores a setting says so."""
+    for warning in unread_variables(environ):
+        log.warning(warning)
 
 
 @dataclass(frozen=True)

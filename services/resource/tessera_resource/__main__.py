@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 
 from tessera_platform import serve
 from tessera_platform.observability import configure_logging
 from tessera_platform.pg_migrations import migrate_database
-from tessera_platform.process_settings import load_or_exit
+from tessera_platform.process_settings import load_or_exit, warn_unread_variables
+from tessera_verify.env import RecordedEnviron
 
 from .app import MIGRATOR, create_app
 from .settings import load_settings
@@ -20,13 +22,15 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("serve", help="run one resource replica")
     commands.add_parser("migrate", help="apply the resource service's migrations")
     args = parser.parse_args(argv)
-    settings = load_or_exit(load_settings, "tessera-resource")
+    environ = RecordedEnviron(os.environ)
+    settings = load_or_exit(load_settings, "tessera-resource", environ)
     configure_logging(
         f"resource-{settings.replica_id}",
         settings.process.log_level,
         json_logs=settings.process.log_json,
         access_log_enabled=settings.process.access_log,
     )
+    warn_unread_variables(environ)
     if args.command == "migrate":
         print(asyncio.run(migrate_database(settings.database_url, MIGRATOR)))
         return

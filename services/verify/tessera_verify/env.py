@@ -4,12 +4,15 @@ tessera service and the verify configuration share.
 Every secret can also come from a file named by ``<NAME>_FILE`` (Docker and
 Kubernetes secrets). :class:`EnvReader` records every problem instead of
 stopping at the first, so an operator fixes a configuration in one pass.
+:class:`RecordedEnviron` remembers which names were looked up, so a service can
+name the ``TESSERA_*`` variables it was given and never read (a misspelling).
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
@@ -31,6 +34,41 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+class RecordedEnviron(Mapping[str, str]):
+    """An environment that remembers every name looked up in it, found or not.
+
+    The record is kept where the values are looked up rather than in one
+    :class:`EnvReader`, so it holds whatever read the settings (each service's
+    ``load_settings(environ)`` makes its own reader) and those loaders keep
+    taking a plain mapping.
+    """
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        self.looked_up: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.looked_up.add(name)
+        return self._environ[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._environ)
+
+    def __len__(self) -> int:
+        return len(self._environ)
+
+    def unread(self, prefix: str = "TESSERA_") -> list[str]:
+        """The names starting with ``prefix`` that are set and were never looked up."""
+        return sorted(n for n in self._environ if n.startswith(prefix) and n not in self.looked_up)
+
+    def closest_read(self, name: str) -> str | None:
+        """The looked-up name ``name`` most likely misspells, if one is close."""
+        prefix = name.split("_", 1)[0] + "_"
+        candidates = [n for n in self.looked_up if n.startswith(prefix)]
+        matches = difflib.get_close_matches(name, candidates, n=1, cutoff=0.8)
+        return matches[0] if matches else None
 
 
 class EnvReader:
