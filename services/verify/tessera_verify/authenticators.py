@@ -1,6 +1,8 @@
-"""Request authentication for any aiohttp service: one authenticator per credential kind,
-tried in order by one :class:`Authentication`, which the replicas' middleware and the
-auth service's handlers both use.
+"""Request authentication for any service: one authenticator per credential kind,
+tried in order by one :class:`Authentication`, which the replicas' middleware, the
+auth service's handlers and the ASGI middleware all use. Authenticators read a
+:class:`~tessera_verify.request_view.RequestView` (headers and peer address), so an
+aiohttp request and an ASGI scope are checked by the same code.
 
 An authenticator returns a :class:`Principal` when the request carries its kind
 of credential and that credential is valid, ``None`` when the request does not
@@ -15,13 +17,12 @@ import hmac
 from collections.abc import Sequence
 from typing import Protocol
 
-from aiohttp import web
-
 from .access_tokens import AccessTokenVerifier
 from .client_ip import Network, is_trusted
 from .cookies import cookie_value
 from .errors import AuthenticationError, ExpiredToken, InvalidSession, RevokedToken
 from .principal import AuthMethod, Principal, bearer_token
+from .request_view import RequestView
 from .sessions import SessionManager
 
 FORWARD_USER_ID_HEADER = "X-Tessera-User-Id"
@@ -44,7 +45,7 @@ def decision_outcome(error: AuthenticationError) -> str:
 class Authenticator(Protocol):
     method: AuthMethod
 
-    async def authenticate(self, request: web.Request) -> Principal | None: ...
+    async def authenticate(self, request: RequestView) -> Principal | None: ...
 
 
 class DecisionRecorder(Protocol):
@@ -66,7 +67,7 @@ class Authentication:
         self.authenticators = tuple(authenticators)
         self._metrics = metrics
 
-    async def identify(self, request: web.Request) -> Principal | None:
+    async def identify(self, request: RequestView) -> Principal | None:
         """The caller, or None when the request carries no credential of an accepted kind;
         :class:`AuthenticationError` when it carries a bad one."""
         for authenticator in self.authenticators:
@@ -80,7 +81,7 @@ class Authentication:
                 return principal
         return None
 
-    async def require(self, request: web.Request) -> Principal:
+    async def require(self, request: RequestView) -> Principal:
         """The caller; :class:`AuthenticationError` (401) when there is none."""
         principal = await self.identify(request)
         if principal is None:
@@ -100,7 +101,7 @@ class BearerTokenAuthenticator:
     def __init__(self, verifier: AccessTokenVerifier) -> None:
         self._verifier = verifier
 
-    async def authenticate(self, request: web.Request) -> Principal | None:
+    async def authenticate(self, request: RequestView) -> Principal | None:
         token = bearer_token(request)
         if token is None:
             return None
@@ -116,7 +117,7 @@ class SessionCookieAuthenticator:
         self.cookie_name = cookie_name
         self.method = method
 
-    async def authenticate(self, request: web.Request) -> Principal | None:
+    async def authenticate(self, request: RequestView) -> Principal | None:
         session_id = cookie_value(request, self.cookie_name)
         if not session_id:
             return None
@@ -147,7 +148,7 @@ class ForwardedIdentityAuthenticator:
         self._secret = secret
         self._proxies = trusted_proxies
 
-    async def authenticate(self, request: web.Request) -> Principal | None:
+    async def authenticate(self, request: RequestView) -> Principal | None:
         user_id = request.headers.get(FORWARD_USER_ID_HEADER)
         if not user_id:
             return None

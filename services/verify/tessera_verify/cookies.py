@@ -15,9 +15,10 @@ from __future__ import annotations
 import functools
 import re
 
-from aiohttp import hdrs, web
+from aiohttp import hdrs
 
 from .errors import DuplicateCookie
+from .request_view import RequestView
 
 # RFC 6265 cookie-octets without quotes: what every tessera cookie value uses.
 _VALUE = re.compile(r"[!#-+\--:<-\[\]-~]*")
@@ -30,7 +31,7 @@ def _pattern(name: str) -> re.Pattern[str]:
     return re.compile(r"(?:^|;)[ \t]*" + re.escape(name) + r"=([^;]*)")
 
 
-def cookie_value(request: web.Request, name: str) -> str | None:
+def cookie_value(request: RequestView, name: str) -> str | None:
     """The value of cookie ``name`` in the request, or None.
 
     Raises :class:`DuplicateCookie` (400) when the cookie is present more than once.

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from .access_tokens import AccessTokenClaims
 from .errors import AuthenticationError
+from .request_view import RequestView
 from .sessions import Session
 
 
@@ -43,7 +44,7 @@ def get_principal(request: web.Request) -> Principal:
     return principal
 
 
-def bearer_token(request: web.Request) -> str | None:
+def bearer_token(request: RequestView) -> str | None:
     """The RFC 6750 bearer token of the ``Authorization`` header, if any."""
     header = request.headers.get("Authorization")
     if not header:
