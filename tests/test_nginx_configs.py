@@ -11,6 +11,8 @@ sent twice), the real auth service on real PostgreSQL and Redis answers.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import shutil
 import socket
 import ssl
@@ -30,6 +32,7 @@ from tessera_stack.compose_nginx import render_compose
 from tessera_stack.nginx_conf import POLICIES, NginxConfig, Replica, render, render_to
 from tessera_stack.servers import NginxServer, nginx_check
 from tessera_stack.tls import TlsFiles, ensure_certificate
+from tessera_verify.errors import PROBLEM_JSON, AuthenticationError, ServiceUnavailable
 from tessera_verify.sessions import INSECURE_SESSION_COOKIE, SESSION_COOKIE
 from tests.conftest import AuthClientFactory, register_and_login
 from tests.stack_clients import https_client, source_address
@@ -241,10 +244,7 @@ async def _serve(
 
 REPLICA_RETRY_AFTER = "2"
 AUTH_RETRY_AFTER = "7"
-DEPENDENCY_DOWN = {
-    "error": "dependency_unavailable",
-    "message": "a dependency is unavailable; try again later",
-}
+DEPENDENCY_DOWN = ServiceUnavailable().body()
 
 
 def _dependency_down(retry_after: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -253,6 +253,7 @@ def _dependency_down(retry_after: str, headers: dict[str, str] | None = None) ->
         DEPENDENCY_DOWN,
         status=503,
         headers={"Retry-After": retry_after, "Cache-Control": "no-store", **(headers or {})},
+        content_type=PROBLEM_JSON,
     )
 
 
@@ -293,9 +294,10 @@ async def fake_auth() -> Upstream:
                     }
                 )
             return web.json_response(
-                {"error": "unauthorized"},
+                AuthenticationError().body(),
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="tessera"'},
+                content_type=PROBLEM_JSON,
             )
         return web.json_response({"service": "auth", "path": request.path})
 
@@ -370,6 +372,28 @@ def _replicas(upstreams: Sequence[Upstream]) -> list[Replica]:
     return [Replica(u.name, u.port) for u in upstreams]
 
 
+PROBLEM_MEMBERS = {"type", "title", "status", "detail", "error"}
+
+
+async def _nginx_problem(response: aiohttp.ClientResponse, status: int, code: str) -> str:
+    """Assert ``response`` is an error nginx made itself, in the services' shape (RFC 9457
+    problem details with the stable ``code``), with the headers every response has;
+    return its ``detail``."""
+    text = await response.text()
+    assert response.status == status, text
+    assert response.headers["Content-Type"] == PROBLEM_JSON, text
+    body = json.loads(text)
+    assert set(body) == PROBLEM_MEMBERS, body
+    assert body["type"] == "about:blank" and body["status"] == status, body
+    assert body["error"] == code, body
+    assert isinstance(body["title"], str) and body["title"], body
+    assert isinstance(body["detail"], str) and body["detail"], body
+    assert "X-Request-ID" in response.headers
+    _assert_hsts(response)
+    detail: str = body["detail"]
+    return detail
+
+
 # -- behaviour ----------------------------------------------------------------------
 
 
@@ -435,8 +459,7 @@ async def test_the_certificate_is_valid_for_127_0_0_1_and_localhost(
                     "path": "/.well-known/jwks.json",
                 }
             async with client.get(f"{base}/elsewhere") as response:
-                assert response.status == 404
-                assert (await response.json())["error"] == "not_found"
+                await _nginx_problem(response, 404, "not_found")
 
 
 async def test_ip_hash_keeps_each_slash_24_on_one_replica(
@@ -502,10 +525,10 @@ async def test_forward_auth_passes_identity_from_auth_and_refuses_strangers_itse
         https_client(tls.ca_cert, source_address(2)) as client,
     ):
         async with client.get(f"{url}/api/me", headers=forged) as response:
-            assert response.status == 401
-            assert response.headers["WWW-Authenticate"] == 'Bearer realm="tessera"'
-            assert (await response.json())["error"] == "unauthorized"
-            assert "X-Request-ID" in response.headers
+            await _nginx_problem(response, 401, "unauthenticated")
+            # The auth service's challenge, once (auth_request copies it by itself).
+            assert response.headers.getall("WWW-Authenticate") == ['Bearer realm="tessera"']
+            assert response.headers["Cache-Control"] == "no-store"
         assert not any(upstream.seen for upstream in replicas)
 
         _set_only_cookie(client, url, "session", "good")
@@ -546,8 +569,7 @@ async def test_forward_auth_answers_503_when_the_auth_service_is_down(
     ):
         await auth.stop()
         async with client.get(f"{url}/api/me", cookies={"session": "good"}) as response:
-            assert response.status == 503
-            assert (await response.json())["error"] == "dependency_unavailable"
+            await _nginx_problem(response, 503, "dependency_unavailable")
             # nginx's own 503 says when to come back, like the services' do.
             assert response.headers["Retry-After"] == "1"
             assert response.headers["Cache-Control"] == "no-store"
@@ -565,16 +587,14 @@ async def test_forward_auth_turns_the_auth_services_503_into_a_503_with_its_retr
         auth.outage = True
         for _ in range(3):
             async with client.get(f"{url}/api/me", cookies={"session": "good"}) as response:
-                assert response.status == 503
+                await _nginx_problem(response, 503, "dependency_unavailable")
                 assert response.headers["Retry-After"] == AUTH_RETRY_AFTER
-                assert response.headers["Content-Type"] == "application/json"
-                assert (await response.json())["error"] == "dependency_unavailable"
-                assert "X-Request-ID" in response.headers
         # The auth service's own routes pass its 503 through untouched.
         async with client.get(f"{url}/auth/me") as response:
             assert response.status == 503
             assert response.headers["Retry-After"] == AUTH_RETRY_AFTER
-            assert await response.json() == DEPENDENCY_DOWN
+            assert response.content_type == PROBLEM_JSON
+            assert await response.json(content_type=None) == DEPENDENCY_DOWN
         auth.outage = False
         async with client.get(f"{url}/api/me", cookies={"session": "good"}) as response:
             assert response.status == 200
@@ -612,17 +632,11 @@ async def test_forward_auth_relays_the_real_auth_services_400_for_a_session_cook
             # aiohttp merges its jar into a Cookie header, keeping one copy of each name.
             client.cookie_jar.clear()
             async with client.request(method, f"{url}/api/comments", headers=twice) as response:
-                assert response.status == 400, await response.text()
-                assert response.content_type == "application/json"
-                assert await response.json() == {
-                    "error": "duplicate_cookie",
-                    "message": "a session cookie was sent more than once",
-                }
-                assert "X-Request-ID" in response.headers
-                _assert_hsts(response)
+                detail = await _nginx_problem(response, 400, "duplicate_cookie")
+                assert detail == "a session cookie was sent more than once"
         async with client.get(f"{url}/api/me", headers={"Cookie": f"{name}={'a' * 43}"}) as gone:
-            assert gone.status == 401
-            assert gone.headers["WWW-Authenticate"] == 'Bearer realm="tessera"'
+            await _nginx_problem(gone, 401, "unauthenticated")
+            assert gone.headers.getall("WWW-Authenticate") == ['Bearer realm="tessera"']
     (seen,) = [s for upstream in replicas for s in upstream.seen]
     assert seen.headers["X-Tessera-Username"] == username
 
@@ -647,8 +661,7 @@ async def test_a_get_in_flight_on_a_dying_replica_is_retried_but_a_post_is_not(
             https_client(tls.ca_cert) as client,
         ):
             async with client.post(f"{url}/api/comments", json={"body": "once"}) as response:
-                assert response.status == 502
-                assert (await response.json())["error"] == "bad_gateway"
+                await _nginx_problem(response, 502, "bad_gateway")
             assert crasher.requests[-1].startswith(b"POST ")
             # A refused connection is safe to retry even for a POST.
             async with client.post(f"{url}/api/comments", json={"body": "again"}) as response:
@@ -684,8 +697,8 @@ async def test_a_replicas_503_reaches_the_client_as_it_is_and_marks_no_replica_f
         for _ in range(requests):
             async with client.get(f"{url}/api/me") as response:
                 assert response.status == 503
-                assert response.content_type == "application/json"
-                assert await response.json() == DEPENDENCY_DOWN
+                assert response.content_type == PROBLEM_JSON
+                assert await response.json(content_type=None) == DEPENDENCY_DOWN
                 assert response.headers["Retry-After"] == REPLICA_RETRY_AFTER
                 assert response.headers["Cache-Control"] == "no-store"
                 assert response.headers["X-Served-By"] in {"r1", "r2", "r3"}
@@ -731,19 +744,126 @@ async def test_a_dead_replica_stays_invisible_while_the_live_ones_answer_503_the
     assert statuses == {True: [503] * 9, False: [200] * 9}
 
 
-async def test_every_replica_down_is_a_json_502(
-    tmp_path: Path, tls: TlsFiles, auth: Upstream
+@pytest.mark.parametrize("policy", ["round_robin", "forward_auth"])
+async def test_every_replica_down_is_a_502_in_problem_details(
+    policy: str, tmp_path: Path, tls: TlsFiles, auth: Upstream
 ) -> None:
     dead = [Replica("r1", free_port()), Replica("r2", free_port())]
     async with (
-        running_nginx(tmp_path, tls, "round_robin", dead, auth.port) as (_, url),
+        running_nginx(tmp_path, tls, policy, dead, auth.port) as (_, url),
         https_client(tls.ca_cert) as client,
-        client.get(f"{url}/api/me") as response,
+        client.get(f"{url}/api/me", cookies={"session": "good"}) as response,
     ):
-        assert response.status == 502
-        assert response.headers["Content-Type"] == "application/json"
-        assert (await response.json())["error"] == "bad_gateway"
-        assert "X-Request-ID" in response.headers
+        await _nginx_problem(response, 502, "bad_gateway")
+
+
+async def test_the_auth_service_down_is_a_502_in_problem_details(
+    tmp_path: Path, tls: TlsFiles, replicas: list[Upstream]
+) -> None:
+    async with (
+        running_nginx(tmp_path, tls, "round_robin", _replicas(replicas), free_port()) as (_, url),
+        https_client(tls.ca_cert) as client,
+    ):
+        for path in ("/auth/login", "/.well-known/jwks.json"):
+            async with client.get(url + path) as response:
+                await _nginx_problem(response, 502, "bad_gateway")
+
+
+# -- nginx's own refusals ---------------------------------------------------------------
+
+#: Over nginx's limits: client_max_body_size (64k) and one large_client_header_buffers
+#: buffer (8k, nginx's default) for the request line and for a header line.
+OVER_BODY_LIMIT = 65 * 1024
+OVER_BUFFER = 9 * 1024
+
+
+@pytest.mark.parametrize("policy", ["round_robin", "forward_auth"])
+async def test_nginx_refuses_oversized_requests_in_problem_details(
+    policy: str, tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream
+) -> None:
+    """forward_auth's /api/ has error pages of its own, so it is checked beside the rest."""
+    async with (
+        running_nginx(tmp_path, tls, policy, _replicas(replicas), auth.port) as (_, url),
+        https_client(tls.ca_cert) as client,
+    ):
+        _set_only_cookie(client, url, "session", "good")
+        for path in ("/api/comments", "/auth/login"):
+            body = b'{"body": "' + b"x" * OVER_BODY_LIMIT + b'"}'
+            async with client.post(
+                url + path, data=body, headers={"Content-Type": "application/json"}
+            ) as response:
+                await _nginx_problem(response, 413, "payload_too_large")
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for _ in range(OVER_BODY_LIMIT // 4096 + 2):
+                    yield b"x" * 4096
+
+            async with client.post(url + path, data=chunks()) as response:
+                assert response.request_info.headers["Transfer-Encoding"] == "chunked"
+                await _nginx_problem(response, 413, "payload_too_large")
+            async with client.get(url + path + "/" + "a" * OVER_BUFFER) as response:
+                await _nginx_problem(response, 414, "uri_too_long")
+            async with client.get(url + path, headers={"X-Padding": "a" * OVER_BUFFER}) as response:
+                await _nginx_problem(response, 431, "request_header_too_large")
+            # Several headers each under one buffer, together over all four.
+            many = {f"X-Padding-{n}": "a" * 7000 for n in range(6)}
+            async with client.get(url + path, headers=many) as response:
+                await _nginx_problem(response, 431, "request_header_too_large")
+    # None of it reached a service.
+    assert not any(upstream.seen for upstream in replicas)
+    assert not [seen for seen in auth.seen if seen.path != "/auth/forward"]
+
+
+async def test_plain_http_to_the_https_port_is_400_in_problem_details(
+    tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream
+) -> None:
+    async with (
+        running_nginx(tmp_path, tls, "round_robin", _replicas(replicas), auth.port) as (_, url),
+        aiohttp.ClientSession() as client,
+        client.get(url.replace("https://", "http://") + "/api/me") as response,
+    ):
+        text = await response.text()
+        assert response.status == 400, text
+        assert response.headers["Content-Type"] == PROBLEM_JSON
+        assert json.loads(text)["error"] == "https_required"
+    assert not any(upstream.seen for upstream in replicas)
+
+
+def _returns(text: str) -> list[tuple[int, str]]:
+    """Every ``return CODE '...'`` with a body in an nginx configuration."""
+    return [
+        (int(code), body.replace("\\n", ""))
+        for code, body in re.findall(r"return (\d{3}) '(.*)';", text)
+    ]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_every_error_nginx_writes_itself_is_problem_details_with_its_own_status(
+    policy: str, tmp_path: Path, tls: TlsFiles
+) -> None:
+    """504 included, which the tests above do not provoke (it takes proxy_read_timeout)."""
+    files = render(_config(tmp_path, tls, policy, THREE))
+    text = "\n".join(files.values())
+    pages = dict(re.findall(r"error_page (\d{3}) = (/\S+);", files["error_pages.conf"]))
+    assert set(pages) == {"400", "413", "414", "494", "497", "502", "504"}
+    for uri in pages.values():
+        # An internal location named for the code it answers with.
+        page = text[text.index(f"location = {uri} {{") :]
+        page = page[: page.index("}\n")]
+        assert "internal;" in page
+        ((_, raw),) = _returns(page)
+        assert json.loads(raw)["error"] == uri.rsplit("/", 1)[1]
+    answers = _returns(text)
+    assert len(answers) >= len(set(pages.values())) + 1  # and the 404 of unknown paths
+    for status, raw in answers:
+        if status < 400:
+            continue
+        body = json.loads(raw)
+        assert set(body) == PROBLEM_MEMBERS, body
+        assert body["type"] == "about:blank" and body["status"] == status, body
+        assert re.fullmatch(r"[a-z_]+", body["error"]), body
+    codes = [json.loads(raw)["error"] for status, raw in answers if status >= 400]
+    assert "gateway_timeout" in codes and "uri_too_long" in codes
 
 
 async def test_reload_switches_to_the_new_replica_set_and_a_bad_config_changes_nothing(

@@ -43,6 +43,7 @@ SHARED_FILES = (
     "server.conf",
     "proxy.conf",
     "response_headers.conf",
+    "error_pages.conf",
     "identity_cleared.conf",
     "replica_retry.conf",
 )
