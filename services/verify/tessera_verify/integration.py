@@ -9,12 +9,24 @@
 Handlers then call :func:`tessera_verify.principal.get_principal` (401 when
 the caller is anonymous). Connections open and close with the app
 (``cleanup_ctx``); nothing happens at import time.
+
+Refusals are answered by the middleware itself, as RFC 9457 problem details:
+401 for a missing or bad credential (also when a handler's ``get_principal``
+finds none), 403 for a handler's :class:`~tessera_verify.errors.Forbidden`, 400
+for a credential cookie sent twice, 503 when Redis or the JWKS endpoint cannot
+be reached (fail closed). An app needs no error middleware of its own for
+them, and one it has (the tessera services') never sees them: nothing is
+answered twice. Everything else a handler raises is left to the app.
+
+:class:`TesseraVerify` is not tied to aiohttp beyond :meth:`TesseraVerify.install`:
+:mod:`tessera_verify.asgi` serves ASGI apps (Starlette, FastAPI) with the same object.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 from collections.abc import AsyncIterator
 
@@ -33,8 +45,11 @@ from .authenticators import (
 )
 from .clock import Clock, SystemClock
 from .dependency_metrics import instrumented_redis
+from .error_middleware import DEPENDENCY_ERRORS, error_response
+from .errors import AuthenticationError, Forbidden, ServiceUnavailable, TesseraError
 from .http_metrics import ServiceMetrics
-from .principal import AuthMethod, set_principal
+from .principal import AuthMethod, Principal, set_principal
+from .request_view import RequestView
 from .revocation_cache import RevocationCache
 from .session_cache import CachedSessionStore
 from .session_store import MemorySessionStore, RedisSessionStore
@@ -56,12 +71,19 @@ from .verify_config import (
     VerifyConfig,
 )
 
+log = logging.getLogger(__name__)
+
 LOCAL_SESSION_COOKIE = "__Host-tessera_local_session"
 INSECURE_LOCAL_SESSION_COOKIE = "tessera_local_session"
 
+#: What a handler may raise about the caller that the middleware answers itself
+#: (``get_principal``'s 401, an authorization check's 403).
+HANDLER_REFUSALS = (AuthenticationError, Forbidden)
+
 
 class TesseraVerify:
-    """Owns the connections and authenticators; install() wires them into an app."""
+    """Owns the connections and authenticators; install() wires them into an aiohttp
+    app, :class:`tessera_verify.asgi.TesseraMiddleware` into an ASGI app."""
 
     def __init__(
         self,
@@ -93,8 +115,14 @@ class TesseraVerify:
             if metrics is not None:
                 metrics.sessions_live.labels("memory").set_function(lambda: len(store))
         self.authentication = Authentication((), metrics)
+        #: Whether the connections are open and the authenticators built (:meth:`running`).
+        self.started = False
 
     def install(self, app: web.Application) -> None:
+        """Open the connections with ``app`` and check every request's credential.
+
+        The middleware answers its refusals itself (problem+json), whatever error
+        middleware the app has or lacks; everything else passes through it."""
         app[TESSERA_VERIFY] = self
         app.cleanup_ctx.append(self._lifetime)
         app.middlewares.append(self._middleware)
@@ -110,6 +138,16 @@ class TesseraVerify:
         return LOCAL_SESSION_COOKIE
 
     async def _lifetime(self, app: web.Application) -> AsyncIterator[None]:
+        async with self.running():
+            yield
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Open Redis, the HTTP client (JWKS) and the revocation feed, build the
+        authenticators, and close it all when the block ends: aiohttp's ``cleanup_ctx``
+        and the ASGI lifespan both run through here."""
+        if self.started:
+            raise RuntimeError("this TesseraVerify is already running")
         config = self.config
         if config.redis_url is not None:
             self.redis = instrumented_redis(
@@ -135,9 +173,11 @@ class TesseraVerify:
             if self.session_cache is not None:
                 sessions = self.session_cache.cache
                 self.metrics.watch_cache("sessions", lambda: (sessions.hits, sessions.misses))
+        self.started = True
         try:
             yield
         finally:
+            self.started = False
             if feed is not None:
                 feed.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -223,10 +263,30 @@ class TesseraVerify:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in self.config.public_paths:
-            principal = await self.authentication.identify(request)
+            try:
+                principal = await self.identify(request)
+            except TesseraError as error:
+                return error_response(error)
             if principal is not None:
                 set_principal(request, principal)
-        return await handler(request)
+        try:
+            return await handler(request)
+        except HANDLER_REFUSALS as error:
+            return error_response(error)
+
+    async def identify(self, request: RequestView) -> Principal | None:
+        """The caller, or None when the request carries no credential of an accepted kind.
+
+        Raises a :class:`~tessera_verify.errors.TesseraError` to refuse: 401 for a bad
+        credential, 400 for a credential cookie sent twice, and
+        :class:`~tessera_verify.errors.ServiceUnavailable` (503) when Redis or the JWKS
+        endpoint cannot be reached, never letting a connection error through as a 500.
+        """
+        try:
+            return await self.authentication.identify(request)
+        except DEPENDENCY_ERRORS as exc:
+            log.warning("dependency unavailable while authenticating: %r", exc)
+            raise ServiceUnavailable() from exc
 
     async def ping(self) -> None:
         """Raise when Redis (if used) cannot be reached."""
