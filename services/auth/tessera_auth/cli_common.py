@@ -17,6 +17,15 @@ Runner = Callable[[Settings, argparse.Namespace], Awaitable[None]]
 class CommandError(Exception):
     """An admin command could not do what it was asked (bad user name, unknown key...)."""
 
+    #: The process's exit status.
+    exit_status = 1
+
+
+class UsageError(CommandError):
+    """The command was called in a way that cannot work (exit status 2, as argparse's)."""
+
+    exit_status = 2
+
 
 @asynccontextmanager
 async def running_app(settings: Settings) -> AsyncIterator[web.Application]:

@@ -133,13 +133,26 @@ async def keys_retire_expired(settings: Settings, args: argparse.Namespace) -> N
 
 
 def add_commands(commands: Any) -> None:
-    keys: argparse.ArgumentParser = commands.add_parser("keys", help="signing keys")
-    sub = keys.add_subparsers(dest="keys_command", required=True)
-    status = sub.add_parser("status", help="list the signing keys and the schedule's next steps")
+    keys: argparse.ArgumentParser = commands.add_parser(
+        "keys",
+        help="show and rotate the JWT signing keys",
+        description="Show and rotate the JWT signing keys. A new key is published in the "
+        "JWKS first and signs only after TESSERA_KEY_PUBLISH_LEAD_TIME, so verifiers know "
+        "it before they meet it.",
+    )
+    sub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    status = sub.add_parser(
+        "status",
+        help="list the signing keys and the schedule's next steps",
+        description="List the signing keys: state, times and the schedule's next step.",
+    )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.set_defaults(run=keys_status)
     rotate = sub.add_parser(
-        "rotate", help="publish a new key now; it signs after the publish lead time"
+        "rotate",
+        help="publish a new key now; it signs after the publish lead time",
+        description="Publish a new key now; the schedule makes it sign after the publish "
+        "lead time.",
     )
     rotate.add_argument(
         "--activate-now",
@@ -149,6 +162,8 @@ def add_commands(commands: Any) -> None:
     )
     rotate.set_defaults(run=keys_rotate)
     retire = sub.add_parser(
-        "retire-expired", help="retire the inactive keys whose tokens have all expired"
+        "retire-expired",
+        help="retire the inactive keys whose tokens have all expired",
+        description="Retire the inactive keys whose tokens have all expired (they leave the JWKS).",
     )
     retire.set_defaults(run=keys_retire_expired)

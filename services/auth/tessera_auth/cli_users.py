@@ -17,7 +17,7 @@ from aiohttp import web
 from tessera_verify.errors import TesseraError
 
 from . import app_state
-from .cli_common import CommandError, running_app
+from .cli_common import CommandError, UsageError, running_app
 from .session_views import session_details
 from .settings import Settings
 from .users import User, normalize_username
@@ -33,11 +33,26 @@ def _user_json(user: User) -> dict[str, Any]:
     }
 
 
-def _read_password(args: argparse.Namespace) -> str:
-    if args.password_stdin:
-        return sys.stdin.readline().rstrip("\n")
-    first = getpass.getpass("password: ")
-    if first != getpass.getpass("again: "):
+def read_new_password(*, from_stdin: bool) -> str:
+    """A new password: the first line of stdin (``--password-stdin``), else asked twice
+    on the terminal. Without either there is nobody to ask: a :class:`UsageError`, said
+    before anything is connected to, rather than an EOFError from the prompt."""
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise UsageError("--password-stdin: standard input gave no password")
+        return password
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "no terminal to ask for the password on; write it to standard input "
+            "and pass --password-stdin (e.g. `... --password-stdin < password.txt`)"
+        )
+    try:
+        first = getpass.getpass("password: ")
+        again = getpass.getpass("again: ")
+    except EOFError:
+        raise UsageError("no password given") from None
+    if first != again:
         raise CommandError("the passwords differ")
     return first
 
@@ -54,7 +69,7 @@ async def _find(app: web.Application, username: str) -> User:
 
 
 async def users_create(settings: Settings, args: argparse.Namespace) -> None:
-    password = _read_password(args)
+    password = read_new_password(from_stdin=args.password_stdin)
     async with running_app(settings) as app:
         try:
             user = await app[app_state.ACCOUNTS].register(args.username, password)
@@ -118,37 +133,86 @@ async def sessions_revoke_all(settings: Settings, args: argparse.Namespace) -> N
     print(json.dumps({"revoked": summary.to_json()}))
 
 
+_USERNAME_HELP = "the user's name (compared case-insensitively)"
+
+
+def _subcommand(
+    sub: Any, name: str, summary: str, run: Any, description: str | None = None
+) -> argparse.ArgumentParser:
+    """One subcommand whose ``--help`` opens with its summary; it runs ``run``."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=description or summary[0].upper() + summary[1:] + "."
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
 def add_commands(commands: Any) -> None:
-    users: argparse.ArgumentParser = commands.add_parser("users", help="user accounts")
-    sub = users.add_subparsers(dest="users_command", required=True)
-    create = sub.add_parser("create", help="create a user (password from a prompt or stdin)")
-    create.add_argument("username")
-    create.add_argument("--password-stdin", action="store_true")
-    create.set_defaults(run=users_create)
-    for name, help_text in (("disable", "disable a user"), ("enable", "enable a user again")):
-        parser = sub.add_parser(name, help=help_text)
-        parser.add_argument("username")
-        parser.set_defaults(run=users_set_disabled)
-    show = sub.add_parser("show", help="show a user")
-    show.add_argument("username")
-    show.set_defaults(run=users_show)
+    users: argparse.ArgumentParser = commands.add_parser(
+        "users",
+        help="create, show, disable and enable user accounts",
+        description="Create, show, disable and enable user accounts. Each command prints "
+        "the user as JSON.",
+    )
+    sub = users.add_subparsers(dest="users_command", required=True, metavar="COMMAND")
+    create = _subcommand(
+        sub,
+        "create",
+        "create a user",
+        users_create,
+        "Create a user. The password is asked for twice on the terminal; scripts write "
+        "it to standard input and pass --password-stdin. The password policy of the "
+        "HTTP API applies.",
+    )
+    create.add_argument(
+        "username", help="3-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+    )
+    create.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input instead of a prompt",
+    )
+    _subcommand(sub, "show", "show a user", users_show).add_argument(
+        "username", help=_USERNAME_HELP
+    )
+    disable = _subcommand(
+        sub,
+        "disable",
+        "disable a user and revoke everything of theirs",
+        users_set_disabled,
+        "Disable a user: they can no longer log in, and their sessions, refresh tokens "
+        "and access tokens are revoked at once (replicas hear of it on the revocation feed).",
+    )
+    disable.add_argument("username", help=_USERNAME_HELP)
+    _subcommand(sub, "enable", "let a disabled user log in again", users_set_disabled).add_argument(
+        "username", help=_USERNAME_HELP
+    )
 
     sessions: argparse.ArgumentParser = commands.add_parser(
-        "sessions", help="a user's sessions and tokens"
+        "sessions",
+        help="list and revoke a user's sessions and tokens",
+        description="List and revoke a user's sessions and tokens.",
     )
-    sub = sessions.add_subparsers(dest="sessions_command", required=True)
-    listing = sub.add_parser("list", help="list a user's sessions and refresh-token families")
-    listing.add_argument("username")
-    listing.set_defaults(run=sessions_list)
-    revoke = sub.add_parser("revoke", help="revoke one session (and tokens issued with it)")
-    revoke.add_argument("username")
-    revoke.add_argument("session_id")
-    revoke.set_defaults(run=sessions_revoke)
-    revoke_all = sub.add_parser(
-        "revoke-all", help="log a user out everywhere: sessions, refresh and access tokens"
+    sub = sessions.add_subparsers(dest="sessions_command", required=True, metavar="COMMAND")
+    listing = _subcommand(
+        sub,
+        "list",
+        "list a user's sessions and refresh-token families (JSON)",
+        sessions_list,
     )
-    revoke_all.add_argument("username")
-    revoke_all.set_defaults(run=sessions_revoke_all)
+    listing.add_argument("username", help=_USERNAME_HELP)
+    revoke = _subcommand(
+        sub, "revoke", "revoke one session and the tokens issued with it", sessions_revoke
+    )
+    revoke.add_argument("username", help=_USERNAME_HELP)
+    revoke.add_argument("session_id", help="the session's id, as `sessions list` shows it")
+    revoke_all = _subcommand(
+        sub,
+        "revoke-all",
+        "log a user out everywhere: sessions, refresh and access tokens",
+        sessions_revoke_all,
+    )
+    revoke_all.add_argument("username", help=_USERNAME_HELP)
 
 
 async def audit_list(settings: Settings, args: argparse.Namespace) -> None:
@@ -161,9 +225,14 @@ async def audit_list(settings: Settings, args: argparse.Namespace) -> None:
 
 def add_audit_command(commands: Any) -> None:
     audit: argparse.ArgumentParser = commands.add_parser(
-        "audit", help="the audit trail of security events, newest first (JSON lines)"
+        "audit",
+        help="print the audit trail of security events, newest first (JSON lines)",
+        description="Print the audit trail of security events (logins, revocations, key "
+        "rotations, ...), newest first, one JSON object per line.",
     )
-    audit.add_argument("--user", help="only this user's events")
+    audit.add_argument("--user", metavar="USERNAME", help="only this user's events")
     audit.add_argument("--kind", help="only this kind (e.g. login, revocation, key.rotation)")
-    audit.add_argument("--limit", type=int, default=100)
+    audit.add_argument(
+        "--limit", type=int, default=100, help="at most this many events (default 100)"
+    )
     audit.set_defaults(run=audit_list)

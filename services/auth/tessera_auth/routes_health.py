@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from tessera_platform.health import readiness_response
+from tessera_platform.program import distribution_version
 
 from . import app_state
 
@@ -13,8 +14,9 @@ routes = web.RouteTableDef()
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    """Alive: the process answers. Says nothing about dependencies (that is /readyz)."""
-    return web.json_response({"status": "ok"})
+    """Alive: the process answers, and which version it is. Says nothing about
+    dependencies (that is /readyz)."""
+    return web.json_response({"status": "ok", "version": distribution_version("tessera-auth")})
 
 
 @routes.get("/readyz")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from tessera_platform.health import readiness_response
+from tessera_platform.program import distribution_version
 from tessera_verify.integration import tessera_verify
 
 from . import app_state
@@ -14,8 +15,13 @@ routes = web.RouteTableDef()
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
+    """Alive: the process answers, which replica and which version it is."""
     return web.json_response(
-        {"status": "ok", "replica": request.app[app_state.SETTINGS].replica_id}
+        {
+            "status": "ok",
+            "replica": request.app[app_state.SETTINGS].replica_id,
+            "version": distribution_version("tessera-resource"),
+        }
     )
 
 
