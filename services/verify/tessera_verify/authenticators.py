@@ -20,7 +20,13 @@ from typing import Protocol
 from .access_tokens import AccessTokenVerifier
 from .client_ip import Network, is_trusted
 from .cookies import cookie_value
-from .errors import AuthenticationError, ExpiredToken, InvalidSession, RevokedToken
+from .errors import (
+    AuthenticationError,
+    CredentialNotAccepted,
+    ExpiredToken,
+    InvalidSession,
+    RevokedToken,
+)
 from .principal import AuthMethod, Principal, bearer_token
 from .request_view import RequestView
 from .sessions import SessionManager
@@ -68,8 +74,9 @@ class Authentication:
         self._metrics = metrics
 
     async def identify(self, request: RequestView) -> Principal | None:
-        """The caller, or None when the request carries no credential of an accepted kind;
-        :class:`AuthenticationError` when it carries a bad one."""
+        """The caller, or None when the request carries no credential at all;
+        :class:`AuthenticationError` when it carries a bad one, or only one of a kind
+        this service does not accept (:class:`CredentialNotAccepted`)."""
         for authenticator in self.authenticators:
             try:
                 principal = await authenticator.authenticate(request)
@@ -79,7 +86,20 @@ class Authentication:
             if principal is not None:
                 self._decided(authenticator.method, "ok")
                 return principal
+        if bearer_token(request) is not None and not self.accepts(AuthMethod.JWT):
+            # Not anonymous: the caller sent a token this service cannot read. Say so,
+            # and what it takes instead, rather than challenge for a bearer token.
+            accepted = [authenticator.method.value for authenticator in self.authenticators]
+            raise CredentialNotAccepted(
+                "this service does not accept bearer tokens; it accepts "
+                + (", ".join(accepted) or "no credential"),
+                accepted_methods=accepted,
+            )
         return None
+
+    def accepts(self, method: AuthMethod) -> bool:
+        """Whether one of the authenticators takes ``method``'s credentials."""
+        return any(authenticator.method is method for authenticator in self.authenticators)
 
     async def require(self, request: RequestView) -> Principal:
         """The caller; :class:`AuthenticationError` (401) when there is none."""

@@ -15,7 +15,7 @@ endpoints answer in RFC 6749 §5.2's shape instead (:meth:`TesseraError.oauth_bo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -31,6 +31,9 @@ class TesseraError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
     default_message: ClassVar[str] = "internal error"
+    #: The RFC 6749 / 7009 / 7662 error code this error is, where one applies
+    #: (:meth:`oauth_body`); None: ``server_error`` for a 5xx, else :attr:`code`.
+    oauth_code: ClassVar[str | None] = None
 
     def __init__(self, message: str | None = None, *, details: Mapping[str, Any] | None = None):
         self.message = message or self.default_message
@@ -51,8 +54,13 @@ class TesseraError(Exception):
 
     def oauth_body(self) -> dict[str, Any]:
         """RFC 6749 §5.2's error response (the token, introspection and revocation
-        endpoints): ``error`` and ``error_description``."""
-        return {"error": self.code, "error_description": self.message}
+        endpoints): ``error`` and ``error_description``.
+
+        ``error`` is the OAuth code where the RFCs have one (a bad body is
+        ``invalid_request`` whatever tessera calls it; an outage is RFC 6749
+        §4.1.2.1's ``temporarily_unavailable``), tessera's own code otherwise."""
+        code = self.oauth_code or ("server_error" if self.status >= 500 else self.code)
+        return {"error": code, "error_description": self.message}
 
 
 def problem(status: int, code: str, detail: str, **extensions: Any) -> dict[str, Any]:
@@ -75,6 +83,7 @@ class BadRequest(TesseraError):
     status = 400
     code = "bad_request"
     default_message = "bad request"
+    oauth_code = "invalid_request"
 
 
 class MalformedJSON(BadRequest):
@@ -107,24 +116,28 @@ class UnsupportedMediaType(TesseraError):
     status = 415
     code = "unsupported_media_type"
     default_message = "unsupported content type"
+    oauth_code = "invalid_request"
 
 
 class PayloadTooLarge(TesseraError):
     status = 413
     code = "payload_too_large"
     default_message = "request body is too large"
+    oauth_code = "invalid_request"
 
 
 class NotFound(TesseraError):
     status = 404
     code = "not_found"
     default_message = "not found"
+    oauth_code = "invalid_request"
 
 
 class MethodNotAllowed(TesseraError):
     status = 405
     code = "method_not_allowed"
     default_message = "method not allowed"
+    oauth_code = "invalid_request"
 
 
 class Forbidden(TesseraError):
@@ -166,11 +179,13 @@ class InvalidGrant(BadRequest):
 
     code = "invalid_grant"
     default_message = "the refresh token is invalid, expired or already used"
+    oauth_code = code
 
 
 class UnsupportedGrantType(BadRequest):
     code = "unsupported_grant_type"
     default_message = "unsupported grant_type"
+    oauth_code = code
 
 
 class TooManyAttempts(TesseraError):
@@ -210,6 +225,24 @@ class InvalidCredentials(AuthenticationError):
 class InvalidSession(AuthenticationError):
     code = "invalid_session"
     default_message = "the session is unknown or has expired"
+
+
+class CredentialNotAccepted(AuthenticationError):
+    """A credential of a kind this service does not take, and nothing it does take: a
+    bearer token sent where only sessions are accepted. ``details["accepted_methods"]``
+    lists the kinds it takes (``AuthMethod`` values)."""
+
+    code = "credential_not_accepted"
+    default_message = "this service does not accept this kind of credential"
+
+    def __init__(self, message: str, *, accepted_methods: Sequence[str]) -> None:
+        super().__init__(message, details={"accepted_methods": list(accepted_methods)})
+
+    def www_authenticate(self) -> str | None:
+        # A 401 must carry a challenge (RFC 9110 §11.6.1), and a Bearer one would ask
+        # for the very token refused. No registered scheme names a session cookie;
+        # "Cookie" (draft-broyer-http-cookie-auth) says what is expected instead.
+        return f'Cookie realm="{REALM}"'
 
 
 class InvalidTokenError(AuthenticationError):
@@ -264,6 +297,7 @@ class ServiceUnavailable(TesseraError):
     status = 503
     code = "dependency_unavailable"
     default_message = "a dependency is unavailable; try again later"
+    oauth_code = "temporarily_unavailable"
 
     #: Seconds a client should wait: dependencies come back, and the verify side
     #: re-proves its revocation state, within about a second (README, "When Redis fails").
