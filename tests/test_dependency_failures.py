@@ -308,7 +308,13 @@ async def test_a_refresh_refused_during_a_postgresql_outage_leaves_the_refresh_t
     login = await register_and_login(app_on_own_postgres, credential="token")
     grant = {"grant_type": "refresh_token", "refresh_token": login["refresh_token"]}
     await _stop(postgres_server)
-    await _unavailable(await app_on_own_postgres.post("/auth/token", json=grant))
+    refused = await app_on_own_postgres.post("/auth/token", json=grant)
+    # The token endpoint answers in OAuth's shape (RFC 6749 §5.2), with §4.1.2.1's code.
+    assert refused.status == 503, await refused.text()
+    assert refused.content_type == "application/json"
+    assert (await refused.json())["error"] == "temporarily_unavailable"
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.headers["Cache-Control"] == "no-store"
 
     await _restart(postgres_server, port)
 

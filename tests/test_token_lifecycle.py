@@ -109,7 +109,7 @@ async def test_reused_refresh_token_revokes_family(
     before = _applied(replica)
     replay = await _refresh(auth, login["refresh_token"])
     assert replay.status == 400
-    assert "reuse" in (await replay.json())["detail"]
+    assert "reuse" in (await replay.json())["error_description"]
     # The whole family is gone: the legitimate holder's newer tokens too.
     assert (await _refresh(auth, rotated["refresh_token"])).status == 400
     await _feed_caught_up(replica, before)

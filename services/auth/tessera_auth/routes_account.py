@@ -61,7 +61,7 @@ async def register(request: web.Request) -> web.Response:
     rank = await app[app_state.REGULATOR].reserve_registration(
         client_ip(request, app[app_state.SETTINGS].trusted_proxies)
     )
-    body = await read_body(request)
+    body = await read_body(request, fields=("username", "password"))
     username = require_str(body, "username", max_length=256)
     password = require_str(body, "password", max_length=MAX_INPUT_LENGTH)
     user = await request.app[app_state.ACCOUNTS].register(username, password, rank=rank)
@@ -73,7 +73,7 @@ async def login(request: web.Request) -> web.Response:
     app = request.app
     settings, metrics = app[app_state.SETTINGS], app[app_state.METRICS]
     check_same_origin(request)  # login CSRF: another site must not log you in as someone else
-    body = await read_body(request)
+    body = await read_body(request, fields=("username", "password", "credential"))
     username = require_str(body, "username", max_length=256)
     password = require_str(body, "password", max_length=MAX_INPUT_LENGTH)
     kind = get_str(body, "credential", required=False, default="session", max_length=16)
@@ -128,7 +128,7 @@ async def password_check(request: web.Request) -> web.Response:
     """Whether a password is right, issuing nothing: for replicas that keep their own
     sessions (demo rows 1-3). Throttled, counted and audited exactly like login."""
     app = request.app
-    body = await read_body(request)
+    body = await read_body(request, fields=("username", "password"))
     username = require_str(body, "username", max_length=256)
     password = require_str(body, "password", max_length=MAX_INPUT_LENGTH)
     ip = client_ip(request, app[app_state.SETTINGS].trusted_proxies)
@@ -147,7 +147,7 @@ async def logout(request: web.Request) -> web.Response:
     revoked: list[str] = []
     refresh_token: str | None = None
     if request.body_exists:
-        body = await read_body(request, allow_form=True)
+        body = await read_body(request, fields=("refresh_token",), allow_form=True)
         refresh_token = get_str(body, "refresh_token", required=False, max_length=256)
 
     revoker = app[app_state.REVOKER]

@@ -5,6 +5,9 @@ is; it requires client authentication (HTTP Basic with a client configured in
 ``TESSERA_INTROSPECTION_CLIENTS``), so it is not an oracle for anyone holding
 a stolen token. Revocation accepts public clients too: whoever holds a token
 may give it up.
+
+These endpoints and the token endpoint answer errors in RFC 6749 §5.2's shape
+(``error``, ``error_description``), not as problem details: :func:`oauth_endpoint`.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from tessera_platform.jsonbody import get_str, read_body, require_str
+from tessera_platform.service_errors import DEPENDENCY_ERRORS
+from tessera_verify.error_middleware import error_middleware_for, oauth_error_response
 from tessera_verify.errors import AuthenticationError, InvalidTokenError
 
 from . import app_state
@@ -28,6 +34,21 @@ routes = web.RouteTableDef()
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 TOKEN_TYPE_HINTS = ("access_token", "refresh_token", "session")
+#: RFC 7009 §2.1 and RFC 7662 §2.1: what a revocation or introspection request carries.
+TOKEN_FIELDS = ("token", "token_type_hint")
+
+_oauth_errors = error_middleware_for(DEPENDENCY_ERRORS, render=oauth_error_response)
+
+
+def oauth_endpoint(handler: Handler) -> Handler:
+    """Answer ``handler``'s errors in RFC 6749 §5.2's shape: the app's error middleware,
+    run around this handler alone with OAuth's renderer, so nothing it raises (an
+    outage and a bug included) reaches the app's problem-details middleware."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return await _oauth_errors(request, handler)
+
+    return answer
 
 
 class InvalidClient(AuthenticationError):
@@ -121,22 +142,26 @@ async def _introspect(app: web.Application, token: str, hint: str | None) -> dic
 
 
 @routes.post("/auth/introspect")
+@oauth_endpoint
 async def introspect(request: web.Request) -> web.Response:
     app = request.app
     if _authenticated_client(request, app[app_state.SETTINGS]) is None:
         raise InvalidClient("introspection requires client authentication (HTTP Basic)")
-    body = await read_body(request, allow_form=True)
+    body = await read_body(request, fields=TOKEN_FIELDS, allow_form=True)
     token = require_str(body, "token", max_length=8192)
     hint = get_str(body, "token_type_hint", required=False, max_length=32)
     return web.json_response(await _introspect(app, token, hint), headers=NO_STORE)
 
 
 @routes.post("/auth/revoke")
+@oauth_endpoint
 async def revoke(request: web.Request) -> web.Response:
-    """RFC 7009: 200 whether or not the token was valid (nothing to learn from the answer)."""
+    """RFC 7009: 200 whether or not the token was valid (nothing to learn from the answer).
+    Every kind of token is revoked here, so ``unsupported_token_type`` never applies,
+    and ``token_type_hint`` is not needed to find one (§2.1 lets it be ignored)."""
     app = request.app
     _authenticated_client(request, app[app_state.SETTINGS])  # optional, but must be right if sent
-    body = await read_body(request, allow_form=True)
+    body = await read_body(request, fields=TOKEN_FIELDS, allow_form=True)
     token = require_str(body, "token", max_length=8192)
     revoker = app[app_state.REVOKER]
     if _looks_like_jwt(token):

@@ -76,7 +76,7 @@ async def logout_everywhere(request: web.Request) -> web.Response:
 async def change_password(request: web.Request) -> web.Response:
     """Change the password; everything issued before is revoked, this device included."""
     principal = await _caller(request)
-    body = await read_body(request)
+    body = await read_body(request, fields=("current_password", "new_password"))
     current = require_str(body, "current_password", max_length=MAX_INPUT_LENGTH)
     new = require_str(body, "new_password", max_length=MAX_INPUT_LENGTH)
     app = request.app

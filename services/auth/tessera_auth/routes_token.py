@@ -8,6 +8,7 @@ from tessera_platform.jsonbody import read_body, require_str
 from tessera_verify.errors import InvalidGrant, UnsupportedGrantType
 
 from . import app_state
+from .routes_oauth import oauth_endpoint
 from .token_pairs import grant_is_revoked
 
 routes = web.RouteTableDef()
@@ -16,10 +17,11 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 @routes.post("/auth/token")
+@oauth_endpoint
 async def token(request: web.Request) -> web.Response:
     app = request.app
     metrics = app[app_state.METRICS]
-    body = await read_body(request, allow_form=True)
+    body = await read_body(request, fields=("grant_type", "refresh_token"), allow_form=True)
     grant_type = require_str(body, "grant_type", max_length=64)
     if grant_type != "refresh_token":
         raise UnsupportedGrantType("only grant_type=refresh_token is supported here")

@@ -56,7 +56,7 @@ async def list_comments(request: web.Request) -> web.Response:
 @routes.post("/api/comments")
 async def add_comment(request: web.Request) -> web.Response:
     principal = _authenticated_write(request)
-    body = await read_body(request)
+    body = await read_body(request, fields=("body",))
     text = require_str(body, "body", max_length=MAX_COMMENT_LENGTH).strip()
     if not text:
         raise InvalidRequest("'body' must not be empty", details={"field": "body"})
@@ -79,7 +79,7 @@ async def local_login(request: web.Request) -> web.Response:
     if AuthMethod.LOCAL_SESSION not in settings.verify.auth_methods:
         raise NotFound("this replica does not keep local sessions; log in at /auth/login")
     check_same_origin(request)
-    body = await read_body(request)
+    body = await read_body(request, fields=("username", "password"))
     ip = client_ip(request, settings.verify.trusted_proxies)
     user = await app[app_state.PASSWORDS].check(
         require_str(body, "username", max_length=256),

@@ -3,12 +3,19 @@
 Verification depends on Redis and HTTP only; a service that also talks to
 PostgreSQL builds its middleware with :func:`error_middleware_for` and its own,
 longer list of dependency errors (``tessera_platform.service_errors``).
+
+Errors are problem details (:func:`error_response`) everywhere but on the OAuth
+endpoints, which answer in RFC 6749 §5.2's shape (:func:`oauth_error_response`):
+the same middleware, given that renderer, wraps those handlers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
+from typing import cast
 
 import redis.exceptions
 from aiohttp import web
@@ -23,10 +30,12 @@ from .errors import (
     ServiceUnavailable,
     TesseraError,
     UnsupportedMediaType,
-    problem,
 )
 
 log = logging.getLogger(__name__)
+
+#: How an error becomes a response: problem details, or OAuth's shape.
+Renderer = Callable[[TesseraError], web.Response]
 
 #: Exceptions that mean "a dependency is down", answered with 503 (fail closed).
 DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
@@ -53,9 +62,7 @@ _HTTP_ERRORS: dict[int, type[TesseraError]] = {
 }
 
 
-def error_response(error: TesseraError) -> web.Response:
-    """The JSON response for ``error``, with ``WWW-Authenticate`` where it applies."""
-    response = web.json_response(error.body(), status=error.status, content_type=PROBLEM_JSON)
+def _with_headers(response: web.Response, error: TesseraError) -> web.Response:
     challenge = error.www_authenticate()
     if challenge:
         response.headers["WWW-Authenticate"] = challenge
@@ -65,8 +72,32 @@ def error_response(error: TesseraError) -> web.Response:
     return response
 
 
-def error_middleware_for(dependency_errors: tuple[type[BaseException], ...]) -> Middleware:
-    """The error middleware, answering 503 for any of ``dependency_errors``."""
+def error_response(error: TesseraError) -> web.Response:
+    """The JSON response for ``error``, with ``WWW-Authenticate`` where it applies."""
+    response = web.json_response(error.body(), status=error.status, content_type=PROBLEM_JSON)
+    return _with_headers(response, error)
+
+
+def oauth_error_response(error: TesseraError) -> web.Response:
+    """RFC 6749 §5.2's error response for ``error`` (:meth:`TesseraError.oauth_body`),
+    as ``application/json`` and never cached (§5.1), with the headers any error has:
+    ``WWW-Authenticate`` (``Basic`` for ``invalid_client``), ``Retry-After``."""
+    response = web.json_response(error.oauth_body(), status=error.status)
+    response.headers.update({"Cache-Control": "no-store", "Pragma": "no-cache"})
+    return _with_headers(response, error)
+
+
+@functools.cache
+def _other_http_error(status: int) -> type[TesseraError]:
+    """A 4xx that aiohttp raised and tessera has no class for: its status, ``bad_request``."""
+    return cast("type[TesseraError]", type(f"HTTPError{status}", (BadRequest,), {"status": status}))
+
+
+def error_middleware_for(
+    dependency_errors: tuple[type[BaseException], ...], render: Renderer = error_response
+) -> Middleware:
+    """The error middleware, answering 503 for any of ``dependency_errors``; every
+    error is made a response by ``render`` (problem details unless told otherwise)."""
 
     @web.middleware
     async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -74,28 +105,27 @@ def error_middleware_for(dependency_errors: tuple[type[BaseException], ...]) -> 
         try:
             return await handler(request)
         except TesseraError as error:
-            return error_response(error)
+            return render(error)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             mapped = _HTTP_ERRORS.get(exc.status)
             if mapped is not None:
-                response = error_response(mapped())
+                response = render(mapped())
                 if "Allow" in exc.headers:  # RFC 9110 §15.5.6: a 405 must say what is allowed
                     response.headers["Allow"] = exc.headers["Allow"]
                 return response
             if 400 <= exc.status < 500:
-                body = problem(exc.status, BadRequest.code, exc.reason)
-                return web.json_response(body, status=exc.status, content_type=PROBLEM_JSON)
+                return render(_other_http_error(exc.status)(exc.reason))
             raise
         except dependency_errors as exc:
             log.warning("dependency unavailable on %s %s: %r", request.method, request.path, exc)
-            return error_response(ServiceUnavailable())
+            return render(ServiceUnavailable())
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
-            return error_response(TesseraError())
+            return render(TesseraError())
 
     return error_middleware
 
