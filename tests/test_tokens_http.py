@@ -92,13 +92,28 @@ async def test_access_token_verifies_against_the_published_jwks(auth_client: Cli
     assert claims["sub"] == body["user"]["id"]
 
 
-async def test_metadata_advertises_issuer_jwks_and_token_endpoint(auth_client: Client) -> None:
+async def test_metadata_holds_only_rfc8414_members_and_each_is_true(auth_client: Client) -> None:
+    """No signing algorithms for a token endpoint that authenticates no client, and no
+    tessera_* members (the OpenAPI document describes tessera's own endpoints)."""
     response = await auth_client.get("/.well-known/oauth-authorization-server")
-    document = await response.json()
-    assert document["issuer"] == "https://auth.tessera.test"
-    assert document["jwks_uri"] == "https://auth.tessera.test/.well-known/jwks.json"
-    assert document["token_endpoint"] == "https://auth.tessera.test/auth/token"
-    assert document["grant_types_supported"] == ["refresh_token"]
+    issuer = "https://auth.tessera.test"
+    assert await response.json() == {
+        "issuer": issuer,
+        "jwks_uri": issuer + "/.well-known/jwks.json",
+        "token_endpoint": issuer + "/auth/token",
+        "grant_types_supported": ["refresh_token"],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "response_types_supported": [],
+        "scopes_supported": [],
+        "introspection_endpoint": issuer + "/auth/introspect",
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic"],
+        "revocation_endpoint": issuer + "/auth/revoke",
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "none"],
+    }
+    # Each endpoint it names answers at the path it names.
+    for path in ("/auth/token", "/auth/introspect", "/auth/revoke"):
+        assert (await auth_client.post(path, data={"token": "x"})).status != 404
+    assert (await auth_client.get("/.well-known/jwks.json")).status == 200
 
 
 async def test_me_accepts_the_bearer_token(auth_client: Client) -> None:

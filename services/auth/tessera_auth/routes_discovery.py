@@ -26,8 +26,15 @@ async def jwks(request: web.Request) -> web.Response:
 
 @routes.get(METADATA_PATH)
 async def metadata(request: web.Request) -> web.Response:
-    settings = request.app[app_state.SETTINGS]
-    issuer = settings.issuer
+    """RFC 8414 members only, each one true of this server. Tessera's own endpoints
+    (login, sessions, forward auth...) are described by its OpenAPI document, not here.
+
+    No authorization endpoint, so no response types (the member is required) and no
+    PKCE; no scopes. The token endpoint takes refresh tokens from public clients (no
+    client authentication, so no signing algorithms for it either); introspection
+    needs HTTP Basic (``TESSERA_INTROSPECTION_CLIENTS``); revocation takes it or none.
+    """
+    issuer = request.app[app_state.SETTINGS].issuer
     document = {
         "issuer": issuer,
         "jwks_uri": issuer + JWKS_PATH,
@@ -36,17 +43,9 @@ async def metadata(request: web.Request) -> web.Response:
         "token_endpoint_auth_methods_supported": ["none"],
         "response_types_supported": [],
         "scopes_supported": [],
-        "token_endpoint_auth_signing_alg_values_supported": [settings.jwt_algorithm],
         "introspection_endpoint": issuer + "/auth/introspect",
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic"],
         "revocation_endpoint": issuer + "/auth/revoke",
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "none"],
-        "tessera_login_endpoint": issuer + "/auth/login",
-        "tessera_forward_auth_endpoint": issuer + "/auth/forward",
-        "tessera_sessions_endpoint": issuer + "/auth/sessions",
-        "tessera_logout_all_endpoint": issuer + "/auth/logout-all",
-        "tessera_password_endpoint": issuer + "/auth/password",
-        "tessera_logout_endpoint": issuer + "/auth/logout",
-        "tessera_userinfo_endpoint": issuer + "/auth/me",
     }
     return web.json_response(document, headers={"Cache-Control": "public, max-age=300"})
