@@ -1,11 +1,14 @@
-"""The throwaway servers and the launcher's bookkeeping, against real processes."""
+"""The throwaway servers and the launcher's bookkeeping, against real processes; the
+``./tessera`` command a newcomer runs, and the stack in a shell that sourced stack.env."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,6 +17,8 @@ import pytest
 from redis.asyncio import Redis
 
 from tessera_auth.settings import load_settings as load_auth_settings
+from tessera_demo.stack_control import up_on_free_ports
+from tessera_platform.program import distribution_version
 from tessera_resource.settings import load_settings as load_resource_settings
 from tessera_stack import PostgresServer, RedisServer, StackError, free_port, services
 from tessera_stack.cli import main
@@ -23,8 +28,13 @@ from tessera_stack.reconcile import SECRET_NAMES, ensure_secret
 from tessera_stack.rows import ROWS
 from tessera_stack.servers import sweep_orphaned_scratch
 from tessera_stack.services import ServiceSettings
-from tessera_stack.state import Layout, ReplicaEntry
+from tessera_stack.state import Layout, ReplicaEntry, StackState
 from tessera_verify.env import RecordedEnviron
+from tests.stack_clients import https_client
+
+from .private_stack import CHEAP_ARGON2
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_free_port_can_be_bound_on_loopback() -> None:
@@ -280,3 +290,120 @@ def test_the_stack_gives_each_service_only_variables_it_reads(
         )
         load_resource_settings(environ)
         assert environ.unread() == [], f"row {row.number}"
+
+
+# -- the tessera command and the shell that sourced stack.env ------------------------------
+
+TESSERA = REPO / "tessera"
+PASSWORD = "correct horse battery staple"
+
+
+def _tessera(
+    run_dir: Path, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``./tessera --run-dir RUN_DIR ARGS`` as a newcomer runs it: no variable of ours set."""
+    plain = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
+    return subprocess.run(
+        [str(TESSERA), "--run-dir", str(run_dir), *args],
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        env={**plain, **CHEAP_ARGON2, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def _exported(stack_env: Path) -> dict[str, str]:
+    """What ``set -a; . .run/stack.env`` exports."""
+    lines = stack_env.read_text(encoding="utf-8").splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+async def test_tessera_runs_the_stack_and_admin_commands_with_nothing_set(tmp_path: Path) -> None:
+    run_dir = tmp_path / ".run"
+    up = _tessera(run_dir, *up_on_free_ports(replicas=1))
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "./tessera down" in up.stdout
+        created = _tessera(run_dir, "users", "create", "Alice", "--password-stdin", stdin=PASSWORD)
+        assert created.returncode == 0, created.stderr
+        assert json.loads(created.stdout)["username"] == "alice"
+        no_terminal = _tessera(run_dir, "users", "create", "bob")
+        assert no_terminal.returncode == 2, no_terminal
+        assert "--password-stdin" in no_terminal.stderr
+        shown = _tessera(run_dir, "users", "show", "alice")
+        assert json.loads(shown.stdout)["disabled"] is False
+        keys = _tessera(run_dir, "keys", "status", "--json")
+        assert keys.returncode == 0, keys.stderr
+        assert json.loads(keys.stdout)["keys"]
+        # The account is the running service's: it logs in through nginx.
+        stack = _exported(run_dir / "stack.env")
+        async with https_client(Path(stack["CA_CERT"])) as http:
+            body = {"username": "alice", "password": PASSWORD}
+            async with http.post(f"{stack['AUTH_URL']}/auth/login", json=body) as response:
+                assert response.status == 200, await response.text()
+    finally:
+        down = _tessera(run_dir, "down", "--purge")
+    assert down.returncode == 0, down.stderr
+    gone = _tessera(run_dir, "users", "show", "alice")
+    assert gone.returncode == 1
+    assert "the stack is not running; start it with `./tessera up`" in gone.stderr
+
+
+def test_tessera_help_names_the_stack_demo_and_admin_commands_without_a_stack(
+    tmp_path: Path,
+) -> None:
+    result = _tessera(tmp_path / ".run", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: tessera ")
+    for command in ("up", "down", "status", "logs", "row", "scale", "demo", "outage-probe"):
+        assert f"\n    {command} " in result.stdout, command
+    for command in ("users", "sessions", "keys", "audit"):
+        assert f"\n    {command} " in result.stdout, command
+    users = _tessera(tmp_path / ".run", "users", "--help")
+    assert users.returncode == 0, users.stderr
+    assert users.stdout.startswith("usage: tessera users [-h] COMMAND ...")
+    version = _tessera(tmp_path / ".run", "--version")
+    assert version.stdout.strip() == f"tessera {distribution_version('tessera-stack')}"
+
+
+def test_a_shell_that_sourced_stack_env_restarts_the_stack_on_its_own_servers(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / ".run"
+    up = _tessera(run_dir, *up_on_free_ports(replicas=1))
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        exported = _exported(run_dir / "stack.env")
+        postgres = StackState.load(Layout(run_dir)).postgres_port
+        # `up` again from that shell leaves the running servers alone.
+        again = _tessera(run_dir, "up", env=exported)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "DATABASE_URL in the environment is the stack's own" in again.stdout
+        state = StackState.load(Layout(run_dir))
+        assert (state.postgres, state.redis, state.postgres_port) == (
+            "managed",
+            "managed",
+            postgres,
+        )
+        assert "stopping the stack's own" not in again.stdout
+        # down and up in that shell: the exported URLs name the stopped servers.
+        assert _tessera(run_dir, "down", env=exported).returncode == 0
+        restarted = _tessera(run_dir, *up_on_free_ports(replicas=1), env=exported)
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        state = StackState.load(Layout(run_dir))
+        assert (state.postgres, state.redis) == ("managed", "managed")
+        assert state.database_url != exported["DATABASE_URL"]
+    finally:
+        assert _tessera(run_dir, "down", "--purge").returncode == 0
+    # After --purge the stack no longer knows them: a server nobody runs is refused, clearly.
+    refused = _tessera(run_dir, *up_on_free_ports(replicas=1), env=exported)
+    try:
+        assert refused.returncode == 1
+        assert "where nothing answers" in refused.stderr
+        assert "unset DATABASE_URL REDIS_URL" in refused.stderr
+        assert "Traceback" not in refused.stdout + refused.stderr
+    finally:
+        _tessera(run_dir, "down", "--purge")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import version
 from pathlib import Path
 
 from tessera_stack import stack_redis
@@ -93,6 +94,15 @@ def _rows_help() -> str:
     return "; ".join(f"{r.number} = {r.label} ({r.methods}, {r.policy})" for r in ROWS.values())
 
 
+#: ``--run-dir``'s help in both front ends.
+RUN_DIR_HELP = "where the stack keeps data, logs, pids and secrets (default ./.run)"
+
+
+def stack_version() -> str:
+    """The installed tessera-stack's version."""
+    return version("tessera-stack")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tessera_stack",
@@ -101,11 +111,14 @@ def _parser() -> argparse.ArgumentParser:
             "replicas and nginx with TLS, as local processes."
         ),
     )
-    add_run_dir_option(
-        parser, "where the stack keeps data, logs, pids and secrets (default ./.run)"
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"tessera-stack {stack_version()}")
+    add_run_dir_option(parser, RUN_DIR_HELP)
+    add_stack_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    return parser
 
+
+def add_stack_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The stack's commands (:data:`COMMANDS`), for this front end and ``tessera``'s."""
     up = commands.add_parser("up", help="start the stack (idempotent; completes a partial one)")
     up.add_argument(
         "--port",
@@ -138,23 +151,6 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
 
-    row = commands.add_parser("row", help="switch the running stack to another row")
-    row.add_argument("number", type=_row_number, help=_rows_help())
-    row.add_argument("--policy", choices=POLICIES, help="nginx policy (default: the row's)")
-
-    commands.add_parser("add-replica", help="start one more replica and reload nginx")
-    remove = commands.add_parser("remove-replica", help="reload nginx without it, then stop it")
-    remove.add_argument("id", nargs="?", help="which replica (default: the newest)")
-    scale = commands.add_parser("scale", help="add or remove replicas to have N")
-    scale.add_argument("count", type=_count)
-    kill = commands.add_parser("kill-replica", help="SIGKILL a replica (a crash; nginx not told)")
-    kill.add_argument("id", help="which replica, e.g. r2")
-    restart = commands.add_parser(
-        "restart-replicas",
-        help="rolling restart: one replica at a time, out of nginx while it restarts",
-    )
-    restart.add_argument("ids", nargs="*", metavar="id", help="which replicas (default: all)")
-
     down = commands.add_parser("down", help="stop everything `up` started")
     down.add_argument(
         "--purge", action="store_true", help="also delete the run directory (data, logs, secrets)"
@@ -167,7 +163,23 @@ def _parser() -> argparse.ArgumentParser:
         "name", nargs="?", help="auth, nginx, nginx-access, r1 (a replica), ... (default: all)"
     )
     logs.add_argument("-n", "--lines", type=int, default=50, help="how many lines (default 50)")
-    return parser
+
+    row = commands.add_parser("row", help="switch the running stack to another row")
+    row.add_argument("number", type=_row_number, help=_rows_help())
+    row.add_argument("--policy", choices=POLICIES, help="nginx policy (default: the row's)")
+
+    commands.add_parser("add-replica", help="start one more replica and reload nginx")
+    remove = commands.add_parser("remove-replica", help="reload nginx without it, then stop it")
+    remove.add_argument("id", nargs="?", help="which replica (default: the newest)")
+    scale = commands.add_parser("scale", help="add or remove replicas to have N")
+    scale.add_argument("count", type=_count, metavar="N", help=f"1-{MAX_REPLICAS}")
+    kill = commands.add_parser("kill-replica", help="SIGKILL a replica (a crash; nginx not told)")
+    kill.add_argument("id", help="which replica, e.g. r2")
+    restart = commands.add_parser(
+        "restart-replicas",
+        help="rolling restart: one replica at a time, out of nginx while it restarts",
+    )
+    restart.add_argument("ids", nargs="*", metavar="id", help="which replicas (default: all)")
 
 
 def _up(layout: Layout, args: argparse.Namespace) -> int:

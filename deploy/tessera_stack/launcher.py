@@ -87,7 +87,7 @@ from tessera_stack.state import (
     StackState,
 )
 
-__all__ = ["EXIT_NOT_RUNNING"]
+__all__ = ["EXIT_NOT_RUNNING", "admin_env"]
 
 # Exit status of "status" when the stack is not running (as LSB init scripts).
 EXIT_NOT_RUNNING = 3
@@ -100,8 +100,16 @@ def _running_state(layout: Layout) -> StackState:
     """The state of a running stack; StackError when none runs."""
     state = StackState.load(layout)
     if running_auth_pid(layout) is None or state.https_port is None or state.row is None:
-        raise StackError("the stack is not running; start it with `python -m tessera_stack up`")
+        raise StackError("the stack is not running; start it with `./tessera up`")
     return state
+
+
+def admin_env(layout: Layout) -> dict[str, str]:
+    """The environment of ``python -m tessera_auth``'s admin commands on the running
+    stack: the auth service's own (its database, Redis user, secrets and issuer), so a
+    command sees what the service sees. StackError when no stack runs."""
+    state = _running_state(layout)
+    return services.auth_env(layout, current_settings(layout, state))
 
 
 def cmd_row(layout: Layout, number: int, policy: str | None) -> int:

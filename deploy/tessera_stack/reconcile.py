@@ -34,6 +34,7 @@ from tessera_stack.stack_report import (
     error,
     print_urls,
     urls_of,
+    without_password,
     write_stack_env,
 )
 from tessera_stack.state import (
@@ -89,7 +90,7 @@ def ensure_secret(path: Path) -> None:
 
 def current_settings(layout: Layout, state: StackState) -> ServiceSettings:
     if state.port is None or state.https_port is None:
-        raise StackError("the stack is not running; start it with `python -m tessera_stack up`")
+        raise StackError("the stack is not running; start it with `./tessera up`")
     return _service_settings(layout, state, state.port, state.https_port, state.alg or DEFAULT_ALG)
 
 
@@ -132,10 +133,65 @@ def _start_managed(server: PostgresServer | RedisServer, label: str, port: int |
     return port is not None
 
 
+def _record_own_url(layout: Layout, url: str) -> None:
+    """Remember ``url`` as one of the stack's own servers' (see :func:`external_url`)."""
+    known = _own_urls(layout)
+    if url in known:
+        return
+    fd = os.open(layout.own_urls, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as handle:
+        handle.write(url + "\n")
+
+
+def _own_urls(layout: Layout) -> set[str]:
+    try:
+        return set(layout.own_urls.read_text(encoding="utf-8").split())
+    except FileNotFoundError:
+        return set()
+
+
+def external_url(layout: Layout, name: str, started_with: str) -> str:
+    """The external server the stack is to use for ``name`` (``DATABASE_URL`` or
+    ``REDIS_URL``): the environment's, else ``started_with`` (the one it runs on); "" for none.
+
+    A URL of the stack's own servers is not an external one: a shell that sourced
+    ``stack.env`` (with ``set -a``) exports them, and the stack must neither leave its
+    own running server for it nor take a stopped one for somebody else's. An external
+    server that does not answer is refused here, before anything starts.
+    """
+    url, where = os.environ.get(name, ""), "in the environment"
+    if url in _own_urls(layout):
+        print(f"{name} in the environment is the stack's own (from stack.env): ignored")
+        url = ""
+    if not url:
+        url, where = started_with, "that the stack was started with"
+    if url and not _answers(name, url):
+        raise StackError(
+            f"the {name} {where} is {without_password(url)}, where nothing answers. Start "
+            f"that server; or unset {name} and run `./tessera down` and `./tessera up` for "
+            "the stack to run its own (a shell that sourced the stack.env of a stack that is "
+            "gone: `unset DATABASE_URL REDIS_URL`)."
+        )
+    return url
+
+
+def _answers(name: str, url: str) -> bool:
+    """Whether the server of a one-host ``url`` accepts connections (a list of hosts,
+    Sentinel's or Cluster's, is left to the services, which follow it)."""
+    parts = urlsplit(url)
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return True  # the services say what is wrong with it
+    if "," in parts.netloc or not host:
+        return True
+    return port_is_open(port or (5432 if name == "DATABASE_URL" else 6379), host)
+
+
 def _ensure_postgres(layout: Layout, state: StackState) -> bool:
     """PostgreSQL for the stack, recorded in ``state``; whether it came back from a crash."""
-    external = state.database_url if state.postgres == "external" else ""
-    if url := os.environ.get("DATABASE_URL") or external:
+    started_with = state.database_url if state.postgres == "external" else ""
+    if url := external_url(layout, "DATABASE_URL", started_with):
         state.postgres, state.database_url, state.postgres_port = "external", url, None
         return False
     port = _recorded_port(state.postgres, state.database_url, state.postgres_port)
@@ -144,6 +200,7 @@ def _ensure_postgres(layout: Layout, state: StackState) -> bool:
     server = layout.postgres(port)
     started = _start_managed(server, "PostgreSQL", port)
     state.postgres, state.database_url, state.postgres_port = "managed", server.url, server.port
+    _record_own_url(layout, server.url)
     return started
 
 
@@ -158,7 +215,9 @@ def _ensure_redis(layout: Layout, state: StackState, topology: str | None = None
     ``topology`` (``up --redis``) chooses one server or a group; ``None``
     keeps what the state records (one server for a new stack).
     """
-    if url := os.environ.get("REDIS_URL"):
+    # Without --redis the stack stays on the external Redis it was started with.
+    started_with = state.redis_url if state.redis == "external" and topology is None else ""
+    if url := external_url(layout, "REDIS_URL", started_with):
         if topology is not None:
             raise StackError(
                 f"REDIS_URL is set, so the stack uses that Redis; unset it for the stack to "
@@ -171,14 +230,13 @@ def _ensure_redis(layout: Layout, state: StackState, topology: str | None = None
             "",
         )
         return False
-    if topology is None and state.redis == "external" and state.redis_url:
-        return False  # stays on the external Redis it was started with
     current = redis_topology(state)
     chosen = topology or current or "single"
     if chosen in stack_redis.GROUPS:
         group, came_back = stack_redis.ensure_group(layout, chosen)
         state.redis, state.redis_url, state.redis_port = "managed", group.url, None
         state.redis_topology = chosen
+        _record_own_url(layout, group.url)
         return came_back
     recorded = state.redis_port if current == "single" else None
     port = _recorded_port(state.redis, state.redis_url, recorded) if current == "single" else None
@@ -187,6 +245,7 @@ def _ensure_redis(layout: Layout, state: StackState, topology: str | None = None
     started = _start_managed(server, "Redis", port)
     state.redis, state.redis_url, state.redis_port = "managed", server.url, server.port
     state.redis_topology = "single"
+    _record_own_url(layout, server.url)
     return started
 
 
@@ -441,7 +500,7 @@ def cmd_up(layout: Layout, options: UpOptions) -> int:
         return error(
             "the running stack was started with other settings: "
             + "; ".join(conflicts)
-            + "; stop it first (python -m tessera_stack down)"
+            + "; stop it first (`./tessera down`)"
         )
 
     port = state.port if auth_pid is not None and state.port else options.port or DEFAULT_PORT
@@ -508,7 +567,7 @@ def cmd_up(layout: Layout, options: UpOptions) -> int:
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         print(
-            "whatever started is left running; `python -m tessera_stack down` stops it.",
+            "whatever started is left running; `./tessera down` stops it.",
             file=sys.stderr,
         )
         return 1

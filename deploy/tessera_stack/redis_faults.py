@@ -134,7 +134,7 @@ def find_target(layout: Layout, state: StackState, slot: str = "rev") -> FaultTa
             raise StackError("the stack records no Redis port")
         pid = layout.redis(state.redis_port).pid
         if pid is None:
-            raise StackError("the stack's Redis is not running; `python -m tessera_stack up`")
+            raise StackError("the stack's Redis is not running; `./tessera up`")
         password = layout.redis_password(redis_acl.ADMIN)
         return FaultTarget("single", pid, state.redis_port, "Redis (AOF)", password=password)
     group = RedisGroup.load(layout, topology)

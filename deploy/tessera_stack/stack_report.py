@@ -108,8 +108,9 @@ def print_urls(layout: Layout, urls: StackUrls, state: StackState) -> None:
         ("database", without_password(env["DATABASE_URL"])),
         ("redis", without_password(env["REDIS_URL"])),
         ("env file", display(layout.stack_env)),
-        ("logs", "python -m tessera_stack logs NAME  (auth, nginx, r1, ...)"),
-        ("stop", "python -m tessera_stack down"),
+        ("logs", "./tessera logs NAME  (auth, nginx, r1, ...)"),
+        ("admin", "./tessera users create NAME  (users, sessions, keys, audit: --help)"),
+        ("stop", "./tessera down"),
     ]
     width = max(len(label) for label, _ in rows)
     print(f"  {describe_row(state)}")

@@ -7,7 +7,8 @@ Everything lives under one run directory (``.run/`` by default)::
     logs/        NAME.log: stdout and stderr of each process; nginx-access.log
     pids/        NAME.pid
     secrets/     session_hash_key, key_encryption_key, forward_auth_secret, the
-                 Redis users' passwords and ACL file (0600; see redis_acl)
+                 Redis users' passwords and ACL file (0600; see redis_acl), own_urls
+                 (every URL of the stack's own servers stack.env has carried)
     tls/         ca.pem (trust this), server.pem, server.key
     nginx/       nginx's prefix: conf/ (rendered, 0700), tmp/, pid and lock files
     state.json   what runs and where, for every later command
@@ -78,6 +79,13 @@ class Layout:
     @property
     def stack_env(self) -> Path:
         return self.root / "stack.env"
+
+    @property
+    def own_urls(self) -> Path:
+        """The URLs of the stack's own PostgreSQL and Redis that ``stack.env`` has carried,
+        one per line (they hold passwords: under secrets/). Kept by ``down``: a shell that
+        sourced an old stack.env still exports them."""
+        return self.secret("own_urls")
 
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"
