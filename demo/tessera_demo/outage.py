@@ -330,7 +330,7 @@ async def _get(user: DemoUser, base_url: str) -> Answer:
     try:
         async with user.session.get(base_url + PATH, headers=user.headers()) as response:
             error = None
-            if response.status >= 400 and response.content_type == "application/json":
+            if response.status >= 400 and response.content_type.endswith("json"):
                 with contextlib.suppress(ValueError, aiohttp.ContentTypeError):
                     body = await response.json()
                     if isinstance(body, dict) and isinstance(body.get("error"), str):
