@@ -33,7 +33,7 @@ UP_ARGS := $(if $(PORT),--port $(PORT)) $(if $(HTTPS_PORT),--https-port $(HTTPS_
 	$(if $(ALG),--alg $(ALG)) $(if $(ROW),--row $(ROW)) $(if $(POLICY),--policy $(POLICY)) \
 	$(if $(REPLICAS),--replicas $(REPLICAS)) $(if $(REDIS),--redis $(REDIS))
 
-.PHONY: help bootstrap up down status logs demo outage-probe row scale kill-replica \
+.PHONY: help bootstrap bootstrap-dev up down status logs demo outage-probe row scale kill-replica \
 	restart-replicas test test-unit test-fast test-stack lint fmt bench bench-quick clean
 
 help: ## List the targets
@@ -50,8 +50,11 @@ help: ## List the targets
 	@echo "           HOW=stop|kill|both (outage-probe),"
 	@echo "           PYTEST_ARGS (test), BENCH_ARGS (bench, bench-quick: e.g. '--only validation,rows')"
 
-bootstrap: ## Install missing system packages, create .venv, install the project
+bootstrap: ## Install missing system packages, create .venv, install the runtime packages
 	@deploy/scripts/bootstrap.sh
+
+bootstrap-dev: ## The same, with the dev tools (tests, linters, bench) and Prometheus
+	@deploy/scripts/bootstrap.sh --dev
 
 up: bootstrap ## Start the stack under .run/: PostgreSQL, Redis, auth, replicas, nginx (TLS)
 	@$(STACK) up $(UP_ARGS)
@@ -87,32 +90,32 @@ restart-replicas: ## Rolling restart of the replicas, one at a time out of nginx
 	@$(STACK) restart-replicas $(ID)
 
 # junit_family=xunit1: record_property (outage figures) works with --junitxml.
-test: bootstrap ## Run the test suite (real PostgreSQL, Redis and nginx are started for it)
+test: bootstrap-dev ## Run the test suite (real PostgreSQL, Redis and nginx are started for it)
 	$(PY) -m pytest -o junit_family=xunit1 $(PYTEST_ARGS)
 
-test-unit: bootstrap ## The tightest loop: tests that need no server at all
+test-unit: bootstrap-dev ## The tightest loop: tests that need no server at all
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
-test-fast: bootstrap ## The inner loop: every test but the stack tier (no launcher, no demo)
+test-fast: bootstrap-dev ## The inner loop: every test but the stack tier (no launcher, no demo)
 	$(PY) -m pytest -m "not stack" $(PYTEST_ARGS)
 
-test-stack: bootstrap ## Only the stack tier: the launcher, rows, outages, demo, bench smoke
+test-stack: bootstrap-dev ## Only the stack tier: the launcher, rows, outages, demo, bench smoke
 	$(PY) -m pytest -o junit_family=xunit1 -m stack $(PYTEST_ARGS)
 
-lint: bootstrap ## Lint, check formatting, type-check, check import contracts
+lint: bootstrap-dev ## Lint, check formatting, type-check, check import contracts
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-fmt: bootstrap ## Format the code and apply safe lint fixes
+fmt: bootstrap-dev ## Format the code and apply safe lint fixes
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: bootstrap ## Benchmark and load test on a stack of its own (~15 min): report in bench/results/
+bench: bootstrap-dev ## Benchmark and load test on a stack of its own (~15 min): report in bench/results/
 	$(PY) -m bench $(BENCH_ARGS)
 
-bench-quick: bootstrap ## The same, every part with short runs (about 4 min)
+bench-quick: bootstrap-dev ## The same, every part with short runs (about 4 min)
 	$(PY) -m bench --quick $(BENCH_ARGS)
 
 clean: ## Stop the stack, delete .run/ and caches (keeps .venv)

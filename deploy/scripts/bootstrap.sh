@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Prepare a Debian/Ubuntu machine to build, test and run tessera locally:
+# Prepare a Debian/Ubuntu machine to run tessera locally, and with --dev to test,
+# lint and benchmark it:
+#   deploy/scripts/bootstrap.sh [--dev] [--prometheus]
 #   - the Debian packages the stack runs (PostgreSQL, Redis, nginx, openssl,
-#     curl) and Prometheus (promtool and the server, for the tests),
+#     curl), and Prometheus (the server and promtool) with --dev (the tests
+#     lint /metrics and scrape a stack) or --prometheus (`make up MONITORING=1`),
 #     installed only when missing;
 #   - .venv with Python >= 3.11, created only when missing;
 #   - the workspace's packages (services/*, deploy, demo: one pyproject.toml
-#     each) installed editable with the root's dev tools, rerun only when a
-#     pyproject.toml changed (their sha256 is kept in .venv/.tessera-installed).
+#     each) installed editable: only their runtime dependencies (what `make up`
+#     needs), or with --dev also the root's dev tools (pytest, ruff, mypy,
+#     matplotlib, ...). Rerun only when a pyproject.toml changed or dev tools are
+#     wanted that are not there: .venv/.tessera-installed keeps the sha256 of the
+#     pyproject.toml files and which install it was (runtime or dev; a dev
+#     install serves a runtime request too).
 # Idempotent and silent on success. Run as root or as a user with sudo
 # (needed only when packages are missing).
 #
@@ -22,6 +29,19 @@ STAMP="$VENV/.tessera-installed"
 MIN_PYTHON="3.11"
 POLICY_RC=/usr/sbin/policy-rc.d
 cd "$ROOT"
+
+DEV=0
+PROMETHEUS=0
+for argument in "$@"; do
+    case "$argument" in
+        --dev) DEV=1 PROMETHEUS=1 ;;
+        --prometheus) PROMETHEUS=1 ;;
+        *)
+            echo "usage: $0 [--dev] [--prometheus]" >&2
+            exit 2
+            ;;
+    esac
+done
 
 LOG="$(mktemp "${TMPDIR:-/tmp}/tessera-bootstrap.XXXXXX")"
 POLICY_CREATED=0
@@ -106,8 +126,11 @@ have_postgres_server || missing+=(postgresql)
 have nginx || missing+=(nginx)  # "nginx" exists in every Debian/Ubuntu release; -light not in all
 have openssl || missing+=(openssl)
 have curl || missing+=(curl)
-# promtool and the Prometheus server: the tests lint /metrics and scrape the stack.
-have promtool || missing+=(prometheus)
+# promtool and the Prometheus server: the tests lint /metrics and scrape the stack;
+# `make up MONITORING=1` runs the server.
+if [ "$PROMETHEUS" -eq 1 ]; then
+    have promtool || missing+=(prometheus)
+fi
 
 PYTHON="$(find_python)"
 if [ -z "$PYTHON" ]; then
@@ -137,14 +160,29 @@ fi
 # The members first: pip takes a dependency named like a project given here
 # (tessera-verify, ...) from that directory, never from an index.
 MEMBERS=(services/verify services/platform services/auth services/resource deploy demo)
-wanted="$(cat pyproject.toml "${MEMBERS[@]/%//pyproject.toml}" | sha256sum | cut -d' ' -f1)"
+digest="$(cat pyproject.toml "${MEMBERS[@]/%//pyproject.toml}" | sha256sum | cut -d' ' -f1)"
 installed="$(cat "$STAMP" 2>/dev/null || true)"
-if [ "$wanted" != "$installed" ]; then
+# The stamp is "<digest> runtime" or "<digest> dev"; a bare digest is a dev
+# install from before the two kinds.
+installed_digest="${installed%% *}"
+installed_kind=none
+if [ -n "$installed" ]; then
+    installed_kind=dev
+    [[ "$installed" != *" "* ]] || installed_kind="${installed#* }"
+fi
+# A dev venv stays one: a runtime request never takes the tools away.
+kind=runtime
+if [ "$DEV" -eq 1 ] || [ "$installed_kind" = dev ]; then
+    kind=dev
+fi
+if [ "$installed_digest" != "$digest" ] || [ "$installed_kind" != "$kind" ]; then
     editable=()
     for member in "${MEMBERS[@]}"; do
         editable+=(-e "./$member")
     done
-    quietly "$VENV/bin/python" -m pip install --disable-pip-version-check -q \
-        "${editable[@]}" -e '.[dev]'
-    echo "$wanted" >"$STAMP"
+    if [ "$kind" = dev ]; then
+        editable+=(-e '.[dev]')
+    fi
+    quietly "$VENV/bin/python" -m pip install --disable-pip-version-check -q "${editable[@]}"
+    echo "$digest $kind" >"$STAMP"
 fi
