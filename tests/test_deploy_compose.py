@@ -31,6 +31,7 @@ from tessera_resource.settings import load_settings as load_resource_settings
 from tessera_stack import redis_acl
 from tessera_stack.compose_nginx import HTTPS_PORT, compose_config, render_compose
 from tessera_stack.servers import nginx_check
+from tessera_stack.services import INTROSPECTION_CLIENT_ID
 from tessera_stack.tls import TlsFiles, ensure_certificate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -359,6 +360,27 @@ def test_the_services_accept_their_compose_environment_as_production_settings(
     )
     for program in _programs(definition):
         load_service_settings(program, environ)  # raises ConfigError listing every problem
+
+
+def test_the_auth_service_admits_the_introspection_client_make_secrets_creates(
+    secrets_dir: Path, compose: dict[str, Any]
+) -> None:
+    auth = compose["services"]["auth"]
+    environ = with_secret_files(
+        {key: str(value) for key, value in auth["environment"].items()},
+        SECRETS_IN_CONTAINER,
+        _service_secret_files(compose, "auth"),
+    )
+    settings = load_service_settings("tessera_auth", environ)
+    assert isinstance(settings, Settings)
+    secret = (secrets_dir / "introspection_client_secret").read_text()
+    assert len(secret) >= 32
+    assert settings.introspection_clients == ((INTROSPECTION_CLIENT_ID, secret.encode()),)
+    # Only the auth service reads the list; nobody else mounts it.
+    mounting = [
+        n for n, s in compose["services"].items() if "introspection_clients" in s.get("secrets", [])
+    ]
+    assert mounting == ["auth"]
 
 
 def test_compose_uses_only_variables_the_services_read() -> None:

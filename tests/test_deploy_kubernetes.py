@@ -14,6 +14,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tessera_auth.settings import Settings
+from tessera_stack.services import INTROSPECTION_CLIENT_ID
 from tessera_verify.env import ConfigError, parse_networks
 
 from .test_deploy_compose import load_service_settings, unknown_settings, with_secret_files
@@ -23,6 +25,8 @@ K8S_DIR = ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.30.0"
 NAMESPACE = "tessera"
 SECRETS_MOUNT = "/run/secrets/tessera/"
+# The client the manifests name, as compose and the local stack do.
+INTROSPECTION_CLIENT = INTROSPECTION_CLIENT_ID
 
 Manifest = dict[str, Any]
 
@@ -220,6 +224,8 @@ def test_only_the_auth_pods_mount_the_key_encryption_key() -> None:
     # Nor the PostgreSQL role that owns the users (and their password hashes).
     assert "database_url" in auth and "database_url" not in resource
     assert "database_replica_url" in resource
+    # Who may introspect is the auth service's business alone.
+    assert "introspection_clients" in auth and "introspection_clients" not in resource
 
 
 def _real_secrets(tmp_path: Path, placeholders: bool) -> dict[str, Path]:
@@ -228,6 +234,7 @@ def _real_secrets(tmp_path: Path, placeholders: bool) -> dict[str, Path]:
         values["session_hash_key"] = secrets.token_hex(32)
         values["key_encryption_key"] = secrets.token_hex(32)
         values["database_url"] = "postgresql://tessera:pw@db.internal:5432/tessera"
+        values["introspection_clients"] = f"{INTROSPECTION_CLIENT}:{secrets.token_hex(24)}"
     files = {}
     for key, value in values.items():
         files[key] = tmp_path / key
@@ -263,6 +270,22 @@ def test_the_placeholder_secret_is_refused_so_nothing_starts_with_it(tmp_path: P
         load_service_settings(_program(container), environ)
     assert "TESSERA_SESSION_HASH_KEY must be at least 32 bytes" in error.value.problems
     assert "TESSERA_KEY_ENCRYPTION_KEY must be at least 32 bytes" in error.value.problems
+    assert any(p.startswith("TESSERA_INTROSPECTION_CLIENTS=") for p in error.value.problems)
+
+
+def test_the_auth_service_admits_the_introspection_client_of_the_secret(tmp_path: Path) -> None:
+    deployment = _one("Deployment", "tessera-auth")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    files = _real_secrets(tmp_path, placeholders=False)
+    environ = with_secret_files(_environment(container, "pod"), SECRETS_MOUNT, files)
+    assert environ["TESSERA_INTROSPECTION_CLIENTS_FILE"] == str(files["introspection_clients"])
+    settings = load_service_settings("tessera_auth", environ)
+    assert isinstance(settings, Settings)
+    client_id, secret = files["introspection_clients"].read_text().split(":")
+    assert settings.introspection_clients == ((client_id, secret.encode()),)
+    assert client_id == INTROSPECTION_CLIENT
+    placeholder = _one("Secret", "tessera-secrets")["stringData"]["introspection_clients"]
+    assert placeholder.startswith(f"{INTROSPECTION_CLIENT}:")
 
 
 def test_x_forwarded_for_is_believed_only_from_the_pods_own_loopback_by_default() -> None:

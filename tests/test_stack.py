@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -24,10 +26,10 @@ from tessera_stack import PostgresServer, RedisServer, StackError, free_port, se
 from tessera_stack.cli import main
 from tessera_stack.launcher import EXIT_NOT_RUNNING
 from tessera_stack.processes import port_is_open
-from tessera_stack.reconcile import SECRET_NAMES, ensure_secret
+from tessera_stack.reconcile import ensure_secrets
 from tessera_stack.rows import ROWS
 from tessera_stack.servers import sweep_orphaned_scratch
-from tessera_stack.services import ServiceSettings
+from tessera_stack.services import INTROSPECTION_CLIENT_ID, ServiceSettings
 from tessera_stack.state import Layout, ReplicaEntry, StackState
 from tessera_verify.env import RecordedEnviron
 from tests.stack_clients import https_client
@@ -278,12 +280,14 @@ def test_the_stack_gives_each_service_only_variables_it_reads(
         monkeypatch.delenv(name)
     layout = Layout(tmp_path)
     layout.create()
-    for name in (*SECRET_NAMES, "jwt_hs256_secret"):
-        ensure_secret(layout.secret(name))
+    ensure_secrets(layout, alg)
     settings = ServiceSettings("postgresql://tessera@127.0.0.1/t", "redis://127.0.0.1/0", 1, 2, alg)
     environ = RecordedEnviron(services.auth_env(layout, settings))
-    load_auth_settings(environ)
+    auth = load_auth_settings(environ)
     assert environ.unread() == []
+    # The stack's introspection client, as stack.env names it.
+    secret = layout.secret("introspection_client_secret").read_text().strip()
+    assert auth.introspection_clients == ((INTROSPECTION_CLIENT_ID, secret.encode()),)
     for row in ROWS.values():
         environ = RecordedEnviron(
             services.replica_env(layout, settings, ReplicaEntry("r1", 3), row.methods)
@@ -341,9 +345,19 @@ async def test_tessera_runs_the_stack_and_admin_commands_with_nothing_set(tmp_pa
         # The account is the running service's: it logs in through nginx.
         stack = _exported(run_dir / "stack.env")
         async with https_client(Path(stack["CA_CERT"])) as http:
-            body = {"username": "alice", "password": PASSWORD}
+            body = {"username": "alice", "password": PASSWORD, "credential": "token"}
             async with http.post(f"{stack['AUTH_URL']}/auth/login", json=body) as response:
                 assert response.status == 200, await response.text()
+                token = (await response.json())["access_token"]
+            # stack.env's introspection client is one the auth service knows.
+            client = f"{stack['INTROSPECTION_CLIENT_ID']}:{stack['INTROSPECTION_CLIENT_SECRET']}"
+            basic = {"Authorization": "Basic " + base64.b64encode(client.encode()).decode()}
+            async with http.post(
+                stack["INTROSPECTION_URL"], data={"token": token}, headers=basic
+            ) as response:
+                assert response.status == 200, await response.text()
+                assert (await response.json())["active"] is True
+        assert stat.S_IMODE((run_dir / "stack.env").stat().st_mode) == 0o600
     finally:
         down = _tessera(run_dir, "down", "--purge")
     assert down.returncode == 0, down.stderr

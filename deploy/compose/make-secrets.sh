@@ -9,6 +9,9 @@
 #   redis_{admin,auth,replica}_password    the Redis users' passwords, and from them:
 #   redis_users.acl                        Redis's users (deploy/roles/redis-users.acl.template)
 #   redis_auth_url, redis_replica_url      REDIS_URL_FILE of auth and of the replicas
+#   introspection_client_secret,           the introspection client resource-server (RFC 7662,
+#     introspection_clients                  HTTP Basic): its secret, and the auth service's
+#                                            TESSERA_INTROSPECTION_CLIENTS_FILE (id:secret)
 #   grafana_admin_password                 GF_SECURITY_ADMIN_PASSWORD__FILE (user admin)
 #   tls_cert.pem, tls_key.pem              nginx's certificate: self-signed, for
 #                                          localhost and 127.0.0.1 (replace with a real one)
@@ -51,6 +54,9 @@ write postgres_replica_password "$(random 24)"
 write database_replica_url \
     "postgresql://tessera_replica:$(cat "$DIR/postgres_replica_password")@postgres:5432/tessera"
 write grafana_admin_password "$(random 16)"
+# A service that validates tokens by introspection authenticates as this client.
+write introspection_client_secret "$(random 24)"
+write introspection_clients "resource-server:$(cat "$DIR/introspection_client_secret")"
 
 write redis_admin_password "$(random 24)"
 write redis_auth_password "$(random 24)"

@@ -29,7 +29,12 @@ from tessera_stack.processes import (
 )
 from tessera_stack.rows import DEFAULT_ROW, ROWS, Row, policy_problem
 from tessera_stack.servers import LOOPBACK, PostgresServer, RedisServer
-from tessera_stack.services import AUTH_PROGRAM, REPLICA_PROGRAM, ServiceSettings
+from tessera_stack.services import (
+    AUTH_PROGRAM,
+    INTROSPECTION_CLIENT_ID,
+    REPLICA_PROGRAM,
+    ServiceSettings,
+)
 from tessera_stack.stack_report import (
     error,
     print_urls,
@@ -53,7 +58,12 @@ DEFAULT_ALG = "ES256"
 DEFAULT_REPLICAS = 3
 MAX_REPLICAS = 16
 STOP_TIMEOUT = 10.0
-SECRET_NAMES = ("session_hash_key", "key_encryption_key", "forward_auth_secret")
+SECRET_NAMES = (
+    "session_hash_key",
+    "key_encryption_key",
+    "forward_auth_secret",
+    "introspection_client_secret",
+)
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,21 @@ def ensure_secret(path: Path) -> None:
         return
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write(secrets.token_urlsafe(48))
+
+
+def ensure_secrets(layout: Layout, alg: str) -> None:
+    """The services' secrets (made once), and the auth service's list of introspection
+    clients (``TESSERA_INTROSPECTION_CLIENTS_FILE``: the stack's one client)."""
+    for name in SECRET_NAMES:
+        ensure_secret(layout.secret(name))
+    if alg == "HS256":
+        ensure_secret(layout.secret("jwt_hs256_secret"))
+    secret = layout.secret("introspection_client_secret").read_text(encoding="ascii").strip()
+    fd = os.open(
+        layout.secret("introspection_clients"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+    )
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(f"{INTROSPECTION_CLIENT_ID}:{secret}\n")
 
 
 def current_settings(layout: Layout, state: StackState) -> ServiceSettings:
@@ -538,10 +563,7 @@ def cmd_up(layout: Layout, options: UpOptions) -> int:
         state.save(layout)
         restarted = _ensure_redis(layout, state, options.redis) or restarted
         state.save(layout)
-        for name in SECRET_NAMES:
-            ensure_secret(layout.secret(name))
-        if alg == "HS256":
-            ensure_secret(layout.secret("jwt_hs256_secret"))
+        ensure_secrets(layout, alg)
         ensure_certificate(layout.tls.directory)
         settings = _service_settings(layout, state, port, https_port, alg)
         auth_env = services.auth_env(layout, settings)

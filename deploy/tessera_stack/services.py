@@ -61,17 +61,22 @@ _SCRUBBED = (
     "TESSERA_KEY_ENCRYPTION_KEY",
     "TESSERA_FORWARD_AUTH_SECRET",
     "TESSERA_JWT_HS256_SECRET",
+    "TESSERA_INTROSPECTION_CLIENTS",
     "TESSERA_COOKIE_INSECURE",
 )
-# What a service reads once at start and connects to (or announces) for as
-# long as it runs: when one of these changes, the service must restart.
+# What a service reads once at start and connects to (or announces, or lets in)
+# for as long as it runs: when one of these changes, the service must restart.
 ADDRESS_VARIABLES = (
     "DATABASE_URL",
     "REDIS_URL",
     "TESSERA_PORT",
     "TESSERA_ISSUER",
     "TESSERA_AUTH_URL",
+    "TESSERA_INTROSPECTION_CLIENTS_FILE",
 )
+#: The stack's introspection client (RFC 7662's protected resource): its secret is
+#: secrets/introspection_client_secret, and stack.env hands both to scripts.
+INTROSPECTION_CLIENT_ID = "resource-server"
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,7 @@ def auth_env(layout: Layout, settings: ServiceSettings) -> dict[str, str]:
         # The demo and the bench log dozens of users in at once to measure the
         # replicas, not Argon2 admission (503 server_busy past 2 x CPUs + 2 jobs).
         TESSERA_ARGON2_MAX_PENDING="256",
+        TESSERA_INTROSPECTION_CLIENTS_FILE=str(layout.secret("introspection_clients")),
         **_hs256_secret(layout, settings),
     )
     return env

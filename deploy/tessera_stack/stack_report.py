@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from urllib.parse import urlsplit
 
 from tessera_stack.rows import ROWS
 from tessera_stack.servers import LOOPBACK
+from tessera_stack.services import INTROSPECTION_CLIENT_ID
 from tessera_stack.state import (
     Layout,
     ReplicaEntry,
@@ -29,6 +31,8 @@ class StackUrls:
     row: int
     policy: str
     ca_cert: Path
+    #: The stack's introspection client's secret (its ID is INTROSPECTION_CLIENT_ID).
+    introspection_secret: str = ""
 
     @property
     def base_url(self) -> str:
@@ -41,6 +45,10 @@ class StackUrls:
             "AUTH_URL": self.base_url,
             "JWKS_URL": f"{self.base_url}/.well-known/jwks.json",
             "METADATA_URL": f"{self.base_url}/.well-known/oauth-authorization-server",
+            # RFC 7662 with HTTP Basic: curl -u "$INTROSPECTION_CLIENT_ID:$INTROSPECTION_..."
+            "INTROSPECTION_URL": f"{self.base_url}/auth/introspect",
+            "INTROSPECTION_CLIENT_ID": INTROSPECTION_CLIENT_ID,
+            "INTROSPECTION_CLIENT_SECRET": self.introspection_secret,
             "REPLICA_URLS": ",".join(f"http://{LOOPBACK}:{r.port}" for r in self.replicas),
             "AUTH_INTERNAL_URL": f"http://{LOOPBACK}:{self.auth_port}",
             "ROW": str(self.row),
@@ -76,13 +84,25 @@ def urls_of(layout: Layout, state: StackState) -> StackUrls:
         row=state.row,
         policy=state.policy,
         ca_cert=layout.tls.ca_cert.absolute(),
+        introspection_secret=_read_secret(layout, "introspection_client_secret"),
     )
 
 
+def _read_secret(layout: Layout, name: str) -> str:
+    try:
+        return layout.secret(name).read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return ""
+
+
 def write_stack_env(layout: Layout, urls: StackUrls) -> None:
+    """Write ``stack.env`` atomically, 0600: it holds the Redis administrator's password
+    and the introspection client's secret."""
     lines = [f"{key}={value}\n" for key, value in urls.env().items()]
     tmp = layout.stack_env.with_name(".stack.env.tmp")
-    tmp.write_text("".join(lines), encoding="utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write("".join(lines))
     tmp.replace(layout.stack_env)
 
 
@@ -103,6 +123,11 @@ def print_urls(layout: Layout, urls: StackUrls, state: StackState) -> None:
         ("auth", f"{env['AUTH_URL']}/auth/  (directly: {env['AUTH_INTERNAL_URL']})"),
         ("JWKS", env["JWKS_URL"]),
         ("metadata", env["METADATA_URL"]),
+        (
+            "introspect",
+            f"{env['INTROSPECTION_URL']}  (client {env['INTROSPECTION_CLIENT_ID']}, "
+            "secret in the env file)",
+        ),
         ("replicas", ", ".join(f"{r.id}={LOOPBACK}:{r.port}" for r in urls.replicas)),
         ("CA cert", display(Path(env["CA_CERT"])) + "  (curl --cacert ...)"),
         ("database", without_password(env["DATABASE_URL"])),
