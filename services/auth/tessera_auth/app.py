@@ -28,6 +28,7 @@ from tessera_verify.ttl_cache import TTLCache
 from . import (
     app_state,
     db,
+    openapi,
     routes_account,
     routes_discovery,
     routes_health,
@@ -271,6 +272,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         routes_oauth.routes,
         routes_discovery.routes,
         routes_health.routes,
+        openapi.routes(),
     ):
         app.add_routes(table)
     if settings.cookie_insecure:

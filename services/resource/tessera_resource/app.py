@@ -20,7 +20,7 @@ from tessera_verify.http_metrics import ServiceMetrics
 from tessera_verify.integration import TesseraVerify
 from tessera_verify.principal import PRINCIPAL, AuthMethod
 
-from . import app_state, routes, routes_health
+from . import app_state, openapi, routes, routes_health
 from .comments import CommentRepository
 from .password_check import PasswordChecker
 from .settings import ResourceSettings
@@ -106,6 +106,7 @@ def create_app(settings: ResourceSettings, *, clock: Clock | None = None) -> web
     TesseraVerify(settings.verify, clock=clock, metrics=metrics).install(app)
     app.add_routes(routes.routes)
     app.add_routes(routes_health.routes)
+    app.add_routes(openapi.routes())
     if settings.verify.cookie_insecure:
         log.warning(
             "!!! INSECURE COOKIES on replica %s: no Secure flag, no __Host- prefix. "
