@@ -60,6 +60,8 @@ async def add_comment(request: web.Request) -> web.Response:
     text = require_str(body, "body", max_length=MAX_COMMENT_LENGTH).strip()
     if not text:
         raise InvalidRequest("'body' must not be empty", details={"field": "body"})
+    if "\x00" in text:  # PostgreSQL's text cannot hold it: refused here, not a 500 there
+        raise InvalidRequest("'body' must not contain NUL characters", details={"field": "body"})
     app = request.app
     comment = await app[app_state.COMMENTS].add(
         user_id=principal.user_id,
