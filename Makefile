@@ -26,12 +26,14 @@ PURGE ?=
 HOW ?=
 REDIS ?=
 FAULTS ?=
+MONITORING ?=
 
 STACK := $(PY) -m tessera_stack
 DEMO := $(PY) -m tessera_demo
 UP_ARGS := $(if $(PORT),--port $(PORT)) $(if $(HTTPS_PORT),--https-port $(HTTPS_PORT)) \
 	$(if $(ALG),--alg $(ALG)) $(if $(ROW),--row $(ROW)) $(if $(POLICY),--policy $(POLICY)) \
-	$(if $(REPLICAS),--replicas $(REPLICAS)) $(if $(REDIS),--redis $(REDIS))
+	$(if $(REPLICAS),--replicas $(REPLICAS)) $(if $(REDIS),--redis $(REDIS)) \
+	$(if $(MONITORING),--monitoring)
 
 .PHONY: help bootstrap bootstrap-dev up down status logs demo outage-probe row scale kill-replica \
 	restart-replicas test test-unit test-fast test-stack lint fmt bench bench-quick clean
@@ -43,10 +45,11 @@ help: ## List the targets
 		$(MAKEFILE_LIST)
 	@echo
 	@echo "variables: ROW=1..6 REPLICAS=N POLICY=least_conn|... HTTPS_PORT=8443 PORT=8080 ALG=ES256"
-	@echo "           REDIS=single|sentinel|cluster (up), FAULTS=1|only (demo: Redis, Sentinel and"
-	@echo "           Cluster failures under rows 4-6, a few minutes),"
+	@echo "           REDIS=single|sentinel|cluster and MONITORING=1 (Prometheus on 127.0.0.1:9090) (up),"
+	@echo "           FAULTS=1|only (demo: Redis, Sentinel and Cluster failures under rows 4-6,"
+	@echo "           a few minutes),"
 	@echo "           ROW (row), REPLICAS (scale), ID=r2 (kill-replica, restart-replicas), ROWS=1-6 (demo),"
-	@echo "           NAME=auth|nginx|nginx-access|r1|postgres|redis|migrate (logs), PURGE=1 (down),"
+	@echo "           NAME=auth|nginx|nginx-access|r1|postgres|redis|migrate|prometheus (logs), PURGE=1 (down),"
 	@echo "           HOW=stop|kill|both (outage-probe),"
 	@echo "           PYTEST_ARGS (test), BENCH_ARGS (bench, bench-quick: e.g. '--only validation,rows')"
 
@@ -56,7 +59,8 @@ bootstrap: ## Install missing system packages, create .venv, install the runtime
 bootstrap-dev: ## The same, with the dev tools (tests, linters, bench) and Prometheus
 	@deploy/scripts/bootstrap.sh --dev
 
-up: bootstrap ## Start the stack under .run/: PostgreSQL, Redis, auth, replicas, nginx (TLS)
+up: ## Start the stack under .run/: PostgreSQL, Redis, auth, replicas, nginx (TLS; MONITORING=1 adds Prometheus)
+	@deploy/scripts/bootstrap.sh $(if $(MONITORING),--prometheus)
 	@$(STACK) up $(UP_ARGS)
 
 down: ## Stop the local stack (PURGE=1 also deletes .run/: data, logs, secrets)

@@ -13,9 +13,13 @@ import stat
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp
 import asyncpg
 import pytest
+import yaml
 from redis.asyncio import Redis
 
 from tessera_auth.settings import load_settings as load_auth_settings
@@ -25,7 +29,7 @@ from tessera_resource.settings import load_settings as load_resource_settings
 from tessera_stack import PostgresServer, RedisServer, StackError, free_port, services
 from tessera_stack.cli import main
 from tessera_stack.launcher import EXIT_NOT_RUNNING
-from tessera_stack.processes import port_is_open
+from tessera_stack.processes import port_is_open, read_pid_file
 from tessera_stack.reconcile import ensure_secrets
 from tessera_stack.rows import ROWS
 from tessera_stack.servers import sweep_orphaned_scratch
@@ -421,3 +425,81 @@ def test_a_shell_that_sourced_stack_env_restarts_the_stack_on_its_own_servers(
         assert "Traceback" not in refused.stdout + refused.stderr
     finally:
         _tessera(run_dir, "down", "--purge")
+
+
+# -- optional monitoring: up --monitoring (make up MONITORING=1) -----------------------------
+
+RULES_DIR = REPO / "deploy" / "prometheus" / "rules"
+
+
+async def _prometheus_api(http: aiohttp.ClientSession, url: str, path: str) -> Any:
+    async with http.get(f"{url}/api/v1/{path}") as response:
+        body = await response.json()
+        assert body["status"] == "success", body
+        return body["data"]
+
+
+async def _targets_up(
+    http: aiohttp.ClientSession, url: str, expected: dict[str, set[str]]
+) -> dict[str, set[str]]:
+    """Poll Prometheus until the tessera jobs' targets are ``expected`` and all up (at
+    most a minute: the stack's scrape interval is 5 s); what it has at the end."""
+    seen: dict[str, set[str]] = {}
+    for _ in range(120):
+        active = (await _prometheus_api(http, url, "targets"))["activeTargets"]
+        seen = {}
+        for target in active:
+            if target["labels"]["job"].startswith("tessera-") and target["health"] == "up":
+                seen.setdefault(target["labels"]["job"], set()).add(target["labels"]["instance"])
+        if seen == expected:
+            break
+        await asyncio.sleep(0.5)
+    return seen
+
+
+async def test_monitoring_runs_prometheus_on_the_stack_with_the_alert_rules(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / ".run"
+    up = _tessera(run_dir, *up_on_free_ports("--monitoring", replicas=2))
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        stack = _exported(run_dir / "stack.env")
+        prometheus = stack["PROMETHEUS_URL"]
+        assert f"prometheus  {prometheus}" in up.stdout
+        auth = urlsplit(stack["AUTH_INTERNAL_URL"]).netloc
+
+        def expected() -> dict[str, set[str]]:
+            replicas = _exported(run_dir / "stack.env")["REPLICA_URLS"].split(",")
+            return {
+                "tessera-auth": {auth},
+                "tessera-resource": {urlsplit(url).netloc for url in replicas},
+            }
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            assert await _targets_up(http, prometheus, expected()) == expected()
+            groups = (await _prometheus_api(http, prometheus, "rules"))["groups"]
+            loaded = {rule["name"] for group in groups for rule in group["rules"]}
+            written = {
+                rule.get("alert") or rule.get("record")
+                for path in RULES_DIR.glob("*.yml")
+                for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]
+                for rule in group["rules"]
+            }
+            assert loaded == written
+            # Replicas that come later are scraped too, without restarting Prometheus.
+            pid = read_pid_file(Layout(run_dir).pid("prometheus"))
+            scaled = _tessera(run_dir, "scale", "3")
+            assert scaled.returncode == 0, scaled.stdout + scaled.stderr
+            assert len(expected()["tessera-resource"]) == 3
+            assert await _targets_up(http, prometheus, expected()) == expected()
+            assert read_pid_file(Layout(run_dir).pid("prometheus")) == pid
+        status = _tessera(run_dir, "status")
+        assert any(
+            line.split()[:2] == ["prometheus", "running"] for line in status.stdout.splitlines()
+        )
+    finally:
+        down = _tessera(run_dir, "down", "--purge")
+    assert down.returncode == 0, down.stderr
+    assert "prometheus" in down.stdout
+    assert not port_is_open(urlsplit(prometheus).port or 0)

@@ -150,6 +150,12 @@ def add_stack_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
             "(a primary, 2 replicas, 3 sentinels) or a Cluster (3 primaries, 3 replicas)"
         ),
     )
+    up.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="also run Prometheus on 127.0.0.1 (port 9090 if free) scraping the stack, "
+        "with the project's alert rules; `down` stops it",
+    )
 
     down = commands.add_parser("down", help="stop everything `up` started")
     down.add_argument(
@@ -191,6 +197,7 @@ def _up(layout: Layout, args: argparse.Namespace) -> int:
         policy=args.policy,
         replicas=args.replicas,
         redis=args.redis,
+        monitoring=bool(args.monitoring),
     )
     return cmd_up(layout, options)
 

@@ -45,7 +45,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from tessera_stack import services, stack_redis
+from tessera_stack import monitoring, services, stack_redis
 from tessera_stack.nginx_conf import render_to
 from tessera_stack.processes import (
     StackError,
@@ -81,6 +81,7 @@ from tessera_stack.stack_report import (
 from tessera_stack.state import (
     AUTH,
     NGINX,
+    PROMETHEUS,
     REPLICA_PREFIX,
     Layout,
     ReplicaEntry,
@@ -295,6 +296,8 @@ def cmd_down(layout: Layout, purge: bool) -> int:
     ):
         stopped.append(NGINX)
     layout.pid(NGINX).unlink(missing_ok=True)
+    if monitoring.stop(layout, state):
+        stopped.append(PROMETHEUS)
     replica_names = {entry.process for entry in state.replicas}
     if layout.pids.is_dir():
         replica_names |= {path.stem for path in layout.pids.glob(f"{REPLICA_PREFIX}*.pid")}
@@ -351,6 +354,10 @@ def cmd_status(layout: Layout) -> int:
     for entry in state.replicas:
         pid = replica_pid(layout, entry)
         rows.append((entry.process, _liveness(pid), f"http://{LOOPBACK}:{entry.port}"))
+    if state.monitoring and state.prometheus_port is not None:
+        prometheus = layout.prometheus_server(state.prometheus_port)
+        url = prometheus.url if prometheus.running else ""
+        rows.append((PROMETHEUS, _liveness(prometheus.pid), url))
     width = max(len(name) for name, _, _ in rows)
     for name, liveness, url in rows:
         print(f"{name:<{width}}  {liveness:<22}  {url}".rstrip())

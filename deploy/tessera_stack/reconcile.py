@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tessera_stack import redis_acl, services, stack_redis
+from tessera_stack import monitoring, redis_acl, services, stack_redis
 from tessera_stack.nginx_conf import NginxConfig, Replica, render_to
 from tessera_stack.processes import (
     StackError,
@@ -77,6 +77,8 @@ class UpOptions:
     policy: str | None = None
     replicas: int | None = None
     redis: str | None = None
+    #: Also run Prometheus (tessera_stack.monitoring); a stack that has it keeps it.
+    monitoring: bool = False
 
 
 def running_auth_pid(layout: Layout) -> int | None:
@@ -492,6 +494,8 @@ def reconcile(
             print(f"stopped replica {entry.id}", flush=True)
     state.replicas = list(desired)
     state.save(layout)
+    if state.monitoring:
+        monitoring.write_targets(layout, state)
 
 
 # -- up ---------------------------------------------------------------------------
@@ -586,6 +590,10 @@ def cmd_up(layout: Layout, options: UpOptions) -> int:
         _stop_unused_servers(layout, state)
         if restarted:
             _wait_services_ready(layout, state)
+        if options.monitoring or state.monitoring:
+            state.monitoring = True
+            monitoring.ensure(layout, state)
+            state.save(layout)
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         print(

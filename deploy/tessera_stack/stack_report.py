@@ -33,6 +33,8 @@ class StackUrls:
     ca_cert: Path
     #: The stack's introspection client's secret (its ID is INTROSPECTION_CLIENT_ID).
     introspection_secret: str = ""
+    #: With ``up --monitoring``: the stack's Prometheus.
+    prometheus_url: str = ""
 
     @property
     def base_url(self) -> str:
@@ -56,7 +58,7 @@ class StackUrls:
             "CA_CERT": str(self.ca_cert),
             "DATABASE_URL": self.database_url,
             "REDIS_URL": self.redis_url,
-        }
+        } | ({"PROMETHEUS_URL": self.prometheus_url} if self.prometheus_url else {})
 
 
 def display(path: Path) -> str:
@@ -85,6 +87,11 @@ def urls_of(layout: Layout, state: StackState) -> StackUrls:
         policy=state.policy,
         ca_cert=layout.tls.ca_cert.absolute(),
         introspection_secret=_read_secret(layout, "introspection_client_secret"),
+        prometheus_url=(
+            f"http://{LOOPBACK}:{state.prometheus_port}"
+            if state.monitoring and state.prometheus_port is not None
+            else ""
+        ),
     )
 
 
@@ -132,6 +139,11 @@ def print_urls(layout: Layout, urls: StackUrls, state: StackState) -> None:
         ("CA cert", display(Path(env["CA_CERT"])) + "  (curl --cacert ...)"),
         ("database", without_password(env["DATABASE_URL"])),
         ("redis", without_password(env["REDIS_URL"])),
+        *(
+            [("prometheus", f"{urls.prometheus_url}  (targets: /targets, alerts: /alerts)")]
+            if urls.prometheus_url
+            else []
+        ),
         ("env file", display(layout.stack_env)),
         ("logs", "./tessera logs NAME  (auth, nginx, r1, ...)"),
         ("admin", "./tessera users create NAME  (users, sessions, keys, audit: --help)"),

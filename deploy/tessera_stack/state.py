@@ -11,6 +11,7 @@ Everything lives under one run directory (``.run/`` by default)::
                  (every URL of the stack's own servers stack.env has carried)
     tls/         ca.pem (trust this), server.pem, server.key
     nginx/       nginx's prefix: conf/ (rendered, 0700), tmp/, pid and lock files
+    prometheus/  with --monitoring: prometheus.yml and targets/ (its data in data/prometheus/)
     state.json   what runs and where, for every later command
     stack.env    URLs for scripts: BASE_URL, AUTH_URL, JWKS_URL, REPLICA_URLS, ...
 """
@@ -23,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from tessera_stack import redis_acl
-from tessera_stack.servers import NginxServer, PostgresServer, RedisServer
+from tessera_stack.servers import NginxServer, PostgresServer, PrometheusServer, RedisServer
 from tessera_stack.tls import TlsFiles
 
-__all__ = ["AUTH", "NGINX", "REPLICA_PREFIX", "Layout", "ReplicaEntry", "StackState"]
+__all__ = ["AUTH", "NGINX", "PROMETHEUS", "REPLICA_PREFIX", "Layout", "ReplicaEntry", "StackState"]
 
 AUTH = "auth"
 NGINX = "nginx"
+PROMETHEUS = "prometheus"
 #: The stack PostgreSQL's superuser (the auth service, migrations, the admin CLI).
 POSTGRES_SUPERUSER = "tessera"
 #: The replicas' PostgreSQL role: their own schema (the forum), none of auth's tables.
@@ -151,6 +153,22 @@ class Layout:
         except FileNotFoundError:
             return None
 
+    @property
+    def prometheus(self) -> Path:
+        """The optional Prometheus's configuration: prometheus.yml, targets/*.json."""
+        return self.root / "prometheus"
+
+    def prometheus_server(self, port: int) -> PrometheusServer:
+        """The optional Prometheus (``up --monitoring``), its time series in data/."""
+        return PrometheusServer(
+            self.data / "prometheus",
+            self.prometheus / "prometheus.yml",
+            port=port,
+            log_path=self.log(PROMETHEUS),
+            pid_path=self.pid(PROMETHEUS),
+            detached=True,
+        )
+
     def nginx_server(self, https_port: int) -> NginxServer:
         return NginxServer(
             self.nginx,
@@ -206,6 +224,9 @@ class StackState:
     # started with (see tessera_stack.services.addresses). A service whose
     # record differs from what it would be given now holds a stale address.
     addresses: dict[str, dict[str, str]] = field(default_factory=dict)
+    # ``up --monitoring``: Prometheus runs (see tessera_stack.monitoring), on this port.
+    monitoring: bool = False
+    prometheus_port: int | None = None
 
     @classmethod
     def load(cls, layout: Layout) -> StackState:
@@ -258,6 +279,8 @@ class StackState:
             methods=text("methods"),
             replicas=replicas,
             addresses=addresses,
+            monitoring=raw.get("monitoring") is True,
+            prometheus_port=number("prometheus_port"),
         )
 
     def save(self, layout: Layout) -> None:

@@ -15,7 +15,8 @@ file).
 They listen on loopback only and exist for tests and local development, never
 for production data; PostgreSQL and Redis trust every connection unless given
 passwords (the local stack's, with its roles). One module per server
-(``postgres_server``, ``redis_server``, ``nginx_server``) on a shared ``base``.
+(``postgres_server``, ``redis_server``, ``nginx_server``, ``prometheus_server``)
+on a shared ``base``.
 """
 
 from tessera_stack.processes import StackError, free_port
@@ -27,6 +28,7 @@ from tessera_stack.servers.postgres_server import (
     find_postgres_bindir,
     sweep_orphaned_scratch,
 )
+from tessera_stack.servers.prometheus_server import PrometheusServer, find_prometheus
 from tessera_stack.servers.redis_server import RedisServer
 
 __all__ = [
@@ -35,11 +37,13 @@ __all__ = [
     "NginxServer",
     "PostgresServer",
     "ProcessOptions",
+    "PrometheusServer",
     "RedisServer",
     "ServerOptions",
     "StackError",
     "find_nginx",
     "find_postgres_bindir",
+    "find_prometheus",
     "free_port",
     "nginx_check",
     "sweep_orphaned_scratch",
