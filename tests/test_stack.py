@@ -26,7 +26,14 @@ from tessera_auth.settings import load_settings as load_auth_settings
 from tessera_demo.stack_control import up_on_free_ports
 from tessera_platform.program import distribution_version
 from tessera_resource.settings import load_settings as load_resource_settings
-from tessera_stack import PostgresServer, RedisServer, StackError, free_port, services
+from tessera_stack import (
+    PostgresServer,
+    RedisServer,
+    StackError,
+    free_port,
+    monitoring,
+    services,
+)
 from tessera_stack.cli import main
 from tessera_stack.launcher import EXIT_NOT_RUNNING
 from tessera_stack.processes import port_is_open, read_pid_file
@@ -503,3 +510,11 @@ async def test_monitoring_runs_prometheus_on_the_stack_with_the_alert_rules(
     assert down.returncode == 0, down.stderr
     assert "prometheus" in down.stdout
     assert not port_is_open(urlsplit(prometheus).port or 0)
+
+
+def test_the_local_monitoring_keeps_the_job_names_of_the_compose_configuration() -> None:
+    # The dashboard and the alert rules select by job: the local Prometheus must not rename.
+    config = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    assert {monitoring.AUTH_JOB, monitoring.REPLICA_JOB} <= jobs
+    assert monitoring.rules_dir() == RULES_DIR
