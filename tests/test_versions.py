@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,3 +54,37 @@ def test_version_option_prints_the_installed_distributions(program: str, distrib
         check=True,
     )
     assert result.stdout.strip() == f"{distribution} {version(distribution)}"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+MEMBERS = (
+    "services/verify",
+    "services/platform",
+    "services/auth",
+    "services/resource",
+    "deploy",
+    "demo",
+)
+
+
+def test_the_workspace_packages_share_one_version_and_the_changelog_knows_it() -> None:
+    versions = {
+        member: tomllib.loads((ROOT / member / "pyproject.toml").read_text())["project"]["version"]
+        for member in MEMBERS
+    }
+    assert len(set(versions.values())) == 1, versions
+    (current,) = set(versions.values())
+    assert version("tessera-auth") == current  # the installed one is this tree's
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert "## [Unreleased]" in changelog
+    assert f"version {current}" in changelog or f"## [{current}]" in changelog
+    policy = changelog.split("## Versioning policy", 1)[1].split("\n## ", 1)[0]
+    for contract in ("the HTTP API", "the configuration", "the `tessera-verify` package"):
+        assert contract in policy, contract
+
+
+def test_security_policy_says_how_to_report_privately_and_what_is_supported() -> None:
+    policy = (ROOT / "SECURITY.md").read_text(encoding="utf-8")
+    for section in ("## Reporting a vulnerability", "## Supported versions", "## Scope"):
+        assert section in policy
+    assert "Report a vulnerability" in policy
