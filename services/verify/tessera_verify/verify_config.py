@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 #: Paths answered without looking at credentials.
-PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics")
+PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json")
 
 
 @dataclass(frozen=True)
