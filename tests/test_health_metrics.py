@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from importlib.metadata import version
 from typing import Any
 
 from aiohttp import web
@@ -44,7 +45,7 @@ def _routes(samples: Samples) -> set[str]:
 async def test_healthz_is_200_ok(auth_client: Client) -> None:
     response = await auth_client.get("/healthz")
     assert response.status == 200
-    assert await response.json() == {"status": "ok"}
+    assert await response.json() == {"status": "ok", "version": version("tessera-auth")}
 
 
 async def test_readyz_is_200_with_redis_postgresql_and_keys_ok(auth_client: Client) -> None:

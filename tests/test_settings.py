@@ -531,3 +531,11 @@ def test_an_invalid_configuration_also_names_the_variables_nothing_read() -> Non
     assert result.returncode == 2, result
     assert "REDIS_URL is required" in result.stderr
     assert "tessera-auth: warning: TESSERA_REDIS_URL is set but this service" in result.stderr
+
+
+def test_a_malformed_secret_list_is_named_in_the_problem_but_never_repeated() -> None:
+    secret = "resource-server:" + "s3cr3t" * 2  # too short a secret: malformed
+    with pytest.raises(ConfigError) as refused:
+        load_settings({**DEVELOPMENT, "TESSERA_INTROSPECTION_CLIENTS": secret})
+    (problem,) = [p for p in refused.value.problems if "TESSERA_INTROSPECTION_CLIENTS" in p]
+    assert "s3cr3t" not in problem

@@ -24,6 +24,8 @@ Environment = Literal["development", "production"]
 PLACEHOLDER_MARK = "dev-only-insecure"
 DEV_SECRET = PLACEHOLDER_MARK + "-change-me-0123456789abcdef0123456789"
 MIN_SECRET_BYTES = 32
+#: Variables whose names hold one of these words carry secrets.
+SECRET_WORDS = ("SECRET", "KEY", "PASSWORD", "CLIENTS", "URL")
 
 T = TypeVar("T")
 
@@ -103,7 +105,9 @@ class EnvReader:
         try:
             return parse(value)
         except ValueError:
-            self.problems.append(f"{name}={value!r} is not {what}")
+            # A value that holds secrets is named, never repeated (problems reach logs).
+            shown = "" if any(word in name for word in SECRET_WORDS) else f"={value!r}"
+            self.problems.append(f"{name}{shown} is not {what}")
             return default
 
     def positive_int(self, name: str, default: int) -> int:
