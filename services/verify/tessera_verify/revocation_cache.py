@@ -178,9 +178,9 @@ class RevocationCache:
         for user in [u for u, (_, until) in self._valid_after.items() if until <= now]:
             del self._valid_after[user]
 
-    def _unconfirm(self, reason: str) -> None:
+    def _unconfirm(self, reason: str, *, level: int = logging.WARNING) -> None:
         if self.confirmed_at is not None:
-            log.warning("revocation feed unconfirmed (%s)", reason)
+            log.log(level, "revocation feed unconfirmed (%s)", reason)
         self.confirmed_at = None
         self._confirmed.clear()
 
@@ -197,7 +197,8 @@ class RevocationCache:
             try:
                 await self._follow()
             except asyncio.CancelledError:
-                self._unconfirm("stopped")
+                # A clean stop (the process shutting down) is no trouble to warn about.
+                self._unconfirm("stopped", level=logging.INFO)
                 raise
             except _Resync as exc:
                 # Something was missed: distrust the copy until it is reloaded.
