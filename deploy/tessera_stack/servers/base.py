@@ -10,7 +10,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, TypedDict
+from typing import ClassVar, TypedDict, Unpack
 
 from tessera_stack.processes import (
     StackError,
@@ -279,6 +279,26 @@ class _LocalServer(StartStop):
     def _stop_at_exit(self) -> None:
         with contextlib.suppress(Exception):
             self.stop(timeout=5.0)
+
+
+class _ConfiguredServer(_LocalServer):
+    """A server started on one configuration file it is given (nginx, Prometheus)."""
+
+    def __init__(
+        self,
+        base_dir: Path | str,
+        conf: Path | str,
+        *,
+        port: int,
+        **options: Unpack[ProcessOptions],
+    ) -> None:
+        super().__init__(base_dir, port=port, **options)
+        self._conf = Path(conf).absolute()
+
+    @property
+    def conf(self) -> Path:
+        """The configuration file the server is started on."""
+        return self._conf
 
 
 @dataclass(frozen=True)

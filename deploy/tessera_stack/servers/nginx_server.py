@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 from pathlib import Path
-from typing import Unpack
 
 from tessera_stack.processes import (
     StackError,
@@ -17,8 +16,7 @@ from tessera_stack.processes import (
 )
 from tessera_stack.servers.base import (
     LOOPBACK,
-    ProcessOptions,
-    _LocalServer,
+    _ConfiguredServer,
 )
 
 # -- nginx --------------------------------------------------------------------
@@ -65,7 +63,7 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-class NginxServer(_LocalServer):
+class NginxServer(_ConfiguredServer):
     """nginx on ``port`` with an already rendered configuration ``conf``.
 
     ``base_dir`` is nginx's prefix (pid, lock and temp files live there,
@@ -80,22 +78,6 @@ class NginxServer(_LocalServer):
     program = "nginx"
     # SIGQUIT is nginx's graceful shutdown: in-flight requests finish first.
     stop_signal = signal.SIGQUIT
-
-    def __init__(
-        self,
-        base_dir: Path | str,
-        conf: Path | str,
-        *,
-        port: int,
-        **options: Unpack[ProcessOptions],
-    ) -> None:
-        super().__init__(base_dir, port=port, **options)
-        self._conf = Path(conf).absolute()
-
-    @property
-    def conf(self) -> Path:
-        """The entry configuration file (``nginx -c``)."""
-        return self._conf
 
     @property
     def url(self) -> str:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import http.client
 import shutil
 from pathlib import Path
-from typing import Unpack
 
 from tessera_stack.processes import StackError
-from tessera_stack.servers.base import LOOPBACK, ProcessOptions, _LocalServer
+from tessera_stack.servers.base import LOOPBACK, _ConfiguredServer
 
 
 def find_prometheus() -> Path:
@@ -23,23 +22,12 @@ def find_prometheus() -> Path:
     )
 
 
-class PrometheusServer(_LocalServer):
+class PrometheusServer(_ConfiguredServer):
     """Prometheus on ``port`` with the configuration ``conf``, its time series under
     ``base_dir`` (one day of them)."""
 
     name = "prometheus"
     program = "prometheus"
-
-    def __init__(
-        self,
-        base_dir: Path | str,
-        conf: Path | str,
-        *,
-        port: int,
-        **options: Unpack[ProcessOptions],
-    ) -> None:
-        super().__init__(base_dir, port=port, **options)
-        self._conf = Path(conf).absolute()
 
     @property
     def url(self) -> str:
