@@ -63,6 +63,8 @@ DEPLOY_MODULES = {
 #: Modules whose tests start servers or service processes of their own (not by fixture).
 SERVER_MODULES = {
     "test_dependency_failures",
+    "test_session_store",  # its servers come through request.getfixturevalue
+    "test_revocation_failover",  # likewise
     "test_graceful_shutdown",
     "test_least_privilege",
     "test_migrations",
@@ -153,6 +155,9 @@ def fields_of(component: Any) -> set[str]:
 def with_changes(settings: Settings, **changes: Any) -> Settings:
     """``settings`` with ``changes``, each routed to the part that holds it (the process
     settings, the caches, the rest): tests name a setting, not where it lives."""
+    for part in ("process", "caches"):
+        if part in changes and set(changes) & fields_of(getattr(settings, part)):
+            raise TypeError(f"give {part}= or its fields, not both")
     changes.setdefault("process", _changed(settings.process, changes))
     changes.setdefault("caches", _changed(settings.caches, {**changes}))
     for name in fields_of(settings.caches):

@@ -52,6 +52,9 @@ def _port_in_use(port: int) -> bool:
 def test_the_readme_quick_start_runs_as_written(tmp_path: Path) -> None:
     if busy := [port for port in DEFAULT_PORTS if _port_in_use(port)]:
         pytest.skip(f"the quick start's default ports are in use: {busy}")
+    # The block's `./tessera up` runs bootstrap from the linked directory: the venv must
+    # already be current here, or it would be reinstalled from paths that go away.
+    subprocess.run([str(ROOT / "deploy/scripts/bootstrap.sh")], cwd=ROOT, check=True, timeout=900)
     for entry in ROOT.iterdir():
         if entry.name not in (".run", ".git", "tessera"):
             (tmp_path / entry.name).symlink_to(entry)

@@ -539,3 +539,34 @@ def test_a_malformed_secret_list_is_named_in_the_problem_but_never_repeated() ->
         load_settings({**DEVELOPMENT, "TESSERA_INTROSPECTION_CLIENTS": secret})
     (problem,) = [p for p in refused.value.problems if "TESSERA_INTROSPECTION_CLIENTS" in p]
     assert "s3cr3t" not in problem
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"TESSERA_AUTH_METHODS": "forward", "TESSERA_TRUSTED_PROXIES": "127.0.0.1/32"},
+        {
+            "TESSERA_AUTH_METHODS": "forward",
+            "TESSERA_TRUSTED_PROXIES": "127.0.0.1/32",
+            "TESSERA_FORWARD_AUTH_SECRET": "short",
+        },
+        {"TESSERA_AUTH_METHODS": "jwt", "TESSERA_JWT_ALG": "none"},
+    ],
+    ids=["forward secret missing", "forward secret short", "unknown algorithm"],
+)
+def test_a_replica_with_a_bad_method_setting_is_a_configuration_problem_not_a_crash(
+    changes: dict[str, str],
+) -> None:
+    from tessera_resource.settings import ConfigError as ResourceConfigError
+    from tessera_resource.settings import load_settings as load_resource_settings
+
+    production = {
+        "DATABASE_URL": DATABASE_URL,
+        "REDIS_URL": REDIS_URL,
+        "TESSERA_AUTH_URL": "http://auth:8080",
+        "TESSERA_ISSUER": "https://auth.example.com",
+        "TESSERA_REPLICA_ID": "r1",
+    }
+    with pytest.raises(ResourceConfigError) as refused:
+        load_resource_settings({**production, **changes})
+    assert refused.value.problems

@@ -126,6 +126,7 @@ have_postgres_server || missing+=(postgresql)
 have nginx || missing+=(nginx)  # "nginx" exists in every Debian/Ubuntu release; -light not in all
 have openssl || missing+=(openssl)
 have curl || missing+=(curl)
+have jq || missing+=(jq)  # README's quick start reads the tokens with it
 # promtool and the Prometheus server: the tests lint /metrics and scrape the stack;
 # `make up MONITORING=1` runs the server.
 if [ "$PROMETHEUS" -eq 1 ]; then

@@ -339,7 +339,7 @@ def cmd_status(layout: Layout) -> int:
         (layout.redis(), state.redis_url),
     ):
         if getattr(state, server.name) == "external":
-            rows.append((server.name, "external", url))
+            rows.append((server.name, "external", without_password(url)))
         elif server.name == "redis" and redis_topology(state) in stack_redis.GROUPS:
             group = stack_redis.RedisGroup.load(layout, state.redis_topology)
             for name, pid, node in group.pids(layout) if group else []:

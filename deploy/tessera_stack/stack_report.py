@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,7 +32,7 @@ class StackUrls:
     policy: str
     ca_cert: Path
     #: The stack's introspection client's secret (its ID is INTROSPECTION_CLIENT_ID).
-    introspection_secret: str = ""
+    introspection_secret: str = field(default="", repr=False)
     #: With ``up --monitoring``: the stack's Prometheus.
     prometheus_url: str = ""
 

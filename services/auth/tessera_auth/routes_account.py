@@ -21,6 +21,7 @@ from tessera_verify.errors import (
     InvalidRequest,
     InvalidTokenError,
     RegistrationDisabled,
+    TesseraError,
 )
 from tessera_verify.principal import Principal, bearer_token
 from tessera_verify.sessions import clear_session_cookie, set_session_cookie
@@ -146,9 +147,18 @@ async def logout(request: web.Request) -> web.Response:
     app = request.app
     revoked: list[str] = []
     refresh_token: str | None = None
+    # A body it cannot use (an unknown member, a parameter sent twice) is answered 400,
+    # but only after the cookie and the bearer token are revoked: a logout never
+    # fails open because of its body.
+    body_error: TesseraError | None = None
     if request.body_exists:
-        body = await read_body(request, fields=("refresh_token",), allow_form=True)
-        refresh_token = get_str(body, "refresh_token", required=False, max_length=256)
+        try:
+            body = await read_body(request, fields=("refresh_token",), allow_form=True)
+            refresh_token = get_str(body, "refresh_token", required=False, max_length=256)
+        except TesseraError as exc:
+            if exc.status >= 500:
+                raise
+            body_error = exc
 
     revoker = app[app_state.REVOKER]
     cookie_name = session_cookie_name(app)
@@ -182,6 +192,8 @@ async def logout(request: web.Request) -> web.Response:
             ip=client_ip(request, app[app_state.SETTINGS].trusted_proxies),
             revoked=revoked,
         )
+    if body_error is not None:
+        raise body_error
     if not session_id and token is None and refresh_token is None:
         raise AuthenticationError("present a session cookie, a bearer token or a refresh token")
     response = web.json_response({"revoked": revoked}, headers=NO_STORE)

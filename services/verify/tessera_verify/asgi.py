@@ -6,7 +6,10 @@
     verify = TesseraVerify(VerifyConfig(issuer=..., audience=...,
                                         methods=(JwtConfig(jwks_url=...),), redis_url=...))
     app = TesseraMiddleware(app, verify=verify)
-    # Starlette and FastAPI: app.add_middleware(TesseraMiddleware, verify=verify)
+    # Starlette and FastAPI: always app.add_middleware(TesseraMiddleware, verify=verify);
+    # wrapped from outside, their error middleware turns a dependency's 401 into a 500.
+    # Behind a proxy, run the server without proxy headers (uvicorn --no-proxy-headers):
+    # the peer address in the scope must be the proxy's own.
 
 A pure ASGI 3 middleware on the same :class:`~tessera_verify.integration.TesseraVerify`
 and authentication stack as the aiohttp integration: every HTTP request and

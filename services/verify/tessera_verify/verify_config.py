@@ -23,6 +23,7 @@ from .env import (
 )
 from .principal import AuthMethod
 from .sessions import SessionPolicy
+from .verification_keys import SUPPORTED_ALGORITHMS
 
 __all__ = [
     "CacheConfig",
@@ -37,6 +38,7 @@ __all__ = [
     "read_verify_config",
 ]
 
+MIN_FORWARD_SECRET_BYTES = 16
 #: Paths answered without looking at credentials.
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json")
 
@@ -67,6 +69,9 @@ class JwtConfig:
     def __post_init__(self) -> None:
         if (self.jwks_url is None) == (self.hs256_secret is None):
             raise ValueError("JWT validation needs jwks_url or hs256_secret (exactly one)")
+        unknown = set(self.algorithms) - SUPPORTED_ALGORITHMS
+        if unknown or not self.algorithms:
+            raise ValueError(f"unsupported algorithms: {sorted(unknown) or 'none given'}")
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,13 @@ class ForwardConfig:
 
     method: ClassVar[AuthMethod] = AuthMethod.FORWARD
     secret: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        # Checked here, when the configuration is made, not when the service starts.
+        if len(self.secret) < MIN_FORWARD_SECRET_BYTES:
+            raise ValueError(
+                f"the forward-auth secret must be at least {MIN_FORWARD_SECRET_BYTES} bytes"
+            )
 
 
 MethodConfig = JwtConfig | SharedSessionConfig | LocalSessionConfig | ForwardConfig
@@ -189,21 +201,11 @@ def read_verify_config(
     policy = read_session_policy(reader)
     methods: list[MethodConfig] = []
     for kind in dict.fromkeys(kinds):
-        if kind is AuthMethod.JWT:
-            if algorithm == "HS256":
-                secret = read_secret(reader, "TESSERA_JWT_HS256_SECRET", development)
-                methods.append(JwtConfig(hs256_secret=secret, algorithms=(algorithm,)))
-            else:
-                jwks_url = auth_url + "/.well-known/jwks.json"
-                methods.append(JwtConfig(jwks_url=jwks_url, algorithms=(algorithm,)))
-        elif kind is AuthMethod.SHARED_SESSION:
-            key = read_secret(reader, "TESSERA_SESSION_HASH_KEY", development)
-            methods.append(SharedSessionConfig(hash_key=key, policy=policy))
-        elif kind is AuthMethod.LOCAL_SESSION:
-            methods.append(LocalSessionConfig(policy=policy))
-        else:
-            secret = read_secret(reader, "TESSERA_FORWARD_AUTH_SECRET", development, min_bytes=16)
-            methods.append(ForwardConfig(secret=secret))
+        try:
+            methods.append(_read_method(kind, reader, development, auth_url, algorithm, policy))
+        except ValueError as exc:  # a value its reader already named as a problem
+            if not reader.problems:
+                reader.problems.append(str(exc))
     trusted = read_trusted_proxies(reader)
     if AuthMethod.FORWARD in kinds and not trusted:
         reader.problems.append("forward auth needs TESSERA_TRUSTED_PROXIES (nginx's address)")
@@ -223,3 +225,29 @@ def read_verify_config(
         dependency_timeout=dependency_timeout,
         caches=caches,
     )
+
+
+def _read_method(
+    kind: AuthMethod,
+    reader: EnvReader,
+    development: bool,
+    auth_url: str,
+    algorithm: str,
+    policy: SessionPolicy,
+) -> MethodConfig:
+    """Method ``kind``'s configuration from its variables; ValueError when one is bad."""
+    if kind is AuthMethod.JWT:
+        if algorithm == "HS256":
+            secret = read_secret(reader, "TESSERA_JWT_HS256_SECRET", development)
+            return JwtConfig(hs256_secret=secret, algorithms=(algorithm,))
+        jwks_url = auth_url + "/.well-known/jwks.json"
+        return JwtConfig(jwks_url=jwks_url, algorithms=(algorithm,))
+    if kind is AuthMethod.SHARED_SESSION:
+        key = read_secret(reader, "TESSERA_SESSION_HASH_KEY", development)
+        return SharedSessionConfig(hash_key=key, policy=policy)
+    if kind is AuthMethod.LOCAL_SESSION:
+        return LocalSessionConfig(policy=policy)
+    secret = read_secret(
+        reader, "TESSERA_FORWARD_AUTH_SECRET", development, min_bytes=MIN_FORWARD_SECRET_BYTES
+    )
+    return ForwardConfig(secret=secret)
