@@ -5,7 +5,7 @@
 #   - the Debian packages the stack runs (PostgreSQL, Redis, nginx, openssl,
 #     curl), and Prometheus (the server and promtool) with --dev (the tests
 #     lint /metrics and scrape a stack) or --prometheus (`make up MONITORING=1`),
-#     installed only when missing;
+#     and Chromium with --dev (the browser tests), installed only when missing;
 #   - .venv with Python >= 3.11, created only when missing;
 #   - the workspace's packages (services/*, deploy, demo: one pyproject.toml
 #     each) installed editable: only their runtime dependencies (what `make up`
@@ -131,6 +131,11 @@ have jq || missing+=(jq)  # README's quick start reads the tokens with it
 # `make up MONITORING=1` runs the server.
 if [ "$PROMETHEUS" -eq 1 ]; then
     have promtool || missing+=(prometheus)
+fi
+# Debian's Chromium: the browser tests drive it through Playwright
+# (tests/browser.py), which never downloads a browser of its own.
+if [ "$DEV" -eq 1 ]; then
+    have chromium || missing+=(chromium)
 fi
 
 PYTHON="$(find_python)"
