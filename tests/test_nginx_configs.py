@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
@@ -29,7 +30,15 @@ from yarl import URL
 
 from tessera_stack import StackError, free_port
 from tessera_stack.compose_nginx import render_compose
-from tessera_stack.nginx_conf import POLICIES, NginxConfig, Replica, render, render_to
+from tessera_stack.nginx_conf import (
+    POLICIES,
+    NginxConfig,
+    Replica,
+    default_demo_site,
+    default_template_dir,
+    render,
+    render_to,
+)
 from tessera_stack.servers import NginxServer, nginx_check
 from tessera_stack.tls import TlsFiles, ensure_certificate
 from tessera_verify.errors import PROBLEM_JSON, AuthenticationError, ServiceUnavailable
@@ -245,6 +254,13 @@ async def _serve(
 REPLICA_RETRY_AFTER = "2"
 AUTH_RETRY_AFTER = "7"
 DEPENDENCY_DOWN = ServiceUnavailable().body()
+#: Where nginx sends a browser /app/ refuses (the auth service answers the redirect).
+PORTAL_START = "/auth/portal/start"
+
+
+def _portal_login(rd: str) -> str:
+    """The login form's URL with ``rd`` as its return URL, as the portal answers it."""
+    return "/auth/portal/login?" + urlencode({"rd": rd})
 
 
 def _dependency_down(retry_after: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -298,6 +314,13 @@ async def fake_auth() -> Upstream:
                 status=401,
                 headers={"WWW-Authenticate": 'Bearer realm="tessera"'},
                 content_type=PROBLEM_JSON,
+            )
+        if request.path == PORTAL_START:
+            # The portal's contract: the URL from X-Original-URL, encoded into rd.
+            rd = request.headers.get("X-Original-URL", "")
+            return web.Response(
+                status=302,
+                headers={"Location": _portal_login(rd), "Cache-Control": "no-store"},
             )
         return web.json_response({"service": "auth", "path": request.path})
 
@@ -982,3 +1005,233 @@ async def test_tls_offers_mozillas_intermediate_suites_and_refuses_cbc(
         assert (
             await asyncio.to_thread(_handshake, port, tls.ca_cert, tls12_ciphers=None)
         ).startswith("TLSv1.3 ")
+
+
+# -- protect any app: /app/ behind forward auth and the portal --------------------------------
+
+#: The static site every policy serves at /app/ (plain HTML and CSS, not tessera's).
+DEMO_SITE = default_demo_site(default_template_dir())
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+async def test_protected_app_sends_a_browser_without_a_session_to_the_portal_with_the_full_url(
+    policy: str, tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream
+) -> None:
+    """nginx passes the URL as it was asked for; the auth service encodes and validates
+    it. Any method, any body: the portal is asked with a bare GET."""
+    forged = {name: "forged" for name in IDENTITY_HEADERS}
+    async with (
+        running_nginx(tmp_path, tls, policy, _replicas(replicas), auth.port) as (_, url),
+        https_client(tls.ca_cert, source_address(2)) as client,
+    ):
+        asked = [f"{url}/app/x?y=1", f"{url}/app/reports/q.html?a=b&c=%2F#frag"]
+        async with client.get(asked[0], headers=forged, allow_redirects=False) as response:
+            assert response.status == 302, await response.text()
+            assert response.headers["Location"] == _portal_login(asked[0])
+            assert response.headers["Cache-Control"] == "no-store"
+            # auth_request copies the challenge onto the response itself; a browser
+            # ignores it on a redirect, a script learns how to authenticate instead.
+            assert response.headers.getall("WWW-Authenticate") == ['Bearer realm="tessera"']
+            _assert_hsts(response)
+        async with client.post(
+            URL(asked[1], encoded=True), data=b"secret=1", headers=forged, allow_redirects=False
+        ) as response:
+            assert response.status == 302, await response.text()
+            # The fragment never leaves the browser.
+            assert response.headers["Location"] == _portal_login(asked[1].split("#")[0])
+    checks = [seen for seen in auth.seen if seen.path == "/auth/forward"]
+    assert [seen.headers["X-Original-URI"] for seen in checks] == [
+        "/app/x?y=1",
+        "/app/reports/q.html?a=b&c=%2F",
+    ]
+    starts = [seen for seen in auth.seen if seen.path.startswith(PORTAL_START)]
+    # The refused request's query is in X-Original-URL only, never the portal's own.
+    assert [seen.path for seen in starts] == [PORTAL_START, PORTAL_START]
+    assert [seen.headers["X-Original-URL"] for seen in starts] == [
+        asked[0],
+        asked[1].split("#")[0],
+    ]
+    for seen in starts:
+        assert seen.method == "GET"
+        assert seen.body == b""
+        assert "Content-Length" not in seen.headers
+        assert not any(name in seen.headers for name in IDENTITY_HEADERS)
+        assert seen.headers["X-Forwarded-Proto"] == "https"
+    assert len(auth.seen) == 4
+    assert not any(upstream.seen for upstream in replicas)
+
+
+@pytest.mark.parametrize("policy", ["round_robin", "forward_auth"])
+async def test_protected_app_serves_the_site_to_a_session_the_auth_service_knows(
+    policy: str, tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream
+) -> None:
+    pages = {
+        "/app/page.html?x=1": ("page.html", "text/html; charset=utf-8"),
+        "/app/": ("index.html", "text/html; charset=utf-8"),
+        "/app/reports/quarterly.html": ("reports/quarterly.html", "text/html; charset=utf-8"),
+        "/app/style.css": ("style.css", "text/css; charset=utf-8"),
+    }
+    async with (
+        running_nginx(tmp_path, tls, policy, _replicas(replicas), auth.port) as (_, url),
+        https_client(tls.ca_cert) as client,
+    ):
+        _set_only_cookie(client, url, "session", "good")
+        for path, (name, content_type) in pages.items():
+            async with client.get(url + path, allow_redirects=False) as response:
+                assert response.status == 200, path
+                assert await response.read() == (DEMO_SITE / name).read_bytes()
+                assert response.headers["Content-Type"] == content_type
+                assert response.headers["Cache-Control"] == "private, no-cache"
+                assert response.headers["X-Content-Type-Options"] == "nosniff"
+                _assert_hsts(response)
+        async with client.get(f"{url}/app/no-such-page.html") as response:
+            await _nginx_problem(response, 404, "not_found")
+        async with client.get(f"{url}/app", allow_redirects=False) as response:
+            assert response.status == 301
+            assert response.headers["Location"] == "/app/"
+    checks = [seen for seen in auth.seen if seen.path == "/auth/forward"]
+    # Every request asked first; /app/ twice (its index is an internal redirect).
+    assert [seen.headers["X-Original-URI"] for seen in checks] == [
+        "/app/page.html?x=1",
+        "/app/",
+        "/app/",
+        "/app/reports/quarterly.html",
+        "/app/style.css",
+        "/app/no-such-page.html",
+    ]
+    assert all(seen.headers["Cookie"] == "session=good" for seen in checks)
+    assert not [seen for seen in auth.seen if seen.path.startswith(PORTAL_START)]
+    assert not any(upstream.seen for upstream in replicas)
+
+
+async def test_protected_app_answers_503_while_the_auth_service_cannot_check_never_a_login(
+    tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream
+) -> None:
+    """An outage is not a logout: the browser is told to come back, not sent to log in."""
+    async with (
+        running_nginx(tmp_path, tls, "round_robin", _replicas(replicas), auth.port) as (_, url),
+        https_client(tls.ca_cert) as client,
+    ):
+        _set_only_cookie(client, url, "session", "good")
+        auth.outage = True
+        async with client.get(f"{url}/app/page.html", allow_redirects=False) as response:
+            await _nginx_problem(response, 503, "dependency_unavailable")
+            assert response.headers["Retry-After"] == AUTH_RETRY_AFTER
+            assert response.headers["Cache-Control"] == "no-store"
+        await auth.stop()
+        async with client.get(f"{url}/app/page.html", allow_redirects=False) as response:
+            await _nginx_problem(response, 503, "dependency_unavailable")
+            assert response.headers["Retry-After"] == "1"
+    assert not [seen for seen in auth.seen if seen.path.startswith(PORTAL_START)]
+
+
+async def test_protected_app_relays_the_real_auth_services_400_for_a_session_cookie_sent_twice(
+    tmp_path: Path,
+    tls: TlsFiles,
+    replicas: list[Upstream],
+    make_auth_client: AuthClientFactory,
+) -> None:
+    """The real auth service (on real PostgreSQL and Redis) decides who sees /app/."""
+    direct = await make_auth_client()
+    account = await register_and_login(direct, credential="none")
+    login = await direct.post(
+        "/auth/login",
+        json={"username": account["user"]["username"], "password": account["password"]},
+    )
+    cookie = login.cookies[SESSION_COOKIE].value
+    assert direct.port is not None
+
+    async with (
+        running_nginx(tmp_path, tls, "round_robin", _replicas(replicas), direct.port) as (_, url),
+        https_client(tls.ca_cert) as client,
+    ):
+        own = {"Cookie": f"{SESSION_COOKIE}={cookie}"}
+        async with client.get(f"{url}/app/page.html", headers=own) as response:
+            assert response.status == 200
+            assert await response.read() == (DEMO_SITE / "page.html").read_bytes()
+        twice = {"Cookie": f"{SESSION_COOKIE}={'a' * 43}; {SESSION_COOKIE}={cookie}"}
+        async with client.get(f"{url}/app/page.html", headers=twice) as response:
+            await _nginx_problem(response, 400, "duplicate_cookie")
+            assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_protected_app_serves_the_demo_site_directory_in_every_policy(
+    tmp_path: Path, tls: TlsFiles
+) -> None:
+    for policy in POLICIES:
+        files = render(_config(tmp_path, tls, policy, THREE))
+        assert "include protected_app.conf;" in files["server.conf"]
+        assert "include protected_app_maps.conf;" in files["http.conf"]
+        assert f"alias {DEMO_SITE}/;" in files["protected_app.conf"]
+    # A site elsewhere (a path with a space is quoted).
+    elsewhere = tmp_path / "my site"
+    config = NginxConfig(**{**_config(tmp_path, tls, "round_robin", THREE).__dict__})
+    config = NginxConfig(**{**config.__dict__, "demo_site": elsewhere})
+    assert f'alias "{elsewhere}/";' in render(config)["protected_app.conf"]
+    assert (DEMO_SITE / "index.html").is_file()
+
+
+def _readme_snippet() -> str:
+    """The nginx block nginx/README.md tells users to copy under "Protect any app"."""
+    readme = (default_template_dir() / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Protect any app") :]
+    return section.split("```nginx\n", 1)[1].split("```", 1)[0]
+
+
+async def test_the_readme_snippet_protects_an_app_as_written(
+    tmp_path: Path, tls: TlsFiles, replicas: list[Upstream], auth: Upstream
+) -> None:
+    """The snippet runs in a real nginx with only its addresses and certificate filled
+    in: the portal for strangers, the app (with the identity, never a forged one) for
+    a session the auth service knows."""
+    app = replicas[0]
+    port = free_port()
+    snippet = _readme_snippet()
+    filled = {
+        "server 127.0.0.1:8080;": f"server 127.0.0.1:{auth.port};",
+        "listen 443 ssl;": f"listen 127.0.0.1:{port} ssl;",
+        "# ... ssl_certificate, ssl_certificate_key ...": (
+            f"ssl_certificate {tls.cert}; ssl_certificate_key {tls.key};"
+        ),
+        "proxy_pass http://127.0.0.1:3000;": f"proxy_pass http://127.0.0.1:{app.port};",
+    }
+    for placeholder, value in filled.items():
+        assert snippet.count(placeholder) == 1, placeholder
+        snippet = snippet.replace(placeholder, value)
+    prefix = tmp_path / "nginx"
+    (prefix / "tmp").mkdir(parents=True)
+    temp_paths = "\n".join(
+        f"    {kind}_temp_path {prefix / 'tmp' / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        f"daemon off;\npid {prefix / 'nginx.pid'};\nerror_log stderr notice;\n"
+        f"events {{}}\nhttp {{\n{temp_paths}\n    access_log off;\n{snippet}\n}}\n",
+        encoding="utf-8",
+    )
+    server = NginxServer(prefix, conf, port=port, log_path=tmp_path / "nginx.log")
+    await asyncio.to_thread(server.start)
+    url = f"https://127.0.0.1:{port}"
+    forged = {name: "forged" for name in IDENTITY_HEADERS}
+    try:
+        async with https_client(tls.ca_cert) as client:
+            asked = f"{url}/reports/q3?team=a"
+            async with client.get(asked, headers=forged, allow_redirects=False) as response:
+                assert response.status == 302, await response.text()
+                assert response.headers["Location"] == _portal_login(asked)
+            _set_only_cookie(client, url, "session", "good")
+            async with client.get(asked, headers=forged) as response:
+                assert response.status == 200
+                assert response.headers["X-Served-By"] == app.name
+            async with client.get(f"{url}/auth/me") as response:
+                assert await response.json() == {"service": "auth", "path": "/auth/me"}
+    finally:
+        await asyncio.to_thread(server.stop)
+    (start,) = [seen for seen in auth.seen if seen.path == PORTAL_START]
+    assert start.headers["X-Original-URL"] == asked
+    assert start.method == "GET"
+    (seen,) = app.seen
+    assert seen.path == "/reports/q3?team=a"
+    assert seen.headers["X-Tessera-User-Id"] == "user-1"
+    assert seen.headers["X-Tessera-Username"] == "alice"

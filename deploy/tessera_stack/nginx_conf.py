@@ -29,6 +29,7 @@ __all__ = [
     "ConfigTarget",
     "NginxConfig",
     "Replica",
+    "default_demo_site",
     "default_template_dir",
     "render",
     "render_to",
@@ -46,6 +47,8 @@ SHARED_FILES = (
     "error_pages.conf",
     "identity_cleared.conf",
     "replica_retry.conf",
+    "protected_app.conf",
+    "protected_app_maps.conf",
 )
 FORWARD_FILE = "identity_forward.conf"
 # A replica that failed once is left alone this long before nginx tries it again.
@@ -96,6 +99,9 @@ class NginxConfig:
     server_names: tuple[str, ...] = ("127.0.0.1", "localhost")
     worker_processes: str = "auto"
     error_log_level: str = "notice"
+    # The static site nginx serves at /app/ behind forward auth (None: the
+    # repository's deploy/demo-site, next to the templates).
+    demo_site: Path | None = None
 
     def problems(self) -> list[str]:
         """Every reason this configuration cannot be rendered (empty when fine)."""
@@ -141,6 +147,11 @@ def default_template_dir() -> Path:
     )
 
 
+def default_demo_site(template_dir: Path) -> Path:
+    """``deploy/demo-site`` beside the templates (``nginx/``) in the repository."""
+    return template_dir.resolve().parent / "deploy" / "demo-site"
+
+
 def _quote(value: str | Path) -> str:
     text = str(value)
     if _BARE.match(text):
@@ -172,8 +183,9 @@ def _route_upstreams(replicas: Sequence[Replica]) -> list[str]:
     return lines
 
 
-def _values(config: NginxConfig) -> dict[str, str | list[str]]:
+def _values(config: NginxConfig, template_dir: Path) -> dict[str, str | list[str]]:
     temp = config.nginx_dir / "tmp"
+    demo_site = config.demo_site or default_demo_site(template_dir)
     return {
         "pid_file": _quote(config.nginx_dir / "nginx.pid"),
         "lock_file": _quote(config.nginx_dir / "nginx.lock"),
@@ -194,6 +206,8 @@ def _values(config: NginxConfig) -> dict[str, str | list[str]]:
         "route_map": [f"{replica.id} tessera_route_{replica.id};" for replica in config.replicas],
         "route_upstreams": _route_upstreams(config.replicas),
         "forward_secret": config.forward_secret or "",
+        # An alias for a location ending in "/" ends in "/" too.
+        "demo_site": _quote(f"{demo_site}/"),
     }
 
 
@@ -218,7 +232,7 @@ def render(config: NginxConfig, template_dir: Path | None = None) -> dict[str, s
     if problems := config.problems():
         raise StackError("cannot render the nginx configuration: " + "; ".join(problems))
     templates = template_dir or default_template_dir()
-    values = _values(config)
+    values = _values(config, templates)
     sources = {ENTRY_FILE: templates / "policies" / f"{config.policy}.conf"}
     names = [*SHARED_FILES, FORWARD_FILE] if config.policy == "forward_auth" else SHARED_FILES
     sources.update({name: templates / name for name in names})
