@@ -33,6 +33,7 @@ from tessera_verify.env import (
 from tessera_verify.verify_config import CacheConfig, read_cache_config
 
 from .password_policy import DEFAULT_MIN_LENGTH, MAX_LENGTH, MIN_LENGTH_FLOOR
+from .portal.return_url import Origin, parse_origin
 from .regulation import RegulationPolicy
 
 __all__ = ["Argon2Parameters", "ConfigError", "Settings", "load_settings"]
@@ -89,6 +90,9 @@ class Settings:
     introspection_clients: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     process: ProcessSettings = field(default_factory=ProcessSettings)
     caches: CacheConfig = field(default_factory=CacheConfig)
+    #: Origins besides the issuer's that the portal may send a browser back to after
+    #: login (TESSERA_PORTAL_ALLOWED_ORIGINS): the apps it protects on other hosts.
+    portal_allowed_origins: tuple[Origin, ...] = ()
 
     @property
     def development(self) -> bool:
@@ -115,6 +119,23 @@ def _introspection_clients(reader: EnvReader) -> tuple[tuple[str, bytes], ...]:
         none,
         "a list of client_id:secret pairs (secrets of at least 16 characters)",
     )
+
+
+def _parse_origins(value: str) -> tuple[Origin, ...]:
+    return tuple(parse_origin(part) for part in value.split(",") if part.strip())
+
+
+def _portal_allowed_origins(reader: EnvReader, development: bool) -> tuple[Origin, ...]:
+    none: tuple[Origin, ...] = ()
+    origins = reader.parsed(
+        "TESSERA_PORTAL_ALLOWED_ORIGINS",
+        _parse_origins,
+        none,
+        "a comma-separated list of origins (https://host or https://host:port)",
+    )
+    if not development and any(scheme != "https" for scheme, _, _ in origins):
+        reader.problems.append("TESSERA_PORTAL_ALLOWED_ORIGINS must be https outside development")
+    return origins
 
 
 def _read_key_rotation(reader: EnvReader) -> tuple[int, int, float]:
@@ -235,6 +256,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         introspection_clients=_introspection_clients(reader),
         process=process,
         caches=read_cache_config(reader),
+        portal_allowed_origins=_portal_allowed_origins(reader, development),
         regulation=RegulationPolicy(
             max_failures_per_account=reader.parsed(
                 "TESSERA_LOGIN_MAX_FAILURES", int, 10, "an integer"
