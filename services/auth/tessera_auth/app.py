@@ -46,6 +46,7 @@ from .metrics import AuthMetrics
 from .password_check import PasswordCheck
 from .password_policy import PasswordPolicy
 from .passwords import PasswordHasher
+from .portal import routes as portal
 from .refresh_tokens import RefreshTokenStore, refresh_token_key
 from .regulation import Regulator
 from .revocation_store import RevocationStore
@@ -272,6 +273,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         routes_oauth.routes,
         routes_discovery.routes,
         routes_health.routes,
+        portal.routes,
         openapi.routes(),
     ):
         app.add_routes(table)

@@ -15,9 +15,13 @@ from typing import Any
 from aiohttp import web
 
 from tessera_platform import openapi as oa
+from tessera_platform.jsonbody import FORM
 from tessera_platform.openapi import NO_STORE, SIGNED_IN, Schema, answer, body, ref, response_ref
 
 from .password_policy import DEFAULT_MIN_LENGTH, MAX_INPUT_LENGTH, MAX_LENGTH, MIN_LENGTH_FLOOR
+from .portal import routes as portal
+from .portal.pages import CONTENT_SECURITY_POLICY
+from .portal.return_url import MAX_LENGTH as RETURN_URL_MAX_LENGTH
 from .routes_account import CREDENTIAL_KINDS
 from .routes_discovery import JWKS_PATH, METADATA_PATH
 
@@ -611,6 +615,315 @@ def _discovery_paths() -> dict[str, Schema]:
     }
 
 
+HTML = "text/html"
+_PAGE = {"type": "string", "description": "An HTML page (no script)."}
+#: What every portal answer carries besides ``X-Request-Id``.
+_PORTAL_HEADERS = {
+    "Content-Security-Policy": oa.header(
+        f"`{CONTENT_SECURITY_POLICY}`; with `Referrer-Policy: no-referrer`, "
+        "`X-Content-Type-Options: nosniff` and `X-Frame-Options: DENY`."
+    ),
+}
+#: The portal is for browsers: a session cookie, or nobody yet (never a bearer token).
+BROWSER: list[dict[str, list[str]]] = [{}, {oa.SESSION: []}, {oa.SESSION_INSECURE: []}]
+
+
+def _page(description: str, **headers: Schema) -> Schema:
+    """A portal answer with a page: never cached, with the portal's headers."""
+    return answer(
+        description,
+        _PAGE,
+        media_type=HTML,
+        headers={**_PORTAL_HEADERS, "Cache-Control": NO_STORE, **headers},
+    )
+
+
+def _redirect(description: str, **headers: Schema) -> Schema:
+    return answer(
+        description,
+        headers={
+            **_PORTAL_HEADERS,
+            "Location": oa.header("Where the browser goes next."),
+            "Cache-Control": NO_STORE,
+            **headers,
+        },
+    )
+
+
+_RETRY_AFTER = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
+_PORTAL_ERRORS: dict[str, Schema] = {
+    "400": _page(
+        "The form again saying what is missing, or an error page: a field too long or "
+        "sent twice, a credential cookie sent twice."
+    ),
+    "503": _page("An error page: a dependency is down (fail closed).", **_RETRY_AFTER),
+}
+_FORM_ERRORS: dict[str, Schema] = {
+    **_PORTAL_ERRORS,
+    "403": _page(
+        "An error page, nothing done: the CSRF token is missing or wrong, or the post "
+        "comes from another site (`Origin`, `Sec-Fetch-Site`)."
+    ),
+    "413": _page("An error page: the form is over the size limit."),
+    "415": _page("An error page: not `application/x-www-form-urlencoded` in UTF-8."),
+}
+_CSRF_TOKEN = {
+    "type": "string",
+    "description": "The token of the page the form is on (an HMAC bound to this browser).",
+}
+
+
+def _form(properties: dict[str, Schema], required: list[str]) -> Schema:
+    """An HTML form's body: parameters the portal does not read are ignored."""
+    schema = {"type": "object", "required": required, "properties": properties}
+    return {"required": True, "content": {FORM: {"schema": schema}}}
+
+
+_SIGNED_IN_FORM = _form({"csrf_token": _CSRF_TOKEN}, ["csrf_token"])
+_TO_LOGIN = _redirect("No live session: to the login form, coming back to the account page after.")
+
+
+def _portal_paths() -> dict[str, Schema]:
+    """The login portal and account page (HTML for browsers; no JavaScript)."""
+    tags = ["portal"]
+    return {
+        portal.LOGIN_PATH: {
+            "get": {
+                "operationId": "portalLoginForm",
+                "summary": "The login form.",
+                "tags": tags,
+                "security": BROWSER,
+                "parameters": [
+                    {
+                        "name": "rd",
+                        "in": "query",
+                        "required": False,
+                        "description": (
+                            "Where to go after logging in: a path on this site or an "
+                            "https URL of an allowed origin (TESSERA_PORTAL_ALLOWED_ORIGINS; "
+                            f"at most {RETURN_URL_MAX_LENGTH} characters). Anything else "
+                            "is ignored."
+                        ),
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "notice",
+                        "in": "query",
+                        "required": False,
+                        "description": "A notice to show, by name.",
+                        "schema": {"enum": list(portal.NOTICES)},
+                    },
+                ],
+                "responses": {
+                    "200": _page(
+                        "The form.",
+                        **{
+                            "Set-Cookie": oa.header(
+                                "The CSRF cookie (`__Host-tessera_csrf`), when the "
+                                "browser has none.",
+                                required=False,
+                            )
+                        },
+                    ),
+                    "400": _PORTAL_ERRORS["400"],
+                },
+            },
+            "post": {
+                "operationId": "portalLogin",
+                "summary": "Log in: a new session cookie, and to the return URL.",
+                "description": (
+                    "A session the browser brings is destroyed first (fixation). A wrong "
+                    "password and an unknown user get the same page; failures are "
+                    "throttled like `POST /auth/login`."
+                ),
+                "tags": tags,
+                "security": BROWSER,
+                "requestBody": _form(
+                    {
+                        "username": _USERNAME,
+                        "password": _PASSWORD,
+                        "csrf_token": _CSRF_TOKEN,
+                        "rd": {"type": "string", "description": "As the form's `rd`."},
+                    },
+                    ["username", "password", "csrf_token"],
+                ),
+                "responses": {
+                    "303": _redirect(
+                        "Logged in: to the return URL (default: the account page).",
+                        **{"Set-Cookie": oa.header("The new session cookie.")},
+                    ),
+                    **_FORM_ERRORS,
+                    "401": _page(
+                        "The form again: wrong username or password.",
+                        **{
+                            "WWW-Authenticate": oa.header(
+                                '`Cookie realm="tessera"`: log in for a session cookie.'
+                            )
+                        },
+                    ),
+                    "429": _page(
+                        "The form again: too many failed attempts, and when to retry.",
+                        **_RETRY_AFTER,
+                    ),
+                },
+            },
+        },
+        portal.LOGOUT_PATH: {
+            "post": {
+                "operationId": "portalLogout",
+                "summary": "Log out: revoke this browser's session, to the login form.",
+                "tags": tags,
+                "security": BROWSER,
+                "requestBody": {**_SIGNED_IN_FORM, "required": False},
+                "responses": {
+                    "303": _redirect(
+                        "Logged out (or was not logged in).",
+                        **{"Set-Cookie": oa.header("The session cookie, cleared.", required=False)},
+                    ),
+                    **_FORM_ERRORS,
+                },
+            }
+        },
+        portal.ACCOUNT_PATH: {
+            "get": {
+                "operationId": "portalAccount",
+                "summary": "The account page: who am I, my sessions, my password.",
+                "tags": tags,
+                "security": BROWSER,
+                "responses": {
+                    "200": _page("The page."),
+                    "303": _TO_LOGIN,
+                    **_PORTAL_ERRORS,
+                },
+            }
+        },
+        portal.REVOKE_PATH: {
+            "post": {
+                "operationId": "portalRevokeSession",
+                "summary": "Revoke one of my sessions.",
+                "tags": tags,
+                "security": BROWSER,
+                "parameters": [
+                    {
+                        "name": "session_id",
+                        "in": "path",
+                        "required": True,
+                        "description": "The session's public ID.",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": _SIGNED_IN_FORM,
+                "responses": {
+                    "303": _redirect(
+                        "Done (a session already gone is no error): to the account page, "
+                        "or to the login form when it was this browser's.",
+                        **{
+                            "Set-Cookie": oa.header(
+                                "The session cookie, cleared, when it was this one.",
+                                required=False,
+                            )
+                        },
+                    ),
+                    **_FORM_ERRORS,
+                    "404": response_ref("NotFound"),
+                },
+            }
+        },
+        portal.LOGOUT_ALL_PATH: {
+            "post": {
+                "operationId": "portalLogoutEverywhere",
+                "summary": "Log out everywhere: every session, refresh and access token.",
+                "tags": tags,
+                "security": BROWSER,
+                "requestBody": _SIGNED_IN_FORM,
+                "responses": {
+                    "303": _redirect(
+                        "Done: to the login form (or, without a session, there to log in).",
+                        **{"Set-Cookie": oa.header("The session cookie, cleared.", required=False)},
+                    ),
+                    **_FORM_ERRORS,
+                },
+            }
+        },
+        portal.PASSWORD_PATH: {
+            "post": {
+                "operationId": "portalChangePassword",
+                "summary": "Change my password; everything issued before is revoked.",
+                "tags": tags,
+                "security": BROWSER,
+                "requestBody": _form(
+                    {
+                        "csrf_token": _CSRF_TOKEN,
+                        "current_password": _PASSWORD,
+                        "new_password": _NEW_PASSWORD,
+                    },
+                    ["csrf_token", "current_password", "new_password"],
+                ),
+                "responses": {
+                    "303": _redirect(
+                        "Changed: to the login form (or, without a session, there to log in).",
+                        **{"Set-Cookie": oa.header("The session cookie, cleared.", required=False)},
+                    ),
+                    **_FORM_ERRORS,
+                    "400": _page(
+                        "The account page saying why (a field missing, a weak new "
+                        "password), or an error page (a field too long or sent twice)."
+                    ),
+                    "403": _page(
+                        "The account page saying the current password is wrong, or an "
+                        "error page, nothing done (CSRF)."
+                    ),
+                    "429": _page(
+                        "The account page: too many wrong current passwords, and when to retry.",
+                        **_RETRY_AFTER,
+                    ),
+                },
+            }
+        },
+        portal.START_PATH: {
+            "get": {
+                "operationId": "portalStart",
+                "summary": "Where nginx sends a browser its `auth_request` refused.",
+                "tags": tags,
+                "security": PUBLIC,
+                "parameters": [
+                    {
+                        "name": "X-Original-URL",
+                        "in": "header",
+                        "required": False,
+                        "description": (
+                            "The URL the browser asked for (nginx: "
+                            "`$scheme://$http_host$request_uri`)."
+                        ),
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "302": _redirect(
+                        "To the login form, with the URL as its `rd` when it is a valid return URL."
+                    )
+                },
+            }
+        },
+        portal.STYLESHEET_PATH: {
+            "get": {
+                "operationId": "portalStylesheet",
+                "summary": "The portal's stylesheet.",
+                "tags": tags,
+                "security": PUBLIC,
+                "responses": {
+                    "200": answer(
+                        "The stylesheet.",
+                        {"type": "string"},
+                        media_type="text/css",
+                        headers={**_PORTAL_HEADERS, "Cache-Control": oa.header("Cacheable.")},
+                    )
+                },
+            }
+        },
+    }
+
+
 @functools.cache
 def api_description() -> dict[str, Any]:
     """The auth service's OpenAPI document."""
@@ -627,6 +940,7 @@ def api_description() -> dict[str, Any]:
             **_session_paths(),
             **_oauth_paths(),
             **_discovery_paths(),
+            **_portal_paths(),
             **oa.health_operations(ref("Health")),
         },
         schemas=SCHEMAS,
@@ -639,6 +953,10 @@ def api_description() -> dict[str, Any]:
                 "description": "Token, introspection and revocation (RFC 6749 errors).",
             },
             {"name": "discovery", "description": "Keys and server metadata."},
+            {
+                "name": "portal",
+                "description": "The login portal and account page: HTML for browsers.",
+            },
         ),
     )
 
