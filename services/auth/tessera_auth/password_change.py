@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aiohttp import web
+
 from tessera_verify.errors import InvalidCredentials, WrongCurrentPassword
 
+from . import app_state
 from .accounts import Accounts
 from .audit import AuditLog
 from .regulation import Regulator
@@ -46,3 +49,13 @@ class PasswordChange:
         await self.accounts.change_password(user, new)  # the policy check is in there
         self.audit.record("password.change", user_id=user.id, username=user.username)
         return await self.revoker.revoke_everything(user.id, reason="password change")
+
+
+def password_change(app: web.Application) -> PasswordChange:
+    """The use case on ``app``'s services."""
+    return PasswordChange(
+        app[app_state.REGULATOR],
+        app[app_state.ACCOUNTS],
+        app[app_state.REVOKER],
+        app[app_state.AUDIT],
+    )

@@ -29,6 +29,7 @@ from tessera_verify.sessions import clear_session_cookie, set_session_cookie
 from . import app_state
 from .authenticate import authenticate, session_cookie_name
 from .password_policy import MAX_INPUT_LENGTH
+from .session_login import record_login, start_session
 from .session_views import session_json
 from .users import User
 
@@ -72,7 +73,7 @@ async def register(request: web.Request) -> web.Response:
 @routes.post("/auth/login")
 async def login(request: web.Request) -> web.Response:
     app = request.app
-    settings, metrics = app[app_state.SETTINGS], app[app_state.METRICS]
+    settings = app[app_state.SETTINGS]
     check_same_origin(request)  # login CSRF: another site must not log you in as someone else
     body = await read_body(request, fields=("username", "password", "credential"))
     username = require_str(body, "username", max_length=256)
@@ -85,41 +86,26 @@ async def login(request: web.Request) -> web.Response:
         )
     ip = client_ip(request, settings.trusted_proxies)
     user = await app[app_state.PASSWORD_CHECK].check(username, password, ip=ip, event="login")
-    sessions = app[app_state.SESSIONS]
-    cookie_name = session_cookie_name(app)
     payload: dict[str, Any] = {"user": _user_json(user)}
     session_link = secrets.token_urlsafe(12)
     new_session_id: str | None = None
     session_key: str | None = None
     if kind in ("session", "both"):
-        # Fixation: whatever session the client brought is destroyed, never upgraded.
-        previous = cookie_value(request, cookie_name)
-        if previous:
-            await sessions.destroy(previous)
-        new_session_id, session = await sessions.create(
-            user_id=user.id,
-            username=user.username,
-            ip=ip,
-            user_agent=request.headers.get("User-Agent", ""),
-        )
+        new_session_id, session = await start_session(request, user, ip=ip)
         session_link, session_key = session.record.public_id, session.storage_key
         payload["session"] = session_json(session)
-        metrics.tokens_issued.labels("session").inc()
     if kind in ("token", "both"):
         payload.update(
             await app[app_state.TOKEN_PAIRS].issue(
                 user_id=user.id, session_link=session_link, session_key=session_key
             )
         )
-    metrics.logins.labels("success").inc()
-    app[app_state.AUDIT].record(
-        "login", user_id=user.id, username=user.username, ip=ip, credential=kind
-    )
+    record_login(app, user, ip=ip, credential=kind)
 
     response = web.json_response(payload, headers=NO_STORE)
     if new_session_id is not None:
         set_session_cookie(
-            response, cookie_name, new_session_id, secure=not settings.cookie_insecure
+            response, session_cookie_name(app), new_session_id, secure=not settings.cookie_insecure
         )
     return response
 

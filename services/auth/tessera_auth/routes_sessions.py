@@ -9,11 +9,12 @@ from aiohttp import web
 from tessera_platform.csrf import check_same_origin
 from tessera_platform.jsonbody import read_body, require_str
 from tessera_verify.client_ip import client_ip
-from tessera_verify.errors import InvalidCredentials, NotFound, WrongCurrentPassword
+from tessera_verify.errors import NotFound
 from tessera_verify.principal import AuthMethod, Principal
 
 from . import app_state
 from .authenticate import authenticate
+from .password_change import password_change
 from .password_policy import MAX_INPUT_LENGTH
 from .session_views import session_details
 
@@ -80,22 +81,6 @@ async def change_password(request: web.Request) -> web.Response:
     current = require_str(body, "current_password", max_length=MAX_INPUT_LENGTH)
     new = require_str(body, "new_password", max_length=MAX_INPUT_LENGTH)
     app = request.app
-    accounts = app[app_state.ACCOUNTS]
-    # A stolen session must not become an unthrottled password oracle: reserve first.
     ip = client_ip(request, app[app_state.SETTINGS].trusted_proxies)
-    attempt = await app[app_state.REGULATOR].reserve("password-change:" + principal.user_id, ip)
-    try:
-        user = await accounts.users.by_id(principal.user_id)
-        if user is None:
-            raise InvalidCredentials("the caller's user no longer exists")
-        correct = await accounts.verify_password(user, current, rank=attempt.rank)
-    except Exception:
-        await attempt.succeeded()  # not a guess (a full Argon2 queue, an outage): give it back
-        raise
-    if not correct:
-        raise WrongCurrentPassword()  # the reservation stays: it was a failure
-    await attempt.succeeded()
-    await accounts.change_password(user, new)  # the policy check is in there
-    app[app_state.AUDIT].record("password.change", user_id=user.id, username=user.username)
-    summary = await app[app_state.REVOKER].revoke_everything(user.id, reason="password change")
+    summary = await password_change(app).change(principal.user_id, current, new, ip=ip)
     return web.json_response({"revoked": summary.to_json()}, headers=NO_STORE)

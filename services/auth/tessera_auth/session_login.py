@@ -1,8 +1,9 @@
 """Starting a session once a password is checked: what a browser's login does.
 
 Fixation: whatever session the browser brought is destroyed, never upgraded,
-and a new ID is made. The portal's login form uses this; ``POST /auth/login``
-does the same steps for its ``session`` credential.
+and a new ID is made. The portal's login form and ``POST /auth/login`` (its
+``session`` and ``both`` credentials) use this; both then count and audit the
+login once with :func:`record_login`, whatever they issued.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from .users import User
 
 
 async def start_session(request: web.Request, user: User, *, ip: str) -> tuple[str, Session]:
-    """A new session for ``user`` (its ID, for the cookie, and the session), counted
-    and audited as a login; the session ``request`` carried is destroyed first."""
+    """A new session for ``user`` (its ID, for the cookie, and the session); the session
+    ``request`` carried is destroyed first."""
     app = request.app
-    sessions, metrics = app[app_state.SESSIONS], app[app_state.METRICS]
+    sessions = app[app_state.SESSIONS]
     previous = cookie_value(request, session_cookie_name(app))
     if previous:
         await sessions.destroy(previous)
@@ -31,9 +32,13 @@ async def start_session(request: web.Request, user: User, *, ip: str) -> tuple[s
         ip=ip,
         user_agent=request.headers.get("User-Agent", ""),
     )
-    metrics.tokens_issued.labels("session").inc()
-    metrics.logins.labels("success").inc()
-    app[app_state.AUDIT].record(
-        "login", user_id=user.id, username=user.username, ip=ip, credential="session"
-    )
+    app[app_state.METRICS].tokens_issued.labels("session").inc()
     return session_id, session
+
+
+def record_login(app: web.Application, user: User, *, ip: str, credential: str) -> None:
+    """Count and audit one successful login that issued ``credential``."""
+    app[app_state.METRICS].logins.labels("success").inc()
+    app[app_state.AUDIT].record(
+        "login", user_id=user.id, username=user.username, ip=ip, credential=credential
+    )

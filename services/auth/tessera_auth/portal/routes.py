@@ -31,9 +31,9 @@ from tessera_verify.sessions import Session, clear_session_cookie, set_session_c
 
 from .. import app_state
 from ..authenticate import session_cookie_name
-from ..password_change import PasswordChange
+from ..password_change import password_change
 from ..password_policy import MAX_INPUT_LENGTH
-from ..session_login import start_session
+from ..session_login import record_login, start_session
 from ..session_views import session_details
 from .csrf import (
     CSRF_FIELD,
@@ -220,6 +220,7 @@ async def login(request: web.Request) -> web.Response:
             headers=exc.extra_headers(),
         )
     session_id, _ = await start_session(request, user, ip=ip)
+    record_login(app, user, ip=ip, credential="session")
     response = redirect(return_url or ACCOUNT_PATH)
     set_session_cookie(response, session_cookie_name(app), session_id, secure=_secure(app))
     return response
@@ -397,12 +398,7 @@ async def change_password(request: web.Request) -> web.Response:
             status=400,
             error="Enter your current password and a new one.",
         )
-    change = PasswordChange(
-        app[app_state.REGULATOR],
-        app[app_state.ACCOUNTS],
-        app[app_state.REVOKER],
-        app[app_state.AUDIT],
-    )
+    change = password_change(app)
     ip = client_ip(request, app[app_state.SETTINGS].trusted_proxies)
     try:
         await change.change(session.record.user_id, current, new, ip=ip)
