@@ -166,9 +166,9 @@ def page(browser_context: BrowserContext) -> Page:
     return browser_context.new_page()
 
 
-def save_screenshot(page: Page, name: str) -> Path:
-    """The visible part of ``page``, as ``docs/screenshots/<name>.png``."""
+def save_screenshot(page: Page, name: str, *, full_page: bool = False) -> Path:
+    """``page`` (its visible part, or all of it), as ``docs/screenshots/<name>.png``."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path), animations="disabled")
+    page.screenshot(path=str(path), animations="disabled", full_page=full_page)
     return path
