@@ -187,20 +187,10 @@ def origin_of(url: str) -> str:
 LOGIN = "/auth/portal/login"
 ACCOUNT = "/auth/portal/account"
 
-#: Every portal page says ``Referrer-Policy: no-referrer``, and under that policy a
-#: browser sends its form posts with ``Origin: null`` (Fetch, "serializing a request
-#: origin"), which the portal's same-origin check refuses: in Chromium every login,
-#: logout and account form answers 403. Strict: once the portal's pages send
-#: ``same-origin`` instead (checked: then all of these pass), the marks must go.
-PORTAL_FORMS_REFUSED = pytest.mark.xfail(
-    strict=True, reason="the portal's no-referrer makes Chromium post Origin: null (403)"
-)
-
 
 # -- log in through the redirect and come back ------------------------------------------
 
 
-@PORTAL_FORMS_REFUSED
 def test_a_browser_without_a_session_logs_in_through_the_portal_and_lands_on_the_page_it_asked_for(
     page: Page, browser_context: BrowserContext, browser_origin: TrustedOrigin
 ) -> None:
@@ -241,7 +231,6 @@ def test_a_browser_without_a_session_logs_in_through_the_portal_and_lands_on_the
     assert me_on_every_replica(browser_origin, planted) == {r: {401} for r in REPLICAS}
 
 
-@PORTAL_FORMS_REFUSED
 def test_the_login_page_has_labelled_inputs_and_one_error_for_every_failed_login(
     page: Page, browser_origin: TrustedOrigin
 ) -> None:
@@ -263,7 +252,6 @@ def test_the_login_page_has_labelled_inputs_and_one_error_for_every_failed_login
     save_screenshot(page, "portal-login-error")
 
 
-@PORTAL_FORMS_REFUSED
 def test_login_works_with_javascript_disabled(
     browser: Browser, browser_origin: TrustedOrigin
 ) -> None:
@@ -284,7 +272,6 @@ def test_login_works_with_javascript_disabled(
 # -- logout and revocation reach every replica ----------------------------------------
 
 
-@PORTAL_FORMS_REFUSED
 def test_logout_takes_effect_on_every_replica(
     page: Page, browser_context: BrowserContext, browser_origin: TrustedOrigin
 ) -> None:
@@ -304,7 +291,6 @@ def test_logout_takes_effect_on_every_replica(
     assert urlsplit(page.url).path == LOGIN
 
 
-@PORTAL_FORMS_REFUSED
 def test_revoking_another_session_on_the_account_page_takes_effect_on_every_replica(
     page: Page,
     browser_context: BrowserContext,
@@ -359,7 +345,6 @@ def test_a_login_form_posted_without_its_csrf_token_is_refused(
     assert session_cookie(browser_context) is None
 
 
-@PORTAL_FORMS_REFUSED
 def test_an_account_form_posted_without_its_csrf_token_is_refused(
     page: Page, browser_context: BrowserContext, browser_origin: TrustedOrigin
 ) -> None:
@@ -419,7 +404,6 @@ def _auto_submit(action: str, fields: dict[str, str]) -> str:
     )
 
 
-@PORTAL_FORMS_REFUSED
 def test_a_cross_site_post_to_the_portal_is_refused(
     page: Page, browser_context: BrowserContext, browser_origin: TrustedOrigin
 ) -> None:
@@ -468,7 +452,6 @@ OPEN_REDIRECTS = [
 
 
 @pytest.mark.parametrize("rd", OPEN_REDIRECTS)
-@PORTAL_FORMS_REFUSED
 def test_a_return_url_to_another_site_ends_on_the_stacks_own_origin(
     rd: str, page: Page, browser_context: BrowserContext, browser_origin: TrustedOrigin
 ) -> None:

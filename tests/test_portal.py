@@ -163,7 +163,7 @@ async def signed_in(client: Client, user_agent: str = "TestBrowser/1.0") -> tupl
 
 def assert_security_headers(page: Page) -> None:
     assert page.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
-    assert page.headers["Referrer-Policy"] == "no-referrer"
+    assert page.headers["Referrer-Policy"] == "same-origin"
     assert page.headers["X-Content-Type-Options"] == "nosniff"
     assert page.headers["X-Frame-Options"] == "DENY"
 

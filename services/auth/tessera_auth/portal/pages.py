@@ -41,7 +41,10 @@ CONTENT_SECURITY_POLICY = (
 )
 SECURITY_HEADERS: Mapping[str, str] = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: under no-referrer a browser posts its forms with
+    # "Origin: null" (Fetch), which the same-origin check must refuse. Other sites
+    # still get no referrer at all (a return URL in it would tell them where one was).
+    "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
 }
