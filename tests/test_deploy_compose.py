@@ -29,7 +29,7 @@ from tessera_auth.settings import load_settings as load_auth_settings
 from tessera_resource.settings import ResourceSettings
 from tessera_resource.settings import load_settings as load_resource_settings
 from tessera_stack import redis_acl
-from tessera_stack.compose_nginx import HTTPS_PORT, compose_config, render_compose
+from tessera_stack.compose_nginx import DEMO_SITE, HTTPS_PORT, compose_config, render_compose
 from tessera_stack.servers import nginx_check
 from tessera_stack.services import INTROSPECTION_CLIENT_ID
 from tessera_stack.tls import TlsFiles, ensure_certificate
@@ -455,8 +455,11 @@ def test_the_nginx_image_renders_with_the_command_the_tests_run() -> None:
     assert ("WORKDIR", f"/src/{RENDER_WORKDIR}") in render
     assert [args for word, args in render if word == "RUN"] == [RENDER_COMMAND]
     assert [args for word, args in final if word == "COPY"] == [
-        "--from=render /out/ /etc/nginx/tessera/"
+        "--from=render /out/ /etc/nginx/tessera/",
+        # the site the rendered config serves at /app/ is where it says it is
+        f"deploy/demo-site/ {DEMO_SITE}/",
     ]
+    assert f"{DEMO_SITE}/" in render_compose()["protected_app.conf"]
 
 
 def test_the_image_render_needs_only_the_standard_library_and_matches_the_renderer(

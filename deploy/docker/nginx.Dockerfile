@@ -19,6 +19,8 @@ RUN mkdir -p /tmp/nginx/tmp /tmp/nginx/logs \
     && ln -sf /dev/stdout /tmp/nginx/logs/nginx-access.log \
     && chown -R nginx:nginx /tmp/nginx
 COPY --from=render /out/ /etc/nginx/tessera/
+# The app the portal protects at /app/ (compose_nginx.DEMO_SITE).
+COPY deploy/demo-site/ /usr/share/tessera/demo-site/
 USER 101:101
 EXPOSE 8443
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \

@@ -37,6 +37,8 @@ COMPOSE_POLICY = "round_robin"
 CONTAINER_PREFIX = Path("/tmp/nginx")  # noqa: S108 - a path in the container, not here
 HTTPS_PORT = 8443
 SERVICE_PORT = 8080
+#: Where the image keeps the static site the portal protects at /app/.
+DEMO_SITE = Path("/usr/share/tessera/demo-site")
 
 
 def compose_config() -> NginxConfig:
@@ -55,6 +57,7 @@ def compose_config() -> NginxConfig:
         host="auth",
         listen_host="0.0.0.0",
         server_names=("localhost", "_"),
+        demo_site=DEMO_SITE,
     )
 
 
