@@ -45,7 +45,7 @@ from tessera_stack.state import Layout, ReplicaEntry, StackState
 from tessera_verify.env import RecordedEnviron
 from tests.stack_clients import https_client
 
-from .private_stack import CHEAP_ARGON2
+from .private_stack import CHEAP_ARGON2, own_stack
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -518,3 +518,32 @@ def test_the_local_monitoring_keeps_the_job_names_of_the_compose_configuration()
     jobs = {job["job_name"] for job in config["scrape_configs"]}
     assert {monitoring.AUTH_JOB, monitoring.REPLICA_JOB} <= jobs
     assert monitoring.rules_dir() == RULES_DIR
+
+
+async def test_a_replica_whose_port_was_taken_meanwhile_moves_to_a_free_one(
+    tmp_path: Path,
+) -> None:
+    """A replica's port is chosen free, but another program may bind it before the
+    replica does (under load), or take it while the replica is down (here: killed,
+    then ``up`` restarts it on its recorded port): the replica moves to a free port
+    and nginx is told, instead of ``up`` failing."""
+    with own_stack(tmp_path / "run") as stack:
+        first = StackState.load(stack.layout).replicas[0]
+        code, output = stack.run("kill-replica", first.id)
+        assert code == 0, output
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", first.port))
+            squatter.listen()
+            code, output = await asyncio.to_thread(stack.run, "up")
+            assert code == 0, output
+            assert f"{first.id}: port {first.port} is taken; moving to" in output
+            moved = next(r for r in StackState.load(stack.layout).replicas if r.id == first.id)
+            assert moved.port != first.port
+            nginx_conf = "\n".join(
+                path.read_text() for path in stack.layout.nginx_conf.glob("*.conf")
+            )
+            assert f"127.0.0.1:{moved.port}" in nginx_conf
+            assert f"127.0.0.1:{first.port}" not in nginx_conf
+            async with aiohttp.ClientSession() as session:
+                ready = await session.get(f"http://127.0.0.1:{moved.port}/readyz")
+                assert ready.status == 200

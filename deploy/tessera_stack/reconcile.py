@@ -382,6 +382,21 @@ def _wait_services_ready(layout: Layout, state: StackState) -> None:
 # -- replicas and nginx ---------------------------------------------------------
 
 
+#: How a service's log says its port was taken (asyncio's OSError, errno 98).
+ADDRESS_IN_USE = "address already in use"
+
+
+def _on_a_free_port(
+    entry: ReplicaEntry, desired: Sequence[ReplicaEntry], state: StackState
+) -> ReplicaEntry:
+    """``entry`` on a port nothing holds, none of the stack's own."""
+    taken = {other.port for other in desired} | {state.port, state.https_port}
+    port = free_port(LOOPBACK)
+    while port in taken:
+        port = free_port(LOOPBACK)
+    return ReplicaEntry(entry.id, port)
+
+
 def new_replica(existing: Sequence[ReplicaEntry], auth_port: int, https_port: int) -> ReplicaEntry:
     """The next replica: the next number, on auth port + number when that is free."""
     number = max((entry.number for entry in existing), default=0) + 1
@@ -463,12 +478,27 @@ def reconcile(
         spawn(layout, state, entry.process, REPLICA_PROGRAM, envs[entry.id], entry.port)
         for entry in to_start
     ]
+    desired = list(desired)
     failures: list[str] = []
-    for running in started:
+    for entry, running in zip(to_start, started, strict=True):
         try:
             services.wait_ready(layout, running)
         except StackError as exc:
-            failures.append(str(exc))
+            if ADDRESS_IN_USE not in str(exc):
+                failures.append(str(exc))
+                continue
+            # Another program took the port after it was chosen (or since the stack last
+            # ran there): the replica moves to a free one; nginx is told below.
+            moved = _on_a_free_port(entry, desired, state)
+            print(f"{entry.id}: port {entry.port} is taken; moving to {moved.port}", flush=True)
+            desired[desired.index(entry)] = moved
+            env = services.replica_env(layout, settings, moved, selected.methods)
+            try:
+                services.wait_ready(
+                    layout, spawn(layout, state, moved.process, REPLICA_PROGRAM, env, moved.port)
+                )
+            except StackError as again:
+                failures.append(str(again))
     if failures:
         raise StackError("\n".join(failures))
 
