@@ -532,7 +532,18 @@ async def test_a_replica_whose_port_was_taken_meanwhile_moves_to_a_free_one(
         code, output = stack.run("kill-replica", first.id)
         assert code == 0, output
         with socket.socket() as squatter:
-            squatter.bind(("127.0.0.1", first.port))
+            # The killed replica's connections may linger in TIME_WAIT: a listener may
+            # still bind with SO_REUSEADDR (the replica's own bind then fails: a listener
+            # is there), once the kernel has let go of the killed one.
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            for _ in range(50):
+                try:
+                    squatter.bind(("127.0.0.1", first.port))
+                    break
+                except OSError:
+                    await asyncio.sleep(0.1)
+            else:
+                pytest.fail(f"port {first.port} stayed held after the replica was killed")
             squatter.listen()
             code, output = await asyncio.to_thread(stack.run, "up")
             assert code == 0, output
