@@ -452,7 +452,7 @@ async def _targets_up(
     """Poll Prometheus until the tessera jobs' targets are ``expected`` and all up (at
     most a minute: the stack's scrape interval is 5 s); what it has at the end."""
     seen: dict[str, set[str]] = {}
-    for _ in range(120):
+    for _ in range(300):
         active = (await _prometheus_api(http, url, "targets"))["activeTargets"]
         seen = {}
         for target in active:
@@ -460,7 +460,7 @@ async def _targets_up(
                 seen.setdefault(target["labels"]["job"], set()).add(target["labels"]["instance"])
         if seen == expected:
             break
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.2)
     return seen
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import http.client
 import os
 import signal
 import socket
@@ -247,3 +248,16 @@ def terminate(
     if not wait_until(gone, timeout=5.0):
         raise StackError(f"process {pid} survived SIGKILL")
     return True
+
+
+def answers_200(port: int, path: str, host: str = "127.0.0.1") -> bool:
+    """Whether ``http://host:port/path`` answers 200 now (one quick probe; http.client,
+    not urllib: no proxy environment variable applies)."""
+    connection = http.client.HTTPConnection(host, port, timeout=2.0)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()

@@ -8,7 +8,6 @@ The environment each gets is built here, from the stack's settings.
 
 from __future__ import annotations
 
-import http.client
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from tessera_stack.processes import (
     StackError,
+    answers_200,
     is_alive,
     log_tail,
     read_pid_file,
@@ -205,15 +205,7 @@ def migrate(layout: Layout, program: str, env: dict[str, str]) -> None:
 
 def readyz(port: int) -> bool:
     """Whether ``http://127.0.0.1:PORT/readyz`` answers 200 (one quick probe)."""
-    # http.client, not urllib: no proxy environment variables apply.
-    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=2.0)
-    try:
-        connection.request("GET", "/readyz")
-        return connection.getresponse().status == 200
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        connection.close()
+    return answers_200(port, "/readyz", LOOPBACK)
 
 
 def running_pid(layout: Layout, name: str, program: str) -> int | None:

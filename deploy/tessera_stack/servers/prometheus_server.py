@@ -3,11 +3,10 @@ optional monitoring (:mod:`tessera_stack.monitoring`)."""
 
 from __future__ import annotations
 
-import http.client
 import shutil
 from pathlib import Path
 
-from tessera_stack.processes import StackError
+from tessera_stack.processes import StackError, answers_200
 from tessera_stack.servers.base import LOOPBACK, _ConfiguredServer
 
 
@@ -51,11 +50,4 @@ class PrometheusServer(_ConfiguredServer):
         ]
 
     def _ready(self, port: int) -> bool:
-        connection = http.client.HTTPConnection(LOOPBACK, port, timeout=2.0)
-        try:
-            connection.request("GET", "/-/ready")
-            return connection.getresponse().status == 200
-        except (OSError, http.client.HTTPException):
-            return False
-        finally:
-            connection.close()
+        return answers_200(port, "/-/ready", LOOPBACK)
