@@ -8,6 +8,7 @@ socket), and Argon2 verifications are counted on the app's own hasher.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -276,3 +277,38 @@ async def test_throttling_is_audited_and_counted(
     assert outcomes == ["throttled"] + ["failure"] * POLICY.max_failures_per_pair
     metrics = await (await client.get("/metrics")).text()
     assert 'tessera_logins_total{outcome="throttled"} 1.0' in metrics
+
+
+async def _portal_guess(
+    client: Client, session: aiohttp.ClientSession, username: str, password: str
+) -> int:
+    """One browser at ``session``'s address: the login form (its CSRF cookie and token),
+    then the form posted with ``password``; the post's status."""
+    async with session.get(client.make_url("/auth/portal/login")) as form:
+        html = await form.text()
+        cookies = "; ".join(line.split(";", 1)[0] for line in form.headers.getall("Set-Cookie", ()))
+    token = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert token is not None, html
+    async with session.post(
+        client.make_url("/auth/portal/login"),
+        data={"username": username, "password": password, "csrf_token": token.group(1)},
+        headers={"Cookie": cookies, "Origin": str(client.make_url("")).rstrip("/")},
+        allow_redirects=False,
+    ) as response:
+        return response.status
+
+
+async def test_simultaneous_portal_guesses_from_many_addresses_share_the_account_budget(
+    client: Client, sessions: Callable[[int], aiohttp.ClientSession], verifications: list[int]
+) -> None:
+    # The portal's form is one more door to the same account: its guesses count
+    # against the same budget as /auth/login's, however many browsers post at once.
+    owner = await register_and_login(client, credential="none")
+    name = owner["user"]["username"]
+    before = verifications[0]
+    statuses = await asyncio.gather(
+        *(_portal_guess(client, sessions(n), name, "wrong password") for n in range(60, 100))
+    )
+    assert verifications[0] - before <= POLICY.max_failures_per_account + 1
+    assert statuses.count(429) >= 40 - POLICY.max_failures_per_account - 1
+    assert set(statuses) <= {401, 429}
