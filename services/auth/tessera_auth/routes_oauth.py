@@ -33,7 +33,6 @@ from .token_pairs import grant_is_revoked
 routes = web.RouteTableDef()
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-TOKEN_TYPE_HINTS = ("access_token", "refresh_token", "session")
 #: RFC 7009 §2.1 and RFC 7662 §2.1: what a revocation or introspection request carries.
 TOKEN_FIELDS = ("token", "token_type_hint")
 
