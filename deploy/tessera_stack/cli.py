@@ -18,6 +18,7 @@ from tessera_stack import stack_redis
 from tessera_stack.launcher import (
     cmd_add_replica,
     cmd_down,
+    cmd_kill_redis,
     cmd_kill_replica,
     cmd_logs,
     cmd_remove_replica,
@@ -181,6 +182,10 @@ def add_stack_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     scale.add_argument("count", type=_count, metavar="N", help=f"1-{MAX_REPLICAS}")
     kill = commands.add_parser("kill-replica", help="SIGKILL a replica (a crash; nginx not told)")
     kill.add_argument("id", help="which replica, e.g. r2")
+    commands.add_parser(
+        "kill-redis",
+        help="SIGKILL the stack's own Redis (its primary, for a group); `up` brings it back",
+    )
     restart = commands.add_parser(
         "restart-replicas",
         help="rolling restart: one replica at a time, out of nginx while it restarts",
@@ -210,6 +215,7 @@ COMMANDS: dict[str, Command] = {
     "remove-replica": lambda layout, args: cmd_remove_replica(layout, args.id),
     "scale": lambda layout, args: cmd_scale(layout, int(args.count)),
     "kill-replica": lambda layout, args: cmd_kill_replica(layout, str(args.id)),
+    "kill-redis": lambda layout, _: cmd_kill_redis(layout),
     "restart-replicas": lambda layout, args: cmd_restart_replicas(
         layout, [str(each) for each in args.ids]
     ),

@@ -11,7 +11,8 @@ load-balancer demonstration (``--row``, see :mod:`tessera_stack.rows`).
 While the stack runs, ``row N`` switches it to another row, ``add-replica``
 / ``remove-replica`` / ``scale N`` change the number of replicas (nginx
 reloads gracefully: requests in flight finish, new ones see the new set),
-``kill-replica ID`` SIGKILLs one (a crash: nginx is not told),
+``kill-replica ID`` SIGKILLs one (a crash: nginx is not told), ``kill-redis``
+SIGKILLs the stack's own Redis (``up`` brings it back),
 ``restart-replicas`` restarts them one at a time with nginx routing around
 each (a rolling restart that fails no request), ``status``
 shows what runs, ``logs NAME`` prints a log, and ``down`` stops everything
@@ -45,7 +46,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from tessera_stack import monitoring, services, stack_redis
+from tessera_stack import live_page, monitoring, redis_faults, services, stack_redis
 from tessera_stack.nginx_conf import render_to
 from tessera_stack.processes import (
     StackError,
@@ -211,6 +212,25 @@ def cmd_kill_replica(layout: Layout, replica_id: str) -> int:
     return 0
 
 
+def cmd_kill_redis(layout: Layout) -> int:
+    """SIGKILL the stack's own Redis (a crash; nobody is told): the single server, or the
+    primary of its Sentinel group or of the Cluster's revocation slot. ``up`` brings it
+    back on its port (the single server with its AOF)."""
+    try:
+        state = _running_state(layout)
+        target = redis_faults.find_target(layout, state)
+    except StackError as exc:
+        return error(str(exc))
+    terminate(target.pid, sig=signal.SIGKILL, timeout=STOP_TIMEOUT, expect="redis-server")
+    if not wait_until(lambda: not port_is_open(target.port), timeout=STOP_TIMEOUT):
+        return error(f"port {target.port} still answers after killing {target.label}")
+    print(
+        f"killed {target.label} (pid {target.pid}, port {target.port}); "
+        "`./tessera up` brings it back"
+    )
+    return 0
+
+
 def _restart_targets(state: StackState, replica_ids: Sequence[str]) -> list[ReplicaEntry]:
     """The replicas to restart, in the stack's order; StackError for an unknown ID."""
     if not replica_ids:
@@ -298,6 +318,8 @@ def cmd_down(layout: Layout, purge: bool) -> int:
     layout.pid(NGINX).unlink(missing_ok=True)
     if monitoring.stop(layout, state):
         stopped.append(PROMETHEUS)
+    if services.stop(layout, live_page.LIVE, live_page.LIVE_PROGRAM):
+        stopped.append(live_page.LIVE)
     replica_names = {entry.process for entry in state.replicas}
     if layout.pids.is_dir():
         replica_names |= {path.stem for path in layout.pids.glob(f"{REPLICA_PREFIX}*.pid")}
@@ -354,6 +376,10 @@ def cmd_status(layout: Layout) -> int:
     for entry in state.replicas:
         pid = replica_pid(layout, entry)
         rows.append((entry.process, _liveness(pid), f"http://{LOOPBACK}:{entry.port}"))
+    if state.live_port is not None:
+        live_pid = services.running_pid(layout, live_page.LIVE, live_page.LIVE_PROGRAM)
+        url = f"https://{LOOPBACK}:{state.https_port}/live/" if live_pid else ""
+        rows.append((live_page.LIVE, _liveness(live_pid), url))
     if state.monitoring and state.prometheus_port is not None:
         prometheus = layout.prometheus_server(state.prometheus_port)
         url = prometheus.url if prometheus.running else ""

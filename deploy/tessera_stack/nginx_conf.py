@@ -49,8 +49,11 @@ SHARED_FILES = (
     "replica_retry.conf",
     "protected_app.conf",
     "protected_app_maps.conf",
+    "portal_guard.conf",
 )
 FORWARD_FILE = "identity_forward.conf"
+# Only where the live page runs (the local stack's ``live`` process, ``live_port``).
+LIVE_FILE = "live_page.conf"
 # A replica that failed once is left alone this long before nginx tries it again.
 FAIL_TIMEOUT_SECONDS = 5
 
@@ -102,6 +105,9 @@ class NginxConfig:
     # The static site nginx serves at /app/ behind forward auth (None: the
     # repository's deploy/demo-site, next to the templates).
     demo_site: Path | None = None
+    # The local stack's live load-balancer page (tessera_stack.live_page) on this
+    # port of ``host``; None: no /live/ (compose, Kubernetes).
+    live_port: int | None = None
 
     def problems(self) -> list[str]:
         """Every reason this configuration cannot be rendered (empty when fine)."""
@@ -113,6 +119,8 @@ class NginxConfig:
         ids = [replica.id for replica in self.replicas]
         if len(set(ids)) != len(ids):
             found.append(f"replica ids repeat: {', '.join(ids)}")
+        if self.live_port is not None and not 0 < self.live_port < 65536:
+            found.append(f"invalid port {self.live_port} for the live page")
         if self.policy == "forward_auth":
             if not self.forward_secret:
                 found.append("forward_auth needs the forward-auth secret")
@@ -208,6 +216,10 @@ def _values(config: NginxConfig, template_dir: Path) -> dict[str, str | list[str
         "forward_secret": config.forward_secret or "",
         # An alias for a location ending in "/" ends in "/" too.
         "demo_site": _quote(f"{demo_site}/"),
+        "live_page": f"include {LIVE_FILE};"
+        if config.live_port is not None
+        else "# (no live page here: it runs in the local stack only)",
+        "live_address": f"{config.host}:{config.live_port}",
     }
 
 
@@ -234,7 +246,11 @@ def render(config: NginxConfig, template_dir: Path | None = None) -> dict[str, s
     templates = template_dir or default_template_dir()
     values = _values(config, templates)
     sources = {ENTRY_FILE: templates / "policies" / f"{config.policy}.conf"}
-    names = [*SHARED_FILES, FORWARD_FILE] if config.policy == "forward_auth" else SHARED_FILES
+    names = [*SHARED_FILES]
+    if config.policy == "forward_auth":
+        names.append(FORWARD_FILE)
+    if config.live_port is not None:
+        names.append(LIVE_FILE)
     sources.update({name: templates / name for name in names})
     rendered: dict[str, str] = {}
     for name, source in sources.items():

@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tessera_stack import monitoring, redis_acl, services, stack_redis
+from tessera_stack import live_page, monitoring, redis_acl, services, stack_redis
 from tessera_stack.nginx_conf import NginxConfig, Replica, render_to
 from tessera_stack.processes import (
     StackError,
@@ -63,6 +63,7 @@ SECRET_NAMES = (
     "key_encryption_key",
     "forward_auth_secret",
     "introspection_client_secret",
+    live_page.OPERATOR_SECRET,
 )
 
 
@@ -428,7 +429,51 @@ def nginx_config(
         tls_cert=tls.cert.absolute(),
         tls_key=tls.key.absolute(),
         forward_secret=forward_secret,
+        live_port=state.live_port,
     )
+
+
+# -- the live page ----------------------------------------------------------------
+
+
+def _live_pid(layout: Layout) -> int | None:
+    return services.running_pid(layout, live_page.LIVE, live_page.LIVE_PROGRAM)
+
+
+def choose_live_port(layout: Layout, state: StackState) -> int:
+    """The live page's port: the recorded one while it runs there or is free, else a
+    free one that is none of the stack's own."""
+    recorded = state.live_port
+    if recorded is not None and (
+        _live_pid(layout) is not None or port_is_bindable(recorded, LOOPBACK)
+    ):
+        return recorded
+    taken = {entry.port for entry in state.replicas} | {state.port, state.https_port}
+    port = free_port(LOOPBACK)
+    while port in taken:
+        port = free_port(LOOPBACK)
+    return port
+
+
+def ensure_live_page(layout: Layout, state: StackState) -> None:
+    """Start the live page (:mod:`tessera_stack.live_page`) on ``state.live_port``
+    unless it runs; it runs the stack's commands in the environment ``up`` ran in."""
+    assert state.live_port is not None
+    pid = _live_pid(layout)
+    if pid is not None and state.addresses.get(live_page.LIVE, {}).get("port") == str(
+        state.live_port
+    ):
+        return
+    services.stop(layout, live_page.LIVE, live_page.LIVE_PROGRAM)
+    env = {
+        **os.environ,
+        live_page.PORT_ENV: str(state.live_port),
+        live_page.RUN_DIR_ENV: str(layout.root.absolute()),
+    }
+    print(f"starting the live page on port {state.live_port} ...", flush=True)
+    started = services.spawn(layout, live_page.LIVE, live_page.LIVE_PROGRAM, env, state.live_port)
+    state.addresses[live_page.LIVE] = {"port": str(state.live_port)}
+    services.wait_ready(layout, started)
 
 
 def reconcile(
@@ -616,7 +661,10 @@ def cmd_up(layout: Layout, options: UpOptions) -> int:
         replicas = list(state.replicas[:count])
         while len(replicas) < count:
             replicas.append(new_replica(replicas, port, https_port))
+        state.live_port = choose_live_port(layout, state)
         reconcile(layout, state, replicas, selected, policy, migrate=True)
+        ensure_live_page(layout, state)
+        state.save(layout)
         _stop_unused_servers(layout, state)
         if restarted:
             _wait_services_ready(layout, state)

@@ -61,6 +61,10 @@ class StackUrls:
         } | ({"PROMETHEUS_URL": self.prometheus_url} if self.prometheus_url else {})
 
 
+#: The live page's operator secret (tessera_stack.live_page.OPERATOR_SECRET).
+OPERATOR_SECRET_FILE = "operator_secret"  # noqa: S105 - a file name
+
+
 def display(path: Path) -> str:
     try:
         return str(path.relative_to(Path.cwd()))
@@ -136,6 +140,11 @@ def print_urls(layout: Layout, urls: StackUrls, state: StackState) -> None:
             "secret in the env file)",
         ),
         ("replicas", ", ".join(f"{r.id}={LOOPBACK}:{r.port}" for r in urls.replicas)),
+        (
+            "live page",
+            f"{env['BASE_URL']}/live/  (operator secret: "
+            f"{display(layout.secret(OPERATOR_SECRET_FILE))})",
+        ),
         ("CA cert", display(Path(env["CA_CERT"])) + "  (curl --cacert ...)"),
         ("database", without_password(env["DATABASE_URL"])),
         ("redis", without_password(env["REDIS_URL"])),

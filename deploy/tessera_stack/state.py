@@ -227,6 +227,8 @@ class StackState:
     # ``up --monitoring``: Prometheus runs (see tessera_stack.monitoring), on this port.
     monitoring: bool = False
     prometheus_port: int | None = None
+    # The live load-balancer page's port (tessera_stack.live_page).
+    live_port: int | None = None
 
     @classmethod
     def load(cls, layout: Layout) -> StackState:
@@ -281,6 +283,7 @@ class StackState:
             addresses=addresses,
             monitoring=raw.get("monitoring") is True,
             prometheus_port=number("prometheus_port"),
+            live_port=number("live_port"),
         )
 
     def save(self, layout: Layout) -> None:
