@@ -44,6 +44,7 @@ pytest_plugins = ["tests.fixtures_infra"]
 #: Kubernetes, packages). ``make test-fast`` is everything but the stack tier.
 STACK_MODULES = {
     "test_bench_smoke",
+    "test_browser_live",
     "test_browser_portal",
     "test_readme_quickstart",
     "test_demo_faults",

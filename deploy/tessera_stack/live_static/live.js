@@ -33,6 +33,7 @@
     colors: new Map(), // replica id -> colour index
     action: null, // the operator control being watched
     drawnStack: "", // the state last drawn
+    stateAt: "", // when it was read
     timer: null,
   };
 
@@ -164,8 +165,13 @@
     live.bearer = null;
     live.signedIn = false;
     renderSignIn();
+    newPhase(rowPhaseLabel());
+  }
+
+  function rowPhaseLabel() {
+    const row = live.stack && live.stack.row;
     const label = row ? `row ${row.number} (${row.label})` : "no row";
-    newPhase(needsSignIn() ? `${label}, not signed in` : label);
+    return needsSignIn() ? `${label}, not signed in` : label;
   }
 
   async function refreshState() {
@@ -176,8 +182,15 @@
         live.running = false;
         return;
       }
-      if (!response.ok) return;
+      if (!response.ok) {
+        // 503: the auth service cannot check the portal session (Redis gone, say).
+        const answer = await response.json().catch(() => ({}));
+        $("stack-status").textContent = `the stack's state is from ${live.stateAt || "never"}: /live/state answered ${response.status} (${answer.error || "no detail"})`;
+        return;
+      }
       const stack = await response.json();
+      live.stateAt = new Date().toISOString().slice(11, 19);
+      $("stack-status").textContent = "";
       live.stack = stack;
       const key = stack.row ? `${stack.row.number} ${stack.policy}` : "";
       if (key !== live.rowKey) {
@@ -239,7 +252,12 @@
       live.action = null;
       $("operator-output").textContent = latest.output;
       showOperator(`${latest.command}: ${latest.status}`, latest.status !== "done");
-      refreshState();
+      await refreshState();
+      // After a row switch (to the same row too) or `up`, the replicas are new: what
+      // comes next is the row's own behaviour, not the switch's.
+      if ((latest.action === "row" || latest.action === "up") && currentPhase().label.startsWith("after ")) {
+        newPhase(rowPhaseLabel());
+      }
       return;
     }
     setTimeout(watchAction, ACTION_POLL_MS);
