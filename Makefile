@@ -35,7 +35,7 @@ UP_ARGS := $(if $(PORT),--port $(PORT)) $(if $(HTTPS_PORT),--https-port $(HTTPS_
 	$(if $(REPLICAS),--replicas $(REPLICAS)) $(if $(REDIS),--redis $(REDIS)) \
 	$(if $(MONITORING),--monitoring)
 
-.PHONY: help bootstrap bootstrap-dev up down status logs demo outage-probe row scale kill-replica \
+.PHONY: help bootstrap bootstrap-dev up down status logs demo outage-probe row scale kill-replica kill-redis \
 	restart-replicas test test-unit test-fast test-stack lint fmt bench bench-quick clean
 
 help: ## List the targets
@@ -89,6 +89,9 @@ scale: ## Add or remove replicas on the running stack (REPLICAS=N); nginx reload
 kill-replica: ## SIGKILL one replica to simulate a crash (ID=r2); nginx is not told
 	@test -n "$(ID)" || { echo "usage: make kill-replica ID=r2" >&2; exit 2; }
 	@$(STACK) kill-replica $(ID)
+
+kill-redis: ## SIGKILL the stack's own Redis (a group's primary); `make up` brings it back
+	@$(STACK) kill-redis
 
 restart-replicas: ## Rolling restart of the replicas, one at a time out of nginx (ID=r2 for one)
 	@$(STACK) restart-replicas $(ID)
