@@ -40,15 +40,6 @@ REPLICAS = [ReplicaEntry("r1", 18081), ReplicaEntry("r2", 18082)]
 #: How long a real stack command may take to fail (it starts nothing; a slow CI box).
 COMMAND_DEADLINE = 60.0
 
-#: Product bug: action_handler assigns ``app[LATEST]`` on the running app, which aiohttp
-#: deprecates (DeprecationWarning, an error under ``filterwarnings = error``, and an
-#: error in aiohttp 4): every control that starts answers 500. Remove once fixed.
-STATE_ON_A_RUNNING_APP = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="product bug: live_page assigns app[LATEST] on a started app (500)",
-)
-
 
 @pytest.fixture
 def layout(tmp_path: Path) -> Layout:
@@ -259,11 +250,6 @@ async def test_every_control_needs_the_operator_secret(
     await _nothing_started(client)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: _check_secret encodes the header with surrogates (bytes that "
-    "are not UTF-8) and raises UnicodeEncodeError, a 500",
-)
 async def test_a_secret_header_that_is_not_utf8_is_refused_like_a_wrong_one(
     client: Client,
 ) -> None:
@@ -303,13 +289,7 @@ async def test_an_unknown_control_is_a_404_problem(client: Client) -> None:
         ("row", {"row": 4, "policy": "ip_hash"}),
         ("kill-replica", {"replica": "../x"}),
         ("kill-replica", {"replica": "r1; kill-redis"}),
-        pytest.param(
-            "kill-replica",
-            {"replica": "r1\n"},
-            marks=pytest.mark.xfail(
-                strict=True, reason="product bug: _REPLICA_ID.match's $ allows a final newline"
-            ),
-        ),
+        ("kill-replica", {"replica": "r1\n"}),
         ("kill-replica", {"replica": 1}),
         ("kill-replica", {}),
         ("add-replica", {"count": 2}),
@@ -352,7 +332,6 @@ async def test_latest_is_a_404_before_any_control(client: Client) -> None:
     await _problem(response, 404, "not_found")
 
 
-@STATE_ON_A_RUNNING_APP
 async def test_a_row_switch_runs_the_stack_command_and_reports_its_failure(
     client: Client,
 ) -> None:
@@ -396,7 +375,6 @@ def gated_command(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[asyncio.Eve
     release.set()
 
 
-@STATE_ON_A_RUNNING_APP
 async def test_one_control_at_a_time_the_next_is_a_409_until_it_is_done(
     client: Client, layout: Layout, gated_command: tuple[asyncio.Event, list[Any]]
 ) -> None:
@@ -439,7 +417,6 @@ async def test_one_control_at_a_time_the_next_is_a_409_until_it_is_done(
         ("up", {}, ["up"]),
     ],
 )
-@STATE_ON_A_RUNNING_APP
 async def test_each_control_runs_the_stack_command_of_its_name(
     client: Client,
     gated_command: tuple[asyncio.Event, list[Any]],
@@ -455,11 +432,6 @@ async def test_each_control_runs_the_stack_command_of_its_name(
     assert [command for _, command in ran] == [args]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: _run catches only ActionTimeout; a command that cannot start "
-    "(OSError) leaves the control 'running' and every later one a 409",
-)
 async def test_a_command_that_cannot_start_fails_and_frees_the_controls(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1423,11 +1423,6 @@ async def test_the_live_page_is_behind_the_portal_and_only_it_sees_the_operator_
         assert OPERATOR_SECRET_HEADER not in seen.headers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: @tessera_portal_start (protected_app.conf) passes X-Operator-Secret "
-    "on to the auth service; only the auth_request subrequest clears it",
-)
 async def test_a_refused_request_to_the_live_page_does_not_take_the_operator_secret_to_the_portal(
     tmp_path: Path, tls: TlsFiles, auth: Upstream
 ) -> None:

@@ -37,7 +37,7 @@ import os
 import re
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +110,16 @@ class ActionRun:
         return asdict(self)
 
 
-LATEST: web.AppKey[ActionRun | None] = web.AppKey("latest")
-TASKS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("tasks")
+@dataclass
+class Controls:
+    """The controls' record, made once with the app (a started app's state is frozen):
+    the latest control (None before the first) and the task running it."""
+
+    latest: ActionRun | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+CONTROLS = web.AppKey("controls", Controls)
 
 
 class OperatorSecretRequired(Forbidden):
@@ -210,7 +218,10 @@ async def state_handler(request: web.Request) -> web.Response:
 
 def _check_secret(request: web.Request) -> None:
     given = request.headers.get(SECRET_HEADER, "").strip()
-    if not hmac.compare_digest(given.encode(), request.app[SECRET].encode()):
+    # aiohttp keeps bytes that are not UTF-8 as surrogates: encode them back, never fail.
+    if not hmac.compare_digest(
+        given.encode(errors="surrogateescape"), request.app[SECRET].encode()
+    ):
         raise OperatorSecretRequired()
 
 
@@ -225,7 +236,7 @@ async def _command(request: web.Request, action: str) -> list[str]:
     if action == "kill-replica":
         body = await read_body(request, fields=("replica",))
         replica = body.get("replica")
-        if not isinstance(replica, str) or not _REPLICA_ID.match(replica):
+        if not isinstance(replica, str) or not _REPLICA_ID.fullmatch(replica):
             raise InvalidRequest("'replica' must be a replica id such as r2")
         return ["kill-replica", replica]
     if action in ("add-replica", "kill-redis", "up"):
@@ -266,6 +277,9 @@ async def _run(layout: Layout, run: ActionRun, args: list[str]) -> None:
         run.status = "done" if run.exit_status == 0 else "failed"
     except ActionTimeout as exc:
         run.status, run.output = "failed", exc.message
+    except Exception as exc:  # it could not even start: never leave it "running" (a 409 forever)
+        log.exception("operator control #%d %s could not run", run.number, run.command)
+        run.status, run.output = "failed", f"the command could not run: {exc}"
     log.info("operator control #%d %s: %s", run.number, run.command, run.status)
 
 
@@ -274,8 +288,8 @@ async def action_handler(request: web.Request) -> web.Response:
     _check_secret(request)
     action = request.match_info["action"]
     args = await _command(request, action)
-    app = request.app
-    previous = app[LATEST]
+    controls = request.app[CONTROLS]
+    previous = controls.latest
     if previous is not None and previous.status == "running":
         raise ActionBusy()
     run = ActionRun(
@@ -283,10 +297,10 @@ async def action_handler(request: web.Request) -> web.Response:
         action=action,
         command=" ".join(args),
     )
-    app[LATEST] = run
+    controls.latest = run
     log.info("operator control #%d: %s", run.number, run.command)
-    app[TASKS].add(task := asyncio.create_task(_run(app[LAYOUT], run, args)))
-    task.add_done_callback(app[TASKS].discard)
+    controls.tasks.add(task := asyncio.create_task(_run(request.app[LAYOUT], run, args)))
+    task.add_done_callback(controls.tasks.discard)
     return web.json_response(
         run.as_json(),
         status=202,
@@ -297,7 +311,7 @@ async def action_handler(request: web.Request) -> web.Response:
 async def latest_handler(request: web.Request) -> web.Response:
     """The latest control and how it went (404 before the first)."""
     _check_secret(request)
-    run = request.app[LATEST]
+    run = request.app[CONTROLS].latest
     if run is None:
         raise NotFound("no control has run yet")
     return web.json_response(run.as_json(), headers={"Cache-Control": "no-store"})
@@ -306,8 +320,8 @@ async def latest_handler(request: web.Request) -> web.Response:
 async def _finish_tasks(app: web.Application) -> None:
     """On shutdown: let a running command finish (it changes the stack; half a row
     switch helps nobody), within its own timeout."""
-    if app[TASKS]:
-        await asyncio.gather(*app[TASKS], return_exceptions=True)
+    if tasks := app[CONTROLS].tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def readyz(_: web.Request) -> web.Response:
@@ -321,8 +335,7 @@ def create_app(layout: Layout, secret: str) -> web.Application:
     app = web.Application(client_max_size=4096, middlewares=[error_middleware_for(())])
     app[LAYOUT] = layout
     app[SECRET] = secret
-    app[LATEST] = None
-    app[TASKS] = set()
+    app[CONTROLS] = Controls()
     app.on_shutdown.append(_finish_tasks)
     for name in PAGE_FILES:
         app.router.add_get(f"/live/{name}", _page_file(name))

@@ -72,7 +72,7 @@ class Replica:
     host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
-        if not _REPLICA_ID.match(self.id):
+        if not _REPLICA_ID.fullmatch(self.id):
             raise ValueError(f"replica id must look like r1, r2, ... (got {self.id!r})")
         if not 0 < self.port < 65536:
             raise ValueError(f"invalid port {self.port} for replica {self.id}")
