@@ -31,10 +31,12 @@ process and nginx has no ``/live/`` (a 404).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -76,6 +78,11 @@ RUN_DIR_ENV = "TESSERA_LIVE_RUN_DIR"
 #: A row switch restarts every replica; ``up`` may restart Redis and wait for the services.
 ACTION_TIMEOUT = 180.0
 OUTPUT_LINES = 30
+#: The commands' output, in the stack's logs (``./tessera logs live-actions``).
+ACTIONS_LOG = "live-actions"
+#: How long a stopped command's group has after SIGTERM, before SIGKILL (``down``
+#: gives this process 10 s in all).
+STOP_GRACE = 4.0
 STATIC = Path(__file__).with_name("live_static")
 PAGE_FILES = {
     "": ("index.html", "text/html"),
@@ -247,28 +254,55 @@ async def _command(request: web.Request, action: str) -> list[str]:
 
 async def run_stack_command(layout: Layout, args: list[str]) -> tuple[int, str]:
     """``python -m tessera_stack --run-dir ... ARGS`` in a session of its own: its exit
-    status and the end of its output."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tessera_stack",
-        "--run-dir",
-        str(layout.root),
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
+    status and the end of its output.
+
+    The output goes to ``logs/live-actions.log``, not to a pipe: the command never
+    dies of a closed pipe should this process go first. Cancelled (this process
+    stopping, ``down`` among others), it stops the command's whole process group,
+    so that nothing it started races ``down``.
+    """
+    log_path = layout.log(ACTIONS_LOG)
+    with log_path.open("ab") as output:
+        output.write(f"\n--- {' '.join(args)}\n".encode())
+        output.flush()
+        start = output.tell()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tessera_stack",
+            "--run-dir",
+            str(layout.root),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=output,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
-        output, _ = await asyncio.wait_for(proc.communicate(), ACTION_TIMEOUT)
+        await asyncio.wait_for(proc.wait(), ACTION_TIMEOUT)
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
+        await _stop_group(proc)
         raise ActionTimeout() from None
-    lines = output.decode(errors="replace").strip().splitlines()
+    except asyncio.CancelledError:
+        await _stop_group(proc)
+        raise
+    with log_path.open("rb") as written:
+        written.seek(start)
+        lines = written.read().decode(errors="replace").strip().splitlines()
     assert proc.returncode is not None
     return proc.returncode, "\n".join(lines[-OUTPUT_LINES:])
+
+
+async def _stop_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM the command's process group (its session), SIGKILL what outlives a grace."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), STOP_GRACE)
+            return
+        except TimeoutError:
+            continue
 
 
 async def _run(layout: Layout, run: ActionRun, args: list[str]) -> None:
@@ -317,10 +351,13 @@ async def latest_handler(request: web.Request) -> web.Response:
     return web.json_response(run.as_json(), headers={"Cache-Control": "no-store"})
 
 
-async def _finish_tasks(app: web.Application) -> None:
-    """On shutdown: let a running command finish (it changes the stack; half a row
-    switch helps nobody), within its own timeout."""
-    if tasks := app[CONTROLS].tasks:
+async def _stop_tasks(app: web.Application) -> None:
+    """On shutdown (``down`` stops this process first): stop a running command, whose
+    replicas or nginx would otherwise come up after ``down`` has stopped them."""
+    tasks = app[CONTROLS].tasks
+    for task in tasks:
+        task.cancel()
+    if tasks:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
@@ -336,7 +373,7 @@ def create_app(layout: Layout, secret: str) -> web.Application:
     app[LAYOUT] = layout
     app[SECRET] = secret
     app[CONTROLS] = Controls()
-    app.on_shutdown.append(_finish_tasks)
+    app.on_shutdown.append(_stop_tasks)
     for name in PAGE_FILES:
         app.router.add_get(f"/live/{name}", _page_file(name))
     app.router.add_get("/live/state", state_handler)

@@ -440,15 +440,17 @@ def _live_pid(layout: Layout) -> int | None:
     return services.running_pid(layout, live_page.LIVE, live_page.LIVE_PROGRAM)
 
 
-def choose_live_port(layout: Layout, state: StackState) -> int:
-    """The live page's port: the recorded one while it runs there or is free, else a
-    free one that is none of the stack's own."""
+def choose_live_port(layout: Layout, state: StackState, replicas: Sequence[ReplicaEntry]) -> int:
+    """The live page's port: the recorded one while it runs there or is free (and no
+    replica's), else a free one that is none of the stack's own."""
+    taken: set[int | None] = {entry.port for entry in (*state.replicas, *replicas)}
+    taken |= {state.port, state.https_port, state.prometheus_port}
     recorded = state.live_port
     if recorded is not None and (
-        _live_pid(layout) is not None or port_is_bindable(recorded, LOOPBACK)
+        _live_pid(layout) is not None
+        or (recorded not in taken and port_is_bindable(recorded, LOOPBACK))
     ):
         return recorded
-    taken = {entry.port for entry in state.replicas} | {state.port, state.https_port}
     port = free_port(LOOPBACK)
     while port in taken:
         port = free_port(LOOPBACK)
@@ -661,7 +663,7 @@ def cmd_up(layout: Layout, options: UpOptions) -> int:
         replicas = list(state.replicas[:count])
         while len(replicas) < count:
             replicas.append(new_replica(replicas, port, https_port))
-        state.live_port = choose_live_port(layout, state)
+        state.live_port = choose_live_port(layout, state, replicas)
         reconcile(layout, state, replicas, selected, policy, migrate=True)
         ensure_live_page(layout, state)
         state.save(layout)

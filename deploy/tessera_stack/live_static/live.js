@@ -40,7 +40,7 @@
   // -- phases -------------------------------------------------------------------------
 
   function newPhase(label) {
-    const phase = { number: live.phases.length + 1, label, sent: 0, ok: 0, failed: 0, replicas: new Map() };
+    const phase = { number: live.phases.length + 1, label, sent: 0, ok: 0, failed: 0, replicas: new Map(), statuses: new Map() };
     live.phases.push(phase);
     render();
     return phase;
@@ -65,6 +65,7 @@
     if (ok) counts.ok += 1;
     else counts.failed += 1;
     phase.replicas.set(replica, counts);
+    phase.statuses.set(status, (phase.statuses.get(status) || 0) + 1);
     live.events.push({ at, replica, status, ok });
     if (live.events.length > 5000) live.events.splice(0, live.events.length - 5000);
     const second = Math.floor(at / 1000);
@@ -98,6 +99,13 @@
       const replica = response.headers.get("X-Served-By") || "nginx";
       const method = response.headers.get("X-Auth-Method") || "none";
       record(phase, replica, response.status, response.status === 200 && method !== "none");
+      if (live.login === "token" && response.status === 401 && init.headers && init.headers.Authorization === `Bearer ${live.bearer}`) {
+        // Every row 5 replica takes a good token: this one expired (or was revoked).
+        live.signedIn = false;
+        live.bearer = null;
+        $("signin-status").textContent = "the access token was refused (expired or revoked): sign in again";
+        renderSignIn();
+      }
     } catch (error) {
       record(phase, "no answer", 0, false);
     } finally {
@@ -154,8 +162,10 @@
   }
 
   function renderSignIn() {
+    // Shown for the whole row, signed in or not: a replica's loss (rows 2-3) or an
+    // expired token logs you out, and you sign in again here.
     const section = $("signin");
-    section.hidden = !needsSignIn();
+    section.hidden = live.login === "session";
     if (!section.hidden) $("signin-why").textContent = SIGN_IN_WHY[live.login] || "";
   }
 
@@ -246,12 +256,31 @@
   async function watchAction() {
     const watched = live.action;
     if (!watched) return;
-    const response = await fetch("/live/actions/latest", { headers: operatorHeaders(), cache: "no-store" });
+    let response;
+    try {
+      response = await fetch("/live/actions/latest", { headers: operatorHeaders(), cache: "no-store" });
+    } catch (error) {
+      setTimeout(watchAction, ACTION_POLL_MS); // the live page restarting: ask again
+      return;
+    }
+    if (response.status === 404 || response.status === 403) {
+      // The live page restarted (it forgot the control) or the secret was changed.
+      live.action = null;
+      showOperator(`${watched.command}: its outcome is unknown (${response.status})`, true);
+      return;
+    }
     const latest = await response.json().catch(() => ({}));
     if (response.ok && latest.number === watched.number && latest.status !== "running") {
       live.action = null;
       $("operator-output").textContent = latest.output;
       showOperator(`${latest.command}: ${latest.status}`, latest.status !== "done");
+      if (latest.action === "row") {
+        // New replicas: the sessions they kept in memory and the sign-in are gone.
+        live.signedIn = false;
+        live.bearer = null;
+        $("signin-status").textContent = "";
+        renderSignIn();
+      }
       await refreshState();
       // After a row switch (to the same row too) or `up`, the replicas are new: what
       // comes next is the row's own behaviour, not the switch's.
@@ -381,6 +410,8 @@
         .map(([replica]) => replica)
         .sort();
       cell(tr, answered.join(" ")).dataset.field = "replicas";
+      const statuses = [...each.statuses.entries()].sort((a, b) => a[0] - b[0]);
+      cell(tr, statuses.map(([code, n]) => `${code || "none"}×${n}`).join(" ")).dataset.field = "statuses";
       phaseBody.appendChild(tr);
     }
 
