@@ -238,7 +238,6 @@ def test_row_4_spreads_one_user_over_three_replicas_and_a_replicas_loss_fails_no
     assert counted["replicas"] == REPLICAS
     assert counted["failed"] == 0
     assert counted["authenticated"] == counted["sent"]
-    save_screenshot(page, "live-row4", full_page=True)
 
     operate(page, "button[data-kill='r2']", "kill-replica r2")
     during = phase(page)  # from the click on: the kill happened in this phase
@@ -248,6 +247,7 @@ def test_row_4_spreads_one_user_over_three_replicas_and_a_replicas_loss_fails_no
     after = phase(page, at_least=AFTER_A_KILL)
     assert after["replicas"] == "r1 r3"
     assert after["failed"] == 0
+    save_screenshot(page, "live-row4", full_page=True)  # three phases, not one failure
     operate(page, "#bring-back", "up")
     assert settled_phase(page)["replicas"] == REPLICAS
 

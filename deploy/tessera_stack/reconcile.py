@@ -459,23 +459,23 @@ def choose_live_port(layout: Layout, state: StackState, replicas: Sequence[Repli
 
 def ensure_live_page(layout: Layout, state: StackState) -> None:
     """Start the live page (:mod:`tessera_stack.live_page`) on ``state.live_port``
-    unless it runs; it runs the stack's commands in the environment ``up`` ran in."""
+    unless it answers there. It runs the stack's commands in the environment ``up``
+    ran in, but for ``DATABASE_URL`` and ``REDIS_URL``: its ``up`` keeps the servers
+    the stack records, never the ones this ``up`` was given (they may change)."""
     assert state.live_port is not None
-    pid = _live_pid(layout)
-    if pid is not None and state.addresses.get(live_page.LIVE, {}).get("port") == str(
-        state.live_port
-    ):
+    if _live_pid(layout) is not None and services.readyz(state.live_port):
         return
     services.stop(layout, live_page.LIVE, live_page.LIVE_PROGRAM)
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
         live_page.PORT_ENV: str(state.live_port),
         live_page.RUN_DIR_ENV: str(layout.root.absolute()),
     }
     print(f"starting the live page on port {state.live_port} ...", flush=True)
-    started = services.spawn(layout, live_page.LIVE, live_page.LIVE_PROGRAM, env, state.live_port)
-    state.addresses[live_page.LIVE] = {"port": str(state.live_port)}
-    services.wait_ready(layout, started)
+    services.wait_ready(
+        layout,
+        services.spawn(layout, live_page.LIVE, live_page.LIVE_PROGRAM, env, state.live_port),
+    )
 
 
 def reconcile(
