@@ -7,15 +7,19 @@ tessera replica, each the obvious way to do it with a popular library:
   algorithm pinned, audience, issuer and the required claims checked), with
   the keys fetched once from tessera's JWKS at start-up;
 * ``session``: ``aiohttp-session`` with its ``RedisStorage`` (redis-py's
-  asyncio client), which reads the session from Redis on every request.
+  asyncio client), which reads the session from Redis on every request;
+* ``bare``: aiohttp and nothing else, its ``GET /healthz`` answering the same JSON
+  as a replica's: the floor tessera's own middleware adds to (the baseline's peer).
 
-Run as ``python -m bench.peers jwt|session --port P --identity ID ...``;
-no access log, like the tessera services during a benchmark.
+Run as ``python -m bench.peers jwt|session|bare --port P --identity ID ...``, on the
+event loop ``--loop`` names (``uvloop`` or ``asyncio``, as ``TESSERA_EVENT_LOOP``
+picks the services'); no access log, like the tessera services during a benchmark.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import urllib.request
 import warnings
@@ -28,6 +32,8 @@ from aiohttp_session import get_session, new_session
 from aiohttp_session import setup as setup_sessions
 from aiohttp_session.redis_storage import RedisStorage
 from redis.asyncio import Redis
+
+from tessera_platform.serve import new_event_loop
 
 __all__ = ["PEER_SESSION_COOKIE", "jwt_peer", "main", "session_peer"]
 
@@ -81,6 +87,13 @@ def jwt_peer(identity: str, *, jwks: dict[str, Any], issuer: str, audience: str)
     return app
 
 
+def bare_peer(identity: str) -> web.Application:
+    """aiohttp alone: ``GET /healthz`` as a replica answers it, without middleware."""
+    app = web.Application()
+    app.add_routes([_healthz(identity)])
+    return app
+
+
 def session_peer(identity: str, *, redis_url: str) -> web.Application:
     """aiohttp-session's RedisStorage; ``POST /login`` starts a session without a password."""
     app = web.Application()
@@ -119,13 +132,14 @@ def session_peer(identity: str, *, redis_url: str) -> web.Application:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__)
-    parser.add_argument("kind", choices=("jwt", "session"))
+    parser.add_argument("kind", choices=("jwt", "session", "bare"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--identity", required=True)
     parser.add_argument("--jwks-url")
     parser.add_argument("--issuer")
     parser.add_argument("--audience", default="tessera")
     parser.add_argument("--redis-url")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     args = parser.parse_args(argv)
     # aiohttp-session stores its state under string keys, which aiohttp >= 3.14
     # warns about on every request; that is the library's business, not the benchmark's.
@@ -139,11 +153,14 @@ def main(argv: list[str] | None = None) -> None:
             issuer=args.issuer,
             audience=args.audience,
         )
-    else:
+    elif args.kind == "session":
         if not args.redis_url:
             parser.error("the session peer needs --redis-url")
         app = session_peer(args.identity, redis_url=args.redis_url)
-    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
+    else:
+        app = bare_peer(args.identity)
+    loop: asyncio.AbstractEventLoop = new_event_loop(args.loop)
+    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, loop=loop)
 
 
 if __name__ == "__main__":

@@ -329,12 +329,16 @@ class BenchStack:
         env.update(BENCH_SERVICE_ENV)
         return env
 
-    def spawn_replica(self, name: str, methods: str) -> ExtraProcess:
-        """One more resource replica, outside nginx, accepting ``methods``."""
+    def spawn_replica(
+        self, name: str, methods: str, changes: Mapping[str, str] | None = None
+    ) -> ExtraProcess:
+        """One more resource replica, outside nginx, accepting ``methods``, its
+        environment the launcher's with ``changes``."""
         identity = f"{name}{secrets.token_hex(3)}"
         port = free_port()
         env = replica_env(self.layout, self.settings, ReplicaEntry(identity, port), methods)
         env.update(BENCH_SERVICE_ENV)
+        env.update(changes or {})
         return self.spawn(
             name, identity, port, [sys.executable, "-m", REPLICA_PROGRAM, "serve"], env
         )

@@ -17,7 +17,10 @@ the same process, the same routes and the same middleware:
   the stack's replica r1), and nginx's own ``/nginx-health`` as the ceiling of
   wrk + TLS + nginx on this machine;
 * the peers (:mod:`bench.peers`): pyjwt ``jwt.decode`` per request and
-  aiohttp-session's Redis storage, as their own processes.
+  aiohttp-session's Redis storage, as their own processes; and aiohttp alone
+  (``GET /healthz`` without middleware), the floor under the baseline;
+* the event loop: the baseline and bare aiohttp again on asyncio's own loop,
+  beside the services' default (uvloop), so the choice is measured.
 
 The process under test runs alone on the server core; wrk (one thread) and
 everything else share the other core. Scenarios are interleaved round by
@@ -182,9 +185,9 @@ def _background(run: WrkResult) -> float:
     return max(0.0, machine - ours - run.wrk_cpu_seconds) / run.seconds if run.seconds else 0.0
 
 
-def _spawn_peer(stack: BenchStack, kind: str, *args: str) -> ExtraProcess:
+def _spawn_peer(stack: BenchStack, kind: str, *args: str, name: str | None = None) -> ExtraProcess:
     """``python -m bench.peers KIND ... ARGS`` (:mod:`bench.peers`) on a free port, as
-    ``peer-KIND``."""
+    ``name`` (default ``peer-KIND``)."""
     identity = f"peer{kind}{secrets.token_hex(3)}"
     port = free_port()
     command = [
@@ -198,7 +201,7 @@ def _spawn_peer(stack: BenchStack, kind: str, *args: str) -> ExtraProcess:
         identity,
         *args,
     ]
-    return stack.spawn(f"peer-{kind}", identity, port, command, bench_environment())
+    return stack.spawn(name or f"peer-{kind}", identity, port, command, bench_environment())
 
 
 async def run_validation(
@@ -224,16 +227,44 @@ async def run_validation(
         settings.audience,
     )
     peer_session = _spawn_peer(stack, "session", "--redis-url", stack.settings.redis_url)
+    floors = Floors(
+        stack.spawn_replica("bench-asyncio", "jwt", {"TESSERA_EVENT_LOOP": "asyncio"}),
+        _spawn_peer(stack, "bare", "--loop", "uvloop"),
+        _spawn_peer(stack, "bare", "--loop", "asyncio", name="peer-bare-asyncio"),
+    )
     try:
         return await _measure(
-            stack, config, cores, out_dir, progress, replica, peer_jwt, peer_session, jwks_url
+            stack,
+            config,
+            cores,
+            out_dir,
+            progress,
+            replica,
+            peer_jwt,
+            peer_session,
+            floors,
+            jwks_url,
         )
     finally:
         if cores is not None:
             stack.unpin()
-        for extra in (peer_session, peer_jwt, replica):
+        for extra in (*floors.processes, peer_session, peer_jwt, replica):
             extra.stop()
             stack.extras.remove(extra)
+
+
+@dataclass(frozen=True)
+class Floors:
+    """What the baseline is measured against: itself on asyncio's loop, and aiohttp alone
+    on each loop."""
+
+    baseline_asyncio: ExtraProcess
+    bare: ExtraProcess
+    bare_asyncio: ExtraProcess
+
+    @property
+    def processes(self) -> tuple[ExtraProcess, ...]:
+        return (self.baseline_asyncio, self.bare, self.bare_asyncio)
 
 
 async def _measure(
@@ -245,6 +276,7 @@ async def _measure(
     replica: ExtraProcess,
     peer_jwt: ExtraProcess,
     peer_session: ExtraProcess,
+    floors: Floors,
     jwks_url: str,
 ) -> dict[str, Any]:
     auth_env = stack.auth_environment()
@@ -282,6 +314,33 @@ async def _measure(
             "bench",
             None,
             "tessera",
+        ),
+        Scenario(
+            "baseline_asyncio",
+            "no authentication, asyncio's event loop",
+            f"{floors.baseline_asyncio.url}/healthz",
+            [header_line(Cookie=f"{ROUTE_COOKIE}={floors.baseline_asyncio.identity}")],
+            "bench-asyncio",
+            None,
+            "tessera",
+        ),
+        Scenario(
+            "peer_bare",
+            "peer: aiohttp alone (GET /healthz, no middleware)",
+            f"{floors.bare.url}/healthz",
+            ["-"],
+            "peer-bare",
+            None,
+            "peer",
+        ),
+        Scenario(
+            "peer_bare_asyncio",
+            "peer: aiohttp alone, asyncio's event loop",
+            f"{floors.bare_asyncio.url}/healthz",
+            ["-"],
+            "peer-bare-asyncio",
+            None,
+            "peer",
         ),
         Scenario(
             "jwt_repeated",
@@ -375,7 +434,13 @@ async def _measure(
         r1_pid = stack.replica_pid(r1.id)
         stack.pin_for_measurement(
             cores,
-            [replica.pid, peer_jwt.pid, peer_session.pid, *([] if r1_pid is None else [r1_pid])],
+            [
+                replica.pid,
+                peer_jwt.pid,
+                peer_session.pid,
+                *(extra.pid for extra in floors.processes),
+                *([] if r1_pid is None else [r1_pid]),
+            ],
         )
     load_cores = None if cores is None else [cores.load]
     groups = stack.service_pids()

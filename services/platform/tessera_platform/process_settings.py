@@ -83,6 +83,8 @@ class ProcessSettings:
     #: Seconds /readyz answers 503 before the listener closes (a load balancer notices).
     drain_seconds: float = 0.0
     shutdown_timeout: float = 10.0
+    #: ``TESSERA_EVENT_LOOP``: ``uvloop`` (default) or ``asyncio`` (tessera_platform.serve).
+    event_loop: str = "uvloop"
 
 
 def read_process_settings(
@@ -100,6 +102,7 @@ def read_process_settings(
         access_log=reader.flag("TESSERA_ACCESS_LOG", True),
         drain_seconds=reader.parsed("TESSERA_DRAIN_SECONDS", float, 0.0, "a number"),
         shutdown_timeout=reader.parsed("TESSERA_SHUTDOWN_TIMEOUT", float, 10.0, "a number"),
+        event_loop=_read_event_loop(reader),
     )
 
 
@@ -147,3 +150,11 @@ def _read_log_json(reader: EnvReader) -> bool:
     if value not in ("json", "text"):
         reader.problems.append("TESSERA_LOG_FORMAT must be 'json' or 'text'")
     return value != "text"
+
+
+def _read_event_loop(reader: EnvReader) -> str:
+    """``TESSERA_EVENT_LOOP``: ``uvloop`` (default) or ``asyncio``."""
+    value = (reader.text("TESSERA_EVENT_LOOP", "uvloop") or "uvloop").lower()
+    if value not in ("uvloop", "asyncio"):
+        reader.problems.append("TESSERA_EVENT_LOOP must be 'uvloop' or 'asyncio'")
+    return value

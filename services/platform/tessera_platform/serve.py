@@ -6,6 +6,9 @@ work), keeps serving for ``drain_seconds`` while they notice, then closes its
 listening socket, lets in-flight requests finish (up to ``shutdown_timeout``)
 and exits. nginx retries idempotent requests refused by a closed socket on
 another replica, so a rolling restart costs users nothing.
+
+The event loop is uvloop's unless ``TESSERA_EVENT_LOOP=asyncio`` asks for the
+standard library's (``make bench`` measures both, side by side: README, Benchmark).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import logging
 import signal
 
+import uvloop
 from aiohttp import web
 
 from .process_settings import ProcessSettings
@@ -57,14 +61,29 @@ async def serve(
         log.info("stopped")
 
 
+#: ``TESSERA_EVENT_LOOP``'s values.
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
+    """A new event loop of the kind ``name`` (one of :data:`EVENT_LOOPS`)."""
+    if name == "uvloop":
+        return uvloop.new_event_loop()
+    if name == "asyncio":
+        return asyncio.new_event_loop()
+    raise ValueError(f"unknown event loop {name!r}; choose one of {', '.join(EVENT_LOOPS)}")
+
+
 def run(app: web.Application, settings: ProcessSettings) -> None:
-    """Serve until SIGTERM/SIGINT with the settings' address and shutdown timing."""
-    asyncio.run(
-        serve(
-            app,
-            settings.host,
-            settings.port,
-            drain_seconds=settings.drain_seconds,
-            shutdown_timeout=settings.shutdown_timeout,
+    """Serve until SIGTERM/SIGINT with the settings' address, shutdown timing and event
+    loop."""
+    with asyncio.Runner(loop_factory=lambda: new_event_loop(settings.event_loop)) as runner:
+        runner.run(
+            serve(
+                app,
+                settings.host,
+                settings.port,
+                drain_seconds=settings.drain_seconds,
+                shutdown_timeout=settings.shutdown_timeout,
+            )
         )
-    )
