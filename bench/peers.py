@@ -12,7 +12,7 @@ tessera replica, each the obvious way to do it with a popular library:
   as a replica's: the floor tessera's own middleware adds to (the baseline's peer).
 
 Run as ``python -m bench.peers jwt|session|bare --port P --identity ID ...``, on the
-event loop ``--loop`` names (``uvloop`` or ``asyncio``, as ``TESSERA_EVENT_LOOP``
+event loop ``--loop`` names (``asyncio`` or ``uvloop``, as ``TESSERA_EVENT_LOOP``
 picks the services'); no access log, like the tessera services during a benchmark.
 """
 
@@ -33,7 +33,7 @@ from aiohttp_session import setup as setup_sessions
 from aiohttp_session.redis_storage import RedisStorage
 from redis.asyncio import Redis
 
-from tessera_platform.serve import new_event_loop
+from tessera_platform.serve import DEFAULT_EVENT_LOOP, EVENT_LOOPS, new_event_loop
 
 __all__ = ["PEER_SESSION_COOKIE", "jwt_peer", "main", "session_peer"]
 
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--issuer")
     parser.add_argument("--audience", default="tessera")
     parser.add_argument("--redis-url")
-    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--loop", choices=EVENT_LOOPS, default=DEFAULT_EVENT_LOOP)
     args = parser.parse_args(argv)
     # aiohttp-session stores its state under string keys, which aiohttp >= 3.14
     # warns about on every request; that is the library's business, not the benchmark's.

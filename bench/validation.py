@@ -19,8 +19,8 @@ the same process, the same routes and the same middleware:
 * the peers (:mod:`bench.peers`): pyjwt ``jwt.decode`` per request and
   aiohttp-session's Redis storage, as their own processes; and aiohttp alone
   (``GET /healthz`` without middleware), the floor under the baseline;
-* the event loop: the baseline and bare aiohttp again on asyncio's own loop,
-  beside the services' default (uvloop), so the choice is measured.
+* the event loop: the baseline and bare aiohttp again on the other event loop
+  than the services' default (``TESSERA_EVENT_LOOP``), so the choice is measured.
 
 The process under test runs alone on the server core; wrk (one thread) and
 everything else share the other core. Scenarios are interleaved round by
@@ -45,6 +45,7 @@ from typing import Any
 import aiohttp
 
 from bench import budget
+from bench.budget import OTHER_LOOP
 from bench.config import BenchConfig, Cores
 from bench.credentials import (
     LOCAL_SESSION_COOKIE,
@@ -63,6 +64,7 @@ from bench.rawcost import measure_alone
 from bench.stack import BenchStack, ExtraProcess
 from bench.stats import median
 from bench.wrk import WrkResult, WrkRun, run_wrk
+from tessera_platform.serve import DEFAULT_EVENT_LOOP
 from tessera_stack import free_port
 
 __all__ = ["Scenario", "header_line", "run_validation"]
@@ -215,7 +217,8 @@ async def run_validation(
     settings = auth_settings(stack.auth_environment())
     jwks_url = f"{stack.auth_url}/.well-known/jwks.json"
     progress("starting the all-methods replica and the peers")
-    replica = stack.spawn_replica("bench", "jwt,shared_session,local_session")
+    methods = "jwt,shared_session,local_session"
+    replica = stack.spawn_replica("bench", methods)
     peer_jwt = _spawn_peer(
         stack,
         "jwt",
@@ -228,9 +231,10 @@ async def run_validation(
     )
     peer_session = _spawn_peer(stack, "session", "--redis-url", stack.settings.redis_url)
     floors = Floors(
-        stack.spawn_replica("bench-asyncio", "jwt", {"TESSERA_EVENT_LOOP": "asyncio"}),
-        _spawn_peer(stack, "bare", "--loop", "uvloop"),
-        _spawn_peer(stack, "bare", "--loop", "asyncio", name="peer-bare-asyncio"),
+        # The same replica as the baseline's but for its event loop.
+        stack.spawn_replica("bench-other-loop", methods, {"TESSERA_EVENT_LOOP": OTHER_LOOP}),
+        _spawn_peer(stack, "bare", "--loop", DEFAULT_EVENT_LOOP),
+        _spawn_peer(stack, "bare", "--loop", OTHER_LOOP, name="peer-bare-other-loop"),
     )
     try:
         return await _measure(
@@ -255,16 +259,16 @@ async def run_validation(
 
 @dataclass(frozen=True)
 class Floors:
-    """What the baseline is measured against: itself on asyncio's loop, and aiohttp alone
-    on each loop."""
+    """What the baseline is measured against: itself on the other event loop, and aiohttp
+    alone on each loop."""
 
-    baseline_asyncio: ExtraProcess
+    baseline_other_loop: ExtraProcess
     bare: ExtraProcess
-    bare_asyncio: ExtraProcess
+    bare_other_loop: ExtraProcess
 
     @property
     def processes(self) -> tuple[ExtraProcess, ...]:
-        return (self.baseline_asyncio, self.bare, self.bare_asyncio)
+        return (self.baseline_other_loop, self.bare, self.bare_other_loop)
 
 
 async def _measure(
@@ -316,17 +320,17 @@ async def _measure(
             "tessera",
         ),
         Scenario(
-            "baseline_asyncio",
-            "no authentication, asyncio's event loop",
-            f"{floors.baseline_asyncio.url}/healthz",
-            [header_line(Cookie=f"{ROUTE_COOKIE}={floors.baseline_asyncio.identity}")],
-            "bench-asyncio",
+            "baseline_other_loop",
+            f"no authentication, on {OTHER_LOOP}",
+            f"{floors.baseline_other_loop.url}/healthz",
+            [header_line(Cookie=f"{ROUTE_COOKIE}={floors.baseline_other_loop.identity}")],
+            "bench-other-loop",
             None,
             "tessera",
         ),
         Scenario(
             "peer_bare",
-            "peer: aiohttp alone (GET /healthz, no middleware)",
+            f"peer: aiohttp alone (GET /healthz, no middleware), on {DEFAULT_EVENT_LOOP}",
             f"{floors.bare.url}/healthz",
             ["-"],
             "peer-bare",
@@ -334,11 +338,11 @@ async def _measure(
             "peer",
         ),
         Scenario(
-            "peer_bare_asyncio",
-            "peer: aiohttp alone, asyncio's event loop",
-            f"{floors.bare_asyncio.url}/healthz",
+            "peer_bare_other_loop",
+            f"peer: aiohttp alone, on {OTHER_LOOP}",
+            f"{floors.bare_other_loop.url}/healthz",
             ["-"],
-            "peer-bare-asyncio",
+            "peer-bare-other-loop",
             None,
             "peer",
         ),

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import uvloop
 
 from tessera_auth import db
 from tessera_auth.settings import ConfigError, Settings, load_settings
 from tessera_auth.startup import check_dependencies
 from tessera_platform.process_settings import unread_variables
+from tessera_platform.serve import EVENT_LOOPS, new_event_loop
 from tessera_stack import free_port
 from tessera_verify.env import RecordedEnviron
 from tests.conftest import with_changes
@@ -570,3 +572,28 @@ def test_a_replica_with_a_bad_method_setting_is_a_configuration_problem_not_a_cr
     with pytest.raises(ResourceConfigError) as refused:
         load_resource_settings({**production, **changes})
     assert refused.value.problems
+
+
+# --- the event loop ------------------------------------------------------------------------
+
+
+def test_the_event_loop_is_asyncio_unless_uvloop_is_asked_for() -> None:
+    assert load_settings(DEVELOPMENT).process.event_loop == "asyncio"
+    chosen = load_settings({**DEVELOPMENT, "TESSERA_EVENT_LOOP": "UVLOOP"})
+    assert chosen.process.event_loop == "uvloop"
+    assert _has(
+        _problems({**DEVELOPMENT, "TESSERA_EVENT_LOOP": "trio"}),
+        "TESSERA_EVENT_LOOP must be 'asyncio' or 'uvloop'",
+    )
+
+
+@pytest.mark.parametrize("name", EVENT_LOOPS)
+def test_each_event_loop_runs_a_coroutine(name: str) -> None:
+    loop = new_event_loop(name)
+    try:
+        assert loop.run_until_complete(asyncio.sleep(0, result="ran")) == "ran"
+        assert isinstance(loop, uvloop.Loop) is (name == "uvloop")
+    finally:
+        loop.close()
+    with pytest.raises(ValueError, match="unknown event loop"):
+        new_event_loop("trio")

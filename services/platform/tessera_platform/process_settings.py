@@ -83,8 +83,8 @@ class ProcessSettings:
     #: Seconds /readyz answers 503 before the listener closes (a load balancer notices).
     drain_seconds: float = 0.0
     shutdown_timeout: float = 10.0
-    #: ``TESSERA_EVENT_LOOP``: ``uvloop`` (default) or ``asyncio`` (tessera_platform.serve).
-    event_loop: str = "uvloop"
+    #: ``TESSERA_EVENT_LOOP``: ``asyncio`` (default) or ``uvloop`` (tessera_platform.serve).
+    event_loop: str = "asyncio"
 
 
 def read_process_settings(
@@ -153,8 +153,8 @@ def _read_log_json(reader: EnvReader) -> bool:
 
 
 def _read_event_loop(reader: EnvReader) -> str:
-    """``TESSERA_EVENT_LOOP``: ``uvloop`` (default) or ``asyncio``."""
-    value = (reader.text("TESSERA_EVENT_LOOP", "uvloop") or "uvloop").lower()
-    if value not in ("uvloop", "asyncio"):
-        reader.problems.append("TESSERA_EVENT_LOOP must be 'uvloop' or 'asyncio'")
+    """``TESSERA_EVENT_LOOP``: ``asyncio`` (default) or ``uvloop``."""
+    value = (reader.text("TESSERA_EVENT_LOOP", "asyncio") or "asyncio").lower()
+    if value not in ("asyncio", "uvloop"):
+        reader.problems.append("TESSERA_EVENT_LOOP must be 'asyncio' or 'uvloop'")
     return value

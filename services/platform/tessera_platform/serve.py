@@ -7,8 +7,9 @@ listening socket, lets in-flight requests finish (up to ``shutdown_timeout``)
 and exits. nginx retries idempotent requests refused by a closed socket on
 another replica, so a rolling restart costs users nothing.
 
-The event loop is uvloop's unless ``TESSERA_EVENT_LOOP=asyncio`` asks for the
-standard library's (``make bench`` measures both, side by side: README, Benchmark).
+The event loop is the standard library's unless ``TESSERA_EVENT_LOOP=uvloop`` asks
+for uvloop's; ``make bench`` measures both side by side and judges the default
+(README, Benchmark: uvloop did not make tessera's baseline cheaper there).
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ async def serve(
 
 
 #: ``TESSERA_EVENT_LOOP``'s values.
-EVENT_LOOPS = ("uvloop", "asyncio")
+EVENT_LOOPS = ("asyncio", "uvloop")
+#: The default (``make bench``'s verdict: the one that costs no more per request).
+DEFAULT_EVENT_LOOP = "asyncio"
 
 
 def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
