@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tessera_platform.serve import DEFAULT_EVENT_LOOP, EVENT_LOOPS
+from tessera_platform.process_settings import DEFAULT_EVENT_LOOP, EVENT_LOOPS
 
 __all__ = [
     "BASELINE_MAX_OVER_BARE",

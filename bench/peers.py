@@ -33,7 +33,8 @@ from aiohttp_session import setup as setup_sessions
 from aiohttp_session.redis_storage import RedisStorage
 from redis.asyncio import Redis
 
-from tessera_platform.serve import DEFAULT_EVENT_LOOP, EVENT_LOOPS, new_event_loop
+from tessera_platform.process_settings import DEFAULT_EVENT_LOOP, EVENT_LOOPS
+from tessera_platform.serve import new_event_loop
 
 __all__ = ["PEER_SESSION_COOKIE", "jwt_peer", "main", "session_peer"]
 

@@ -64,7 +64,7 @@ from bench.rawcost import measure_alone
 from bench.stack import BenchStack, ExtraProcess
 from bench.stats import median
 from bench.wrk import WrkResult, WrkRun, run_wrk
-from tessera_platform.serve import DEFAULT_EVENT_LOOP
+from tessera_platform.process_settings import DEFAULT_EVENT_LOOP
 from tessera_stack import free_port
 
 __all__ = ["Scenario", "header_line", "run_validation"]

@@ -19,8 +19,8 @@ import uvloop
 from tessera_auth import db
 from tessera_auth.settings import ConfigError, Settings, load_settings
 from tessera_auth.startup import check_dependencies
-from tessera_platform.process_settings import unread_variables
-from tessera_platform.serve import EVENT_LOOPS, new_event_loop
+from tessera_platform.process_settings import EVENT_LOOPS, unread_variables
+from tessera_platform.serve import new_event_loop
 from tessera_stack import free_port
 from tessera_verify.env import RecordedEnviron
 from tests.conftest import with_changes

@@ -60,17 +60,17 @@ from tessera_stack.reconcile import (
     MAX_REPLICAS,
     STOP_TIMEOUT,
     current_settings,
+    live_pid,
     new_replica,
     nginx_config,
     reconcile,
     redis_topology,
-    replica_pid,
     running_auth_pid,
     spawn,
 )
 from tessera_stack.rows import ROWS, policy_problem
 from tessera_stack.servers import LOOPBACK
-from tessera_stack.services import AUTH_PROGRAM, REPLICA_PROGRAM
+from tessera_stack.services import AUTH_PROGRAM, REPLICA_PROGRAM, replica_pid
 from tessera_stack.stack_report import (
     describe_row,
     display,
@@ -377,9 +377,9 @@ def cmd_status(layout: Layout) -> int:
         pid = replica_pid(layout, entry)
         rows.append((entry.process, _liveness(pid), f"http://{LOOPBACK}:{entry.port}"))
     if state.live_port is not None:
-        live_pid = services.running_pid(layout, live_page.LIVE, live_page.LIVE_PROGRAM)
-        url = f"https://{LOOPBACK}:{state.https_port}/live/" if live_pid else ""
-        rows.append((live_page.LIVE, _liveness(live_pid), url))
+        pid = live_pid(layout)
+        url = f"https://{LOOPBACK}:{state.https_port}/live/" if pid else ""
+        rows.append((live_page.LIVE, _liveness(pid), url))
     if state.monitoring and state.prometheus_port is not None:
         prometheus = layout.prometheus_server(state.prometheus_port)
         url = prometheus.url if prometheus.running else ""

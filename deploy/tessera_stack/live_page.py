@@ -50,8 +50,7 @@ from tessera_platform.serve import serve
 from tessera_stack import services, stack_redis
 from tessera_stack.processes import StackError
 from tessera_stack.rows import ROWS
-from tessera_stack.stack_report import OPERATOR_SECRET_FILE
-from tessera_stack.state import Layout, StackState
+from tessera_stack.state import OPERATOR_SECRET, Layout, StackState
 from tessera_verify.error_middleware import error_middleware_for
 from tessera_verify.errors import (
     Conflict,
@@ -68,8 +67,6 @@ log = logging.getLogger(__name__)
 #: The process's name in the stack (``pids/live.pid``, ``logs/live.log``).
 LIVE = "live"
 LIVE_PROGRAM = "tessera_stack.live_page"
-#: The secret's name in the run directory's ``secrets/``.
-OPERATOR_SECRET = OPERATOR_SECRET_FILE
 #: The header that carries it: not Authorization, which nginx's auth_request check (and
 #: the replicas) read as the user's credential.
 SECRET_HEADER = "X-Operator-Secret"  # noqa: S105 - a header name
@@ -156,11 +153,13 @@ class ActionTimeout(TesseraError):
 
 
 def _page_file(name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The handler of one of the page's files, read once, when the app is made."""
     filename, content_type = PAGE_FILES[name]
+    body = (STATIC / filename).read_bytes()
 
     async def handler(request: web.Request) -> web.StreamResponse:
         return web.Response(
-            body=(STATIC / filename).read_bytes(),
+            body=body,
             content_type=content_type,
             charset="utf-8",
             headers={
@@ -186,10 +185,6 @@ def _redis_liveness(layout: Layout, state: StackState) -> str:
     return "running" if layout.redis(state.redis_port).running else "stopped"
 
 
-def _replica_alive(layout: Layout, process: str) -> bool:
-    return services.running_pid(layout, process, services.REPLICA_PROGRAM) is not None
-
-
 def describe(layout: Layout) -> dict[str, Any]:
     """What the page shows of the stack: its row, policy, replicas and what is alive."""
     state = StackState.load(layout)
@@ -206,7 +201,7 @@ def describe(layout: Layout) -> dict[str, Any]:
         },
         "policy": state.policy,
         "replicas": [
-            {"id": entry.id, "alive": _replica_alive(layout, entry.process)}
+            {"id": entry.id, "alive": services.replica_pid(layout, entry) is not None}
             for entry in state.replicas
         ],
         "redis": _redis_liveness(layout, state),

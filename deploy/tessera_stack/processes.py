@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -69,16 +69,19 @@ def command_output(result: subprocess.CompletedProcess[bytes]) -> str:
     return (result.stdout + result.stderr).decode(errors="replace").strip()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on ``host`` that nothing listens on right now.
+def free_port(host: str = "127.0.0.1", *, avoid: Collection[int | None] = ()) -> int:
+    """Return a TCP port on ``host`` that nothing listens on right now, and none of
+    ``avoid`` (ports already given to something that is not listening yet).
 
     The kernel picks it; another process may still take it before the
     caller binds it, so servers that use this retry on "address in use".
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+        if port not in avoid:
+            return port
 
 
 def port_is_bindable(port: int, host: str = "127.0.0.1") -> bool:

@@ -34,6 +34,7 @@ from tessera_stack.services import (
     INTROSPECTION_CLIENT_ID,
     REPLICA_PROGRAM,
     ServiceSettings,
+    replica_pid,
 )
 from tessera_stack.stack_report import (
     error,
@@ -44,6 +45,7 @@ from tessera_stack.stack_report import (
 )
 from tessera_stack.state import (
     AUTH,
+    OPERATOR_SECRET,
     POSTGRES_SUPERUSER,
     REPLICA_DB_ROLE,
     Layout,
@@ -63,7 +65,7 @@ SECRET_NAMES = (
     "key_encryption_key",
     "forward_auth_secret",
     "introspection_client_secret",
-    live_page.OPERATOR_SECRET,
+    OPERATOR_SECRET,
 )
 
 
@@ -84,10 +86,6 @@ class UpOptions:
 
 def running_auth_pid(layout: Layout) -> int | None:
     return services.running_pid(layout, AUTH, AUTH_PROGRAM)
-
-
-def replica_pid(layout: Layout, replica: ReplicaEntry) -> int | None:
-    return services.running_pid(layout, replica.process, REPLICA_PROGRAM)
 
 
 def ensure_secret(path: Path) -> None:
@@ -392,10 +390,7 @@ def _on_a_free_port(
 ) -> ReplicaEntry:
     """``entry`` on a port nothing holds, none of the stack's own."""
     taken = {other.port for other in desired} | {state.port, state.https_port}
-    port = free_port(LOOPBACK)
-    while port in taken:
-        port = free_port(LOOPBACK)
-    return ReplicaEntry(entry.id, port)
+    return ReplicaEntry(entry.id, free_port(LOOPBACK, avoid=taken))
 
 
 def new_replica(existing: Sequence[ReplicaEntry], auth_port: int, https_port: int) -> ReplicaEntry:
@@ -404,9 +399,7 @@ def new_replica(existing: Sequence[ReplicaEntry], auth_port: int, https_port: in
     taken = {entry.port for entry in existing} | {auth_port, https_port}
     port = auth_port + number
     if port in taken or port >= 65536 or not port_is_bindable(port, LOOPBACK):
-        port = free_port(LOOPBACK)
-        while port in taken:
-            port = free_port(LOOPBACK)
+        port = free_port(LOOPBACK, avoid=taken)
     return ReplicaEntry(f"r{number}", port)
 
 
@@ -436,7 +429,7 @@ def nginx_config(
 # -- the live page ----------------------------------------------------------------
 
 
-def _live_pid(layout: Layout) -> int | None:
+def live_pid(layout: Layout) -> int | None:
     return services.running_pid(layout, live_page.LIVE, live_page.LIVE_PROGRAM)
 
 
@@ -447,14 +440,11 @@ def choose_live_port(layout: Layout, state: StackState, replicas: Sequence[Repli
     taken |= {state.port, state.https_port, state.prometheus_port}
     recorded = state.live_port
     if recorded is not None and (
-        _live_pid(layout) is not None
+        live_pid(layout) is not None
         or (recorded not in taken and port_is_bindable(recorded, LOOPBACK))
     ):
         return recorded
-    port = free_port(LOOPBACK)
-    while port in taken:
-        port = free_port(LOOPBACK)
-    return port
+    return free_port(LOOPBACK, avoid=taken)
 
 
 def ensure_live_page(layout: Layout, state: StackState) -> None:
@@ -463,7 +453,7 @@ def ensure_live_page(layout: Layout, state: StackState) -> None:
     ran in, but for ``DATABASE_URL`` and ``REDIS_URL``: its ``up`` keeps the servers
     the stack records, never the ones this ``up`` was given (they may change)."""
     assert state.live_port is not None
-    if _live_pid(layout) is not None and services.readyz(state.live_port):
+    if live_pid(layout) is not None and services.readyz(state.live_port):
         return
     services.stop(layout, live_page.LIVE, live_page.LIVE_PROGRAM)
     env = {

@@ -39,6 +39,7 @@ __all__ = [
     "migrate",
     "readyz",
     "replica_env",
+    "replica_pid",
     "running_pid",
     "spawn",
     "stop",
@@ -212,6 +213,11 @@ def running_pid(layout: Layout, name: str, program: str) -> int | None:
     """The pid of process ``name`` when it runs ``program``, else ``None``."""
     pid = read_pid_file(layout.pid(name))
     return pid if pid is not None and is_alive(pid, program) else None
+
+
+def replica_pid(layout: Layout, replica: ReplicaEntry) -> int | None:
+    """The pid of ``replica`` while it runs, else ``None``."""
+    return running_pid(layout, replica.process, REPLICA_PROGRAM)
 
 
 @dataclass

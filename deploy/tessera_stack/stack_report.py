@@ -13,6 +13,7 @@ from tessera_stack.rows import ROWS
 from tessera_stack.servers import LOOPBACK
 from tessera_stack.services import INTROSPECTION_CLIENT_ID
 from tessera_stack.state import (
+    OPERATOR_SECRET,
     Layout,
     ReplicaEntry,
     StackState,
@@ -59,10 +60,6 @@ class StackUrls:
             "DATABASE_URL": self.database_url,
             "REDIS_URL": self.redis_url,
         } | ({"PROMETHEUS_URL": self.prometheus_url} if self.prometheus_url else {})
-
-
-#: The live page's operator secret (tessera_stack.live_page.OPERATOR_SECRET).
-OPERATOR_SECRET_FILE = "operator_secret"  # noqa: S105 - a file name
 
 
 def display(path: Path) -> str:
@@ -143,7 +140,7 @@ def print_urls(layout: Layout, urls: StackUrls, state: StackState) -> None:
         (
             "live page",
             f"{env['BASE_URL']}/live/  (operator secret: "
-            f"{display(layout.secret(OPERATOR_SECRET_FILE))})",
+            f"{display(layout.secret(OPERATOR_SECRET))})",
         ),
         ("CA cert", display(Path(env["CA_CERT"])) + "  (curl --cacert ...)"),
         ("database", without_password(env["DATABASE_URL"])),

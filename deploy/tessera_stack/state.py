@@ -27,11 +27,22 @@ from tessera_stack import redis_acl
 from tessera_stack.servers import NginxServer, PostgresServer, PrometheusServer, RedisServer
 from tessera_stack.tls import TlsFiles
 
-__all__ = ["AUTH", "NGINX", "PROMETHEUS", "REPLICA_PREFIX", "Layout", "ReplicaEntry", "StackState"]
+__all__ = [
+    "AUTH",
+    "NGINX",
+    "OPERATOR_SECRET",
+    "PROMETHEUS",
+    "REPLICA_PREFIX",
+    "Layout",
+    "ReplicaEntry",
+    "StackState",
+]
 
 AUTH = "auth"
 NGINX = "nginx"
 PROMETHEUS = "prometheus"
+#: The live page's operator secret, in ``secrets/`` (tessera_stack.live_page).
+OPERATOR_SECRET = "operator_secret"  # noqa: S105 - a file name
 #: The stack PostgreSQL's superuser (the auth service, migrations, the admin CLI).
 POSTGRES_SUPERUSER = "tessera"
 #: The replicas' PostgreSQL role: their own schema (the forum), none of auth's tables.

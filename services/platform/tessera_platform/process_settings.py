@@ -20,6 +20,8 @@ from tessera_verify.dependency_metrics import REDIS_URL_SCHEMES, parse_redis_nod
 from tessera_verify.env import ConfigError, EnvReader, RecordedEnviron, check_url
 
 __all__ = [
+    "DEFAULT_EVENT_LOOP",
+    "EVENT_LOOPS",
     "ProcessSettings",
     "load_or_exit",
     "read_dependency_urls",
@@ -31,6 +33,11 @@ __all__ = [
 T = TypeVar("T")
 
 log = logging.getLogger("tessera.settings")
+
+#: ``TESSERA_EVENT_LOOP``'s values (tessera_platform.serve.new_event_loop makes them).
+EVENT_LOOPS = ("asyncio", "uvloop")
+#: The default: ``make bench`` judges it against the other (README, Benchmark).
+DEFAULT_EVENT_LOOP = "asyncio"
 
 
 def load_or_exit(
@@ -83,8 +90,8 @@ class ProcessSettings:
     #: Seconds /readyz answers 503 before the listener closes (a load balancer notices).
     drain_seconds: float = 0.0
     shutdown_timeout: float = 10.0
-    #: ``TESSERA_EVENT_LOOP``: ``asyncio`` (default) or ``uvloop`` (tessera_platform.serve).
-    event_loop: str = "asyncio"
+    #: ``TESSERA_EVENT_LOOP``: one of :data:`EVENT_LOOPS` (tessera_platform.serve).
+    event_loop: str = DEFAULT_EVENT_LOOP
 
 
 def read_process_settings(
@@ -153,8 +160,9 @@ def _read_log_json(reader: EnvReader) -> bool:
 
 
 def _read_event_loop(reader: EnvReader) -> str:
-    """``TESSERA_EVENT_LOOP``: ``asyncio`` (default) or ``uvloop``."""
-    value = (reader.text("TESSERA_EVENT_LOOP", "asyncio") or "asyncio").lower()
-    if value not in ("asyncio", "uvloop"):
-        reader.problems.append("TESSERA_EVENT_LOOP must be 'asyncio' or 'uvloop'")
+    """``TESSERA_EVENT_LOOP``: one of :data:`EVENT_LOOPS`, :data:`DEFAULT_EVENT_LOOP` unset."""
+    value = (reader.text("TESSERA_EVENT_LOOP", DEFAULT_EVENT_LOOP) or DEFAULT_EVENT_LOOP).lower()
+    if value not in EVENT_LOOPS:
+        choices = " or ".join(f"'{loop}'" for loop in EVENT_LOOPS)
+        reader.problems.append(f"TESSERA_EVENT_LOOP must be {choices}")
     return value

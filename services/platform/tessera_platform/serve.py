@@ -21,7 +21,7 @@ import signal
 import uvloop
 from aiohttp import web
 
-from .process_settings import ProcessSettings
+from .process_settings import EVENT_LOOPS, ProcessSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,6 @@ async def serve(
     finally:
         await runner.cleanup()  # closes the socket, waits for in-flight requests, cleans up
         log.info("stopped")
-
-
-#: ``TESSERA_EVENT_LOOP``'s values.
-EVENT_LOOPS = ("asyncio", "uvloop")
-#: The default (``make bench``'s verdict: the one that costs no more per request).
-DEFAULT_EVENT_LOOP = "asyncio"
 
 
 def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
