@@ -47,6 +47,8 @@ from .password_check import PasswordCheck
 from .password_policy import PasswordPolicy
 from .passwords import PasswordHasher
 from .portal import routes as portal
+from .portal.csrf import FormTokens
+from .portal.return_url import ReturnUrlPolicy, origin_of
 from .refresh_tokens import RefreshTokenStore, refresh_token_key
 from .regulation import Regulator
 from .revocation_store import RevocationStore
@@ -264,6 +266,11 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     app[app_state.SETTINGS] = settings
     app[app_state.CLOCK] = clock or SystemClock()
     app[app_state.METRICS] = metrics
+    app[app_state.FORM_TOKENS] = FormTokens.from_key_encryption_key(settings.key_encryption_key)
+    app[app_state.RETURN_URLS] = ReturnUrlPolicy.of(
+        (origin_of(settings.issuer), *settings.portal_allowed_origins),
+        allow_http=settings.development,
+    )
     app.cleanup_ctx.extend([_redis_ctx, _db_ctx, _services_ctx])
     app.on_response_prepare.append(_security_headers)
     for table in (

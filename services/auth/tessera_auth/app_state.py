@@ -18,6 +18,8 @@ from .audit import AuditLog
 from .keyring import KeyRing
 from .metrics import AuthMetrics
 from .password_check import PasswordCheck
+from .portal.csrf import FormTokens
+from .portal.return_url import ReturnUrlPolicy
 from .refresh_tokens import RefreshTokenStore
 from .regulation import Regulator
 from .revocation_store import RevocationStore
@@ -27,6 +29,9 @@ from .token_pairs import TokenPairs
 
 SETTINGS = web.AppKey("settings", Settings)
 CLOCK = web.AppKey("clock", Clock)
+#: The portal's CSRF form tokens and return-URL allow-list, made once from the settings.
+FORM_TOKENS = web.AppKey("form_tokens", FormTokens)
+RETURN_URLS = web.AppKey("return_urls", ReturnUrlPolicy)
 METRICS = web.AppKey("metrics", AuthMetrics)
 REDIS = web.AppKey("redis", Redis)
 DB = web.AppKey("db", asyncpg.Pool)

@@ -20,7 +20,7 @@ from tessera_platform.openapi import NO_STORE, SIGNED_IN, Schema, answer, body, 
 
 from .password_policy import DEFAULT_MIN_LENGTH, MAX_INPUT_LENGTH, MAX_LENGTH, MIN_LENGTH_FLOOR
 from .portal import routes as portal
-from .portal.pages import CONTENT_SECURITY_POLICY
+from .portal.pages import SECURITY_HEADERS
 from .portal.return_url import MAX_LENGTH as RETURN_URL_MAX_LENGTH
 from .routes_account import CREDENTIAL_KINDS
 from .routes_discovery import JWKS_PATH, METADATA_PATH
@@ -620,8 +620,13 @@ _PAGE = {"type": "string", "description": "An HTML page (no script)."}
 #: What every portal answer carries besides ``X-Request-Id``.
 _PORTAL_HEADERS = {
     "Content-Security-Policy": oa.header(
-        f"`{CONTENT_SECURITY_POLICY}`; with `Referrer-Policy: no-referrer`, "
-        "`X-Content-Type-Options: nosniff` and `X-Frame-Options: DENY`."
+        f"`{SECURITY_HEADERS['Content-Security-Policy']}`; with "
+        + ", ".join(
+            f"`{name}: {value}`"
+            for name, value in SECURITY_HEADERS.items()
+            if name != "Content-Security-Policy"
+        )
+        + "."
     ),
 }
 #: The portal is for browsers: a session cookie, or nobody yet (never a bearer token).

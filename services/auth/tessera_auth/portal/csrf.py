@@ -22,7 +22,6 @@ tokens for the auth service's forms.
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import hmac
 import re
@@ -77,7 +76,6 @@ def set_browser_secret(
     response.set_cookie(name, secret, path="/", secure=secure, httponly=True, samesite="Strict")
 
 
-@functools.lru_cache(maxsize=4)
 def _derive(key_encryption_key: bytes) -> bytes:
     return HKDF(
         algorithm=hashes.SHA256(), length=32, salt=None, info=b"tessera portal csrf tokens"

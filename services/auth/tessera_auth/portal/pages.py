@@ -9,7 +9,7 @@ origin, and no framing (clickjacking). HSTS is nginx's to send.
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from http import HTTPStatus
 from importlib import resources
@@ -131,12 +131,13 @@ def page(handler: Handler) -> Handler:
     return answer
 
 
-async def read_form(request: web.Request, fields: Collection[str]) -> dict[str, Any]:
+async def read_form(request: web.Request) -> dict[str, Any]:
     """The posted form (``application/x-www-form-urlencoded``, what an HTML form sends
-    without JavaScript): 415 for anything else, 400 for a field sent twice."""
+    without JavaScript): 415 for anything else, 400 for a field sent twice. Its every
+    field (a form's unknown fields are ignored, RFC 6749 §3.2's way: ``read_body``)."""
     if request.content_type != FORM:
         raise UnsupportedMediaType(f"expected a form ({FORM})")
-    return await read_body(request, fields=fields, allow_form=True)
+    return await read_body(request, fields=(), allow_form=True)
 
 
 @functools.cache

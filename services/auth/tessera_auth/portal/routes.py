@@ -44,7 +44,6 @@ from .csrf import (
     set_browser_secret,
 )
 from .pages import page, read_form, redirect, render, stylesheet
-from .return_url import ReturnUrlPolicy, origin_of
 
 __all__ = [
     "ACCOUNT_PATH",
@@ -95,19 +94,6 @@ routes = web.RouteTableDef()
 
 def _secure(app: web.Application) -> bool:
     return not app[app_state.SETTINGS].cookie_insecure
-
-
-def _form_tokens(app: web.Application) -> FormTokens:
-    return FormTokens.from_key_encryption_key(app[app_state.SETTINGS].key_encryption_key)
-
-
-def _return_urls(app: web.Application) -> ReturnUrlPolicy:
-    """The issuer's origin (the portal's own) and the configured ones; http in development."""
-    settings = app[app_state.SETTINGS]
-    return ReturnUrlPolicy.of(
-        (origin_of(settings.issuer), *settings.portal_allowed_origins),
-        allow_http=settings.development,
-    )
 
 
 def _one(values: list[str]) -> str | None:
@@ -164,7 +150,7 @@ def _login_page(
         status=status,
         headers=headers,
         csrf_field=CSRF_FIELD,
-        csrf_token=_form_tokens(app).for_browser(secret),
+        csrf_token=app[app_state.FORM_TOKENS].for_browser(secret),
         return_url=return_url or "",
         error=error,
         notice=notice,
@@ -178,7 +164,7 @@ def _login_page(
 @page
 async def login_form(request: web.Request) -> web.Response:
     """The login form; ``rd`` is where to go after (ignored unless a valid return URL)."""
-    return_url = _return_urls(request.app).validate(_one(request.query.getall("rd", [])))
+    return_url = request.app[app_state.RETURN_URLS].validate(_one(request.query.getall("rd", [])))
     notice = NOTICES.get(_one(request.query.getall("notice", [])) or "")
     return _login_page(request, return_url=return_url, notice=notice)
 
@@ -189,13 +175,13 @@ async def login(request: web.Request) -> web.Response:
     """Check the password; a new session and ``303`` to the return URL, or the form again."""
     app = request.app
     check_same_origin(request)
-    form = await read_form(request, ("username", "password", CSRF_FIELD, "rd"))
+    form = await read_form(request)
     secret = browser_secret(request, csrf_cookie_name(insecure=not _secure(app)))
     if secret is None:
         raise CSRFRejected("no CSRF cookie: the login form was not loaded from here")
-    _check_token(_form_tokens(app).for_browser(secret), form)
+    _check_token(app[app_state.FORM_TOKENS].for_browser(secret), form)
 
-    return_url = _return_urls(app).validate(_form_value(form, "rd"))
+    return_url = app[app_state.RETURN_URLS].validate(_form_value(form, "rd"))
     username = get_str(form, "username", required=False, max_length=256)
     password = get_str(form, "password", required=False, max_length=MAX_INPUT_LENGTH)
     if not username or not password:
@@ -237,8 +223,8 @@ async def logout(request: web.Request) -> web.Response:
     response = redirect(LOGIN_PATH)
     if not session_id:
         return response  # nothing to log out of
-    form = await read_form(request, (CSRF_FIELD,))
-    _check_token(_form_tokens(app).for_session(session_id), form)
+    form = await read_form(request)
+    _check_token(app[app_state.FORM_TOKENS].for_session(session_id), form)
     session = await app[app_state.SESSIONS].load(session_id)
     if session is not None:
         await app[app_state.REVOKER].revoke_session(session)
@@ -258,7 +244,7 @@ async def start(request: web.Request) -> web.Response:
     """Where nginx sends a browser that an ``auth_request`` refused: ``302`` to the
     login form, with the URL it asked for (``X-Original-URL``) when that is valid."""
     asked = request.headers.get(ORIGINAL_URL_HEADER)
-    return redirect(_to_login(_return_urls(request.app).validate(asked)), status=302)
+    return redirect(_to_login(request.app[app_state.RETURN_URLS].validate(asked)), status=302)
 
 
 # --- the account page -------------------------------------------------------------------
@@ -273,9 +259,7 @@ async def _signed_in(request: web.Request) -> tuple[str, Session] | None:
     return None if session is None else (session_id, session)
 
 
-async def _signed_in_post(
-    request: web.Request, fields: tuple[str, ...] = ()
-) -> tuple[str, Session, dict[str, Any]] | None:
+async def _signed_in_post(request: web.Request) -> tuple[str, Session, dict[str, Any]] | None:
     """A signed-in page's post: its origin and CSRF token checked (403 otherwise),
     then the live session and the form; None when the browser has no live session."""
     app = request.app
@@ -283,8 +267,8 @@ async def _signed_in_post(
     session_id = cookie_value(request, session_cookie_name(app))
     if not session_id:
         return None
-    form = await read_form(request, (CSRF_FIELD, *fields))
-    _check_token(_form_tokens(app).for_session(session_id), form)
+    form = await read_form(request)
+    _check_token(app[app_state.FORM_TOKENS].for_session(session_id), form)
     session = await app[app_state.SESSIONS].load(session_id)
     return None if session is None else (session_id, session, form)
 
@@ -313,7 +297,7 @@ async def _account_page(
         user_id=session.record.user_id,
         sessions=[{**session_details(s), "current": s.record.public_id == current} for s in listed],
         csrf_field=CSRF_FIELD,
-        csrf_token=_form_tokens(app).for_session(session_id),
+        csrf_token=app[app_state.FORM_TOKENS].for_session(session_id),
         paths={
             "logout": LOGOUT_PATH,
             "logout_all": LOGOUT_ALL_PATH,
@@ -384,7 +368,7 @@ async def change_password(request: web.Request) -> web.Response:
     """Change my password (everything issued before is revoked, this browser's
     session included); a refusal is the account page again, saying why."""
     app = request.app
-    signed_in = await _signed_in_post(request, ("current_password", "new_password", "username"))
+    signed_in = await _signed_in_post(request)
     if signed_in is None:
         return redirect(LOGIN_FOR_ACCOUNT)
     session_id, session, form = signed_in
