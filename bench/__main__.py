@@ -18,6 +18,8 @@ nginx with TLS, all on loopback), measures
    service with wrong passwords, registrations and password changes from many
    addresses, side by side, and where the attacker's requests ended (429, 503,
    or a password hash);
+7. multi-core (``scaling``): one replica with ``TESSERA_WORKERS=1`` next to
+   the same replica with 2 workers sharing its port;
 
 plus the in-process micro-benchmark (``bench.micro``), then writes
 ``bench/results/<timestamp>/`` (``report.md``, ``summary.md``, PNG charts,
@@ -51,6 +53,7 @@ from bench.procs import REPO_ROOT, bench_environment
 from bench.profiling import summarise
 from bench.report import render_report, render_summary, verdicts
 from bench.rows import run_rows
+from bench.scaling import run_scaling
 from bench.stack import BenchStack
 from bench.validation import run_validation
 from bench.wrk import ensure_wrk
@@ -58,7 +61,7 @@ from tessera_demo.stack_control import own_servers_env
 
 __all__ = ["SECTIONS", "main", "run"]
 
-SECTIONS = ("validation", "logins", "attack", "micro", "rows", "failover")
+SECTIONS = ("validation", "logins", "attack", "micro", "rows", "failover", "scaling")
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 
@@ -155,7 +158,7 @@ async def run(
             json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8"
         )
 
-    if {"validation", "logins", "attack", "rows"} & set(sections):
+    if {"validation", "logins", "attack", "rows", "scaling"} & set(sections):
         ensure_wrk()
         with tempfile.TemporaryDirectory(prefix="tessera-bench-") as run_dir:
             stack = BenchStack(Path(run_dir) / "run", alg=alg)
@@ -175,6 +178,10 @@ async def run(
                 if "attack" in sections:
                     progress("6: logins while an attacker floods the auth service")
                     results["attack"] = await run_attack(stack, config, cores, progress)
+                    save()
+                if "scaling" in sections:
+                    progress("7: multi-core, one replica with 1 and with 2 workers")
+                    results["scaling"] = await run_scaling(stack, config, cores, progress)
                     save()
                 if "rows" in sections:
                     progress(f"2: the rows under load, {config.replicas} replicas")

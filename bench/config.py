@@ -76,6 +76,10 @@ class BenchConfig:
     attack_rate: float = 100.0
     #: Source addresses of each attacker stream, fresh each round.
     attack_addresses: int = 8
+    # Multi-core: one replica with 1 and with 2 workers (bench.scaling, wrk, unpinned).
+    scaling_rounds: int = 5
+    scaling_seconds: float = 5.0
+    scaling_connections: int = 32
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -134,4 +138,6 @@ QUICK = BenchConfig(
     failover_seconds=4.5,
     attack_rounds=1,
     attack_seconds=3.0,
+    scaling_rounds=3,
+    scaling_seconds=1.0,
 )

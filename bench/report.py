@@ -646,6 +646,71 @@ def _attack_section(attack: dict[str, Any]) -> str:
     )
 
 
+def _scaling_section(scaling: dict[str, Any]) -> str:
+    """Part 7: one replica with 1 and with 2 worker processes (TESSERA_WORKERS)."""
+    lines = []
+    for scenario in scaling["scenarios"].values():
+        one, two = scenario["by_workers"]["1"], scenario["by_workers"]["2"]
+        lines.append(
+            [
+                scenario["label"],
+                _n(one["rate"]),
+                _n(two["rate"]),
+                _times(scenario["ratio"]),
+                f"{_n(one['cpu_us'])} / {_n(two['cpu_us'])}",
+                f"{_n(one['service_cores'], 2)} / {_n(two['service_cores'], 2)}",
+                f"{_n(one['wrk_cores'], 2)} / {_n(two['wrk_cores'], 2)}",
+                f"{_n(one['machine_cores'], 2)} / {_n(two['machine_cores'], 2)}",
+                _pct(two["busiest_worker_share"]),
+                str(one["failures"] + two["failures"]),
+            ]
+        )
+    return (
+        "## 7. Multi-core: one replica with 1 and 2 workers\n\n"
+        f"The same replica ({scaling['methods']}) with `TESSERA_WORKERS=1` and `=2` "
+        "(two processes on one port, `SO_REUSEPORT`), wrk (one thread, "
+        f"{scaling['connections']} connections) at each in turn, {scaling['rounds']} "
+        f"interleaved rounds of {scaling['seconds']:g} s, medians; 2w/1w is the ratio of "
+        f"request rates within a round. Nothing pinned: on {scaling['cpus']} cores the "
+        "replica's workers, wrk and the rest of the stack share every core, so a ratio "
+        "below the number of workers is the machine, not the design. CPU is the replica's "
+        "whole process tree; cores = cores' worth of CPU used during the run (machine: "
+        "everything, ours or not); busiest worker = its share of the two workers' CPU "
+        "(50% is an even spread)."
+        + _saturated(scaling)
+        + "\n\n"
+        + _table(
+            [
+                "request",
+                "req/s 1 worker",
+                "req/s 2 workers",
+                "2w/1w",
+                "CPU µs/req 1w / 2w",
+                "replica cores 1w / 2w",
+                "wrk cores 1w / 2w",
+                "machine cores 1w / 2w",
+                "busiest worker",
+                "failed",
+            ],
+            lines,
+        )
+    )
+
+
+def _saturated(scaling: dict[str, Any]) -> str:
+    """A warning when the machine had no core to spare while the 2 workers ran."""
+    busy = [
+        scenario["by_workers"]["2"]["machine_cores"] for scenario in scaling["scenarios"].values()
+    ]
+    if not busy or median(busy) < 0.9 * scaling["cpus"]:
+        return ""
+    return (
+        f" **The machine was saturated** ({_n(median(busy), 2)} of {scaling['cpus']} cores "
+        "busy, other programs included) while the 2 workers ran: the second worker had no "
+        "free core, and the ratio measures that contention rather than scaling."
+    )
+
+
 def _times(value: float) -> str:
     return "n/a" if value != value else f"{value:.2f}x"
 
@@ -679,6 +744,8 @@ def render_summary(results: dict[str, Any]) -> str:
         parts.append(_failover_section(results["failover"]))
     if "attack" in results:
         parts.append(_attack_section(results["attack"]))
+    if "scaling" in results:
+        parts.append(_scaling_section(results["scaling"]))
     return "\n\n".join(part for part in parts if part) + "\n"
 
 

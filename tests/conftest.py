@@ -75,6 +75,7 @@ SERVER_MODULES = {
     "test_revocation_faults",
     "test_settings",
     "test_token_lifecycle",
+    "test_workers",
 }
 #: Fixtures that start a real server (everything that uses one depends on these).
 SERVER_FIXTURES = {"database_url", "redis_url", "redis_sentinel_group", "redis_cluster_group"}

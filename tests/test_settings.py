@@ -19,7 +19,7 @@ import uvloop
 from tessera_auth import db
 from tessera_auth.settings import ConfigError, Settings, load_settings
 from tessera_auth.startup import check_dependencies
-from tessera_platform.process_settings import EVENT_LOOPS, unread_variables
+from tessera_platform.process_settings import EVENT_LOOPS, MAX_WORKERS, unread_variables
 from tessera_platform.serve import new_event_loop
 from tessera_stack import free_port
 from tessera_verify.env import RecordedEnviron
@@ -597,3 +597,32 @@ def test_each_event_loop_runs_a_coroutine(name: str) -> None:
         loop.close()
     with pytest.raises(ValueError, match="unknown event loop"):
         new_event_loop("trio")
+
+
+# --- worker processes ----------------------------------------------------------------------
+
+
+def test_one_worker_unless_more_are_asked_for() -> None:
+    assert load_settings(DEVELOPMENT).process.workers == 1
+    assert load_settings({**DEVELOPMENT, "TESSERA_WORKERS": "4"}).process.workers == 4
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5", str(MAX_WORKERS + 1)])
+def test_a_worker_count_out_of_range_or_not_a_number_is_a_problem(value: str) -> None:
+    assert _has(_problems({**DEVELOPMENT, "TESSERA_WORKERS": value}), "TESSERA_WORKERS")
+
+
+def test_a_replica_keeping_sessions_in_its_memory_refuses_more_than_one_worker() -> None:
+    from tessera_resource.settings import ConfigError as ResourceConfigError
+    from tessera_resource.settings import load_settings as load_resource_settings
+
+    replica = {**DEVELOPMENT, "TESSERA_AUTH_URL": "http://auth:8080", "TESSERA_WORKERS": "2"}
+    shared = load_resource_settings({**replica, "TESSERA_AUTH_METHODS": "jwt,shared_session"})
+    assert shared.process.workers == 2
+    with pytest.raises(ResourceConfigError) as refused:
+        load_resource_settings({**replica, "TESSERA_AUTH_METHODS": "jwt,local_session"})
+    assert _has(refused.value.problems, "TESSERA_WORKERS=2 cannot serve local_session")
+    one = load_resource_settings(
+        {**replica, "TESSERA_WORKERS": "1", "TESSERA_AUTH_METHODS": "local_session"}
+    )
+    assert one.process.workers == 1

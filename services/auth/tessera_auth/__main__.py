@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import os
 import sys
+from functools import partial
 
 from tessera_platform import serve
 from tessera_platform.observability import configure_logging
@@ -86,12 +87,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     args = build_parser(prog).parse_args(argv)
     environ = RecordedEnviron(os.environ)
     settings = load_or_exit(load_settings, "tessera-auth", environ)
-    configure_logging(
+    # A partial, not a closure: with TESSERA_WORKERS > 1 each worker runs it too.
+    setup_logging = partial(
+        configure_logging,
         "auth",
         settings.process.log_level,
         json_logs=settings.process.log_json,
         access_log_enabled=settings.process.access_log,
     )
+    setup_logging()
     warn_unread_variables(environ)
     if args.command == "migrate":
         print(asyncio.run(migrate_database(settings.database_url, db.MIGRATOR)))
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     if args.command == "check":
         print("configuration and dependencies: ok")
         return
-    serve.run(create_app(settings), settings.process)
+    serve.run(partial(create_app, settings), settings.process, worker_setup=setup_logging)
 
 
 if __name__ == "__main__":

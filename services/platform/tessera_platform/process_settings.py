@@ -22,6 +22,7 @@ from tessera_verify.env import ConfigError, EnvReader, RecordedEnviron, check_ur
 __all__ = [
     "DEFAULT_EVENT_LOOP",
     "EVENT_LOOPS",
+    "MAX_WORKERS",
     "ProcessSettings",
     "load_or_exit",
     "read_dependency_urls",
@@ -38,6 +39,8 @@ log = logging.getLogger("tessera.settings")
 EVENT_LOOPS = ("asyncio", "uvloop")
 #: The default: ``make bench`` judges it against the other (README, Benchmark).
 DEFAULT_EVENT_LOOP = "asyncio"
+#: ``TESSERA_WORKERS``' ceiling: a typo (``800`` for ``8``) is refused, not forked.
+MAX_WORKERS = 256
 
 
 def load_or_exit(
@@ -92,6 +95,9 @@ class ProcessSettings:
     shutdown_timeout: float = 10.0
     #: ``TESSERA_EVENT_LOOP``: one of :data:`EVENT_LOOPS` (tessera_platform.serve).
     event_loop: str = DEFAULT_EVENT_LOOP
+    #: ``TESSERA_WORKERS``: processes serving the one port (tessera_platform.serve); each
+    #: has its own event loop, connections, caches and metrics.
+    workers: int = 1
 
 
 def read_process_settings(
@@ -110,6 +116,7 @@ def read_process_settings(
         drain_seconds=reader.parsed("TESSERA_DRAIN_SECONDS", float, 0.0, "a number"),
         shutdown_timeout=reader.parsed("TESSERA_SHUTDOWN_TIMEOUT", float, 10.0, "a number"),
         event_loop=_read_event_loop(reader),
+        workers=_read_workers(reader),
     )
 
 
@@ -166,3 +173,12 @@ def _read_event_loop(reader: EnvReader) -> str:
         choices = " or ".join(f"'{loop}'" for loop in EVENT_LOOPS)
         reader.problems.append(f"TESSERA_EVENT_LOOP must be {choices}")
     return value
+
+
+def _read_workers(reader: EnvReader) -> int:
+    """``TESSERA_WORKERS``: 1 (the default) to :data:`MAX_WORKERS` processes on the port."""
+    workers = reader.parsed("TESSERA_WORKERS", int, 1, "an integer")
+    if not 1 <= workers <= MAX_WORKERS:
+        reader.problems.append(f"TESSERA_WORKERS must be 1-{MAX_WORKERS} (got {workers})")
+        return 1
+    return workers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+from functools import partial
 
 from tessera_platform import serve
 from tessera_platform.observability import configure_logging
@@ -34,17 +35,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     environ = RecordedEnviron(os.environ)
     settings = load_or_exit(load_settings, "tessera-resource", environ)
-    configure_logging(
+    # A partial, not a closure: with TESSERA_WORKERS > 1 each worker runs it too.
+    setup_logging = partial(
+        configure_logging,
         f"resource-{settings.replica_id}",
         settings.process.log_level,
         json_logs=settings.process.log_json,
         access_log_enabled=settings.process.access_log,
     )
+    setup_logging()
     warn_unread_variables(environ)
     if args.command == "migrate":
         print(asyncio.run(migrate_database(settings.database_url, MIGRATOR)))
         return
-    serve.run(create_app(settings), settings.process)
+    serve.run(partial(create_app, settings), settings.process, worker_setup=setup_logging)
 
 
 if __name__ == "__main__":

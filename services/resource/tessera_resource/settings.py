@@ -20,6 +20,7 @@ from tessera_platform.process_settings import (
     read_process_settings,
 )
 from tessera_verify.env import ConfigError, Environment, EnvReader, check_url, read_environment
+from tessera_verify.principal import AuthMethod
 from tessera_verify.verify_config import VerifyConfig, read_verify_config
 
 __all__ = ["ConfigError", "ResourceSettings", "load_settings"]
@@ -63,6 +64,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> ResourceSettings:
     replica_id = reader.text("TESSERA_REPLICA_ID") or socket.gethostname()
     if not replica_id.replace("-", "").replace("_", "").isalnum() or len(replica_id) > 64:
         reader.problems.append("TESSERA_REPLICA_ID must be 1-64 letters, digits, '-' or '_'")
+    if process.workers > 1 and verify and AuthMethod.LOCAL_SESSION in verify.auth_methods:
+        # Each worker would keep its own sessions: the load-balancer problem of rows 1-3
+        # inside one replica, with the kernel as the round-robin balancer.
+        reader.problems.append(
+            f"TESSERA_WORKERS={process.workers} cannot serve local_session "
+            "(TESSERA_AUTH_METHODS): each worker would keep sessions in its own memory, "
+            "and a login would be unknown to the other workers; use 1 worker, or "
+            "shared_session/jwt"
+        )
     if reader.problems or verify is None:
         raise ConfigError(reader.problems)
     return ResourceSettings(
