@@ -11,9 +11,9 @@ from aiohttp import web
 from prometheus_client import Histogram
 from redis.asyncio import Redis
 
-from tessera_platform.observability import request_id_middleware
+from tessera_platform.middleware import service_middleware
 from tessera_platform.pg_migrations import open_database
-from tessera_platform.service_errors import DEPENDENCY_ERRORS, error_middleware
+from tessera_platform.service_errors import DEPENDENCY_ERRORS
 from tessera_verify import redis_layout
 from tessera_verify.access_tokens import AccessTokenClaims, AccessTokenVerifier
 from tessera_verify.background import pause, reraise_if_cancelling
@@ -261,7 +261,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     metrics = AuthMetrics()
     app = web.Application(
         client_max_size=settings.process.max_body_bytes,
-        middlewares=[request_id_middleware, metrics.middleware(), error_middleware],
+        middlewares=[service_middleware(metrics)],
     )
     app[app_state.SETTINGS] = settings
     app[app_state.CLOCK] = clock or SystemClock()

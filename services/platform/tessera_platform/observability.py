@@ -1,4 +1,4 @@
-"""Structured JSON logs carrying the request ID, and the middleware that sets it.
+"""Structured JSON logs carrying the request ID, and the request ID itself.
 
 nginx sends ``X-Request-ID`` (its ``$request_id``); a service reached directly
 makes one up. Every log line written while handling the request carries it, and
@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -89,30 +88,14 @@ def configure_logging(
     access_log.setLevel(logging.INFO if access_log_enabled else logging.WARNING)
 
 
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Adopt or make the request ID; log one access line per request."""
+def request_id_of(request: web.Request) -> str:
+    """The request's ID: the one it carries (nginx's ``X-Request-ID``) when well formed,
+    else a new one."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if _VALID_REQUEST_ID.match(incoming) else new_request_id()
-    token = request_id_var.set(request_id)
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        response.headers[REQUEST_ID_HEADER] = request_id
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        exc.headers[REQUEST_ID_HEADER] = request_id
-        raise
-    finally:
-        if access_log.isEnabledFor(logging.INFO):
-            _log_access(request, status, started)
-        request_id_var.reset(token)
+    return incoming if _VALID_REQUEST_ID.match(incoming) else new_request_id()
 
 
-def _log_access(request: web.Request, status: int, started: float) -> None:
+def log_access(request: web.Request, status: int, started: float) -> None:
     access_log.info(
         "%s %s %d",
         request.method,

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncpg
 
 from tessera_verify.error_middleware import DEPENDENCY_ERRORS as VERIFY_DEPENDENCY_ERRORS
-from tessera_verify.error_middleware import error_middleware_for
 
-__all__ = ["DEPENDENCY_ERRORS", "error_middleware"]
+__all__ = ["DEPENDENCY_ERRORS"]
 
 DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     *VERIFY_DEPENDENCY_ERRORS,
@@ -23,5 +22,3 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.InterfaceError,
 )
-
-error_middleware = error_middleware_for(DEPENDENCY_ERRORS)

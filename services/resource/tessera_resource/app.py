@@ -7,12 +7,10 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
 
-from tessera_platform.observability import request_id_middleware
+from tessera_platform.middleware import service_middleware
 from tessera_platform.pg_migrations import Migrator, open_database
-from tessera_platform.service_errors import error_middleware
 from tessera_verify.clock import Clock, SystemClock
 from tessera_verify.cookies import cookie_value
 from tessera_verify.errors import DuplicateCookie
@@ -56,19 +54,15 @@ async def _auth_client_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-@web.middleware
-async def stamp_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Say which replica answered and how the caller was authenticated; keep the route cookie.
-
-    A middleware, not ``on_response_prepare``: aiohttp serialises cookies before
-    that signal fires. It sits outside the error middleware, so errors are stamped too.
-    """
-    response = await handler(request)
+def stamp(request: web.Request, response: web.StreamResponse) -> None:
+    """Say which replica answered and how the caller was authenticated; keep the route
+    cookie. Errors are stamped too (the service middleware calls it on every answer)."""
     settings = request.app[app_state.SETTINGS]
     principal = request.get(PRINCIPAL)
-    response.headers[SERVED_BY_HEADER] = settings.replica_id
-    response.headers[AUTH_METHOD_HEADER] = principal.method.value if principal else "none"
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers = response.headers
+    headers[SERVED_BY_HEADER] = settings.replica_id
+    headers[AUTH_METHOD_HEADER] = principal.method.value if principal else "none"
+    headers.setdefault("X-Content-Type-Options", "nosniff")
     try:
         route = cookie_value(request, ROUTE_COOKIE)
     except DuplicateCookie:
@@ -83,7 +77,6 @@ async def stamp_middleware(request: web.Request, handler: Handler) -> web.Stream
             httponly=True,
             samesite="Lax",
         )
-    return response
 
 
 def create_app(settings: ResourceSettings, *, clock: Clock | None = None) -> web.Application:
@@ -92,12 +85,7 @@ def create_app(settings: ResourceSettings, *, clock: Clock | None = None) -> web
     metrics = ServiceMetrics(CollectorRegistry())
     app = web.Application(
         client_max_size=settings.process.max_body_bytes,
-        middlewares=[
-            request_id_middleware,
-            metrics.middleware(),
-            stamp_middleware,
-            error_middleware,
-        ],
+        middlewares=[service_middleware(metrics, stamp=stamp)],
     )
     app[app_state.SETTINGS] = settings
     app[app_state.CLOCK] = clock

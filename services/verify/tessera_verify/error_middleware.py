@@ -1,8 +1,8 @@
 """The one middleware that turns errors into JSON responses.
 
 Verification depends on Redis and HTTP only; a service that also talks to
-PostgreSQL builds its middleware with :func:`error_middleware_for` and its own,
-longer list of dependency errors (``tessera_platform.service_errors``).
+PostgreSQL answers errors with :func:`answer_error` and its own, longer list of
+dependency errors (``tessera_platform.service_errors``, ``tessera_platform.middleware``).
 
 Errors are problem details (:func:`error_response`) everywhere but on the OAuth
 endpoints, which answer in RFC 6749 §5.2's shape (:func:`oauth_error_response`):
@@ -104,30 +104,43 @@ def error_middleware_for(
         """Turn tessera errors, aiohttp HTTP errors and dependency failures into JSON."""
         try:
             return await handler(request)
-        except TesseraError as error:
-            return render(error)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            mapped = _HTTP_ERRORS.get(exc.status)
-            if mapped is not None:
-                response = render(mapped())
-                if "Allow" in exc.headers:  # RFC 9110 §15.5.6: a 405 must say what is allowed
-                    response.headers["Allow"] = exc.headers["Allow"]
-                return response
-            if 400 <= exc.status < 500:
-                return render(_other_http_error(exc.status)(exc.reason))
-            raise
-        except dependency_errors as exc:
-            log.warning("dependency unavailable on %s %s: %r", request.method, request.path, exc)
-            return render(ServiceUnavailable())
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            return render(TesseraError())
+        except Exception as exc:
+            return answer_error(request, exc, dependency_errors, render)
 
     return error_middleware
+
+
+def answer_error(
+    request: web.Request,
+    exc: Exception,
+    dependency_errors: tuple[type[BaseException], ...],
+    render: Renderer = error_response,
+) -> web.Response:
+    """The response for ``exc``, raised while handling ``request``; raises ``exc`` again
+    when it is not answered here (a redirect, aiohttp's own 5xx).
+
+    Called from an ``except`` block (the traceback of an unexpected error is logged).
+    The error middleware's body, shared with the services' one middleware
+    (:mod:`tessera_platform.middleware`)."""
+    if isinstance(exc, TesseraError):
+        return render(exc)
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
+        mapped = _HTTP_ERRORS.get(exc.status)
+        if mapped is not None:
+            response = render(mapped())
+            if "Allow" in exc.headers:  # RFC 9110 §15.5.6: a 405 must say what is allowed
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
+        if 400 <= exc.status < 500:
+            return render(_other_http_error(exc.status)(exc.reason))
+        raise exc
+    if isinstance(exc, dependency_errors):
+        log.warning("dependency unavailable on %s %s: %r", request.method, request.path, exc)
+        return render(ServiceUnavailable())
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return render(TesseraError())
 
 
 #: For a service whose only dependencies are Redis and HTTP (verification alone).
