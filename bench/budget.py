@@ -11,6 +11,7 @@ from tessera_platform.process_settings import DEFAULT_EVENT_LOOP, EVENT_LOOPS
 __all__ = [
     "BASELINE_MAX_OVER_BARE",
     "FIRST_SEEN_JWT_MAX_EXTRA_US",
+    "FORWARD_AUTH_MIN_SHARE_OF_BASELINE",
     "LOGIN_MIN_SHARE_OF_ARGON2",
     "PEER_MIN_SPEEDUP",
     "REPEATED_MIN_SHARE_OF_BASELINE",
@@ -28,6 +29,9 @@ __all__ = [
 REPEATED_MIN_SHARE_OF_BASELINE = 0.95
 #: A first-seen JWT may cost at most this much more than the raw signature check.
 FIRST_SEEN_JWT_MAX_EXTRA_US = 15.0
+#: Forward auth end to end (nginx with TLS, the auth service, the replica, Redis): at
+#: least this share of the replica's unauthenticated throughput (issue 14).
+FORWARD_AUTH_MIN_SHARE_OF_BASELINE = 0.60
 #: The event loop the bench measures beside the services' default.
 OTHER_LOOP = next(loop for loop in EVENT_LOOPS if loop != DEFAULT_EVENT_LOOP)
 #: tessera's unauthenticated baseline: at most this much more CPU per request than
@@ -89,6 +93,7 @@ def validation_verdicts(validation: dict[str, Any]) -> list[Verdict]:
                 None if met else key,
             )
         )
+    verdicts += _forward_auth_verdicts(scenarios)
     extra = (
         float(scenarios["jwt_first_seen"]["cost_us"])
         - float(scenarios["jwt_repeated"]["cost_us"])
@@ -125,6 +130,25 @@ def validation_verdicts(validation: dict[str, Any]) -> list[Verdict]:
             )
         )
     return verdicts
+
+
+def _forward_auth_verdicts(scenarios: dict[str, Any]) -> list[Verdict]:
+    """Forward auth: the CPU of every process on its path against the baseline's."""
+    if "forward_auth" not in scenarios:
+        return []
+    share = float(scenarios["forward_auth"]["cost_ratio_to_baseline"])
+    measured_rate = float(scenarios["forward_auth"]["ratio_to_baseline"])
+    met = share >= FORWARD_AUTH_MIN_SHARE_OF_BASELINE
+    return [
+        Verdict(
+            "forward_auth",
+            f"forward auth via nginx: >= {_pct(FORWARD_AUTH_MIN_SHARE_OF_BASELINE)} of baseline",
+            f"{_pct(share)} (CPU cost); {_pct(measured_rate)} (measured req/s)",
+            met,
+            "" if met else f"{(FORWARD_AUTH_MIN_SHARE_OF_BASELINE - share) * 100:.0f} points short",
+            None if met else "forward_auth",
+        )
+    ]
 
 
 def _floor_verdicts(scenarios: dict[str, Any]) -> list[Verdict]:

@@ -49,6 +49,7 @@ STACK_MODULES = {
     "test_readme_quickstart",
     "test_demo_faults",
     "test_deploy_live_stack",
+    "test_forward_auth_cache",
     "test_stack",
     "test_stack_redis_groups",
     "test_stack_redis_outage",
@@ -65,6 +66,7 @@ DEPLOY_MODULES = {
 #: Modules whose tests start servers or service processes of their own (not by fixture).
 SERVER_MODULES = {
     "test_dependency_failures",
+    "test_forward_auth_cache_config",
     "test_session_store",  # its servers come through request.getfixturevalue
     "test_revocation_failover",  # likewise
     "test_graceful_shutdown",

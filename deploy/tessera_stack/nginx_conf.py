@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +26,21 @@ from pathlib import Path
 from tessera_stack.processes import StackError
 
 __all__ = [
+    "CACHE_VARIABLE",
+    "FORWARD_AUTH_CACHE_SECONDS",
     "POLICIES",
+    "REVOCATION_PROPAGATION_SECONDS",
+    "SERVICES_DEFAULT_STALENESS",
+    "STALENESS_VARIABLE",
     "ConfigTarget",
     "NginxConfig",
     "Replica",
     "default_demo_site",
     "default_template_dir",
+    "forward_auth_cache_seconds",
     "render",
     "render_to",
+    "revocation_max_staleness",
 ]
 
 POLICIES = ("round_robin", "ip_hash", "route_cookie", "least_conn", "forward_auth")
@@ -56,6 +64,28 @@ FORWARD_FILE = "identity_forward.conf"
 LIVE_FILE = "live_page.conf"
 # A replica that failed once is left alone this long before nginx tries it again.
 FAIL_TIMEOUT_SECONDS = 5
+
+#: DESIGN.md, "Reliability": a revocation reaches every verifier within this when healthy.
+REVOCATION_PROPAGATION_SECONDS = 1
+#: forward_auth: how long nginx may reuse one ``auth_request`` answer. nginx keys each
+#: answer by the clock second its request started in, so it is never reused past that
+#: second; the propagation bound is the most it may be (0: never reused).
+FORWARD_AUTH_CACHE_SECONDS = REVOCATION_PROPAGATION_SECONDS
+#: The launcher's opt-in (0, the default, or 1). Off by default: with it a logout is in
+#: force at nginx within that second, not at once (nginx cannot be told of a logout),
+#: and the demo's promise that no credential is accepted once its logout answered
+#: (``demo --faults``) no longer holds for row 6.
+CACHE_VARIABLE = "TESSERA_FORWARD_AUTH_CACHE_SECONDS"
+# Its storage, declared only when it is on (nginx would run a cache loader and manager
+# for it otherwise): 4 MiB of keys (about 32,000), each entry deleted 2 s after its
+# last use, written in place.
+_CACHE_PARAMETERS = (
+    "levels=1:2 keys_zone=tessera_forward_auth:4m max_size=64m inactive=2s use_temp_path=off"
+)
+#: Where the services read S, the staleness bound, and its value when unset
+#: (tessera_verify's DEFAULT_MAX_STALENESS: a test checks that they agree).
+STALENESS_VARIABLE = "TESSERA_REVOCATION_MAX_STALENESS"
+SERVICES_DEFAULT_STALENESS = 5.0
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 _REPLICA_ID = re.compile(r"^r[0-9]{1,4}$")
@@ -108,6 +138,11 @@ class NginxConfig:
     # The local stack's live load-balancer page (tessera_stack.live_page) on this
     # port of ``host``; None: no /live/ (compose, Kubernetes).
     live_port: int | None = None
+    # forward_auth: seconds nginx reuses the auth service's 200 for the same credential
+    # (0 or FORWARD_AUTH_CACHE_SECONDS), never more than the services' staleness bound S,
+    # which must then be given (:func:`forward_auth_cache_seconds` derives both).
+    forward_auth_cache_seconds: int = 0
+    revocation_max_staleness: float | None = None
 
     def problems(self) -> list[str]:
         """Every reason this configuration cannot be rendered (empty when fine)."""
@@ -127,7 +162,25 @@ class NginxConfig:
             elif not re.fullmatch(r"[A-Za-z0-9_-]{32,}", self.forward_secret):
                 # It is written inside a quoted nginx string.
                 found.append("the forward-auth secret must be 32+ URL-safe characters")
+        if self.forward_auth_cache_seconds:
+            found += self._cache_problems()
         return found
+
+    def _cache_problems(self) -> list[str]:
+        seconds, staleness = self.forward_auth_cache_seconds, self.revocation_max_staleness
+        if seconds != FORWARD_AUTH_CACHE_SECONDS:
+            return [
+                f"the forward-auth cache lasts 0 or {FORWARD_AUTH_CACHE_SECONDS} s (the "
+                f"revocation propagation bound), not {seconds}"
+            ]
+        if staleness is None:
+            return ["the forward-auth cache needs the services' staleness bound S"]
+        if seconds > staleness:
+            return [
+                f"the forward-auth cache ({seconds} s) would outlive the services' "
+                f"staleness bound S ({staleness:g} s)"
+            ]
+        return []
 
 
 @dataclass(frozen=True)
@@ -158,6 +211,54 @@ def default_template_dir() -> Path:
 def default_demo_site(template_dir: Path) -> Path:
     """``deploy/demo-site`` beside the templates (``nginx/``) in the repository."""
     return template_dir.resolve().parent / "deploy" / "demo-site"
+
+
+def revocation_max_staleness(environ: Mapping[str, str]) -> float | None:
+    """S as services started with ``environ`` read it; None where they would refuse it."""
+    raw = environ.get(STALENESS_VARIABLE, "").strip()
+    if not raw:
+        return SERVICES_DEFAULT_STALENESS
+    try:
+        staleness = float(raw)
+    except ValueError:
+        return None
+    return staleness if staleness >= 0 else None
+
+
+def forward_auth_cache_seconds(environ: Mapping[str, str]) -> int:
+    """How long nginx may reuse an ``auth_request`` answer for a launcher run in
+    ``environ``: what :data:`CACHE_VARIABLE` asks for (0 unless set), and 0 (never)
+    when the services' staleness bound S is shorter or unreadable."""
+    requested = environ.get(CACHE_VARIABLE, "").strip() or "0"
+    if requested not in ("0", str(FORWARD_AUTH_CACHE_SECONDS)):
+        raise StackError(f"{CACHE_VARIABLE} must be 0 or {FORWARD_AUTH_CACHE_SECONDS}")
+    staleness = revocation_max_staleness(environ)
+    if requested == "0" or staleness is None or staleness < FORWARD_AUTH_CACHE_SECONDS:
+        return 0
+    return FORWARD_AUTH_CACHE_SECONDS
+
+
+def _others_may_enter(path: Path) -> bool:
+    """Whether every existing directory on the way to ``path`` lets any user through."""
+    return all(
+        parent.stat().st_mode & stat.S_IXOTH
+        for parent in (path.absolute(), *path.absolute().parents)
+        if parent.is_dir()
+    )
+
+
+def _worker_user(config: NginxConfig) -> str:
+    """nginx's ``user`` line. Started by root, nginx runs its workers as nobody, and
+    they open the forward-auth cache under ``nginx_dir`` themselves: where a directory
+    on the way shuts others out (a temporary directory of mode 0700, as the bench and
+    the tests make), the workers run as the stack's own user instead."""
+    if (
+        config.forward_auth_cache_seconds
+        and os.geteuid() == 0
+        and not _others_may_enter(config.nginx_dir)
+    ):
+        return "user root;  # the forward-auth cache's directory is root's alone"
+    return "# user: nginx's default (nobody when started by root)"
 
 
 def _quote(value: str | Path) -> str:
@@ -194,6 +295,13 @@ def _route_upstreams(replicas: Sequence[Replica]) -> list[str]:
 def _values(config: NginxConfig, template_dir: Path) -> dict[str, str | list[str]]:
     temp = config.nginx_dir / "tmp"
     demo_site = config.demo_site or default_demo_site(template_dir)
+    cache_zone, cache_path = "off", "# (no forward-auth cache: proxy_cache is off)"
+    if config.forward_auth_cache_seconds:
+        cache_dir = _quote(config.nginx_dir / "cache" / "forward_auth")
+        cache_zone, cache_path = (
+            "tessera_forward_auth",
+            f"proxy_cache_path {cache_dir} {_CACHE_PARAMETERS};",
+        )
     return {
         "pid_file": _quote(config.nginx_dir / "nginx.pid"),
         "lock_file": _quote(config.nginx_dir / "nginx.lock"),
@@ -204,6 +312,7 @@ def _values(config: NginxConfig, template_dir: Path) -> dict[str, str | list[str
         "temp_scgi": _quote(temp / "scgi"),
         "access_log": _quote(config.log_dir / "nginx-access.log"),
         "worker_processes": config.worker_processes,
+        "worker_user": _worker_user(config),
         "error_log_level": config.error_log_level,
         "auth_address": f"{config.host}:{config.auth_port}",
         "listen_address": f"{config.listen_host or config.host}:{config.https_port}",
@@ -220,6 +329,8 @@ def _values(config: NginxConfig, template_dir: Path) -> dict[str, str | list[str
         if config.live_port is not None
         else "# (no live page here: it runs in the local stack only)",
         "live_address": f"{config.host}:{config.live_port}",
+        "forward_auth_cache_path": cache_path,
+        "forward_auth_cache": cache_zone,
     }
 
 
@@ -293,4 +404,7 @@ def render_to(
             handle.write(text)
         tmp.replace(path)
     (config.nginx_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    # nginx makes the cache's own directory (mode 0700, for its workers' user: the
+    # keys in it are credentials), not its parents.
+    (config.nginx_dir / "cache").mkdir(parents=True, exist_ok=True)
     return ConfigTarget(directory, changed)

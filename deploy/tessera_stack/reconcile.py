@@ -18,7 +18,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tessera_stack import live_page, monitoring, redis_acl, services, stack_redis
-from tessera_stack.nginx_conf import NginxConfig, Replica, render_to
+from tessera_stack.nginx_conf import (
+    NginxConfig,
+    Replica,
+    forward_auth_cache_seconds,
+    render_to,
+    revocation_max_staleness,
+)
 from tessera_stack.processes import (
     StackError,
     free_port,
@@ -410,8 +416,13 @@ def nginx_config(
     assert state.https_port is not None
     tls = layout.tls
     forward_secret = None
+    # The services inherit the launcher's environment, S included; nginx reuses the
+    # auth service's answers only where it asks to (off by default: nginx_conf).
+    staleness = revocation_max_staleness(os.environ)
+    cache_seconds = 0
     if state.policy == "forward_auth":
         forward_secret = layout.secret("forward_auth_secret").read_text(encoding="ascii").strip()
+        cache_seconds = forward_auth_cache_seconds(os.environ)
     return NginxConfig(
         policy=state.policy,
         nginx_dir=layout.nginx.absolute(),
@@ -423,6 +434,8 @@ def nginx_config(
         tls_key=tls.key.absolute(),
         forward_secret=forward_secret,
         live_port=state.live_port,
+        forward_auth_cache_seconds=cache_seconds,
+        revocation_max_staleness=staleness,
     )
 
 
