@@ -99,3 +99,26 @@ async def test_a_request_no_route_matched_is_counted_as_unmatched() -> None:
             frozenset({("route", "unmatched"), ("method", "GET"), ("status", "404")}),
         ): 1.0
     }
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(("jwt", "shared_session", "local_session", "forward")),
+            st.sampled_from(("ok", "expired", "revoked", "unknown", "invalid")),
+        ),
+        max_size=40,
+    )
+)
+def test_authentication_decisions_match_prometheus_clients_counter(
+    decisions: list[tuple[str, str]],
+) -> None:
+    metrics = ServiceMetrics()
+    reference = CollectorRegistry()
+    counter = Counter("tessera_auth_decisions", "x", ("method", "outcome"), registry=reference)
+    for method, outcome in decisions:
+        metrics.decided(method, outcome)
+        counter.labels(method, outcome).inc()
+    names = {"tessera_auth_decisions_total"}
+    assert _samples(metrics.registry, names) == _samples(reference, names)

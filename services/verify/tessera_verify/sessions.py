@@ -24,6 +24,9 @@ SESSION_COOKIE = "__Host-tessera_session"
 INSECURE_SESSION_COOKIE = "tessera_session"
 
 SESSION_ID_BYTES = 32  # 256 bits
+#: Stores keep a session's time of death in whole milliseconds (Redis ``PEXPIREAT``), so
+#: a death read back may lie up to this much past the exact one written.
+STORE_TIME_RESOLUTION = 0.001
 
 
 def session_cookie_name(*, insecure: bool) -> str:
@@ -196,6 +199,6 @@ class SessionManager:
         session look idle sooner.
         """
         seen = stored.dies_at - self.policy.idle_timeout
-        if seen <= stored.record.last_seen_at:
+        if seen <= stored.record.last_seen_at + STORE_TIME_RESOLUTION:
             return stored.record  # not touched since written (no copy on the hot path)
         return replace(stored.record, last_seen_at=seen)
