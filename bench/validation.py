@@ -19,8 +19,11 @@ the same process, the same routes and the same middleware:
 * the peers (:mod:`bench.peers`): pyjwt ``jwt.decode`` per request and
   aiohttp-session's Redis storage, as their own processes; and aiohttp alone
   (``GET /healthz`` without middleware), the floor under the baseline;
-* the event loop: the baseline and bare aiohttp again on the other event loop
-  than the services' default (``TESSERA_EVENT_LOOP``), so the choice is measured.
+* the floor: ``GET /healthz`` on two more replicas like the baseline's that serve
+  nothing else (the baseline's replica also holds every scenario's tokens and
+  sessions), one on the services' default event loop and one on the other
+  (``TESSERA_EVENT_LOOP``), next to bare aiohttp on each loop: what tessera adds to
+  aiohttp, and which loop is cheaper, each judged fresh against fresh.
 
 The process under test runs alone on the server core; wrk (one thread) and
 everything else share the other core. Scenarios are interleaved round by
@@ -231,7 +234,10 @@ async def run_validation(
     )
     peer_session = _spawn_peer(stack, "session", "--redis-url", stack.settings.redis_url)
     floors = Floors(
-        # The same replica as the baseline's but for its event loop.
+        # The same replica as the baseline's, serving nothing but the floor's requests:
+        # the baseline's replica also holds every other scenario's tokens and sessions.
+        stack.spawn_replica("bench-floor", methods),
+        # The same again but for its event loop.
         stack.spawn_replica("bench-other-loop", methods, {"TESSERA_EVENT_LOOP": OTHER_LOOP}),
         _spawn_peer(stack, "bare", "--loop", DEFAULT_EVENT_LOOP),
         _spawn_peer(stack, "bare", "--loop", OTHER_LOOP, name="peer-bare-other-loop"),
@@ -259,16 +265,17 @@ async def run_validation(
 
 @dataclass(frozen=True)
 class Floors:
-    """What the baseline is measured against: itself on the other event loop, and aiohttp
-    alone on each loop."""
+    """What the baseline is measured against: a replica like it that serves only the
+    floor's requests, on each event loop, and aiohttp alone on each loop."""
 
+    baseline_fresh: ExtraProcess
     baseline_other_loop: ExtraProcess
     bare: ExtraProcess
     bare_other_loop: ExtraProcess
 
     @property
     def processes(self) -> tuple[ExtraProcess, ...]:
-        return (self.baseline_other_loop, self.bare, self.bare_other_loop)
+        return (self.baseline_fresh, self.baseline_other_loop, self.bare, self.bare_other_loop)
 
 
 async def _measure(
@@ -320,8 +327,17 @@ async def _measure(
             "tessera",
         ),
         Scenario(
+            "baseline_fresh",
+            f"no authentication, a replica serving only this (on {DEFAULT_EVENT_LOOP})",
+            f"{floors.baseline_fresh.url}/healthz",
+            [header_line(Cookie=f"{ROUTE_COOKIE}={floors.baseline_fresh.identity}")],
+            "bench-floor",
+            None,
+            "tessera",
+        ),
+        Scenario(
             "baseline_other_loop",
-            f"no authentication, on {OTHER_LOOP}",
+            f"no authentication, the same on {OTHER_LOOP}",
             f"{floors.baseline_other_loop.url}/healthz",
             [header_line(Cookie=f"{ROUTE_COOKIE}={floors.baseline_other_loop.identity}")],
             "bench-other-loop",

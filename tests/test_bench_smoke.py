@@ -81,6 +81,7 @@ def _scenario(key: str, kind: str = "tessera") -> Scenario:
 def _validation() -> dict[str, Any]:
     costs = {
         "baseline": 90.0,
+        "baseline_fresh": 88.0,
         "baseline_other_loop": 104.0,
         "peer_bare": 80.0,
         "peer_bare_other_loop": 92.0,

@@ -577,10 +577,10 @@ def test_a_replica_with_a_bad_method_setting_is_a_configuration_problem_not_a_cr
 # --- the event loop ------------------------------------------------------------------------
 
 
-def test_the_event_loop_is_asyncio_unless_uvloop_is_asked_for() -> None:
-    assert load_settings(DEVELOPMENT).process.event_loop == "asyncio"
-    chosen = load_settings({**DEVELOPMENT, "TESSERA_EVENT_LOOP": "UVLOOP"})
-    assert chosen.process.event_loop == "uvloop"
+def test_the_event_loop_is_uvloop_unless_asyncio_is_asked_for() -> None:
+    assert load_settings(DEVELOPMENT).process.event_loop == "uvloop"
+    chosen = load_settings({**DEVELOPMENT, "TESSERA_EVENT_LOOP": "ASYNCIO"})
+    assert chosen.process.event_loop == "asyncio"
     assert _has(
         _problems({**DEVELOPMENT, "TESSERA_EVENT_LOOP": "trio"}),
         "TESSERA_EVENT_LOOP must be 'asyncio' or 'uvloop'",

@@ -38,7 +38,7 @@ log = logging.getLogger("tessera.settings")
 #: ``TESSERA_EVENT_LOOP``'s values (tessera_platform.serve.new_event_loop makes them).
 EVENT_LOOPS = ("asyncio", "uvloop")
 #: The default: ``make bench`` judges it against the other (README, Benchmark).
-DEFAULT_EVENT_LOOP = "asyncio"
+DEFAULT_EVENT_LOOP = "uvloop"
 #: ``TESSERA_WORKERS``' ceiling: a typo (``800`` for ``8``) is refused, not forked.
 MAX_WORKERS = 256
 

@@ -7,9 +7,9 @@ listening socket, lets in-flight requests finish (up to ``shutdown_timeout``)
 and exits. nginx retries idempotent requests refused by a closed socket on
 another replica, so a rolling restart costs users nothing.
 
-The event loop is the standard library's unless ``TESSERA_EVENT_LOOP=uvloop`` asks
-for uvloop's; ``make bench`` measures both side by side and judges the default
-(README, Benchmark: uvloop did not make tessera's baseline cheaper there).
+The event loop is uvloop's unless ``TESSERA_EVENT_LOOP=asyncio`` asks for the
+standard library's; ``make bench`` measures both side by side, each on a fresh
+replica, and judges the default (README, Benchmark).
 
 With ``TESSERA_WORKERS=N`` (N > 1) this process becomes a supervisor of N
 worker processes (README, Scaling, "Multi-core"). Each binds the same
