@@ -169,9 +169,15 @@ class AuditLog:
             ],
         )
 
-    async def run(self, retry_delay: float = 1.0, gather: float = 0.05) -> None:
+    async def run(self, retry_delay: float = 1.0, gather: float = 0.25) -> None:
         """Write events in batches (gathered for ``gather`` seconds, so a busy service
-        writes one INSERT per batch, not per login); retry while PostgreSQL is away."""
+        writes one INSERT per batch, not per login); retry while PostgreSQL is away.
+
+        A batch costs a PostgreSQL round trip whatever its size: at 20-40 logins/s a
+        0.05 s gather wrote one or two events a time (about 0.2 ms of CPU per login);
+        a quarter of a second spreads that over ten logins and still keeps the trail
+        current for anyone reading it.
+        """
         while True:
             await self._wake.wait()
             await asyncio.sleep(gather)

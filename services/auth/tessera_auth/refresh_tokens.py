@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 
 from tessera_verify import redis_layout
 from tessera_verify.clock import Clock
@@ -121,6 +122,7 @@ class RefreshTokenStore:
         self._clock = clock
         self.grace = grace
         self._claim = redis.register_script(_CLAIM_SCRIPT)
+        self._cluster = isinstance(redis, RedisCluster)
 
     def _key(self, token: str) -> str:
         digest = hmac.new(self._hash_key, b"refresh-token:" + token.encode(), hashlib.sha256)
@@ -145,10 +147,12 @@ class RefreshTokenStore:
             expires_at=self._clock.now() + self._ttl,
         )
         ttl = math.ceil(self._ttl)
-        # The family and its first token share a hash slot: one transaction.
-        # The user's index is another slot, so it comes second: the token is
-        # handed out only after both, and a failure in between leaves a family
-        # whose token nobody holds.
+        index = redis_layout.user_refresh_families(user_id)
+        # The family and its first token share a hash slot: one transaction. On one
+        # node the user's index joins it (one round trip). On Redis Cluster the
+        # index is another slot, so it comes second: the token is handed out only
+        # after both, and a failure in between leaves a family whose token nobody
+        # holds.
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(
                 redis_layout.refresh_family(family.family_id),
@@ -164,12 +168,15 @@ class RefreshTokenStore:
             token, grant = self._queue_token(
                 pipe, family.family_id, user_id, session_link, family.expires_at
             )
+            if not self._cluster:
+                pipe.sadd(index, family.family_id)
+                pipe.expire(index, ttl)
             await pipe.execute()
-        index = redis_layout.user_refresh_families(user_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(index, family.family_id)
-            pipe.expire(index, ttl)
-            await pipe.execute()
+        if self._cluster:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.sadd(index, family.family_id)
+                pipe.expire(index, ttl)
+                await pipe.execute()
         return token, grant
 
     async def rotate(self, grant: RefreshGrant) -> tuple[str, RefreshGrant]:

@@ -102,6 +102,14 @@ def _hashed(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:32]
 
 
+def _window_keys(subject: str, current: int) -> list[str]:
+    """The counters of ``subject``'s current and previous windows."""
+    return [
+        redis_layout.login_failures(subject, current),
+        redis_layout.login_failures(subject, current - 1),
+    ]
+
+
 @dataclass
 class Reservation:
     """One attempt, counted as a failure until :meth:`succeeded` says otherwise."""
@@ -123,7 +131,6 @@ class Regulator:
         self._redis = redis
         self._clock = clock
         self.policy = policy
-        self._reserve_account = redis.register_script(_RESERVE_ACCOUNT)
         self._reserve_address = redis.register_script(_RESERVE_ADDRESS)
 
     def _windows(self) -> tuple[int, int]:
@@ -138,13 +145,9 @@ class Regulator:
     async def _reserve_on_address(self, subject: str, limit: int) -> tuple[str, int] | None:
         """Count one attempt for ``subject``: its key and the count before it, or None
         when over ``limit``."""
-        current, _ = self._windows()
-        now_key = redis_layout.login_failures(subject, current)
-        before_key = redis_layout.login_failures(subject, current - 1)
-        before = int(
-            await self._reserve_address(keys=[now_key, before_key], args=[limit, self._ttl()])
-        )
-        return None if before < 0 else (now_key, before)
+        keys = _window_keys(subject, self._windows()[0])
+        before = int(await self._reserve_address(keys=keys, args=[limit, self._ttl()]))
+        return None if before < 0 else (keys[0], before)
 
     async def reserve(self, account: str, address: str) -> Reservation:
         """Count a password guess for ``account`` from ``address`` before verifying it;
@@ -155,9 +158,7 @@ class Regulator:
         current, aged_out_in = self._windows()
         account_id = _hashed(account)
         pair = f"account:{account_id}:from:{_hashed(address)}"
-        # The pair's keys carry the account's hash tag: one slot, one script. The
-        # account first: a flood at one account (the common brute force) is refused
-        # in one round trip, with nothing to give back.
+        # The pair's keys carry the account's hash tag: one slot, one script.
         keys = [
             redis_layout.login_failures(f"account:{account_id}", current, name=pair),
             redis_layout.login_failures(f"account:{account_id}", current - 1, name=pair),
@@ -165,26 +166,37 @@ class Regulator:
             redis_layout.login_failures(f"account:{account_id}", current - 1),
             redis_layout.login_failures(f"account:{account_id}", 0, name="next-slot"),
         ]
-        reserved, wait = await self._reserve_account(
-            keys=keys,
-            args=[
+        address_keys = _window_keys("address:" + _hashed(address), current)
+        # The address is another slot, so another script; both go in one round trip
+        # (EVAL, not EVALSHA: a pipeline of registered scripts costs a SCRIPT EXISTS
+        # first). Each script checks and counts atomically on its own, so concurrent
+        # guesses never pass a budget; when one refuses, what the other counted is
+        # given back. Meanwhile it can only make another guess of the same address
+        # or account look over budget, never under.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.eval(
+                _RESERVE_ACCOUNT,
+                len(keys),
+                *keys,
                 repr(self._clock.now()),
                 policy.max_failures_per_pair,
                 policy.max_failures_per_account,
                 self._ttl(),
                 repr(policy.max_backoff),
-            ],
-        )
+            )
+            pipe.eval(
+                _RESERVE_ADDRESS, 2, *address_keys, policy.max_failures_per_address, self._ttl()
+            )
+            (reserved, wait), before = await pipe.execute()
+        rank = int(before)
         if int(reserved) != 1:
+            if rank >= 0:
+                await self.give_back(address_keys[:1])
             raise TooManyAttempts(retry_after=aged_out_in if int(wait) < 0 else max(1, int(wait)))
-        on_address = await self._reserve_on_address(
-            "address:" + _hashed(address), policy.max_failures_per_address
-        )
-        if on_address is None:
+        if rank < 0:
             await self.give_back([keys[0], keys[2]])
             raise TooManyAttempts(retry_after=aged_out_in)
-        address_key, rank = on_address
-        return Reservation(self, [address_key, keys[0], keys[2]], rank=rank)
+        return Reservation(self, [address_keys[0], keys[0], keys[2]], rank=rank)
 
     async def give_back(self, keys: list[str]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:

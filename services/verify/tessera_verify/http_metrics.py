@@ -125,6 +125,12 @@ class _RevocationCollector(Collector):
         )
 
 
+def _go_float(value: float) -> str:
+    """A bucket bound as Prometheus writes it (``le``), as prometheus_client's own."""
+    text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
+    return text
+
+
 class _LoopCounter(Collector):
     """A counter by labels, counted in plain numbers on the event loop's thread and made
     a metric family when scraped: as cheap as the request counts (:class:`_RequestCollector`)."""
@@ -190,7 +196,7 @@ class _RequestCollector(Collector):
             "HTTP request latency by route, method and status",
             labels=labels,
         )
-        bounds = [*(floatToGoString(bound) for bound in self._bounds), "+Inf"]
+        bounds = [*(_go_float(bound) for bound in self._bounds), "+Inf"]
         for (route, method, status), series in sorted(self._series.items()):
             values = (route, method, str(status))
             requests.add_metric(values, series.count)
