@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -11,7 +12,17 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def is_trusted(address: str, proxies: Sequence[Network]) -> bool:
-    """Whether ``address`` is one of the configured proxies."""
+    """Whether ``address`` is one of the configured proxies.
+
+    Asked on every request that carries a forwarded identity or ``X-Forwarded-For``,
+    mostly about the same few addresses (nginx's): the answers are remembered, a
+    bounded number of them, so addresses a client makes up cannot grow the memory.
+    """
+    return _is_trusted(address, proxies if isinstance(proxies, tuple) else tuple(proxies))
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_trusted(address: str, proxies: tuple[Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
