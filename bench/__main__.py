@@ -20,6 +20,8 @@ nginx with TLS, all on loopback), measures
    or a password hash);
 7. multi-core (``scaling``): one replica with ``TESSERA_WORKERS=1`` next to
    the same replica with 2 workers sharing its port;
+8. what one shared session, one login and one revocation leave in Redis and
+   PostgreSQL (``capacity``), the inputs of README's capacity model;
 
 plus the in-process micro-benchmark (``bench.micro``), then writes
 ``bench/results/<timestamp>/`` (``report.md``, ``summary.md``, PNG charts,
@@ -45,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.attack import run_attack
+from bench.capacity import run_capacity
 from bench.charts import draw_all
 from bench.config import FULL, QUICK, BenchConfig, Cores
 from bench.failover import run_failover
@@ -61,7 +64,16 @@ from tessera_demo.stack_control import own_servers_env
 
 __all__ = ["SECTIONS", "main", "run"]
 
-SECTIONS = ("validation", "logins", "attack", "micro", "rows", "failover", "scaling")
+SECTIONS = (
+    "validation",
+    "logins",
+    "attack",
+    "micro",
+    "rows",
+    "failover",
+    "scaling",
+    "capacity",
+)
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 
@@ -158,13 +170,18 @@ async def run(
             json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8"
         )
 
-    if {"validation", "logins", "attack", "rows", "scaling"} & set(sections):
+    if {"validation", "logins", "attack", "rows", "scaling", "capacity"} & set(sections):
         ensure_wrk()
         with tempfile.TemporaryDirectory(prefix="tessera-bench-") as run_dir:
             stack = BenchStack(Path(run_dir) / "run", alg=alg)
             try:
                 progress("starting the stack (row 6, one replica)")
                 stack.up(row=6, replicas=1)
+                if "capacity" in sections:
+                    # First, while nothing else has written to the stack's Redis.
+                    progress("8: what a session, a login and a revocation leave behind")
+                    results["capacity"] = await run_capacity(stack, config, progress)
+                    save()
                 if "validation" in sections:
                     progress("1+4: validation cost on one replica, and the peers")
                     results["validation"] = await run_validation(

@@ -80,6 +80,13 @@ class BenchConfig:
     scaling_rounds: int = 5
     scaling_seconds: float = 5.0
     scaling_connections: int = 32
+    # 8: what a session, a login and a revocation leave in Redis and PostgreSQL
+    # (bench.capacity): this many of each.
+    capacity_items: int = 200
+    #: Revocations measured (cheap: no hashing; many, since each leaves ~100 bytes).
+    capacity_revocations: int = 2000
+    #: redis-benchmark's requests of each command (GET, SET).
+    capacity_redis_requests: int = 200_000
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -136,6 +143,9 @@ QUICK = BenchConfig(
     profile_seconds=1.0,
     failover_rows=(4,),
     failover_seconds=4.5,
+    capacity_items=40,
+    capacity_revocations=200,
+    capacity_redis_requests=20_000,
     attack_rounds=1,
     attack_seconds=3.0,
     scaling_rounds=3,

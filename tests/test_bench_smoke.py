@@ -24,6 +24,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from bench import budget
 from bench.attack import Target, measure_attack
+from bench.capacity import run_capacity
 from bench.charts import draw_all
 from bench.config import FULL, QUICK, BenchConfig
 from bench.failover import run_failover
@@ -32,6 +33,8 @@ from bench.peers import PEER_SESSION_COOKIE, jwt_peer, session_peer
 from bench.profiling import summarise
 from bench.report import render_report, render_summary
 from bench.rows import _wrk_summary
+from bench.scaling import run_scaling
+from bench.stack import BenchStack
 from bench.timeline import Sample, analyse
 from bench.validation import Scenario, _summary, header_line
 from bench.wrk import WrkResult, WrkRun, run_wrk
@@ -460,3 +463,45 @@ def _meta(config: BenchConfig) -> dict[str, Any]:
         "loadavg_after": "0 0 0",
         "elapsed_s": 60.0,
     }
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="wrk is not installed (make bench installs it)"
+)
+async def test_the_capacity_and_scaling_parts_measure_a_stack_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Parts 8 and 7 on a stack of the bench's own, tiny: the structure and the signs are
+    # checked (a session and a revocation leave something in Redis and PostgreSQL, both
+    # worker counts answer every request), never a figure of the machine's.
+    for name, value in CHEAP_ARGON2.items():
+        monkeypatch.setenv(name, value)
+    config = QUICK.scaled(capacity_items=10, scaling_rounds=1, scaling_seconds=0.5)
+    stack = BenchStack(tmp_path / "run")
+    try:
+        stack.up(row=6, replicas=1)
+        capacity = await run_capacity(stack, config, lambda _: None)
+        scaling = await run_scaling(stack, config, None, lambda _: None)
+    finally:
+        stack.down()
+
+    assert capacity["count"] == 10
+    # A revocation leaves ~100 bytes: at ten of them Redis's allocator noise can hide it.
+    assert capacity["login"]["redis_bytes"] > 0
+    for item in ("login", "revocation"):
+        assert capacity[item]["redis_keys"] >= 0
+        assert capacity[item]["redis_commands"] >= 1.0
+        assert capacity[item]["pg_rows"] > 0
+    # A session is its record plus a member of its user's index: one new key each (and
+    # the first login's index and guess-budget keys, shared by the ten).
+    assert 1.0 <= capacity["login"]["redis_keys"] < 2.0
+    assert capacity["redis_commands_per_s"]["get"] > 0
+    assert capacity["redis_commands_per_s"]["set"] > 0
+    for scenario in scaling["scenarios"].values():
+        for workers in ("1", "2"):
+            assert scenario["by_workers"][workers]["rate"] > 0
+            assert scenario["by_workers"][workers]["failures"] == 0
+    summary = render_summary({"meta": _meta(config), "capacity": capacity, "scaling": scaling})
+    assert "## 8. What a session and a revocation leave behind" in summary
+    assert "## 7. Multi-core" in summary

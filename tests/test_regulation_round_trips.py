@@ -171,3 +171,26 @@ async def test_a_login_whose_redis_dies_after_the_reservation_fails_closed_and_i
             break
         await asyncio.sleep(0.05)
     assert response.status == 200, await response.text()
+
+
+async def test_a_failing_account_script_gives_back_what_the_address_counted(
+    redis: Redis, clock: ManualClock
+) -> None:
+    # The account's counter is not a counter (the script fails on it, as it would on a
+    # shard failing over), while the address's script, in the same round trip, counts:
+    # the guess fails, and the address is left as it was, not charged for Redis's fault.
+    regulator = Regulator(redis, clock, RegulationPolicy())
+    await regulator.reserve("bob", "192.0.2.7")  # the keys exist now; learn their names
+    account_keys = [
+        key
+        async for key in redis.scan_iter(match="tessera:login-failures:{account:*")
+        if b":from:" not in key and b"next-slot" not in key
+    ]
+    assert account_keys
+    for key in account_keys:
+        await redis.delete(key)
+        await redis.hset(key, "not", "a counter")
+    before = await _count(redis, "{address:*")
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        await regulator.reserve("bob", "192.0.2.7")
+    assert await _count(redis, "{address:*") == before

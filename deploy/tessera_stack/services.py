@@ -64,6 +64,8 @@ _SCRUBBED = (
     "TESSERA_JWT_HS256_SECRET",
     "TESSERA_INTROSPECTION_CLIENTS",
     "TESSERA_COOKIE_INSECURE",
+    # The launcher's own, for nginx: no service reads it (each would warn so).
+    "TESSERA_FORWARD_AUTH_CACHE_SECONDS",
 )
 # What a service reads once at start and connects to (or announces, or lets in)
 # for as long as it runs: when one of these changes, the service must restart.

@@ -25,6 +25,12 @@ address has already spent ranks its next attempt there (:attr:`Reservation.rank`
 see :class:`~tessera_auth.passwords.PasswordHasher`): an address that keeps
 failing waits behind, and is refused before, one that has not.
 
+The account's script and the address's go to Redis in one round trip (a login
+makes four; ``make bench``, part 3). A guess one budget refuses is therefore also
+counted, for a moment, by the other, and given back at once: a flood at one
+account costs Redis a decrement per refused guess, and while it lasts the
+address's count may read one higher for another guess, never lower.
+
 Account names are counted whether or not they exist, so answers tell nothing
 about which names are registered; all names and addresses are hashed before
 they become Redis keys.
@@ -32,12 +38,15 @@ they become Redis keys.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 
+from tessera_platform.service_errors import DEPENDENCY_ERRORS
 from tessera_verify import redis_layout
 from tessera_verify.clock import Clock
 from tessera_verify.errors import TooManyAttempts
@@ -187,8 +196,15 @@ class Regulator:
             pipe.eval(
                 _RESERVE_ADDRESS, 2, *address_keys, policy.max_failures_per_address, self._ttl()
             )
-            (reserved, wait), before = await pipe.execute()
-        rank = int(before)
+            account_reply, address_reply = await pipe.execute(raise_on_error=False)
+        if isinstance(account_reply, Exception) or isinstance(address_reply, Exception):
+            # One script failed (a shard failing over, out of memory) and the other may
+            # have counted: give that back, or a Redis fault would outlive itself as a
+            # spent budget. Then fail as the script did (the caller answers 503).
+            await self._give_back_after_error(account_reply, address_reply, keys, address_keys)
+            raise (account_reply if isinstance(account_reply, Exception) else address_reply)
+        reserved, wait = account_reply
+        rank = int(address_reply)
         if int(reserved) != 1:
             if rank >= 0:
                 await self.give_back(address_keys[:1])
@@ -197,6 +213,18 @@ class Regulator:
             await self.give_back([keys[0], keys[2]])
             raise TooManyAttempts(retry_after=aged_out_in)
         return Reservation(self, [address_keys[0], keys[0], keys[2]], rank=rank)
+
+    async def _give_back_after_error(
+        self, account_reply: Any, address_reply: Any, keys: list[str], address_keys: list[str]
+    ) -> None:
+        counted: list[str] = []
+        if not isinstance(account_reply, Exception) and int(account_reply[0]) == 1:
+            counted += [keys[0], keys[2]]
+        if not isinstance(address_reply, Exception) and int(address_reply) >= 0:
+            counted.append(address_keys[0])
+        if counted:
+            with contextlib.suppress(*DEPENDENCY_ERRORS):  # best effort: Redis is failing
+                await self.give_back(counted)
 
     async def give_back(self, keys: list[str]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -64,9 +64,11 @@ def service_middleware(
             exc.headers[REQUEST_ID_HEADER] = request_id
             raise
         finally:
-            metrics.observe_request(request, status, time.perf_counter() - started)
-            if access_log.isEnabledFor(logging.INFO):
-                log_access(request, status, started)
-            request_id_var.reset(token)
+            try:
+                metrics.observe_request(request, status, time.perf_counter() - started)
+                if access_log.isEnabledFor(logging.INFO):
+                    log_access(request, status, started)
+            finally:
+                request_id_var.reset(token)
 
     return tessera_middleware

@@ -26,7 +26,12 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 class ServiceMetrics:
     """Requests by route template (never the raw path: bounded labels), authentication
-    decisions, dependency latency, caches and live sessions."""
+    decisions, dependency latency, caches and live sessions.
+
+    Requests and decisions are counted without locks: from the event loop's thread
+    only (every tessera service, and the aiohttp and ASGI integrations, count there).
+    A scrape from another thread sees a consistent copy, and may miss an increment
+    made during it."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         registry = registry or CollectorRegistry()
@@ -146,7 +151,7 @@ class _LoopCounter(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(self._name, self._documentation, labels=self._labels)
-        for values, count in sorted(self._counts.items()):
+        for values, count in sorted(self._counts.copy().items()):
             family.add_metric(values, count)
         yield family
 
@@ -197,7 +202,7 @@ class _RequestCollector(Collector):
             labels=labels,
         )
         bounds = [*(_go_float(bound) for bound in self._bounds), "+Inf"]
-        for (route, method, status), series in sorted(self._series.items()):
+        for (route, method, status), series in sorted(self._series.copy().items()):
             values = (route, method, str(status))
             requests.add_metric(values, series.count)
             cumulative = list(zip(bounds, itertools.accumulate(series.buckets), strict=True))

@@ -41,6 +41,21 @@ class SessionRecord:
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
+    def seen_at(self, when: float) -> SessionRecord:
+        """The same record, last seen at ``when``: a copy made on every request to a
+        session touched since it was written, so by its constructor (``make bench``:
+        ``dataclasses.replace`` took twice as long)."""
+        return SessionRecord(
+            self.user_id,
+            self.username,
+            self.public_id,
+            self.created_at,
+            when,
+            self.expires_at,
+            self.ip,
+            self.user_agent,
+        )
+
     @classmethod
     def from_bytes(cls, raw: bytes | str) -> SessionRecord:
         data = json.loads(raw)

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 from aiohttp import web
@@ -160,7 +160,7 @@ class SessionManager:
         ):
             if not await self.store.touch(key, self._dies_at(record, now)):
                 return None  # deleted (revoked) since we read it
-            record = replace(record, last_seen_at=now)
+            record = record.seen_at(now)
         return Session(key, record)
 
     async def destroy(self, session_id: str) -> bool:
@@ -201,4 +201,4 @@ class SessionManager:
         seen = stored.dies_at - self.policy.idle_timeout
         if seen <= stored.record.last_seen_at + STORE_TIME_RESOLUTION:
             return stored.record  # not touched since written (no copy on the hot path)
-        return replace(stored.record, last_seen_at=seen)
+        return stored.record.seen_at(seen)

@@ -1,0 +1,186 @@
+"""Part 8: what one session, one login and one revocation leave behind, for the capacity
+model (README, "Capacity").
+
+On the bench's stack, with nothing else running on it:
+
+* ``N`` logins of one user, each a new shared session: Redis's ``used_memory``,
+  its keys and the commands it processed before and after, and PostgreSQL's rows
+  written (``pg_stat_database``: inserted, updated and deleted tuples) over the
+  logins;
+* ``N`` distinct access tokens revoked at ``/auth/revoke`` (RFC 7009): the same
+  readings, so the memory of one denylist entry in Redis and the PostgreSQL
+  writes of one revocation;
+* what one Redis process (one core) serves on this machine: ``redis-benchmark``
+  (GET and SET of small values, 50 connections, no pipelining) against a
+  throwaway ``redis-server`` of the same binary, so a shard's command rate is
+  measured here, not assumed.
+
+Redis counts its own memory (``INFO memory``), so the figures hold for any client;
+allocator rounding makes them an average over ``N``, not an exact size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import asyncpg
+from redis.asyncio import Redis
+
+from bench.config import BenchConfig
+from bench.credentials import login_session, login_tokens, mint_access_tokens, register
+from bench.stack import BenchStack
+from tessera_stack import free_port
+
+__all__ = ["run_capacity"]
+
+#: Seconds until every PostgreSQL backend has reported what it wrote.
+PG_STATS_DELAY = 11.0
+#: Logins at once: enough to keep the auth service's Argon2 threads busy.
+CONCURRENT_LOGINS = 4
+
+
+async def run_capacity(
+    stack: BenchStack, config: BenchConfig, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """Measure part 8 on ``stack``."""
+    count = config.capacity_items
+    revocations = config.capacity_revocations
+    auth_env = stack.auth_environment()
+    redis = Redis.from_url(stack.settings.redis_url)
+    database = await asyncpg.connect(auth_env["DATABASE_URL"])
+    try:
+        async with aiohttp.ClientSession() as http:
+            username = f"bench-cap-{secrets.token_hex(3)}"
+            await register(http, stack.auth_url, username)
+            pair = await login_tokens(http, stack.auth_url, username)
+            progress(f"capacity: {count} logins, each a shared session")
+            idle = await _readings(redis, database)
+            before = await _readings(redis, database)
+            pending = iter(range(count))
+
+            async def logins() -> None:
+                for _ in pending:
+                    await login_session(http, stack.auth_url, username)
+
+            await asyncio.gather(*(logins() for _ in range(CONCURRENT_LOGINS)))
+            after_logins = await _readings(redis, database)
+
+            claims = pair.claims()
+            tokens = await mint_access_tokens(
+                auth_env,
+                subject=str(claims["sub"]),
+                session_link=str(claims["sid"]),
+                count=revocations,
+                ttl=3600,
+            )
+            progress(f"capacity: {revocations} access tokens revoked")
+            for token in tokens:
+                async with http.post(f"{stack.auth_url}/auth/revoke", data={"token": token}) as r:
+                    if r.status != 200:
+                        raise RuntimeError(f"/auth/revoke answered {r.status}")
+            after_revocations = await _readings(redis, database)
+    finally:
+        await database.close()
+        await redis.aclose()
+    # What Redis did on its own meanwhile (the revocation feed's heartbeats), per second
+    # of an interval with nothing else on the stack: taken off the commands below.
+    background = (before["redis_commands"] - idle["redis_commands"]) / (
+        before["time"] - idle["time"]
+    )
+    progress("capacity: one Redis process's command rate (redis-benchmark)")
+    shard = await asyncio.to_thread(_redis_commands_per_s, config.capacity_redis_requests)
+    return {
+        "count": count,
+        "redis_background_commands_per_s": background,
+        "redis_commands_per_s": shard,
+        "login": _per_item(before, after_logins, count, background),
+        "revocations": revocations,
+        "revocation": _per_item(after_logins, after_revocations, revocations, background),
+    }
+
+
+def _redis_commands_per_s(requests: int) -> dict[str, float]:
+    """GET and SET per second of one throwaway ``redis-server`` on loopback."""
+    server, tool = shutil.which("redis-server"), shutil.which("redis-benchmark")
+    if server is None or tool is None:
+        raise RuntimeError("redis-server and redis-benchmark are needed (make bootstrap)")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="tessera-bench-redis-") as directory:
+        process = subprocess.Popen(
+            [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--dir", directory],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_for_port(port)
+            result = subprocess.run(
+                [tool, "-h", "127.0.0.1", "-p", str(port), "-n", str(requests), "-c", "50",
+                 "-t", "get,set", "--csv", "-d", "64"],
+                capture_output=True, text=True, check=True, timeout=120,
+            )  # fmt: skip
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    rates: dict[str, float] = {}
+    for row in csv.reader(result.stdout.splitlines()):
+        if len(row) >= 2 and row[0] in ("GET", "SET"):
+            rates[row[0].lower()] = float(row[1])
+    if set(rates) != {"get", "set"}:
+        raise RuntimeError(f"redis-benchmark printed no rates:\n{result.stdout[-500:]}")
+    return rates
+
+
+def _wait_for_port(port: int, timeout: float = 10.0) -> None:
+    """Until something accepts connections on 127.0.0.1:``port`` (redis-benchmark hangs
+    on a port nothing listens on yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not listen on {port}") from None
+            time.sleep(0.05)
+
+
+async def _readings(redis: Redis, database: asyncpg.Connection) -> dict[str, float]:
+    memory = await redis.info("memory")
+    stats = await redis.info("stats")
+    read_at = time.monotonic()
+    keys = await redis.dbsize()
+    # A busy backend reports its counts at most once a second, an idle one within
+    # PostgreSQL's PGSTAT_IDLE_INTERVAL (10 s): wait that long, then read afresh.
+    await asyncio.sleep(PG_STATS_DELAY)
+    await database.execute("SELECT pg_stat_clear_snapshot()")
+    row = await database.fetchrow(
+        "SELECT tup_inserted, tup_updated, tup_deleted FROM pg_stat_database"
+        " WHERE datname = current_database()"
+    )
+    assert row is not None
+    return {
+        "time": read_at,
+        "redis_bytes": float(memory["used_memory"]),
+        "redis_keys": float(keys),
+        # Everyone's: the revocation feed's heartbeats too (run_capacity takes them off).
+        "redis_commands": float(stats["total_commands_processed"]),
+        "pg_rows": float(row["tup_inserted"] + row["tup_updated"] + row["tup_deleted"]),
+    }
+
+
+def _per_item(
+    before: dict[str, float], after: dict[str, float], count: int, background: float
+) -> dict[str, float]:
+    item = {name: (after[name] - before[name]) / count for name in before if name != "time"}
+    item["redis_commands"] -= background * (after["time"] - before["time"]) / count
+    return item
