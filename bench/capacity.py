@@ -7,6 +7,8 @@ On the bench's stack, with nothing else running on it:
   its keys and the commands it processed before and after, and PostgreSQL's rows
   written (``pg_stat_database``: inserted, updated and deleted tuples) over the
   logins;
+* ``N`` refreshes of one token family (each rotates its refresh token): the same
+  readings;
 * ``N`` distinct access tokens revoked at ``/auth/revoke`` (RFC 7009): the same
   readings, so the memory of one denylist entry in Redis and the PostgreSQL
   writes of one revocation;
@@ -37,7 +39,13 @@ import asyncpg
 from redis.asyncio import Redis
 
 from bench.config import BenchConfig
-from bench.credentials import login_session, login_tokens, mint_access_tokens, register
+from bench.credentials import (
+    login_session,
+    login_tokens,
+    mint_access_tokens,
+    refresh,
+    register,
+)
 from bench.stack import BenchStack
 from tessera_stack import free_port
 
@@ -75,6 +83,12 @@ async def run_capacity(
             await asyncio.gather(*(logins() for _ in range(CONCURRENT_LOGINS)))
             after_logins = await _readings(redis, database)
 
+            progress(f"capacity: {count} refreshes of one token family")
+            chain = pair
+            for _ in range(count):
+                chain = await refresh(http, stack.auth_url, chain.refresh_token)
+            after_refreshes = await _readings(redis, database)
+
             claims = pair.claims()
             tokens = await mint_access_tokens(
                 auth_env,
@@ -105,7 +119,8 @@ async def run_capacity(
         "redis_commands_per_s": shard,
         "login": _per_item(before, after_logins, count, background),
         "revocations": revocations,
-        "revocation": _per_item(after_logins, after_revocations, revocations, background),
+        "refresh": _per_item(after_logins, after_refreshes, count, background),
+        "revocation": _per_item(after_refreshes, after_revocations, revocations, background),
     }
 
 

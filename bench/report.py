@@ -709,8 +709,10 @@ def _capacity_section(capacity: dict[str, Any]) -> str:
         ]
         for key, label in (
             ("login", "login -> shared session"),
+            ("refresh", "refresh (rotating refresh token)"),
             ("revocation", "access token revoked (/auth/revoke)"),
         )
+        if key in capacity
     ]
     return (
         "## 8. What a session and a revocation leave behind\n\n"

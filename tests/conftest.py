@@ -22,6 +22,7 @@ from tessera_auth.settings import Argon2Parameters, Settings
 from tessera_platform.process_settings import ProcessSettings
 from tessera_resource.app import create_app as create_resource_app
 from tessera_resource.settings import ResourceSettings
+from tessera_stack.tls import TlsFiles, ensure_certificate
 from tessera_verify.clock import ManualClock
 from tessera_verify.errors import PROBLEM_MEMBERS
 from tessera_verify.principal import AuthMethod
@@ -330,3 +331,9 @@ def extensions(problem_body: dict[str, Any]) -> dict[str, Any]:
     """An RFC 9457 problem's extension members besides ``error`` (the field at fault, the
     rule broken, the wait asked for)."""
     return {name: value for name, value in problem_body.items() if name not in PROBLEM_MEMBERS}
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A CA and a loopback certificate for nginx tests (one set per test module)."""
+    return ensure_certificate(tmp_path_factory.mktemp("tls"))

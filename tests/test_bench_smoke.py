@@ -489,7 +489,7 @@ async def test_the_capacity_and_scaling_parts_measure_a_stack_of_their_own(
     assert capacity["count"] == 10
     # A revocation leaves ~100 bytes: at ten of them Redis's allocator noise can hide it.
     assert capacity["login"]["redis_bytes"] > 0
-    for item in ("login", "revocation"):
+    for item in ("login", "refresh", "revocation"):
         assert capacity[item]["redis_keys"] >= 0
         assert capacity[item]["redis_commands"] >= 1.0
         assert capacity[item]["pg_rows"] > 0

@@ -34,17 +34,12 @@ from tessera_stack.nginx_conf import (
     render_to,
 )
 from tessera_stack.servers import NginxServer, nginx_check
-from tessera_stack.tls import TlsFiles, ensure_certificate
+from tessera_stack.tls import TlsFiles
 from tessera_verify.revocation_cache import DEFAULT_MAX_STALENESS
 from tessera_verify.verify_config import CacheConfig
 from tests.stack_clients import https_client
 
 SECRET = "forward-secret-" + "y" * 40
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return ensure_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def _config(

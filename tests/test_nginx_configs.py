@@ -40,7 +40,7 @@ from tessera_stack.nginx_conf import (
     render_to,
 )
 from tessera_stack.servers import NginxServer, nginx_check
-from tessera_stack.tls import TlsFiles, ensure_certificate
+from tessera_stack.tls import TlsFiles
 from tessera_verify.errors import PROBLEM_JSON, AuthenticationError, ServiceUnavailable
 from tessera_verify.sessions import INSECURE_SESSION_COOKIE, SESSION_COOKIE
 from tests.conftest import AuthClientFactory, register_and_login
@@ -53,11 +53,6 @@ IDENTITY_HEADERS = (
     "X-Tessera-Auth-Method",
     "X-Tessera-Forward-Secret",
 )
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return ensure_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def _config(

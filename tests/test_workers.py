@@ -25,6 +25,8 @@ import pytest
 
 from tessera_stack import free_port
 
+from .fixtures_infra import throwaway_database
+
 #: Bounds on polling loops (the machine may be busy): never asserted as durations.
 READY_WITHIN = 60.0
 STOP_WITHIN = 60.0
@@ -248,14 +250,9 @@ def test_the_workers_stop_when_the_supervisor_is_killed(
     assert _listeners(port) == 0
 
 
-def test_a_replica_keeping_sessions_in_memory_refuses_two_workers() -> None:
-    env = _environment(
-        "postgresql://tessera@127.0.0.1:1/none",
-        "redis://127.0.0.1:1/0",
-        free_port(),
-        TESSERA_AUTH_METHODS="jwt,local_session",
-    )
-    result = subprocess.run(
+def _serve_until_it_exits(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A replica started with ``env`` that is expected to refuse to start."""
+    return subprocess.run(
         [sys.executable, "-m", "tessera_resource", "serve"],
         env=env,
         capture_output=True,
@@ -263,6 +260,16 @@ def test_a_replica_keeping_sessions_in_memory_refuses_two_workers() -> None:
         timeout=60,
         check=False,
     )
+
+
+def test_a_replica_keeping_sessions_in_memory_refuses_two_workers() -> None:
+    env = _environment(
+        "postgresql://tessera@127.0.0.1:1/none",
+        "redis://127.0.0.1:1/0",
+        free_port(),
+        TESSERA_AUTH_METHODS="jwt,local_session",
+    )
+    result = _serve_until_it_exits(env)
     assert result.returncode == 2
     assert "TESSERA_WORKERS=2 cannot serve local_session" in result.stderr
 
@@ -277,29 +284,28 @@ def test_workers_refuse_a_port_another_program_listens_on(
         taken.listen()
         port = taken.getsockname()[1]
         env = _environment(test_database_url, redis_url, port)
-        result = subprocess.run(
-            [sys.executable, "-m", "tessera_resource", "serve"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = _serve_until_it_exits(env)
     assert result.returncode == 1
     assert "cannot listen on" in result.stderr
 
 
 def test_the_auth_service_runs_two_workers_that_both_load_the_keys(
-    test_database_url: str, redis_url: str
+    database_url: str, redis_url: str
 ) -> None:
-    # Two workers starting at once on a fresh key ring: one creates the keys (advisory
-    # lock), both serve them.
+    # Two workers starting at once on a fresh key ring (a database of its own: the run's
+    # shared one holds keys other tests sealed with their own key-encryption key): one
+    # creates the keys (advisory lock), both serve them.
     port = free_port()
-    env = {
-        name: value
-        for name, value in _environment(test_database_url, redis_url, port).items()
-        if name not in ("TESSERA_AUTH_URL", "TESSERA_AUTH_METHODS", "TESSERA_REPLICA_ID")
-    }
+    with throwaway_database(database_url, "tessera_workers") as fresh_database_url:
+        env = {
+            name: value
+            for name, value in _environment(fresh_database_url, redis_url, port).items()
+            if name not in ("TESSERA_AUTH_URL", "TESSERA_AUTH_METHODS", "TESSERA_REPLICA_ID")
+        }
+        _serve_two_auth_workers(env, port)
+
+
+def _serve_two_auth_workers(env: dict[str, str], port: int) -> None:
     with _started([sys.executable, "-m", "tessera_auth", "serve"], env) as process:
         workers = _wait_for_workers(process, port, 2)
         seen: set[int] = set()
