@@ -53,6 +53,8 @@ AppFactory = Callable[[], web.Application]
 #: Seconds past drain and shutdown a worker may take before the supervisor kills it.
 STOP_GRACE = 10.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: Seconds to wait for an exited worker's status once its sentinel has closed.
+EXIT_STATUS_WAIT = 5.0
 
 DRAINING = web.AppKey("tessera_draining", asyncio.Event)
 
@@ -186,7 +188,11 @@ def _supervise(
         if stopping:  # a signal between a start and its append reached no one
             _terminate(workers)
         deadline: float | None = None
-        while live := [worker for worker in workers if worker.exitcode is None]:
+        # A worker has exited once its sentinel (a pipe only it holds open) reads as
+        # closed; its exit status may come a moment later, or never if someone else
+        # reaped it, so that is not what the loop waits on.
+        exited: set[BaseProcess] = set()
+        while live := [worker for worker in workers if worker not in exited]:
             if stopping and deadline is None:
                 log.info("waiting for %d workers to stop", len(live))
                 deadline = time.monotonic() + (
@@ -194,7 +200,8 @@ def _supervise(
                 )
             # Woken by a worker's exit; at least once a second to see a stop signal.
             timeout = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-            if not wait([worker.sentinel for worker in live], timeout):
+            ready = wait([worker.sentinel for worker in live], timeout)
+            if not ready:
                 if deadline is not None and time.monotonic() >= deadline:
                     log.error("workers still running after the shutdown timeout: killing them")
                     for worker in live:
@@ -202,7 +209,11 @@ def _supervise(
                     failed = failed or live[0]
                 continue
             for worker in live:
-                if worker.exitcode is not None and not stopping:
+                if worker.sentinel not in ready:
+                    continue
+                exited.add(worker)
+                worker.join(EXIT_STATUS_WAIT)  # reap it, for its exit status
+                if not stopping:
                     # Serving on with fewer workers would go unnoticed: stop them all.
                     log.error(
                         "worker %s (pid %s) exited unexpectedly (%s): stopping the service",
