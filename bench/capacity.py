@@ -27,7 +27,6 @@ import asyncio
 import csv
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -47,7 +46,7 @@ from bench.credentials import (
     register,
 )
 from bench.stack import BenchStack
-from tessera_stack import free_port
+from tessera_stack import RedisServer
 
 __all__ = ["run_capacity"]
 
@@ -126,26 +125,20 @@ async def run_capacity(
 
 def _redis_commands_per_s(requests: int) -> dict[str, float]:
     """GET and SET per second of one throwaway ``redis-server`` on loopback."""
-    server, tool = shutil.which("redis-server"), shutil.which("redis-benchmark")
-    if server is None or tool is None:
-        raise RuntimeError("redis-server and redis-benchmark are needed (make bootstrap)")
-    port = free_port()
+    tool = shutil.which("redis-benchmark")
+    if tool is None:
+        raise RuntimeError("redis-benchmark is needed (make bootstrap installs Redis)")
     with tempfile.TemporaryDirectory(prefix="tessera-bench-redis-") as directory:
-        process = subprocess.Popen(
-            [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--dir", directory],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        server = RedisServer(directory)
+        server.start()  # on a free port; returns once it answers PING
         try:
-            _wait_for_port(port)
             result = subprocess.run(
-                [tool, "-h", "127.0.0.1", "-p", str(port), "-n", str(requests), "-c", "50",
-                 "-t", "get,set", "--csv", "-d", "64"],
+                [tool, "-h", "127.0.0.1", "-p", str(server.port), "-n", str(requests),
+                 "-c", "50", "-t", "get,set", "--csv", "-d", "64"],
                 capture_output=True, text=True, check=True, timeout=120,
             )  # fmt: skip
         finally:
-            process.terminate()
-            process.wait(timeout=10)
+            server.stop()
     rates: dict[str, float] = {}
     for row in csv.reader(result.stdout.splitlines()):
         if len(row) >= 2 and row[0] in ("GET", "SET"):
@@ -153,20 +146,6 @@ def _redis_commands_per_s(requests: int) -> dict[str, float]:
     if set(rates) != {"get", "set"}:
         raise RuntimeError(f"redis-benchmark printed no rates:\n{result.stdout[-500:]}")
     return rates
-
-
-def _wait_for_port(port: int, timeout: float = 10.0) -> None:
-    """Until something accepts connections on 127.0.0.1:``port`` (redis-benchmark hangs
-    on a port nothing listens on yet)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not listen on {port}") from None
-            time.sleep(0.05)
 
 
 async def _readings(redis: Redis, database: asyncpg.Connection) -> dict[str, float]:

@@ -17,9 +17,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,6 +101,32 @@ def _serving_pid(candidates: set[int], port: int, client_port: int) -> int | Non
         if _socket_inodes(pid) & server_side:
             return pid
     return None
+
+
+def _workers_answering(
+    workers: set[int], port: int, path: str, check: Callable[[Any], bool]
+) -> set[int]:
+    """Which of ``workers`` answered ``GET path`` on new connections (each answer a 200
+    whose JSON body passes ``check``), connecting until all have or the tries run out.
+
+    The kernel spreads connections over the workers by their addresses: new
+    connections, kept open until the serving process is known."""
+    served_by: set[int] = set()
+    for _ in range(CONNECTIONS_TRIED):
+        with closing(http.client.HTTPConnection("127.0.0.1", port, timeout=10)) as connection:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            body = json.loads(response.read())
+            assert response.status == 200
+            assert check(body)
+            assert connection.sock is not None
+            client_port = connection.sock.getsockname()[1]
+            pid = _serving_pid(workers, port, client_port)
+            assert pid is not None, "no worker holds the connection"
+            served_by.add(pid)
+        if served_by == workers:
+            break
+    return served_by
 
 
 def _is_running(pid: int) -> bool:
@@ -192,23 +219,9 @@ def test_two_worker_processes_answer_on_the_one_port(
     workers = _worker_pids(process.pid, port)
     assert len(workers) == 2
     assert process.pid not in workers  # the supervisor itself serves nothing
-    served_by: set[int] = set()
-    # The kernel spreads connections over the workers by their addresses: new
-    # connections, kept open until the serving process is known.
-    for _ in range(CONNECTIONS_TRIED):
-        with closing(http.client.HTTPConnection("127.0.0.1", port, timeout=10)) as connection:
-            connection.request("GET", "/healthz")
-            response = connection.getresponse()
-            body = json.loads(response.read())
-            assert response.status == 200
-            assert body["replica"] == "multi"
-            assert connection.sock is not None
-            client_port = connection.sock.getsockname()[1]
-            pid = _serving_pid(workers, port, client_port)
-            assert pid is not None, "no worker holds the connection"
-            served_by.add(pid)
-        if served_by == workers:
-            break
+    served_by = _workers_answering(
+        workers, port, "/healthz", lambda body: body["replica"] == "multi"
+    )
     assert served_by == workers
 
 
@@ -308,20 +321,9 @@ def test_the_auth_service_runs_two_workers_that_both_load_the_keys(
 def _serve_two_auth_workers(env: dict[str, str], port: int) -> None:
     with _started([sys.executable, "-m", "tessera_auth", "serve"], env) as process:
         workers = _wait_for_workers(process, port, 2)
-        seen: set[int] = set()
-        for _ in range(CONNECTIONS_TRIED):
-            with closing(http.client.HTTPConnection("127.0.0.1", port, timeout=10)) as connection:
-                connection.request("GET", "/readyz")
-                response = connection.getresponse()
-                body = json.loads(response.read())
-                assert response.status == 200
-                assert body["checks"]["keys"] == "ok"
-                assert connection.sock is not None
-                pid = _serving_pid(workers, port, connection.sock.getsockname()[1])
-                assert pid is not None
-                seen.add(pid)
-            if seen == workers:
-                break
+        seen = _workers_answering(
+            workers, port, "/readyz", lambda body: body["checks"]["keys"] == "ok"
+        )
         assert seen == workers
         process.send_signal(signal.SIGTERM)
         assert _wait_exit(process) == 0
