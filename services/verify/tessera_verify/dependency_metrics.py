@@ -23,6 +23,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
+from redis.maint_notifications import MaintNotificationsConfig
 
 DEPENDENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0)
 
@@ -174,7 +175,11 @@ def instrumented_redis(url: str, *, timeout: float, latency: Histogram | None) -
     # for one to come back, instead of failing at once (MaxConnectionsError), so a
     # burst of requests is slowed, not refused.
     pool = BlockingConnectionPool.from_url(
-        url, max_connections=REDIS_MAX_CONNECTIONS, timeout=timeout, **_connection_options(timeout)
+        url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=timeout,
+        **_pool_options(),
+        **_connection_options(timeout),
     )
     client = InstrumentedRedis(connection_pool=pool)
     client.auto_close_connection_pool = True  # aclose() closes the pool it was given
@@ -190,6 +195,21 @@ def _connection_options(timeout: float) -> dict[str, Any]:
         "socket_connect_timeout": timeout,
         "health_check_interval": 30,
     }
+
+
+def _pool_options() -> dict[str, Any]:
+    """What every pool of connections to one Redis (a server, a Sentinel group's primary)
+    is made with: maintenance notifications off.
+
+    They are Redis Enterprise's (a node announcing it will move), which redis-py 8
+    asks for on every RESP3 connection unless told not to; and while they are on,
+    its pool hands out a pooled connection without checking whether the server
+    closed it. After a Redis restart, or a ``CLIENT KILL``, every connection
+    opened before would then fail its next command (``Connection closed by
+    server``): a login refused for a server that is back. Off, the pool finds such
+    a connection closed and opens a new one.
+    """
+    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
 def _sentinel_client(nodes: RedisNodes, *, timeout: float, latency: Histogram | None) -> Redis:
@@ -209,6 +229,7 @@ def _sentinel_client(nodes: RedisNodes, *, timeout: float, latency: Histogram | 
             db=nodes.db,
             username=nodes.username,
             password=nodes.password,
+            **_pool_options(),
             **_connection_options(timeout),
         ),
     )
