@@ -226,29 +226,37 @@ class RevocationStore:
     async def rebuild(self) -> int:
         """Merge every live revocation from PostgreSQL into Redis, then seal a new generation."""
         self.dirty = False  # writes from now on count again
-        now = self._clock.now()
-        async with self._pool.acquire() as connection, connection.transaction():
-            # One rebuild at a time across auth instances; the others wait, then redo it
-            # (harmless: merging is idempotent).
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", _REBUILD_LOCK_ID)
-            rows = await connection.fetch(
-                "SELECT kind, value, at, until FROM revocations WHERE until > $1", now
-            )
-            by_kind: dict[str, list[Any]] = {kind.value: [] for kind in STORED_KINDS}
-            for row in rows:
-                entry = f"{row['at']!r} {row['until']!r}"
-                by_kind[row["kind"]].extend([row["value"], entry, repr(row["at"])])
-            for kind, args in by_kind.items():
-                for start in range(0, len(args), _MERGE_BATCH * 3):
-                    await self._merge(
-                        keys=[redis_layout.revocations(kind)],
-                        args=args[start : start + _MERGE_BATCH * 3],
-                    )
-            generation = f"{await self._server_run_id()}.{secrets.token_hex(8)}"
-            await self._seal(
-                keys=[redis_layout.revocation_generation(), redis_layout.revocation_seq()],
-                args=[CHANNEL, generation],
-            )
+        try:
+            now = self._clock.now()
+            async with self._pool.acquire() as connection, connection.transaction():
+                # One rebuild at a time across auth instances; the others wait, then redo it
+                # (harmless: merging is idempotent).
+                await connection.execute("SELECT pg_advisory_xact_lock($1)", _REBUILD_LOCK_ID)
+                rows = await connection.fetch(
+                    "SELECT kind, value, at, until FROM revocations WHERE until > $1", now
+                )
+                by_kind: dict[str, list[Any]] = {kind.value: [] for kind in STORED_KINDS}
+                for row in rows:
+                    entry = f"{row['at']!r} {row['until']!r}"
+                    by_kind[row["kind"]].extend([row["value"], entry, repr(row["at"])])
+                for kind, args in by_kind.items():
+                    for start in range(0, len(args), _MERGE_BATCH * 3):
+                        await self._merge(
+                            keys=[redis_layout.revocations(kind)],
+                            args=args[start : start + _MERGE_BATCH * 3],
+                        )
+                generation = f"{await self._server_run_id()}.{secrets.token_hex(8)}"
+                await self._seal(
+                    keys=[redis_layout.revocation_generation(), redis_layout.revocation_seq()],
+                    args=[CHANNEL, generation],
+                )
+        except BaseException:
+            # Not rebuilt: the copy may still miss what PostgreSQL has (a revocation
+            # recorded while Redis was unreachable). Whatever wrote since, the next
+            # check must rebuild again, or nothing ever would: the marker and the
+            # run ID look the same as before the fault.
+            self.dirty = True
+            raise
         self.rebuilds += 1
         log.warning("revocation plane rebuilt from PostgreSQL: %d live revocations", len(rows))
         return len(rows)

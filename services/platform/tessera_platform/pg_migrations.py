@@ -111,22 +111,77 @@ async def migrate_database(dsn: str, migrator: Migrator) -> str:
     return f"migrations: {names}"
 
 
+class _RetryingPool(asyncpg.Pool):
+    """A pool whose one-statement calls run again on another connection when the one
+    handed out had been closed by the server without asyncpg having noticed yet.
+
+    ``pg_terminate_backend`` (an operator, a pooler, a failover) sends each backend's
+    client a FATAL and closes the socket. asyncpg reads the FATAL when it arrives, but
+    the pool may hand the connection out before the close is processed: the query then
+    fails at once with :class:`~asyncpg.exceptions.InternalClientError` ("cannot switch
+    to state ...; another operation is in progress"), before anything is sent, so
+    running it again elsewhere cannot run it twice. The failed connection is dropped
+    when released; every pooled connection may be in that state (all were terminated),
+    so a statement is tried on as many connections as the pool holds, and one more.
+    A transaction (``acquire()`` then ``transaction()``) is not retried: it fails with
+    that error, which the services answer 503 (``service_errors``).
+    """
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._until_sent(super().execute, args, kwargs)
+
+    async def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._until_sent(super().executemany, args, kwargs)
+
+    async def fetch(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._until_sent(super().fetch, args, kwargs)
+
+    async def fetchval(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._until_sent(super().fetchval, args, kwargs)
+
+    async def fetchrow(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._until_sent(super().fetchrow, args, kwargs)
+
+    async def _until_sent(self, call: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        for _ in range(self.get_max_size()):
+            try:
+                return await call(*args, **kwargs)
+            except asyncpg.exceptions.InternalClientError as exc:
+                if not str(exc).startswith(_NOT_SENT):
+                    raise  # asyncpg's other internal errors may come after the statement ran
+                log.info("a pooled PostgreSQL connection was closed by the server; trying another")
+        return await call(*args, **kwargs)
+
+
+#: How asyncpg's InternalClientError begins when it is raised before a statement is sent
+#: (the protocol's state check, ``asyncpg/protocol/coreproto.pyx``): only then may a
+#: statement run again.
+_NOT_SENT = ("cannot switch to state", "not connected")
+
+
 async def create_pool(
     dsn: str, *, max_size: int, timeout: float, latency: Histogram | None = None
 ) -> asyncpg.Pool:
-    """A pool whose calls give up after ``timeout`` (acquire) / 5x (commands): no hangs.
+    """A pool whose calls give up after ``timeout`` (acquire) / 5x (commands): no hangs;
+    a statement that met a connection the server had closed runs again (:class:`_RetryingPool`).
 
     With ``latency``, every query is timed into it (``tessera_dependency_duration_seconds``).
     """
-    pool = await asyncpg.create_pool(
+    # asyncpg.create_pool's defaults, but the class.
+    pool = _RetryingPool(
         dsn,
         min_size=1,
         max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        init=None if latency is None else query_timer(latency),
         timeout=timeout,
         command_timeout=timeout * 5,
-        init=None if latency is None else query_timer(latency),
     )
-    assert pool is not None
+    await pool
     return pool
 
 

@@ -21,4 +21,8 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.InterfaceError,
+    # A pooled connection the server closed (pg_terminate_backend) that asyncpg had not
+    # yet seen close, met inside a transaction (single statements run again elsewhere:
+    # tessera_platform.pg_migrations): nothing was sent, the caller may try again.
+    asyncpg.exceptions.InternalClientError,
 )
