@@ -8,13 +8,15 @@ window, reported, not asserted.
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 
 import redis
 from prometheus_client import CollectorRegistry, Histogram
 
 from tessera_auth.refresh_tokens import RefreshTokenStore
-from tessera_stack.redis_topologies import RedisSentinelGroup
+from tessera_stack.redis_topologies import RedisNode, RedisSentinelGroup
 from tessera_verify import redis_layout
 from tessera_verify.clock import ManualClock
 from tessera_verify.dependency_metrics import instrumented_redis
@@ -79,3 +81,46 @@ async def test_the_client_follows_a_sentinel_failover_and_acknowledged_writes_su
         await client.aclose()
     timed = {sample.labels["command"] for metric in latency.collect() for sample in metric.samples}
     assert {"pipeline", "set", "evalsha", "wait"} <= timed
+
+
+async def test_writes_reach_the_promoted_primary_soon_after_a_paused_primary_returns(
+    redis_sentinel_group: RedisSentinelGroup,
+) -> None:
+    """The primary is paused (SIGSTOP) long enough for the sentinels to promote a replica,
+    then resumed: it comes back still saying it is the primary, for the tens of seconds
+    the sentinels take to demote it. The client's idle connections to it must not be used
+    for that long: within the client's recheck interval (1 s; 5 s is a deadline, not a
+    speed), every write lands on the promoted node, not on the one about to be demoted."""
+    group = redis_sentinel_group
+    client = instrumented_redis(group.url, timeout=2.0, latency=None)
+    paused: RedisNode | None = None
+    try:
+        # Several connections to the primary, idle in the pool when it is paused.
+        await asyncio.gather(*(client.set(f"paused:{i}", "before") for i in range(8)))
+        paused = group.pause_primary()
+        try:
+            promoted = await asyncio.to_thread(group.wait_for_failover)
+        finally:
+            group.resume(paused)
+        assert promoted is not paused
+
+        async def writes_land_on_promoted() -> bool:
+            keys = [f"paused:after:{uuid.uuid4().hex}" for _ in range(8)]
+            try:
+                await asyncio.gather(*(client.set(key, "after", ex=60) for key in keys))
+            except redis.RedisError:
+                return False  # the demotion may close a connection under a write
+            with redis.Redis(host="127.0.0.1", port=promoted.port, socket_timeout=2.0) as node:
+                return bool(node.exists(*keys) == len(keys))
+
+        deadline = time.monotonic() + 5.0
+        while not await writes_land_on_promoted():
+            assert time.monotonic() < deadline, "writes still go to the primary that was paused"
+            await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
+        if paused is not None and group.primary() is not paused:
+            # Demote it now rather than in twenty seconds (what an operator does).
+            paused.kill()
+            group.restart(paused)
+        group.wait_healthy()

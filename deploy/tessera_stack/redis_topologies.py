@@ -352,6 +352,22 @@ class RedisSentinelGroup(_Group):
         """SIGKILL the current primary; returns the killed node (see :meth:`restart`)."""
         return self._kill(self.primary(), "the sentinels name no running primary")
 
+    def pause_primary(self) -> RedisNode:
+        """SIGSTOP the current primary (a frozen VM, a long GC pause of the host): it holds
+        its connections and answers nothing; :meth:`resume` it, then :meth:`restart` it."""
+        primary = self.primary()
+        if primary is None or primary.pid is None:
+            raise StackError("the sentinels name no running primary")
+        os.kill(primary.pid, signal.SIGSTOP)
+        self._killed = primary
+        return primary
+
+    def resume(self, node: RedisNode) -> None:
+        """SIGCONT a node :meth:`pause_primary` paused. It comes back believing it is the
+        primary until the sentinels demote it (tens of seconds)."""
+        if node.pid is not None:
+            os.kill(node.pid, signal.SIGCONT)
+
     def wait_for_failover(self, timeout: float = 30.0) -> RedisNode:
         """Block until every sentinel names a new, running primary that accepts writes."""
 

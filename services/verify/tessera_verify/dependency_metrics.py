@@ -13,6 +13,8 @@ the topology from the URL's scheme:
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, cast
@@ -22,10 +24,13 @@ from prometheus_client import Histogram
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
 DEPENDENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0)
+
+log = logging.getLogger(__name__)
 
 REDIS_URL_SCHEMES = ("redis", "rediss", "redis+sentinel", "redis+cluster")
 #: Connections one client opens to a single Redis (redis-py's default bound).
@@ -212,6 +217,60 @@ def _pool_options() -> dict[str, Any]:
     return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
+#: How often a Sentinel group's client asks the sentinels which node is primary, at most.
+PRIMARY_RECHECK_SECONDS = 1.0
+
+
+class _FreshPrimaryPool(SentinelConnectionPool):
+    """A Sentinel primary's pool that asks the sentinels who the primary is again, at most
+    every :data:`PRIMARY_RECHECK_SECONDS`, and never hands out a connection to another node.
+
+    redis-py asks only when it opens a connection. A primary that was paused (SIGSTOP, a
+    frozen VM) while the sentinels promoted a replica comes back still believing it is
+    the primary, for the ten to twenty seconds the sentinels take to demote it, and
+    every pooled connection to it would be handed out as before: writes (a revocation, a
+    session) land on a node whose data is about to be thrown away, and messages are
+    published where no verifier listens. When the answer changes, redis-py closes the
+    idle connections; one in use then, or handed out meanwhile, is reconnected (to the
+    node the sentinels name) before it is handed out again.
+    """
+
+    _checked_at = float("-inf")
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        now = asyncio.get_running_loop().time()
+        if now - self._checked_at >= PRIMARY_RECHECK_SECONDS:
+            self._checked_at = now  # one question at a time, whatever comes in meanwhile
+            try:
+                await self.get_master_address()  # type: ignore[no-untyped-call]
+            except (RedisError, OSError) as exc:
+                # The sentinels are unreachable: the connection in hand is no worse than
+                # before; opening a new one needs them, and fails there if they stay away.
+                log.info("could not ask the sentinels for the primary: %r", exc)
+        connection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        if self._elsewhere(connection):
+            try:
+                await connection.disconnect()
+                await connection.connect()  # asks the sentinels for the address
+            except BaseException:
+                await self.release(connection)
+                raise
+        return connection
+
+    async def release(self, connection: Any) -> None:
+        if self._elsewhere(connection):
+            await connection.disconnect()
+        await super().release(connection)
+
+    def _elsewhere(self, connection: Any) -> bool:
+        """Connected to a node other than the primary the sentinels named last."""
+        return (
+            self.master_address is not None
+            and connection.is_connected
+            and (connection.host, connection.port) != tuple(self.master_address)
+        )
+
+
 def _sentinel_client(nodes: RedisNodes, *, timeout: float, latency: Histogram | None) -> Redis:
     assert nodes.master_name is not None
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
@@ -226,6 +285,7 @@ def _sentinel_client(nodes: RedisNodes, *, timeout: float, latency: Histogram | 
         sentinel.master_for(
             nodes.master_name,
             redis_class=SentinelManagedRedis,
+            connection_pool_class=_FreshPrimaryPool,
             db=nodes.db,
             username=nodes.username,
             password=nodes.password,
