@@ -194,6 +194,17 @@ def _new_lines(path: Path, offset: int) -> list[str]:
         return handle.read().decode(errors="replace").splitlines()
 
 
+async def _lines_for(path: Path, offset: int, marker: str, count: int) -> list[str]:
+    """The lines after ``offset`` that hold ``marker``, once there are ``count`` of them
+    (or after 5 s, a deadline: then as many as there are)."""
+    for _ in range(50):
+        lines = [line for line in _new_lines(path, offset) if marker in line]
+        if len(lines) >= count:
+            break
+        await asyncio.sleep(0.1)
+    return lines
+
+
 def _replica_pids(stack: StackControl) -> dict[str, int | None]:
     return {
         entry.id: read_pid_file(stack.layout.pid(entry.process)) for entry in stack.state().replicas
@@ -252,8 +263,9 @@ async def test_a_rolling_restart_of_every_replica_fails_no_request(stack: StackC
         # nginx saw no error either: it never sent a request to a stopping
         # replica, so it retried nothing (one upstream per request) and logged
         # no upstream failure.
-        lines = _new_lines(access_log, access_start)
-        proxied = [line for line in lines if '"GET /api/me ' in line]
+        # nginx writes a request's line once the response is sent (its log phase): the
+        # last ones may reach the file just after their client had its answer.
+        proxied = await _lines_for(access_log, access_start, '"GET /api/me ', outcomes["200"])
         assert len(proxied) >= outcomes["200"]
         retried = [line for line in proxied if "upstream=" not in line or ", " in line]
         assert retried == []
