@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from . import redis_layout
 from .clock import Clock
@@ -123,18 +124,23 @@ class RedisSessionStore:
         self._clock = clock
 
     async def save(self, key: str, record: SessionRecord, dies_at: float) -> None:
-        # The record and the user's index live in different hash slots (Redis
-        # Cluster), so they are two steps, each atomic on its own: the record,
-        # then the index. The caller hands the session ID out only after both:
-        # a failure in between leaves a record that nobody holds the ID of
-        # (it dies with its TTL), and list_for_user never sees an indexed key
-        # before its record exists (so it cannot prune a session being born).
-        await self._redis.set(redis_layout.session(key), record.to_bytes(), pxat=_ms(dies_at))
+        # The record, then the user's index (it lives as long as the user's longest
+        # session could). On one server (or a Sentinel group's primary) both go in one
+        # MULTI: one round trip, and nobody sees one without the other. On Redis Cluster
+        # they live in different hash slots, so they are two steps, each atomic on its
+        # own, the record first: the caller hands the session ID out only after both, a
+        # failure in between leaves a record nobody holds the ID of (it dies with its
+        # TTL), and list_for_user never sees an indexed key before its record exists (so
+        # it cannot prune a session being born).
         index = redis_layout.user_sessions(record.user_id)
         index_ttl = max(1, math.ceil(record.expires_at - self._clock.now()))
+        two_steps = isinstance(self._redis, RedisCluster)  # typed Redis, may be a cluster
+        if two_steps:
+            await self._redis.set(redis_layout.session(key), record.to_bytes(), pxat=_ms(dies_at))
         async with self._redis.pipeline(transaction=True) as pipe:
+            if not two_steps:
+                pipe.set(redis_layout.session(key), record.to_bytes(), pxat=_ms(dies_at))
             pipe.zadd(index, {key: record.expires_at})
-            # The index lives as long as the user's longest session could.
             pipe.expire(index, index_ttl, gt=True)
             pipe.expire(index, index_ttl, nx=True)
             await pipe.execute()
