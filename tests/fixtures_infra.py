@@ -21,11 +21,12 @@ import os
 import secrets
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import asyncpg
 import pytest
 import redis.exceptions
@@ -243,3 +244,30 @@ async def save_sessions(store: RedisSessionStore, clock: ManualClock, count: int
         )
         await store.save(key, record, record.expires_at)
     return keys
+
+
+@pytest.fixture
+async def from_addresses() -> AsyncIterator[Callable[[int], aiohttp.ClientSession]]:
+    """``from_addresses(n)``: an HTTP client whose connections come from 127.0.n.1 (one
+    client per address: a crowd of distinct callers on loopback)."""
+    opened: dict[int, aiohttp.ClientSession] = {}
+
+    def session(n: int) -> aiohttp.ClientSession:
+        if n not in opened:
+            connector = aiohttp.TCPConnector(local_addr=(f"127.0.{n}.1", 0), force_close=True)
+            opened[n] = aiohttp.ClientSession(connector=connector)
+        return opened[n]
+
+    yield session
+    for client in opened.values():
+        await client.close()
+
+
+async def until(check: Callable[[], Awaitable[bool]], seconds: float, poll: float = 0.05) -> bool:
+    """Poll ``check`` every ``poll`` s for at most ``seconds`` (a deadline, not a speed
+    check); its last answer."""
+    for _ in range(int(seconds / poll)):
+        if await check():
+            return True
+        await asyncio.sleep(poll)
+    return await check()

@@ -33,13 +33,13 @@ from tessera_verify.integration import tessera_verify
 from tessera_verify.revocation_cache import RevocationCache
 
 from .conftest import LoggedIn, ResourceFactory, log_in_with_everything, with_changes
+from .fixtures_infra import until
 from .tcp_proxy import TcpProxy
 
 Client = TestClient[Any, Any]
 PASSWORD = "correct horse battery staple"
 S = 2.0  # the staleness bound these tests run with
 TIMEOUT = 0.5  # the dependency timeout these tests run with
-POLL = 0.05
 ROUNDS = 20  # pg_terminate_backend rounds (the race is hit in some of them)
 
 
@@ -56,15 +56,6 @@ async def _login(auth: Client, user: LoggedIn) -> int:
         "/auth/login", json={"username": user.name, "password": PASSWORD, "credential": "both"}
     )
     return response.status
-
-
-async def _until(check: Callable[[], Awaitable[bool]], seconds: float) -> bool:
-    """Poll ``check`` every 50 ms for at most ``seconds`` (a deadline, not a speed check)."""
-    for _ in range(int(seconds / POLL)):
-        if await check():
-            return True
-        await asyncio.sleep(POLL)
-    return await check()
 
 
 def _cache(replica: Client) -> RevocationCache:
@@ -127,7 +118,7 @@ async def test_the_first_requests_after_pg_terminate_backend_succeed(
     connection of both services is dead, and PostgreSQL answers new ones at once. The
     next request must succeed, never a 500 (and not a 503 either: nothing is down).
 
-    Fails today, in some of the rounds: a pooled connection that has read the server's
+    Failed before the fix, in some of the rounds: a pooled connection that has read the server's
     FATAL (57P01) but whose socket close asyncpg has not processed yet is handed out,
     and the query fails with asyncpg's InternalClientError ("cannot switch to state
     12; another operation (2) is in progress"), which is not a dependency error: 500.
@@ -171,7 +162,7 @@ async def test_a_killed_feed_subscription_resubscribes_and_revocations_still_arr
             async def refused_and_fresh(user: LoggedIn = victim) -> bool:
                 return await _status(replica, "/api/me", user) == 401 and cache.fresh
 
-            assert await _until(refused_and_fresh, 5.0)
+            assert await until(refused_and_fresh, 5.0)
             assert await _status(replica, "/api/me", bystander) == 200
         # Subscribed again, once each: nothing leaked, nothing left behind.
         assert len(await admin.client_list(_type="pubsub")) == 2
@@ -194,7 +185,7 @@ async def test_a_revocation_redis_missed_reaches_the_replicas_once_a_partition_h
     the partition, and it fails. Once the partition heals, the plane must be rebuilt
     from PostgreSQL and the replica must refuse the token.
 
-    Fails today: RevocationStore.rebuild() clears ``dirty`` before it starts and does not
+    Failed before the fix: RevocationStore.rebuild() cleared ``dirty`` before it started and did not
     set it again when it fails; after the partition, needs_rebuild() sees the marker and
     the same Redis run ID and never rebuilds. The replica accepts the revoked token
     until it expires, while the auth service (its local copy) refuses it.
@@ -219,7 +210,7 @@ async def test_a_revocation_redis_missed_reaches_the_replicas_once_a_partition_h
             return not store.dirty
 
         # The watch starts a rebuild (it clears the flag) while the partition lasts...
-        assert await _until(rebuild_started, 10 * store.check_interval)
+        assert await until(rebuild_started, 10 * store.check_interval)
         caplog.clear()
         caplog.set_level(logging.WARNING, logger="tessera_auth.revocation_store")
 
@@ -227,7 +218,7 @@ async def test_a_revocation_redis_missed_reaches_the_replicas_once_a_partition_h
             return any("revocation plane check failed" in m for m in caplog.messages)
 
         # ...which fails on Redis (or a later check does): the fault is still on.
-        assert await _until(rebuild_failed, 10 * (store.check_interval + TIMEOUT))
+        assert await until(rebuild_failed, 10 * (store.check_interval + TIMEOUT))
         rebuilds = store.rebuilds
         proxy.mode = "forward"  # the partition ends
 
@@ -235,7 +226,7 @@ async def test_a_revocation_redis_missed_reaches_the_replicas_once_a_partition_h
             return await _status(replica, "/api/me", user) == 401
 
         # A few watch intervals and a feed resync are enough; 5 s is a generous deadline.
-        refused = await _until(replica_refuses, 5.0)
+        refused = await until(replica_refuses, 5.0)
         assert await _status(auth, "/auth/me", user) == 401  # the auth service knows
         assert refused, (
             f"the replica still accepts a token revoked in PostgreSQL after the partition "

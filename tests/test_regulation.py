@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -33,22 +33,6 @@ POLICY = RegulationPolicy(
     max_registrations_per_address=3,
 )
 From = Callable[..., Any]
-
-
-@pytest.fixture
-async def sessions() -> AsyncIterator[Callable[[int], aiohttp.ClientSession]]:
-    """``sessions(n)``: an HTTP client whose connections come from 127.0.n.1."""
-    opened: dict[int, aiohttp.ClientSession] = {}
-
-    def session(n: int) -> aiohttp.ClientSession:
-        if n not in opened:
-            connector = aiohttp.TCPConnector(local_addr=(f"127.0.{n}.1", 0), force_close=True)
-            opened[n] = aiohttp.ClientSession(connector=connector)
-        return opened[n]
-
-    yield session
-    for client in opened.values():
-        await client.close()
 
 
 @pytest.fixture
@@ -86,11 +70,11 @@ async def _login(
 
 
 async def test_simultaneous_guesses_from_one_address_get_no_more_verifications_than_the_limit(
-    client: Client, sessions: Callable[[int], aiohttp.ClientSession], verifications: list[int]
+    client: Client, from_addresses: Callable[[int], aiohttp.ClientSession], verifications: list[int]
 ) -> None:
     owner = await register_and_login(client, credential="none")
     name = owner["user"]["username"]
-    attacker = sessions(9)
+    attacker = from_addresses(9)
     before = verifications[0]  # the owner's own login above
     guesses = ["wrong password"] * 40 + [owner["password"]]
     answers = await asyncio.gather(*(_login(client, attacker, name, g) for g in guesses))
@@ -101,13 +85,13 @@ async def test_simultaneous_guesses_from_one_address_get_no_more_verifications_t
 
 
 async def test_simultaneous_guesses_from_many_addresses_are_bounded_by_the_account_budget(
-    client: Client, sessions: Callable[[int], aiohttp.ClientSession], verifications: list[int]
+    client: Client, from_addresses: Callable[[int], aiohttp.ClientSession], verifications: list[int]
 ) -> None:
     owner = await register_and_login(client, credential="none")
     name = owner["user"]["username"]
     before = verifications[0]
     answers = await asyncio.gather(
-        *(_login(client, sessions(n), name, "wrong password") for n in range(10, 50))
+        *(_login(client, from_addresses(n), name, "wrong password") for n in range(10, 50))
     )
     # Past the soft limit, one guess per backoff slot: the clock stands still here,
     # so exactly one slot opens.
@@ -116,81 +100,81 @@ async def test_simultaneous_guesses_from_many_addresses_are_bounded_by_the_accou
 
 
 async def test_the_owner_logs_in_from_a_fresh_address_during_an_attack_from_another(
-    client: Client, sessions: Callable[[int], aiohttp.ClientSession]
+    client: Client, from_addresses: Callable[[int], aiohttp.ClientSession]
 ) -> None:
     owner = await register_and_login(client, credential="none")
     name = owner["user"]["username"]
-    attack = [_login(client, sessions(60), name, f"guess {i}") for i in range(30)]
+    attack = [_login(client, from_addresses(60), name, f"guess {i}") for i in range(30)]
     answers = await asyncio.gather(*attack)
     assert {s for s, _, _ in answers} == {401, 429}
-    status, _, body = await _login(client, sessions(61), name, owner["password"])
+    status, _, body = await _login(client, from_addresses(61), name, owner["password"])
     assert status == 200, body
     # The attacker's address stays refused for this account, even with the right password.
-    status, headers, body = await _login(client, sessions(60), name, owner["password"])
+    status, headers, body = await _login(client, from_addresses(60), name, owner["password"])
     assert status == 429 and body["error"] == "too_many_attempts"
     assert 60 <= int(headers["Retry-After"]) <= 120
 
 
 async def test_a_distributed_attack_slows_the_account_but_never_locks_the_owner_out(
-    client: Client, sessions: Callable[[int], aiohttp.ClientSession], clock: ManualClock
+    client: Client, from_addresses: Callable[[int], aiohttp.ClientSession], clock: ManualClock
 ) -> None:
     owner = await register_and_login(client, credential="none")
     name = owner["user"]["username"]
     for n in range(70, 82):  # twelve addresses, one guess each: past the soft limit
-        await _login(client, sessions(n), name, "wrong password")
-    status, headers, _ = await _login(client, sessions(90), name, owner["password"])
+        await _login(client, from_addresses(n), name, "wrong password")
+    status, headers, _ = await _login(client, from_addresses(90), name, owner["password"])
     if status == 429:  # the attacker took the slot: the owner waits a bounded, honest time
         wait = int(headers["Retry-After"])
         assert 1 <= wait <= POLICY.max_backoff
         clock.advance(wait)
-        status, _, _ = await _login(client, sessions(90), name, owner["password"])
+        status, _, _ = await _login(client, from_addresses(90), name, owner["password"])
     assert status == 200
 
 
 async def test_a_pair_ban_lifts_when_its_retry_after_has_passed(
-    client: Client, sessions: Callable[[int], aiohttp.ClientSession], clock: ManualClock
+    client: Client, from_addresses: Callable[[int], aiohttp.ClientSession], clock: ManualClock
 ) -> None:
     owner = await register_and_login(client, credential="none")
     name = owner["user"]["username"]
     for _ in range(POLICY.max_failures_per_pair):
-        assert (await _login(client, sessions(100), name, "wrong password"))[0] == 401
-    status, headers, _ = await _login(client, sessions(100), name, owner["password"])
+        assert (await _login(client, from_addresses(100), name, "wrong password"))[0] == 401
+    status, headers, _ = await _login(client, from_addresses(100), name, owner["password"])
     assert status == 429
     clock.advance(int(headers["Retry-After"]))
-    assert (await _login(client, sessions(100), name, owner["password"]))[0] == 200
+    assert (await _login(client, from_addresses(100), name, owner["password"]))[0] == 200
 
 
 async def test_unknown_and_known_accounts_are_throttled_alike(
-    client: Client, sessions: Callable[[int], aiohttp.ClientSession]
+    client: Client, from_addresses: Callable[[int], aiohttp.ClientSession]
 ) -> None:
     owner = await register_and_login(client, credential="none")
     answers = {}
     for name in (owner["user"]["username"], "nobody-by-that-name"):
         for _ in range(POLICY.max_failures_per_pair):
-            await _login(client, sessions(110), name, "wrong password")
-        status, _, body = await _login(client, sessions(110), name, "wrong password")
+            await _login(client, from_addresses(110), name, "wrong password")
+        status, _, body = await _login(client, from_addresses(110), name, "wrong password")
         answers[name] = (status, body["error"])
     assert set(answers.values()) == {(429, "too_many_attempts")}
 
 
 async def test_one_address_spraying_many_accounts_is_throttled_but_others_are_not(
-    client: Client, sessions: Callable[[int], aiohttp.ClientSession]
+    client: Client, from_addresses: Callable[[int], aiohttp.ClientSession]
 ) -> None:
     owner = await register_and_login(client, credential="none")
     name = owner["user"]["username"]
     sprays = [
-        _login(client, sessions(120), f"spray-target-{i}", "wrong password")
+        _login(client, from_addresses(120), f"spray-target-{i}", "wrong password")
         for i in range(POLICY.max_failures_per_address + 10)
     ]
     statuses = [s for s, _, _ in await asyncio.gather(*sprays)]
     assert statuses.count(401) <= POLICY.max_failures_per_address
-    assert (await _login(client, sessions(120), name, owner["password"]))[0] == 429
-    assert (await _login(client, sessions(121), name, owner["password"]))[0] == 200
+    assert (await _login(client, from_addresses(120), name, owner["password"]))[0] == 429
+    assert (await _login(client, from_addresses(121), name, owner["password"]))[0] == 200
 
 
 async def test_a_registration_flood_from_one_address_is_refused_before_any_hashing(
     client: Client,
-    sessions: Callable[[int], aiohttp.ClientSession],
+    from_addresses: Callable[[int], aiohttp.ClientSession],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     hasher = client.app[app_state.ACCOUNTS].hasher
@@ -204,7 +188,7 @@ async def test_a_registration_flood_from_one_address_is_refused_before_any_hashi
     monkeypatch.setattr(hasher, "hash", counting)
 
     async def register(n: int, i: int) -> int:
-        async with sessions(n).post(
+        async with from_addresses(n).post(
             client.make_url("/auth/register"),
             json={"username": f"flood-{n}-{i}", "password": "correct horse battery staple"},
         ) as response:
@@ -268,10 +252,10 @@ async def test_a_password_change_refused_for_a_full_argon2_queue_is_not_counted_
 
 
 async def test_throttling_is_audited_and_counted(
-    client: Client, sessions: Callable[[int], aiohttp.ClientSession]
+    client: Client, from_addresses: Callable[[int], aiohttp.ClientSession]
 ) -> None:
     for _ in range(POLICY.max_failures_per_pair + 1):
-        await _login(client, sessions(140), "mallory", "wrong password")
+        await _login(client, from_addresses(140), "mallory", "wrong password")
     await client.app[app_state.AUDIT].flush()
     outcomes = [e["outcome"] for e in await client.app[app_state.AUDIT].query(kind="login")]
     assert outcomes == ["throttled"] + ["failure"] * POLICY.max_failures_per_pair
@@ -299,7 +283,7 @@ async def _portal_guess(
 
 
 async def test_simultaneous_portal_guesses_from_many_addresses_share_the_account_budget(
-    client: Client, sessions: Callable[[int], aiohttp.ClientSession], verifications: list[int]
+    client: Client, from_addresses: Callable[[int], aiohttp.ClientSession], verifications: list[int]
 ) -> None:
     # The portal's form is one more door to the same account: its guesses count
     # against the same budget as /auth/login's, however many browsers post at once.
@@ -307,7 +291,7 @@ async def test_simultaneous_portal_guesses_from_many_addresses_share_the_account
     name = owner["user"]["username"]
     before = verifications[0]
     statuses = await asyncio.gather(
-        *(_portal_guess(client, sessions(n), name, "wrong password") for n in range(60, 100))
+        *(_portal_guess(client, from_addresses(n), name, "wrong password") for n in range(60, 100))
     )
     assert verifications[0] - before <= POLICY.max_failures_per_account + 1
     assert statuses.count(429) >= 40 - POLICY.max_failures_per_account - 1

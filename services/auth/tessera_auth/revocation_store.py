@@ -100,6 +100,10 @@ SET at = GREATEST(revocations.at, EXCLUDED.at), until = GREATEST(revocations.unt
 
 _STATE_LOST = "TESSERA_STATE_LOST"
 _REBUILD_LOCK_ID = 0x7E55E7C
+#: What the rebuild's and the prune's statements may take (background work, not a request: the
+#: services' other statements give up after the dependency timeout); a rebuild also waits
+#: here for another auth process's.
+REBUILD_TIMEOUT = 30.0
 _MERGE_BATCH = 500
 REDIS_ERRORS = (
     redis.exceptions.RedisError,
@@ -231,9 +235,13 @@ class RevocationStore:
             async with self._pool.acquire() as connection, connection.transaction():
                 # One rebuild at a time across auth instances; the others wait, then redo it
                 # (harmless: merging is idempotent).
-                await connection.execute("SELECT pg_advisory_xact_lock($1)", _REBUILD_LOCK_ID)
+                await connection.execute(
+                    "SELECT pg_advisory_xact_lock($1)", _REBUILD_LOCK_ID, timeout=REBUILD_TIMEOUT
+                )
                 rows = await connection.fetch(
-                    "SELECT kind, value, at, until FROM revocations WHERE until > $1", now
+                    "SELECT kind, value, at, until FROM revocations WHERE until > $1",
+                    now,
+                    timeout=REBUILD_TIMEOUT,
                 )
                 by_kind: dict[str, list[Any]] = {kind.value: [] for kind in STORED_KINDS}
                 for row in rows:
@@ -274,7 +282,9 @@ class RevocationStore:
     async def prune(self) -> None:
         """Forget revocations that no longer revoke anything (in PostgreSQL and Redis)."""
         now = self._clock.now()
-        await self._pool.execute("DELETE FROM revocations WHERE until <= $1", now)
+        await self._pool.execute(
+            "DELETE FROM revocations WHERE until <= $1", now, timeout=REBUILD_TIMEOUT
+        )
         await self._prune(
             keys=[redis_layout.revocations(kind.value) for kind in STORED_KINDS], args=[repr(now)]
         )

@@ -29,7 +29,7 @@ from tessera_verify.sessions import clear_session_cookie, set_session_cookie
 from . import app_state
 from .authenticate import authenticate, session_cookie_name
 from .password_policy import MAX_INPUT_LENGTH
-from .session_login import record_login, start_session
+from .session_login import issued_on_a_current_password, record_login, start_session
 from .session_views import session_json
 from .users import User
 
@@ -100,6 +100,7 @@ async def login(request: web.Request) -> web.Response:
                 user_id=user.id, session_link=session_link, session_key=session_key
             )
         )
+    await issued_on_a_current_password(app, user, session_link=session_link, ip=ip)
     record_login(app, user, ip=ip, credential=kind)
 
     response = web.json_response(payload, headers=NO_STORE)

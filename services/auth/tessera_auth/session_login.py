@@ -4,6 +4,15 @@ Fixation: whatever session the browser brought is destroyed, never upgraded,
 and a new ID is made. The portal's login form and ``POST /auth/login`` (its
 ``session`` and ``both`` credentials) use this; both then count and audit the
 login once with :func:`record_login`, whatever they issued.
+
+A login checks the password, then issues. A password change (or the account being
+disabled) may commit in between, and the revocation it makes is dated from before
+the credentials exist: they would outlive it. So once a login has issued, it
+reads the account again (:func:`issued_on_a_current_password`); if the password or
+the account changed since the check, everything it issued is revoked and the login
+answers 401. If the read still finds the old password, the change has not
+committed yet, and the revocation that follows it is dated after these credentials
+were made: it kills them.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from tessera_verify.cookies import cookie_value
+from tessera_verify.errors import InvalidCredentials
 from tessera_verify.sessions import Session
 
 from . import app_state
@@ -42,3 +52,20 @@ def record_login(app: web.Application, user: User, *, ip: str, credential: str) 
     app[app_state.AUDIT].record(
         "login", user_id=user.id, username=user.username, ip=ip, credential=credential
     )
+
+
+async def issued_on_a_current_password(
+    app: web.Application, user: User, *, session_link: str, ip: str
+) -> None:
+    """Raise :class:`InvalidCredentials` (401) after revoking every credential carrying
+    ``session_link`` when ``user``'s password or standing changed since the login
+    checked it (see the module's docstring). Call it once everything is issued."""
+    current = await app[app_state.ACCOUNTS].users.by_id(user.id)
+    if current is not None and not current.disabled and current.password_hash == user.password_hash:
+        return
+    await app[app_state.REVOKER].revoke_session_link(session_link)
+    app[app_state.METRICS].logins.labels("invalid_credentials").inc()
+    app[app_state.AUDIT].record(
+        "login", outcome="superseded", user_id=user.id, username=user.username, ip=ip
+    )
+    raise InvalidCredentials()

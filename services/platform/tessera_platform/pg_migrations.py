@@ -21,6 +21,10 @@ from .process_settings import ProcessSettings
 
 log = logging.getLogger(__name__)
 
+#: What a migration's statements may take (the services' other statements give up after
+#: the dependency timeout): a schema change, or waiting for another process's migration.
+MIGRATION_TIMEOUT = 300.0
+
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
@@ -64,13 +68,16 @@ class Migrator:
         An advisory lock makes concurrent callers (several replicas starting at
         once) wait for each other instead of racing.
         """
-        await connection.execute("SELECT pg_advisory_lock($1)", self._lock_id)
+        await connection.execute(
+            "SELECT pg_advisory_lock($1)", self._lock_id, timeout=MIGRATION_TIMEOUT
+        )
         try:
             await connection.execute(
                 f"""CREATE TABLE IF NOT EXISTS {self.table} (
                        version    integer PRIMARY KEY,
                        name       text NOT NULL,
-                       applied_at timestamptz NOT NULL DEFAULT now())"""
+                       applied_at timestamptz NOT NULL DEFAULT now())""",
+                timeout=MIGRATION_TIMEOUT,
             )
             rows = await connection.fetch(f"SELECT version FROM {self.table}")  # noqa: S608
             done = {row["version"] for row in rows}
@@ -79,17 +86,20 @@ class Migrator:
                 if migration.version in done:
                     continue
                 async with connection.transaction():
-                    await connection.execute(migration.sql)
+                    await connection.execute(migration.sql, timeout=MIGRATION_TIMEOUT)
                     await connection.execute(
                         f"INSERT INTO {self.table} (version, name) VALUES ($1, $2)",  # noqa: S608
                         migration.version,
                         migration.name,
+                        timeout=MIGRATION_TIMEOUT,
                     )
                 log.info("applied migration %04d_%s", migration.version, migration.name)
                 applied.append(migration)
             return applied
         finally:
-            await connection.execute("SELECT pg_advisory_unlock($1)", self._lock_id)
+            await connection.execute(
+                "SELECT pg_advisory_unlock($1)", self._lock_id, timeout=MIGRATION_TIMEOUT
+            )
 
     async def pending(self, connection: Connection) -> list[Migration]:
         exists = await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", self.table)
@@ -112,45 +122,55 @@ async def migrate_database(dsn: str, migrator: Migrator) -> str:
 
 
 class _RetryingPool(asyncpg.Pool):
-    """A pool whose one-statement calls run again on another connection when the one
-    handed out had been closed by the server without asyncpg having noticed yet.
+    """A pool whose one-statement calls (``execute``, ``fetch``, ...) survive a connection
+    the server closed, and give up on a server that hangs within the timeout.
 
-    ``pg_terminate_backend`` (an operator, a pooler, a failover) sends each backend's
-    client a FATAL and closes the socket. asyncpg reads the FATAL when it arrives, but
-    the pool may hand the connection out before the close is processed: the query then
-    fails at once with :class:`~asyncpg.exceptions.InternalClientError` ("cannot switch
-    to state ...; another operation is in progress"), before anything is sent, so
-    running it again elsewhere cannot run it twice. The failed connection is dropped
-    when released; every pooled connection may be in that state (all were terminated),
-    so a statement is tried on as many connections as the pool holds, and one more.
+    - ``pg_terminate_backend`` (an operator, a pooler, a failover) sends each backend's
+      client a FATAL and closes the socket. asyncpg reads the FATAL when it arrives, but
+      the pool may hand the connection out before the close is processed: the statement
+      then fails at once with :class:`~asyncpg.exceptions.InternalClientError` ("cannot
+      switch to state ...; another operation is in progress"), before anything is sent,
+      so running it again elsewhere cannot run it twice. Every pooled connection may be
+      in that state (all were terminated), so a statement is tried on as many
+      connections as the pool holds, and one more.
+    - A statement that times out (a paused or unreachable server) closes its connection
+      at once: handed back as it is, asyncpg would first wait for the statement's
+      cancellation (a new connection to the same silent server) and a reset, about as
+      long again, before the caller hears of the timeout.
+
     A transaction (``acquire()`` then ``transaction()``) is not retried: it fails with
     that error, which the services answer 503 (``service_errors``).
     """
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._until_sent(super().execute, args, kwargs)
+        return await self._statement("execute", args, kwargs)
 
     async def executemany(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._until_sent(super().executemany, args, kwargs)
+        return await self._statement("executemany", args, kwargs)
 
     async def fetch(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._until_sent(super().fetch, args, kwargs)
+        return await self._statement("fetch", args, kwargs)
 
     async def fetchval(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._until_sent(super().fetchval, args, kwargs)
+        return await self._statement("fetchval", args, kwargs)
 
     async def fetchrow(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._until_sent(super().fetchrow, args, kwargs)
+        return await self._statement("fetchrow", args, kwargs)
 
-    async def _until_sent(self, call: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        for _ in range(self.get_max_size()):
-            try:
-                return await call(*args, **kwargs)
-            except asyncpg.exceptions.InternalClientError as exc:
-                if not str(exc).startswith(_NOT_SENT):
-                    raise  # asyncpg's other internal errors may come after the statement ran
-                log.info("a pooled PostgreSQL connection was closed by the server; trying another")
-        return await call(*args, **kwargs)
+    async def _statement(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        attempts = self.get_max_size() + 1
+        for attempt in range(1, attempts + 1):
+            async with self.acquire() as connection:
+                try:
+                    return await getattr(connection, method)(*args, **kwargs)
+                except asyncpg.exceptions.InternalClientError as exc:
+                    if attempt == attempts or not str(exc).startswith(_NOT_SENT):
+                        raise  # asyncpg's other internal errors may come after it ran
+                    log.info("a pooled PostgreSQL connection was closed by the server")
+                except TimeoutError:
+                    connection.terminate()
+                    raise
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
 #: How asyncpg's InternalClientError begins when it is raised before a statement is sent
@@ -162,8 +182,9 @@ _NOT_SENT = ("cannot switch to state", "not connected")
 async def create_pool(
     dsn: str, *, max_size: int, timeout: float, latency: Histogram | None = None
 ) -> asyncpg.Pool:
-    """A pool whose calls give up after ``timeout`` (acquire) / 5x (commands): no hangs;
-    a statement that met a connection the server had closed runs again (:class:`_RetryingPool`).
+    """A pool whose connects and statements give up after ``timeout``: no hangs (a
+    statement that may take longer says so, ``timeout=``); a statement that met a
+    connection the server had closed runs again (:class:`_RetryingPool`).
 
     With ``latency``, every query is timed into it (``tessera_dependency_duration_seconds``).
     """
@@ -179,7 +200,7 @@ async def create_pool(
         record_class=asyncpg.Record,
         init=None if latency is None else query_timer(latency),
         timeout=timeout,
-        command_timeout=timeout * 5,
+        command_timeout=timeout,
     )
     await pool
     return pool

@@ -33,7 +33,7 @@ from .. import app_state
 from ..authenticate import session_cookie_name
 from ..password_change import password_change
 from ..password_policy import MAX_INPUT_LENGTH
-from ..session_login import record_login, start_session
+from ..session_login import issued_on_a_current_password, record_login, start_session
 from ..session_views import session_details
 from .csrf import (
     CSRF_FIELD,
@@ -189,6 +189,8 @@ async def login(request: web.Request) -> web.Response:
     ip = client_ip(request, app[app_state.SETTINGS].trusted_proxies)
     try:
         user = await app[app_state.PASSWORD_CHECK].check(username, password, ip=ip, event="login")
+        session_id, session = await start_session(request, user, ip=ip)
+        await issued_on_a_current_password(app, user, session_link=session.record.public_id, ip=ip)
     except InvalidCredentials:
         return _login_page(
             request,
@@ -205,7 +207,6 @@ async def login(request: web.Request) -> web.Response:
             error=_throttled(exc),
             headers=exc.extra_headers(),
         )
-    session_id, _ = await start_session(request, user, ip=ip)
     record_login(app, user, ip=ip, credential="session")
     response = redirect(return_url or ACCOUNT_PATH)
     set_session_cookie(response, session_cookie_name(app), session_id, secure=_secure(app))
