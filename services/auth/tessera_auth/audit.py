@@ -45,6 +45,10 @@ KINDS = (
 )
 
 
+#: What writing one batch of audit events may take (a flush runs in the background).
+WRITE_TIMEOUT = 30.0
+
+
 @dataclass(frozen=True)
 class AuditEvent:
     kind: str
@@ -167,6 +171,8 @@ class AuditLog:
                 )
                 for e in batch
             ],
+            # A backlog after an outage may be thousands of rows: background work.
+            timeout=WRITE_TIMEOUT,
         )
 
     async def run(self, retry_delay: float = 1.0, gather: float = 0.25) -> None:

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
+#: How long a process waits for another to finish making or rotating a key.
+KEY_LOCK_TIMEOUT = 60.0
 _KEY_LOCK_ID = 0x7E55E7B
 
 
@@ -334,7 +336,10 @@ class KeyRing:
     async def _locked(self) -> AsyncIterator[Connection]:
         """A transaction holding the key ring's advisory lock (released at commit)."""
         async with self._pool.acquire() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", _KEY_LOCK_ID)
+            # Another process may hold it while it makes a key (RSA: seconds).
+            await connection.execute(
+                "SELECT pg_advisory_xact_lock($1)", _KEY_LOCK_ID, timeout=KEY_LOCK_TIMEOUT
+            )
             yield connection
 
     async def _ensure_active(self, connection: Connection, now: float) -> list[KeyChange]:

@@ -231,6 +231,10 @@ class RevocationStore:
         """Merge every live revocation from PostgreSQL into Redis, then seal a new generation."""
         self.dirty = False  # writes from now on count again
         try:
+            # Redis first (one cheap question): while it cannot answer, a rebuild that is
+            # tried every check would otherwise take the lock and read every live
+            # revocation from PostgreSQL each time, only to fail on Redis.
+            await self._server_run_id()
             now = self._clock.now()
             async with self._pool.acquire() as connection, connection.transaction():
                 # One rebuild at a time across auth instances; the others wait, then redo it

@@ -61,9 +61,21 @@ async def issued_on_a_current_password(
     ``session_link`` when ``user``'s password or standing changed since the login
     checked it (see the module's docstring). Call it once everything is issued."""
     current = await app[app_state.ACCOUNTS].users.by_id(user.id)
-    if current is not None and not current.disabled and current.password_hash == user.password_hash:
+    # The time of the last password change, not the hash: a login may rehash the same
+    # password with new parameters (Accounts.verify_password), which is no change.
+    if (
+        current is not None
+        and not current.disabled
+        and current.password_changed_at == user.password_changed_at
+    ):
         return
-    await app[app_state.REVOKER].revoke_session_link(session_link)
+    # Nobody was handed these credentials; the link stays revoked as long as any of them
+    # (the session, the refresh family) could live.
+    settings = app[app_state.SETTINGS]
+    lifetime = max(settings.session_absolute_timeout, settings.refresh_token_ttl)
+    await app[app_state.REVOKER].revoke_session_link(
+        session_link, lives_until=app[app_state.CLOCK].now() + lifetime
+    )
     app[app_state.METRICS].logins.labels("invalid_credentials").inc()
     app[app_state.AUDIT].record(
         "login", outcome="superseded", user_id=user.id, username=user.username, ip=ip

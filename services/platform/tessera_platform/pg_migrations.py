@@ -7,6 +7,7 @@ each other's versions.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import zlib
@@ -133,10 +134,11 @@ class _RetryingPool(asyncpg.Pool):
       so running it again elsewhere cannot run it twice. Every pooled connection may be
       in that state (all were terminated), so a statement is tried on as many
       connections as the pool holds, and one more.
-    - A statement that times out (a paused or unreachable server) closes its connection
-      at once: handed back as it is, asyncpg would first wait for the statement's
-      cancellation (a new connection to the same silent server) and a reset, about as
-      long again, before the caller hears of the timeout.
+    - A statement that times out (a paused or unreachable server) is reported at once:
+      its connection goes back to the pool in the background, where asyncpg first sends
+      the statement's cancellation (a new connection to the same, maybe silent, server)
+      and resets it, which may take about as long again. The cancellation still goes
+      out: a slow server stops the statement rather than finish it unseen.
 
     A transaction (``acquire()`` then ``transaction()``) is not retried: it fails with
     that error, which the services answer 503 (``service_errors``).
@@ -157,20 +159,41 @@ class _RetryingPool(asyncpg.Pool):
     async def fetchrow(self, *args: Any, **kwargs: Any) -> Any:
         return await self._statement("fetchrow", args, kwargs)
 
+    _releasing: set[asyncio.Task[None]]
+
     async def _statement(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         attempts = self.get_max_size() + 1
         for attempt in range(1, attempts + 1):
-            async with self.acquire() as connection:
-                try:
-                    return await getattr(connection, method)(*args, **kwargs)
-                except asyncpg.exceptions.InternalClientError as exc:
-                    if attempt == attempts or not str(exc).startswith(_NOT_SENT):
-                        raise  # asyncpg's other internal errors may come after it ran
-                    log.info("a pooled PostgreSQL connection was closed by the server")
-                except TimeoutError:
-                    connection.terminate()
-                    raise
+            connection = await self.acquire()
+            try:
+                result = await getattr(connection, method)(*args, **kwargs)
+            except asyncpg.exceptions.InternalClientError as exc:
+                await self.release(connection)
+                if attempt == attempts or not str(exc).startswith(_NOT_SENT):
+                    raise  # asyncpg's other internal errors may come after it ran
+                log.info("a pooled PostgreSQL connection was closed by the server")
+                continue
+            except TimeoutError:
+                self._release_later(connection)
+                raise
+            except BaseException:
+                await self.release(connection)
+                raise
+            await self.release(connection)
+            return result
         raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    def _release_later(self, connection: Any) -> None:
+        if not hasattr(self, "_releasing"):
+            self._releasing = set()
+        task = asyncio.get_running_loop().create_task(self.release(connection))
+        self._releasing.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._released)
+
+    def _released(self, task: asyncio.Task[None]) -> None:
+        self._releasing.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.info("a timed-out PostgreSQL connection was dropped: %r", error)
 
 
 #: How asyncpg's InternalClientError begins when it is raised before a statement is sent

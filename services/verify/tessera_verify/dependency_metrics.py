@@ -24,7 +24,9 @@ from prometheus_client import Histogram
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
@@ -236,17 +238,22 @@ class _FreshPrimaryPool(SentinelConnectionPool):
     """
 
     _checked_at = float("-inf")
+    #: How long the question may hold the request that asks it (the dependency timeout).
+    recheck_timeout = 2.0
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        now = asyncio.get_running_loop().time()
-        if now - self._checked_at >= PRIMARY_RECHECK_SECONDS:
-            self._checked_at = now  # one question at a time, whatever comes in meanwhile
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._checked_at >= PRIMARY_RECHECK_SECONDS:
+            self._checked_at = loop.time()  # one question at a time, whatever comes meanwhile
             try:
-                await self.get_master_address()  # type: ignore[no-untyped-call]
-            except (RedisError, OSError) as exc:
-                # The sentinels are unreachable: the connection in hand is no worse than
+                async with asyncio.timeout(self.recheck_timeout):
+                    await self.get_master_address()  # type: ignore[no-untyped-call]
+            except (RedisError, OSError, TimeoutError) as exc:
+                # The sentinels do not answer: the connection in hand is no worse than
                 # before; opening a new one needs them, and fails there if they stay away.
                 log.info("could not ask the sentinels for the primary: %r", exc)
+            finally:
+                self._checked_at = loop.time()  # the next question a second after this one
         connection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
         if self._elsewhere(connection):
             try:
@@ -258,9 +265,11 @@ class _FreshPrimaryPool(SentinelConnectionPool):
         return connection
 
     async def release(self, connection: Any) -> None:
-        if self._elsewhere(connection):
-            await connection.disconnect()
-        await super().release(connection)
+        try:
+            if self._elsewhere(connection):
+                await connection.disconnect(nowait=True)
+        finally:
+            await super().release(connection)
 
     def _elsewhere(self, connection: Any) -> bool:
         """Connected to a node other than the primary the sentinels named last."""
@@ -275,7 +284,13 @@ def _sentinel_client(nodes: RedisNodes, *, timeout: float, latency: Histogram | 
     assert nodes.master_name is not None
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         list(nodes.addresses),
-        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+        sentinel_kwargs={
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            # One try per sentinel, then the next one: redis-py's default retries a
+            # sentinel that does not answer ten times before it asks another.
+            "retry": Retry(NoBackoff(), 0),
+        },
     )
     # Each new connection asks the sentinels for the primary's address, and a
     # connection to a demoted primary ("READONLY") is dropped: after a
@@ -295,6 +310,7 @@ def _sentinel_client(nodes: RedisNodes, *, timeout: float, latency: Histogram | 
     )
     client.latency = latency
     client.sentinels = sentinel
+    cast(_FreshPrimaryPool, client.connection_pool).recheck_timeout = timeout
     return client
 
 
