@@ -19,10 +19,12 @@ import gc
 import logging
 import os
 import secrets
+import signal
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,7 +34,7 @@ import pytest
 import redis.exceptions
 
 from tessera_auth.refresh_tokens import RefreshTokenStore
-from tessera_stack import PostgresServer, RedisServer
+from tessera_stack import PostgresServer, RedisServer, free_port
 from tessera_stack.redis_topologies import RedisClusterGroup, RedisNode, RedisSentinelGroup
 from tessera_verify.clock import ManualClock
 from tessera_verify.session_store import RedisSessionStore, SessionRecord
@@ -271,3 +273,17 @@ async def until(check: Callable[[], Awaitable[bool]], seconds: float, poll: floa
             return True
         await asyncio.sleep(poll)
     return await check()
+
+
+@pytest.fixture
+async def own_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A Redis of this test's own, to kill, pause and flush without touching the others
+    (resumed first if a test left it paused)."""
+    server = RedisServer(tmp_path / "redis", port=free_port())
+    server.start()
+    yield server
+    if server.pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server.pid, signal.SIGCONT)
+    await asyncio.to_thread(server.stop)
+    server.remove_data()

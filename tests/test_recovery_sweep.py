@@ -11,11 +11,9 @@ the plane must be rebuilt and every verifier refuse the credential.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -27,7 +25,7 @@ from tessera_auth import app_state
 from tessera_auth.app import create_app
 from tessera_auth.revocation_store import RevocationStore
 from tessera_auth.settings import Settings
-from tessera_stack import RedisServer, free_port
+from tessera_stack import RedisServer
 from tessera_verify.clock import ManualClock
 from tessera_verify.integration import tessera_verify
 from tessera_verify.revocation_cache import RevocationCache
@@ -62,16 +60,6 @@ def _cache(replica: Client) -> RevocationCache:
     cache = tessera_verify(replica.app).revocations
     assert cache is not None
     return cache
-
-
-@pytest.fixture
-async def own_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    """A Redis of this test's own, whose clients the test may kill."""
-    server = RedisServer(tmp_path / "redis", port=free_port())
-    server.start()
-    yield server
-    await asyncio.to_thread(server.stop)
-    server.remove_data()
 
 
 @pytest.fixture

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import inspect
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -26,7 +24,7 @@ from redis.asyncio import Redis
 from tessera_auth import app_state
 from tessera_auth.app import create_app
 from tessera_auth.settings import Settings
-from tessera_stack import RedisServer, free_port
+from tessera_stack import RedisServer
 from tessera_verify import redis_layout
 from tessera_verify.clock import ManualClock
 from tessera_verify.integration import tessera_verify
@@ -77,19 +75,6 @@ async def _eventually(check: Callable[[], Awaitable[bool] | bool], seconds: floa
             return
         await asyncio.sleep(0.05)
     raise AssertionError("condition not reached in time")
-
-
-@pytest.fixture
-async def own_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    """A Redis of this test's own, to kill, pause and flush without touching the others."""
-    server = RedisServer(tmp_path / "redis", port=free_port())
-    server.start()
-    yield server
-    if server.pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(server.pid, signal.SIGCONT)
-    await asyncio.to_thread(server.stop)
-    server.remove_data()
 
 
 @pytest.fixture

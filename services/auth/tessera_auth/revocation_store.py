@@ -233,8 +233,10 @@ class RevocationStore:
         try:
             # Redis first (one cheap question): while it cannot answer, a rebuild that is
             # tried every check would otherwise take the lock and read every live
-            # revocation from PostgreSQL each time, only to fail on Redis.
-            await self._server_run_id()
+            # revocation from PostgreSQL each time, only to fail on Redis. Should Redis
+            # restart during the rebuild, the generation names the process before it,
+            # and the next check rebuilds again.
+            run_id = await self._server_run_id()
             now = self._clock.now()
             async with self._pool.acquire() as connection, connection.transaction():
                 # One rebuild at a time across auth instances; the others wait, then redo it
@@ -257,7 +259,7 @@ class RevocationStore:
                             keys=[redis_layout.revocations(kind)],
                             args=args[start : start + _MERGE_BATCH * 3],
                         )
-                generation = f"{await self._server_run_id()}.{secrets.token_hex(8)}"
+                generation = f"{run_id}.{secrets.token_hex(8)}"
                 await self._seal(
                     keys=[redis_layout.revocation_generation(), redis_layout.revocation_seq()],
                     args=[CHANNEL, generation],

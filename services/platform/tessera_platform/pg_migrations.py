@@ -144,6 +144,11 @@ class _RetryingPool(asyncpg.Pool):
     that error, which the services answer 503 (``service_errors``).
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Releases under way in the background (the loop keeps only weak references).
+        self._releasing: set[asyncio.Task[None]] = set()
+
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         return await self._statement("execute", args, kwargs)
 
@@ -158,8 +163,6 @@ class _RetryingPool(asyncpg.Pool):
 
     async def fetchrow(self, *args: Any, **kwargs: Any) -> Any:
         return await self._statement("fetchrow", args, kwargs)
-
-    _releasing: set[asyncio.Task[None]]
 
     async def _statement(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         attempts = self.get_max_size() + 1
@@ -184,10 +187,8 @@ class _RetryingPool(asyncpg.Pool):
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
     def _release_later(self, connection: Any) -> None:
-        if not hasattr(self, "_releasing"):
-            self._releasing = set()
         task = asyncio.get_running_loop().create_task(self.release(connection))
-        self._releasing.add(task)  # held until done: the loop keeps only weak references
+        self._releasing.add(task)
         task.add_done_callback(self._released)
 
     def _released(self, task: asyncio.Task[None]) -> None:
