@@ -41,15 +41,16 @@ from redis.crc import key_slot
 
 from tessera_auth.app import create_app
 from tessera_auth.password_check import PasswordCheck
+from tessera_auth.refresh_tokens import RefreshTokenStore
 from tessera_auth.regulation import RegulationPolicy
 from tessera_auth.settings import Settings
-from tessera_auth.users import User
+from tessera_resource.password_check import PasswordChecker
 from tessera_stack import PostgresServer, free_port
 from tessera_stack.redis_topologies import RedisClusterGroup
 from tessera_stack.servers.redis_server import ask
 from tessera_verify import redis_layout
 from tessera_verify.clock import SystemClock
-from tessera_verify.integration import tessera_verify
+from tessera_verify.integration import LOCAL_SESSION_COOKIE, tessera_verify
 from tessera_verify.sessions import SESSION_COOKIE
 
 from .conftest import LoggedIn, ResourceFactory, log_in_with_everything, with_changes
@@ -149,6 +150,22 @@ async def _accepted_after(
     if response.status != 400:
         accepted.append(f"refresh token ({response.status})")
     return accepted
+
+
+async def _none_outlives(
+    auth: Client, replica: Client, issued: list[dict[str, Any] | None], who: str, what: str
+) -> None:
+    """Assert that none of the credentials ``issued`` (None: refused) is accepted
+    ``BOUND`` seconds from now: ``who`` got them racing ``what``."""
+    handed_out = [body for body in issued if body is not None]
+    accepted = await asyncio.gather(
+        *(_accepted_after(auth, replica, body, BOUND) for body in handed_out)
+    )
+    survivors = [found for found in accepted if found]
+    assert survivors == [], (
+        f"{len(survivors)} of {len(handed_out)} {who} hold credentials still accepted "
+        f"{BOUND} s after {what}: {survivors[:3]}"
+    )
 
 
 # --- PostgreSQL paused (SIGSTOP) --------------------------------------------------------
@@ -273,6 +290,45 @@ async def test_a_paused_postgresql_answers_503_within_the_dependency_timeout_the
 # --- a password change racing logins with the old password ------------------------------
 
 
+async def _interrupted(
+    monkeypatch: pytest.MonkeyPatch,
+    pause_after: tuple[type, str],
+    request: Awaitable[aiohttp.ClientResponse],
+    meanwhile: Callable[[], Awaitable[aiohttp.ClientResponse]],
+) -> aiohttp.ClientResponse:
+    """``request``'s response, where the first call of the coroutine method
+    ``pause_after`` made while serving it waits, once returned, until ``meanwhile``
+    has answered 200 (later calls run straight through)."""
+    owner, name = pause_after
+    reached, release = asyncio.Event(), asyncio.Event()
+    original = getattr(owner, name)
+
+    async def pausing(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = await original(self, *args, **kwargs)
+        if not reached.is_set():
+            reached.set()
+            await release.wait()
+        return result
+
+    monkeypatch.setattr(owner, name, pausing)
+    started = asyncio.ensure_future(request)
+    try:
+        await asyncio.wait_for(reached.wait(), 10)
+        response = await meanwhile()
+        assert response.status == 200, await response.text()
+    finally:
+        release.set()
+    return await asyncio.wait_for(started, 10)
+
+
+def _password_change(auth: Client, owner: dict[str, Any]) -> Awaitable[aiohttp.ClientResponse]:
+    return auth.post(
+        "/auth/password",
+        json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+        headers=_bearer(owner["access_token"]),
+    )
+
+
 async def test_a_login_that_checked_the_old_password_gets_nothing_that_outlives_the_change(
     make_auth: AuthFactory, make_replica: ResourceFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -293,33 +349,14 @@ async def test_a_login_that_checked_the_old_password_gets_nothing_that_outlives_
     replica = await make_replica("r1", auth_url=_url(auth))
     name = await _register(auth)
     owner = await _login(auth, name, credential="token")
-    checked, release = asyncio.Event(), asyncio.Event()
-    original = PasswordCheck.check
-
-    async def check_then_wait(self: PasswordCheck, username: str, *a: Any, **kw: Any) -> User:
-        user = await original(self, username, *a, **kw)
-        checked.set()
-        await release.wait()
-        return user
-
-    monkeypatch.setattr(PasswordCheck, "check", check_then_wait)
-    login = asyncio.ensure_future(
+    response = await _interrupted(
+        monkeypatch,
+        (PasswordCheck, "check"),
         auth.post(
             "/auth/login", json={"username": name, "password": PASSWORD, "credential": "both"}
-        )
+        ),
+        lambda: _password_change(auth, owner),
     )
-    try:
-        await asyncio.wait_for(checked.wait(), 10)
-        monkeypatch.setattr(PasswordCheck, "check", original)
-        change = await auth.post(
-            "/auth/password",
-            json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
-            headers=_bearer(owner["access_token"]),
-        )
-        assert change.status == 200, await change.text()
-    finally:
-        release.set()
-    response = await asyncio.wait_for(login, 10)
     if response.status != 200:
         assert response.status == 401, await response.text()
         return
@@ -367,18 +404,103 @@ async def test_logins_racing_a_password_change_get_nothing_that_outlives_it(
             change(0.015), *(login(0.002 * i) for i in range(20))
         )
         assert changed == 200
-        issued = [body for body in logins if body is not None]
-        accepted = await asyncio.gather(
-            *(_accepted_after(auth, replica, body, BOUND) for body in issued)
-        )
-        survivors = [what for what in accepted if what]
-        assert survivors == [], (
-            f"{len(survivors)} of {len(issued)} logins with the old password hold "
-            f"credentials still accepted {BOUND} s after the change: {survivors[:3]}"
-        )
+        await _none_outlives(auth, replica, logins, "logins with the old password", "the change")
+
+
+async def test_a_replica_login_that_checked_the_old_password_keeps_no_session_past_the_change(
+    make_auth: AuthFactory, make_replica: ResourceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same interleaving on a replica that keeps its own sessions (rows 1-3): the
+    auth service has said the (old) password is right; the owner changes it (200);
+    then the replica starts its session. It must be refused within the bound.
+
+    Failed before the fix, twice over: a replica's own sessions were never checked
+    against the revocation plane (a password change or a logout everywhere left them
+    all alive), and the session was dated when the replica made it, after the
+    change's "revoke everything". Now they are checked like shared sessions, and
+    dated from when the auth service began the check (``checked_at``)."""
+    auth = await make_auth()
+    replica = await make_replica("r1", auth_url=_url(auth))
+    name = await _register(auth)
+    owner = await _login(auth, name, credential="token")
+    response = await _interrupted(
+        monkeypatch,
+        (PasswordChecker, "check"),
+        replica.post("/api/login", json={"username": name, "password": PASSWORD}),
+        lambda: _password_change(auth, owner),
+    )
+    assert response.status == 200, await response.text()
+    cookie = {"Cookie": f"{LOCAL_SESSION_COOKIE}={response.cookies[LOCAL_SESSION_COOKIE].value}"}
+
+    async def refused() -> bool:
+        return (await replica.get("/api/me", headers=cookie)).status == 401
+
+    assert await until(refused, BOUND), "the replica's session outlived the password change"
 
 
 # --- refreshes of one token racing a logout of its family ------------------------------
+
+
+async def test_a_refresh_claimed_before_a_logout_everywhere_hands_out_nothing_that_outlives_it(
+    make_auth: AuthFactory, make_replica: ResourceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh has passed every check and spent its token; the owner logs out
+    everywhere (200: "every access token issued so far"); then the refresh makes its
+    pair. Either it is refused, or what it hands out is refused within the bound.
+
+    Failed before the fix: the pair was made after the revocation was recorded, and
+    ``TokenPairs.issue`` dates the access token after the user's "valid after" time,
+    so the new access token lived its whole lifetime. Now the revocation flags the
+    refresh families before it is dated, and the refresh, once its pair is made,
+    hands it out only if its family still stands."""
+    auth = await make_auth()
+    replica = await make_replica("r1", auth_url=_url(auth))
+    login = await _login(auth, await _register(auth), credential="token")
+    response = await _interrupted(
+        monkeypatch,
+        (RefreshTokenStore, "claim"),
+        auth.post("/auth/token", json=_refresh_body(login["refresh_token"])),
+        lambda: auth.post("/auth/logout-all", headers=_bearer(login["access_token"])),
+    )
+    if response.status != 200:
+        body = await response.json()
+        assert (response.status, body["error"]) == (400, "invalid_grant"), body
+        return
+    pair = await response.json()
+    accepted = await _accepted_after(auth, replica, pair, BOUND)
+    assert accepted == [], f"still accepted {BOUND} s after logout-all answered: {accepted}"
+
+
+async def test_refreshes_racing_a_logout_everywhere_hand_out_nothing_that_outlives_it(
+    make_auth: AuthFactory,
+    make_replica: ResourceFactory,
+    from_addresses: Callable[[int], aiohttp.ClientSession],
+) -> None:
+    """The same without help: one refresh each of 20 logins of one user, from distinct
+    addresses, started 1 ms apart, the logout everywhere among them."""
+    auth = await make_auth()
+    replica = await make_replica("r1", auth_url=_url(auth))
+    url = _url(auth) + "/auth/token"
+    for _ in range(3):  # rounds, each on a user of its own
+        name = await _register(auth)
+        logins = [await _login(auth, name, credential="token") for _ in range(20)]
+
+        async def refresh(n: int, token: str) -> dict[str, Any] | None:
+            await asyncio.sleep(0.001 * n)
+            async with from_addresses(n + 1).post(url, json=_refresh_body(token)) as response:
+                body: dict[str, Any] = await response.json()
+                assert response.status in (200, 400), (response.status, body)
+                return body if response.status == 200 else None
+
+        async def logout_everywhere(bearer: str = logins[0]["access_token"]) -> int:
+            await asyncio.sleep(0.008)
+            return (await auth.post("/auth/logout-all", headers=_bearer(bearer))).status
+
+        status, *pairs = await asyncio.gather(
+            logout_everywhere(), *(refresh(n, b["refresh_token"]) for n, b in enumerate(logins))
+        )
+        assert status == 200
+        await _none_outlives(auth, replica, pairs, "refreshes", "logout-all answered")
 
 
 async def test_refreshes_racing_a_logout_of_their_family_hand_out_nothing_that_works_after(

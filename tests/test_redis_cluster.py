@@ -36,7 +36,7 @@ async def test_refresh_token_rotation_and_reuse_detection_run_on_a_cluster(
         token, grant = await refresh.start_family(user_id="u1", session_link="link")
         assert (await refresh.claim(token, await refresh.peek(token))).outcome == "fresh"
         successor, _ = await refresh.rotate(grant)
-        await refresh.record_successor(token, {"refresh_token": successor})
+        assert await refresh.record_successor(token, grant, {"refresh_token": successor})
         concurrent = await refresh.claim(token, grant)  # within the grace window
         assert concurrent.outcome == "grace"
         assert concurrent.successor == {"refresh_token": successor}
@@ -54,6 +54,8 @@ async def test_refresh_token_rotation_and_reuse_detection_run_on_a_cluster(
         assert family is not None
         await refresh.revoke_family(family)
         assert await refresh.families_of("u1") == []
+        # A successor made while its family was revoked is not recorded (one slot, one script).
+        assert not await refresh.record_successor(successor, grant, {"refresh_token": "x"})
     finally:
         await client.aclose()
 

@@ -66,6 +66,21 @@ SCHEMAS: dict[str, Schema] = {
         "required": ["user"],
         "properties": {"user": ref("User")},
     },
+    "PasswordCheckResult": {
+        "type": "object",
+        "required": ["user", "checked_at"],
+        "properties": {
+            "user": ref("User"),
+            "checked_at": {
+                **_TIME,
+                "description": (
+                    "When the check began, on the auth service's clock. A replica dates the "
+                    "session it starts from here, so a revocation of the user's credentials "
+                    "that commits after the check (a password change) also ends it."
+                ),
+            },
+        },
+    },
     "Session": {
         "type": "object",
         "description": "A session as its owner sees it; `id` is public (never the cookie).",
@@ -323,7 +338,7 @@ def _account_paths() -> dict[str, Schema]:
                 "responses": {
                     "200": answer(
                         "The password is right.",
-                        ref("UserResult"),
+                        ref("PasswordCheckResult"),
                         headers={"Cache-Control": NO_STORE},
                     ),
                     **password_errors,

@@ -67,6 +67,14 @@ redis.call('HSET', family, 'revoked', '1')
 return {'reuse'}
 """
 
+# KEYS[1] the spent token's hash, KEYS[2] its family's; ARGV[1] the sealed successor.
+# Recorded only while the family stands: see RefreshTokenStore.record_successor.
+_RECORD_SCRIPT = """
+if redis.call('HGET', KEYS[2], 'revoked') ~= '0' then return 0 end
+redis.call('HSET', KEYS[1], 'successor', ARGV[1])
+return 1
+"""
+
 Outcome = Literal["fresh", "grace", "reuse"]
 
 
@@ -122,6 +130,7 @@ class RefreshTokenStore:
         self._clock = clock
         self.grace = grace
         self._claim = redis.register_script(_CLAIM_SCRIPT)
+        self._record = redis.register_script(_RECORD_SCRIPT)
         self._cluster = isinstance(redis, RedisCluster)
 
     def _key(self, token: str) -> str:
@@ -267,13 +276,23 @@ class RefreshTokenStore:
             successor = await self._wait_for_successor(token)
         return Claim("grace", grant, self._decrypt(token, successor))
 
-    async def record_successor(self, token: str, pair: dict[str, Any]) -> None:
-        """Keep the pair that replaced ``token`` for its grace window, readable only with it."""
+    async def record_successor(self, token: str, grant: RefreshGrant, pair: dict[str, Any]) -> bool:
+        """Keep the pair that replaced ``token`` for its grace window, readable only with it.
+
+        False, recording nothing, when the family was revoked since ``token`` was
+        claimed. A revocation of everything a user holds flags the families before it
+        is dated (:meth:`Revoker.revoke_everything`), so a family found standing here,
+        after ``pair`` was made, means any such revocation is dated after ``pair``
+        and kills it; a family found revoked means ``pair`` may outlive the
+        revocation, and the caller must revoke it and hand it to nobody.
+        """
         nonce = os.urandom(12)
         sealed = AESGCM(self._successor_key(token)).encrypt(nonce, json.dumps(pair).encode(), None)
-        await self._redis.hset(
-            self._key(token), "successor", base64.b64encode(nonce + sealed).decode()
+        recorded = await self._record(
+            keys=[self._key(token), redis_layout.refresh_family(grant.family_id)],
+            args=[base64.b64encode(nonce + sealed).decode()],
         )
+        return bool(int(recorded))
 
     async def _wait_for_successor(self, token: str, timeout: float = 2.0) -> str:
         # The winner is between its claim and record_successor: normally milliseconds.

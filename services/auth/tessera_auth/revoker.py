@@ -20,7 +20,7 @@ from tessera_verify.sessions import Session, SessionManager
 from .audit import AuditLog
 from .metrics import AuthMetrics
 from .refresh_tokens import Family, RefreshTokenStore
-from .revocation_store import RevocationStore
+from .revocation_store import REDIS_ERRORS, RevocationStore
 
 log = logging.getLogger(__name__)
 
@@ -117,17 +117,25 @@ class Revoker:
         )
 
     async def revoke_everything(self, user_id: str, *, reason: str) -> RevocationSummary:
-        """Logout everywhere: sessions, refresh families, and every access token issued so far."""
-        before = self._clock.now()
-        await self._store.record(
-            RevocationEvent(
-                RevocationKind.USER, user_id, before, before + self._credential_lifetime
-            )
-        )
+        """Logout everywhere: sessions, refresh families, and every access token issued so far.
+
+        The families are flagged before the revocation is dated. A refresh racing this
+        one makes its pair, then finds its family flagged
+        (:meth:`RefreshTokenStore.record_successor`) and kills the pair, or finds it
+        standing, which means the date below comes after the pair and kills it here.
+        """
+        try:
+            families: list[Family] | None = await self._revoke_families_of(user_id)
+        except REDIS_ERRORS:
+            # Redis unreachable: the record below still makes the revocation durable in
+            # PostgreSQL (then answers 503, Redis being down).
+            families = None
+        before = await self._revoke_user_before_now(user_id)
         sessions = await self._sessions.destroy_all_for_user(user_id)
-        families = await self._refresh.families_of(user_id)
-        for family in families:
-            await self._refresh.revoke_family(family)
+        if families is None:
+            # Redis came back in between: flagged only now, so dated again after the flags.
+            families = await self._revoke_families_of(user_id)
+            before = await self._revoke_user_before_now(user_id)
         self._metrics.revocations.labels("user").inc()
         self._audit.record(
             "revocation.user",
@@ -144,3 +152,18 @@ class Revoker:
             len(families),
         )
         return RevocationSummary(sessions, len(families), before)
+
+    async def _revoke_user_before_now(self, user_id: str) -> float:
+        before = self._clock.now()
+        await self._store.record(
+            RevocationEvent(
+                RevocationKind.USER, user_id, before, before + self._credential_lifetime
+            )
+        )
+        return before
+
+    async def _revoke_families_of(self, user_id: str) -> list[Family]:
+        families = await self._refresh.families_of(user_id)
+        for family in families:
+            await self._refresh.revoke_family(family)
+        return families

@@ -120,12 +120,15 @@ async def password_check(request: web.Request) -> web.Response:
     username = require_str(body, "username", max_length=256)
     password = require_str(body, "password", max_length=MAX_INPUT_LENGTH)
     ip = client_ip(request, app[app_state.SETTINGS].trusted_proxies)
+    # Before the account is read: a password change committing after the read is
+    # dated (its revocation) after this, so it ends what the replica starts from here.
+    checked_at = app[app_state.CLOCK].now()
     user = await app[app_state.PASSWORD_CHECK].check(
         username, password, ip=ip, event="password.check"
     )
     app[app_state.METRICS].logins.labels("password_checked").inc()
     app[app_state.AUDIT].record("password.check", user_id=user.id, username=user.username, ip=ip)
-    return web.json_response({"user": _user_json(user)}, headers=NO_STORE)
+    return web.json_response({"user": _user_json(user), "checked_at": checked_at}, headers=NO_STORE)
 
 
 @routes.post("/auth/logout")

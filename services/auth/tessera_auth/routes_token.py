@@ -56,6 +56,12 @@ async def token(request: web.Request) -> web.Response:
     payload = await app[app_state.TOKEN_PAIRS].issue(
         user_id=grant.user_id, session_link=grant.session_link, rotated_from=grant
     )
-    await refresh_tokens.record_successor(presented, payload)
+    if not await refresh_tokens.record_successor(presented, grant, payload):
+        # Revoked while this pair was made, perhaps dated before it: nobody gets it.
+        await app[app_state.REVOKER].revoke_session_link(
+            grant.session_link, lives_until=grant.expires_at
+        )
+        metrics.refreshes.labels("invalid_grant").inc()
+        raise InvalidGrant("the refresh token has been revoked")
     metrics.refreshes.labels("success").inc()
     return web.json_response(payload, headers=NO_STORE)

@@ -8,6 +8,7 @@ identity service.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,9 @@ MAX_RETRY_AFTER = 86_400
 class CheckedUser:
     user_id: str
     username: str
+    #: When the auth service began the check, on its clock: the date of what is started
+    #: from it (see ``SessionManager.create``'s ``authenticated_at``).
+    checked_at: float
 
 
 class PasswordChecker:
@@ -51,7 +55,9 @@ class PasswordChecker:
             raise ServiceUnavailable("the auth service cannot be reached") from exc
         if status == 200 and isinstance(payload, dict) and isinstance(payload.get("user"), dict):
             user = payload["user"]
-            return CheckedUser(user_id=str(user["id"]), username=str(user["username"]))
+            checked_at = payload.get("checked_at")
+            if isinstance(checked_at, int | float) and math.isfinite(checked_at):
+                return CheckedUser(str(user["id"]), str(user["username"]), float(checked_at))
         if status == 401:
             raise InvalidCredentials()
         if status == 429:

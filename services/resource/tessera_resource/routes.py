@@ -99,6 +99,7 @@ async def local_login(request: web.Request) -> web.Response:
         username=user.username,
         ip=ip,
         user_agent=request.headers.get("User-Agent", ""),
+        authenticated_at=user.checked_at,
     )
     response = web.json_response(
         {

@@ -206,7 +206,7 @@ def _connection_options(timeout: float) -> dict[str, Any]:
 
 def _pool_options() -> dict[str, Any]:
     """What every pool of connections to one Redis (a server, a Sentinel group's primary)
-    is made with: maintenance notifications off.
+    and every cluster client is made with: maintenance notifications off.
 
     They are Redis Enterprise's (a node announcing it will move), which redis-py 8
     asks for on every RESP3 connection unless told not to; and while they are on,
@@ -322,6 +322,7 @@ def _cluster_client(nodes: RedisNodes, *, timeout: float, latency: Histogram | N
         require_full_coverage=False,
         username=nodes.username,
         password=nodes.password,
+        **_pool_options(),
         **_connection_options(timeout),
     )
     client.latency = latency

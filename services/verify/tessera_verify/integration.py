@@ -162,6 +162,10 @@ class TesseraVerify:
                 self.redis, self.clock, max_staleness=config.caches.revocation_max_staleness
             )
             feed = asyncio.create_task(self.revocations.run())
+            if self.local_sessions is not None:
+                # A password change, a disabled account or a logout everywhere ends the
+                # sessions this process keeps as well (by their user's valid-after time).
+                self.local_sessions.revocations = self.revocations
             # Start serving either way: until the copy is fresh, checks go to Redis directly.
             await self.revocations.wait_fresh(config.dependency_timeout)
         self.authentication = Authentication(self._build_authenticators(), self.metrics)

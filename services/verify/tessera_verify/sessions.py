@@ -112,22 +112,37 @@ class SessionManager:
         self._hash_key = hash_key
         self.policy = policy
         self._clock = clock
-        self._revocations = revocations
+        #: The plane sessions are checked against; None checks nothing (set once, before
+        #: the first load, where the plane starts after the manager).
+        self.revocations = revocations
 
     def storage_key(self, session_id: str) -> str:
         return hmac.digest(self._hash_key, session_id.encode(), hashlib.sha256).hex()
 
     async def create(
-        self, *, user_id: str, username: str, ip: str, user_agent: str
+        self,
+        *,
+        user_id: str,
+        username: str,
+        ip: str,
+        user_agent: str,
+        authenticated_at: float | None = None,
     ) -> tuple[str, Session]:
-        """A new session; returns the ID for the cookie and the stored session."""
+        """A new session; returns the ID for the cookie and the stored session.
+
+        ``authenticated_at``: when the password it stands on was checked, if that was
+        elsewhere and earlier (a replica asks the auth service). The session is dated
+        from then, so a revocation of the user's credentials made after the check (a
+        password change that committed meanwhile) ends it too.
+        """
         session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
         now = self._clock.now()
+        created_at = now if authenticated_at is None else min(now, authenticated_at)
         record = SessionRecord(
             user_id=user_id,
             username=username,
             public_id=secrets.token_urlsafe(12),
-            created_at=now,
+            created_at=created_at,
             last_seen_at=now,
             expires_at=now + self.policy.absolute_timeout,
             ip=ip,
@@ -152,7 +167,7 @@ class SessionManager:
         record = self._as_seen(stored)
         if now >= record.expires_at or now >= stored.dies_at:
             return None  # the store forgets it by itself; a verifier never deletes
-        if self._revocations is not None and await self._revocations.is_session_revoked(record):
+        if self.revocations is not None and await self.revocations.is_session_revoked(record):
             return None
         if (
             now - record.last_seen_at >= self.policy.effective_touch_interval
