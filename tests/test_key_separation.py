@@ -7,6 +7,7 @@ replica would, and show the auth service refuses the result.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -29,25 +30,29 @@ async def test_a_refresh_record_forged_with_a_replicas_secrets_is_refused(
 ) -> None:
     body = await register_and_login(auth_client, credential="token")
     user_id = body["user"]["id"]
-    # A genuine token tells the forger the record layout; the family ID is its prefix.
-    family = body["refresh_token"][:16]
-    forged = family + secrets.token_urlsafe(20)[: 43 - len(family)]
-    assert len(forged) == 43
-    digest = hmac.new(
-        settings.session_hash_key, b"refresh-token:" + forged.encode(), hashlib.sha256
-    ).hexdigest()
-    key = redis_layout.refresh_token(family, digest)
+    # A genuine token tells the forger the layout: the family ID, then the
+    # generation, then a MAC of both. The forger makes a family of its own and
+    # MACs its first token with the key it holds.
+    genuine_token = body["refresh_token"]
+    family = secrets.token_urlsafe(12)
+    prefix = family + genuine_token[16:22]  # generation 0, as the genuine token's
+    mac = hmac.digest(
+        settings.session_hash_key, b"refresh-token-mac:" + prefix.encode(), hashlib.sha256
+    )
+    forged = prefix + base64.urlsafe_b64encode(mac[:20]).rstrip(b"=").decode()
+    assert len(forged) == len(genuine_token)
     now = time.time()
     await redis.hset(
-        key,
+        redis_layout.refresh_family(family),
         mapping={
             "user_id": user_id,
-            "family_id": family,
             "session_link": "forged",
-            "issued_at": repr(now),
+            "session_key": "",
+            "created_at": repr(now),
             "expires_at": repr(now + 3600),
-            "used_at": "",
-            "successor": "",
+            "generation": "0",
+            "issued_at": repr(now),
+            "revoked": "0",
         },
     )
     response = await auth_client.post(
@@ -57,6 +62,6 @@ async def test_a_refresh_record_forged_with_a_replicas_secrets_is_refused(
     assert (await response.json())["error"] == "invalid_grant"
     # The genuine token still works: the record layout was right, the key was not.
     genuine = await auth_client.post(
-        "/auth/token", json={"grant_type": "refresh_token", "refresh_token": body["refresh_token"]}
+        "/auth/token", json={"grant_type": "refresh_token", "refresh_token": genuine_token}
     )
     assert genuine.status == 200

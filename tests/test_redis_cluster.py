@@ -35,7 +35,7 @@ async def test_refresh_token_rotation_and_reuse_detection_run_on_a_cluster(
     try:
         token, grant = await refresh.start_family(user_id="u1", session_link="link")
         assert (await refresh.claim(token, await refresh.peek(token))).outcome == "fresh"
-        successor, _ = await refresh.rotate(grant)
+        successor, _ = refresh.rotate(grant)
         assert await refresh.record_successor(token, grant, {"refresh_token": successor})
         concurrent = await refresh.claim(token, grant)  # within the grace window
         assert concurrent.outcome == "grace"

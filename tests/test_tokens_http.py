@@ -43,7 +43,7 @@ async def test_token_login_returns_an_rfc6749_token_response(auth_client: Client
     body = await register_and_login(auth_client, credential="token")
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == 300
-    assert isinstance(body["refresh_token"], str) and len(body["refresh_token"]) == 43
+    assert isinstance(body["refresh_token"], str) and len(body["refresh_token"]) == 49
     assert body["access_token"].count(".") == 2
     assert "session" not in body
 
@@ -155,14 +155,29 @@ async def test_refresh_returns_a_new_pair_and_the_old_refresh_token_is_spent(
     assert (await again.json())["error"] == "invalid_grant"
 
 
-async def test_refresh_tokens_are_stored_only_hashed(auth_client: Client, redis: Redis) -> None:
+async def test_refresh_tokens_are_stored_nowhere(
+    auth_client: Client, redis: Redis, clock: ManualClock
+) -> None:
+    """Neither a token nor the key that makes one is in Redis, under any name or in any
+    value: the family's hash, and a spent token's grace record keyed by a keyed hash."""
     body = await register_and_login(auth_client, credential="token")
-    keys = [k.decode() for k in await redis.keys(redis_layout.refresh_token("*"))]
-    assert len(keys) == 1
-    assert body["refresh_token"] not in keys[0]
-    stored = await redis.hgetall(keys[0])
+    first = body["refresh_token"]
+    second = await (await _refresh(auth_client, first)).json()
+    tokens = [first, second["refresh_token"]]
+    keys = [k.decode() for k in await redis.keys(redis_layout.refresh_token(first[:16]))]
+    assert len(keys) == 1, keys  # the spent token's grace record; the live one has none
+    stored: list[bytes] = []
+    for key in [*keys, redis_layout.refresh_family(first[:16])]:
+        stored += [key.encode(), *(v for kv in (await redis.hgetall(key)).items() for v in kv)]
     assert stored
-    assert all(body["refresh_token"].encode() not in value for value in stored.values())
+    for token in tokens:
+        assert all(token.encode() not in value for value in stored)
+        assert all(token[16:].encode() not in value for value in stored)  # nor its MAC
+    # The record lives for the grace window (10 s) and a second more, then one hash per
+    # family is all there is; a replay past the window is reuse all the same.
+    assert 0 < await redis.pttl(keys[0]) <= 11_000
+    clock.advance(11)
+    assert (await _refresh(auth_client, first)).status == 400
 
 
 async def test_refresh_token_expires_with_the_clock(

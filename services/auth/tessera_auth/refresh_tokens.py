@@ -12,19 +12,26 @@ the winner stores encrypted under a key derived from the spent token, so only
 a holder of that token can read it back. After the grace window, a second use
 is reuse.
 
-Storage: tokens and families are Redis hashes; a token's key is a keyed hash
-(HMAC) of the token, never the token itself. The claim script reads a token
-and its family in one step, so on Redis Cluster they must share a hash slot:
-a token starts with its family's ID (16 characters, then 160 random bits), and
-both keys carry that ID as their hash tag. The token stays opaque and
-unforgeable (it is found only by the HMAC of all of it); what the ID reveals,
-which tokens belong to one login, its holder knows anyway.
+Storage: one Redis hash per family, whatever its number of rotations. A token
+is its family's ID (16 characters), its *generation* (6 characters: the number
+of rotations before it) and a MAC of both under the auth service's refresh key
+(27 characters, 160 bits), so the service can tell a genuine old token from a
+guess without keeping it: the family records only its current generation. A
+valid token of an older generation is a replay, hence reuse, however long ago
+it was spent. The one exception, a spend within the grace window, is a short
+record keyed by a keyed hash (HMAC) of the spent token, holding the spend time
+and the sealed successor; it expires with the window. Nothing stored is a
+token, and without the refresh key a Redis dump mints none. The claim script
+reads a family and a spend record in one step, so on Redis Cluster they share a
+hash slot: both keys carry the family's ID as their hash tag. What the ID
+reveals, which tokens belong to one login, its holder knows anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -40,7 +47,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 
 from tessera_verify import redis_layout
@@ -48,30 +54,40 @@ from tessera_verify.clock import Clock
 from tessera_verify.errors import InvalidGrant, ServiceUnavailable
 
 _FAMILY_ID_LENGTH = 16  # secrets.token_urlsafe(12)
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # the family's ID, then 27 random characters
+_GENERATION_LENGTH = 6  # 4 bytes, base64url: rotations up to 2**32 - 1
+_MAC_BYTES = 20  # 160 bits: 27 base64url characters
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{49}$")  # family ID, generation, MAC
 
-# KEYS[1] the token's hash, KEYS[2] its family's (one hash slot); ARGV: now, grace seconds.
+# KEYS[1] the family's hash, KEYS[2] the presented token's spend record (one slot);
+# ARGV: now, grace seconds, the token's generation, the spend record's lifetime (ms).
 _CLAIM_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
-local family = KEYS[2]
-if redis.call('HGET', family, 'revoked') ~= '0' then return {'revoked'} end
-local used = redis.call('HGET', KEYS[1], 'used_at')
-if used == '' then
-  redis.call('HSET', KEYS[1], 'used_at', ARGV[1])
+if redis.call('HGET', KEYS[1], 'revoked') ~= '0' then return {'revoked'} end
+local generation = tonumber(ARGV[3])
+local current = tonumber(redis.call('HGET', KEYS[1], 'generation'))
+if generation == current then
+  redis.call('HSET', KEYS[1], 'generation', current + 1, 'issued_at', ARGV[1])
+  redis.call('HSET', KEYS[2], 'spent_at', ARGV[1], 'successor', '')
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
   return {'fresh'}
 end
-if tonumber(ARGV[1]) - tonumber(used) <= tonumber(ARGV[2]) then
-  return {'grace', redis.call('HGET', KEYS[1], 'successor')}
+if generation > current then return {'unknown'} end
+local spent = redis.call('HGET', KEYS[2], 'spent_at')
+if spent and tonumber(ARGV[1]) - tonumber(spent) <= tonumber(ARGV[2]) then
+  return {'grace', redis.call('HGET', KEYS[2], 'successor')}
 end
-redis.call('HSET', family, 'revoked', '1')
+redis.call('HSET', KEYS[1], 'revoked', '1')
 return {'reuse'}
 """
 
-# KEYS[1] the spent token's hash, KEYS[2] its family's; ARGV[1] the sealed successor.
-# Recorded only while the family stands: see RefreshTokenStore.record_successor.
+# KEYS as above; ARGV[1] the sealed successor. Recorded only while the family stands:
+# see RefreshTokenStore.record_successor. A spend record already expired is not
+# made again (nobody can be in its grace window any more).
 _RECORD_SCRIPT = """
-if redis.call('HGET', KEYS[2], 'revoked') ~= '0' then return 0 end
-redis.call('HSET', KEYS[1], 'successor', ARGV[1])
+if redis.call('HGET', KEYS[1], 'revoked') ~= '0' then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HSET', KEYS[2], 'successor', ARGV[1])
+end
 return 1
 """
 
@@ -96,8 +112,11 @@ class RefreshGrant:
     user_id: str
     family_id: str
     session_link: str
+    #: When this token was issued; for a spent one, when its family began (the
+    #: earliest it can have been).
     issued_at: float
     expires_at: float  # the family's end: rotation never extends it
+    generation: int  # rotations of the family before this token
 
 
 @dataclass(frozen=True)
@@ -114,6 +133,10 @@ class Claim:
     outcome: Outcome
     grant: RefreshGrant
     successor: dict[str, Any] | None = None
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def _text(value: Any) -> str:
@@ -133,7 +156,27 @@ class RefreshTokenStore:
         self._record = redis.register_script(_RECORD_SCRIPT)
         self._cluster = isinstance(redis, RedisCluster)
 
+    def _token(self, family_id: str, generation: int) -> str:
+        """The token of ``family_id``'s ``generation``: nobody without the key can make it."""
+        prefix = family_id + _b64(generation.to_bytes(4, "big"))
+        mac = hmac.digest(self._hash_key, b"refresh-token-mac:" + prefix.encode(), hashlib.sha256)
+        return prefix + _b64(mac[:_MAC_BYTES])
+
+    def _parse(self, token: str) -> tuple[str, int]:
+        """The family ID and generation of a token this service made; InvalidGrant else."""
+        if not _TOKEN.match(token):
+            raise InvalidGrant()
+        family_id = token[:_FAMILY_ID_LENGTH]
+        encoded = token[_FAMILY_ID_LENGTH : _FAMILY_ID_LENGTH + _GENERATION_LENGTH]
+        generation = int.from_bytes(base64.urlsafe_b64decode(encoded + "=="), "big")
+        # Made again and compared whole: a wrong MAC, or another spelling of the
+        # same generation, is refused.
+        if not hmac.compare_digest(self._token(family_id, generation), token):
+            raise InvalidGrant()
+        return family_id, generation
+
     def _key(self, token: str) -> str:
+        """The spend record of ``token`` (kept for the grace window only)."""
         digest = hmac.new(self._hash_key, b"refresh-token:" + token.encode(), hashlib.sha256)
         return redis_layout.refresh_token(token[:_FAMILY_ID_LENGTH], digest.hexdigest())
 
@@ -148,35 +191,36 @@ class RefreshTokenStore:
         self, *, user_id: str, session_link: str, session_key: str | None = None
     ) -> tuple[str, RefreshGrant]:
         """A new family (one login) and its first token."""
+        now = self._clock.now()
         family = Family(
             family_id=secrets.token_urlsafe(12),
             user_id=user_id,
             session_link=session_link,
             session_key=session_key,
-            expires_at=self._clock.now() + self._ttl,
+            expires_at=now + self._ttl,
         )
         ttl = math.ceil(self._ttl)
+        key = redis_layout.refresh_family(family.family_id)
         index = redis_layout.user_refresh_families(user_id)
-        # The family and its first token share a hash slot: one transaction. On one
-        # node the user's index joins it (one round trip). On Redis Cluster the
-        # index is another slot, so it comes second: the token is handed out only
-        # after both, and a failure in between leaves a family whose token nobody
-        # holds.
+        # On one node the user's index joins the family's transaction (one round
+        # trip). On Redis Cluster the index is another slot, so it comes second: the
+        # token is handed out only after both, and a failure in between leaves a
+        # family whose token nobody holds.
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(
-                redis_layout.refresh_family(family.family_id),
+                key,
                 mapping={
                     "user_id": user_id,
                     "session_link": session_link,
                     "session_key": session_key or "",
+                    "created_at": repr(now),
                     "expires_at": repr(family.expires_at),
+                    "generation": "0",
+                    "issued_at": repr(now),
                     "revoked": "0",
                 },
             )
-            pipe.expire(redis_layout.refresh_family(family.family_id), ttl)
-            token, grant = self._queue_token(
-                pipe, family.family_id, user_id, session_link, family.expires_at
-            )
+            pipe.expire(key, ttl)
             if not self._cluster:
                 pipe.sadd(index, family.family_id)
                 pipe.expire(index, ttl)
@@ -186,83 +230,66 @@ class RefreshTokenStore:
                 pipe.sadd(index, family.family_id)
                 pipe.expire(index, ttl)
                 await pipe.execute()
-        return token, grant
+        grant = RefreshGrant(user_id, family.family_id, session_link, now, family.expires_at, 0)
+        return self._token(family.family_id, 0), grant
 
-    async def rotate(self, grant: RefreshGrant) -> tuple[str, RefreshGrant]:
-        """The next token of ``grant``'s family."""
-        return await self._issue(
-            grant.family_id, grant.user_id, grant.session_link, grant.expires_at
+    def rotate(self, grant: RefreshGrant) -> tuple[str, RefreshGrant]:
+        """The next token of ``grant``'s family, once :meth:`claim` has spent ``grant``'s
+        (nothing is written: the claim moved the family to this generation)."""
+        successor = dataclasses.replace(
+            grant, issued_at=self._clock.now(), generation=grant.generation + 1
         )
-
-    async def _issue(
-        self, family_id: str, user_id: str, session_link: str, expires_at: float
-    ) -> tuple[str, RefreshGrant]:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            issued = self._queue_token(pipe, family_id, user_id, session_link, expires_at)
-            await pipe.execute()
-        return issued
-
-    def _queue_token(
-        self, pipe: Pipeline, family_id: str, user_id: str, session_link: str, expires_at: float
-    ) -> tuple[str, RefreshGrant]:
-        now = self._clock.now()
-        grant = RefreshGrant(user_id, family_id, session_link, now, expires_at)
-        token = family_id + secrets.token_urlsafe(20)
-        key = self._key(token)
-        pipe.hset(
-            key,
-            mapping={
-                "user_id": user_id,
-                "family_id": family_id,
-                "session_link": session_link,
-                "issued_at": repr(now),
-                "expires_at": repr(expires_at),
-                "used_at": "",
-                "successor": "",
-            },
-        )
-        # Kept (spent) until the family ends, so a replay is recognised as reuse.
-        pipe.expire(key, max(1, math.ceil(expires_at - now)))
-        return token, grant
+        return self._token(grant.family_id, successor.generation), successor
 
     # --- using -----------------------------------------------------------------------
 
-    async def peek(self, token: str) -> RefreshGrant:
-        """What a live token stands for, without spending it; :class:`InvalidGrant` if nothing."""
-        if not _TOKEN.match(token):
-            raise InvalidGrant()
-        fields = await self._redis.hgetall(self._key(token))
+    async def _read(self, token: str) -> tuple[RefreshGrant, dict[str, str]]:
+        family_id, generation = self._parse(token)
+        fields = await self._redis.hgetall(redis_layout.refresh_family(family_id))
         if not fields:
             raise InvalidGrant()
         data = {_text(k): _text(v) for k, v in fields.items()}
+        current = int(data["generation"])
+        if generation > current:
+            raise InvalidGrant()  # a family Redis brought back from before: fail closed
         grant = RefreshGrant(
             user_id=data["user_id"],
-            family_id=data["family_id"],
+            family_id=family_id,
             session_link=data["session_link"],
-            issued_at=float(data["issued_at"]),
+            issued_at=float(data["issued_at" if generation == current else "created_at"]),
             expires_at=float(data["expires_at"]),
+            generation=generation,
         )
         if self._clock.now() >= grant.expires_at:
             raise InvalidGrant("the refresh token has expired")
+        return grant, data
+
+    async def peek(self, token: str) -> RefreshGrant:
+        """What a token stands for, without spending it; :class:`InvalidGrant` if nothing.
+        A spent token of a live family is something: :meth:`claim` tells what."""
+        grant, _ = await self._read(token)
         return grant
 
     async def live_grant(self, token: str) -> RefreshGrant | None:
         """The grant of an unspent token of a live family (introspection), else None."""
         try:
-            grant = await self.peek(token)
+            grant, data = await self._read(token)
         except InvalidGrant:
             return None
-        used = await self._redis.hget(self._key(token), "used_at")
-        revoked = await self._redis.hget(redis_layout.refresh_family(grant.family_id), "revoked")
-        if (used and _text(used)) or revoked is None or _text(revoked) != "0":
+        if data["revoked"] != "0" or grant.generation != int(data["generation"]):
             return None
         return grant
 
     async def claim(self, token: str, grant: RefreshGrant) -> Claim:
         """Spend ``token`` atomically: fresh (we rotate), grace (someone just did), or reuse."""
         result = await self._claim(
-            keys=[self._key(token), redis_layout.refresh_family(grant.family_id)],
-            args=[repr(self._clock.now()), repr(self.grace)],
+            keys=[redis_layout.refresh_family(grant.family_id), self._key(token)],
+            args=[
+                repr(self._clock.now()),
+                repr(self.grace),
+                str(grant.generation),
+                str(math.ceil((self.grace + 1) * 1000)),
+            ],
         )
         outcome = _text(result[0])
         if outcome in ("unknown", "revoked"):
@@ -289,7 +316,7 @@ class RefreshTokenStore:
         nonce = os.urandom(12)
         sealed = AESGCM(self._successor_key(token)).encrypt(nonce, json.dumps(pair).encode(), None)
         recorded = await self._record(
-            keys=[self._key(token), redis_layout.refresh_family(grant.family_id)],
+            keys=[redis_layout.refresh_family(grant.family_id), self._key(token)],
             args=[base64.b64encode(nonce + sealed).decode()],
         )
         return bool(int(recorded))

@@ -51,7 +51,7 @@ class TokenPairs:
                 user_id=user_id, session_link=session_link, session_key=session_key
             )
         else:
-            refresh, _ = await self.refresh_tokens.rotate(rotated_from)
+            refresh, _ = self.refresh_tokens.rotate(rotated_from)
         self.metrics.tokens_issued.labels("access_token").inc()
         self.metrics.tokens_issued.labels("refresh_token").inc()
         return {
