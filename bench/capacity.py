@@ -7,8 +7,11 @@ On the bench's stack, with nothing else running on it:
   its keys and the commands it processed before and after, and PostgreSQL's rows
   written (``pg_stat_database``: inserted, updated and deleted tuples) over the
   logins;
+* ``N`` logins of the same user, each asking for a token pair (a refresh family,
+  no session): the same readings;
 * ``N`` refreshes of one token family (each rotates its refresh token): the same
-  readings;
+  readings, right after them (each spent token's grace record still there) and
+  again once the grace window is over (what a refresh leaves for good);
 * ``N`` distinct access tokens revoked at ``/auth/revoke`` (RFC 7009): the same
   readings, so the memory of one denylist entry in Redis and the PostgreSQL
   writes of one revocation;
@@ -47,11 +50,15 @@ from bench.credentials import (
 )
 from bench.stack import BenchStack
 from tessera_stack import RedisServer
+from tessera_verify import redis_layout
 
 __all__ = ["run_capacity"]
 
 #: Seconds until every PostgreSQL backend has reported what it wrote.
 PG_STATS_DELAY = 11.0
+#: Seconds after the last refresh until every grace record has expired: the default
+#: grace window (10 s), the second records are kept beyond it, and a margin.
+GRACE_RECORDS_GONE = 12.0
 #: Logins at once: enough to keep the auth service's Argon2 threads busy.
 CONCURRENT_LOGINS = 4
 
@@ -80,6 +87,16 @@ async def run_capacity(
                     await login_session(http, stack.auth_url, username)
 
             await asyncio.gather(*(logins() for _ in range(CONCURRENT_LOGINS)))
+            after_session_logins = await _readings(redis, database)
+
+            progress(f"capacity: {count} logins, each a token pair (a refresh family)")
+            pending = iter(range(count))
+
+            async def token_logins() -> None:
+                for _ in pending:
+                    await login_tokens(http, stack.auth_url, username)
+
+            await asyncio.gather(*(token_logins() for _ in range(CONCURRENT_LOGINS)))
             after_logins = await _readings(redis, database)
 
             progress(f"capacity: {count} refreshes of one token family")
@@ -87,6 +104,12 @@ async def run_capacity(
             for _ in range(count):
                 chain = await refresh(http, stack.auth_url, chain.refresh_token)
             after_refreshes = await _readings(redis, database)
+            # A spent token's grace record outlives its refresh by the grace window
+            # and a second (10 + 1 s by default): what stays is read once they are gone.
+            await asyncio.sleep(GRACE_RECORDS_GONE)
+            async for _ in redis.scan_iter(match=redis_layout.refresh_token("*"), count=1000):
+                pass  # a SCAN reclaims the expired keys it meets
+            settled = await _readings(redis, database)
 
             claims = pair.claims()
             tokens = await mint_access_tokens(
@@ -116,10 +139,12 @@ async def run_capacity(
         "count": count,
         "redis_background_commands_per_s": background,
         "redis_commands_per_s": shard,
-        "login": _per_item(before, after_logins, count, background),
+        "login": _per_item(before, after_session_logins, count, background),
+        "token_login": _per_item(after_session_logins, after_logins, count, background),
         "revocations": revocations,
         "refresh": _per_item(after_logins, after_refreshes, count, background),
-        "revocation": _per_item(after_refreshes, after_revocations, revocations, background),
+        "refresh_kept": _per_item(after_logins, settled, count, background),
+        "revocation": _per_item(settled, after_revocations, revocations, background),
     }
 
 

@@ -709,7 +709,9 @@ def _capacity_section(capacity: dict[str, Any]) -> str:
         ]
         for key, label in (
             ("login", "login -> shared session"),
-            ("refresh", "refresh (rotating refresh token)"),
+            ("token_login", "login -> token pair (a refresh family)"),
+            ("refresh", "refresh (rotating refresh token), within the grace window"),
+            ("refresh_kept", "refresh, once the grace window is over"),
             ("revocation", "access token revoked (/auth/revoke)"),
         )
         if key in capacity

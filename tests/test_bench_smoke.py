@@ -500,6 +500,11 @@ async def test_the_capacity_and_scaling_parts_measure_a_stack_of_their_own(
     # A session is its record plus a member of its user's index: one new key each (and
     # the first login's index and guess-budget keys, shared by the ten).
     assert 1.0 <= capacity["login"]["redis_keys"] < 2.0
+    # A token login is a family: one hash (its user's index is shared by the ten). A
+    # refresh leaves its spent token's grace record for the grace window, then nothing.
+    assert 1.0 <= capacity["token_login"]["redis_keys"] < 2.0
+    assert capacity["refresh"]["redis_keys"] > 0.5
+    assert abs(capacity["refresh_kept"]["redis_keys"]) < 0.5
     assert capacity["redis_commands_per_s"]["get"] > 0
     assert capacity["redis_commands_per_s"]["set"] > 0
     for scenario in scaling["scenarios"].values():

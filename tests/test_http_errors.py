@@ -333,8 +333,8 @@ _ODD_VALUES: list[Any] = [
 _PLAUSIBLE: dict[str, dict[str, Any]] = {
     "/auth/register": {"username": "alice", "password": PASSWORD},
     "/auth/login": {"username": "alice", "password": PASSWORD, "credential": "session"},
-    "/auth/token": {"grant_type": "refresh_token", "refresh_token": "A" * 49},
-    "/auth/logout": {"refresh_token": "A" * 49},
+    "/auth/token": {"grant_type": "refresh_token", "refresh_token": "A" * 65},
+    "/auth/logout": {"refresh_token": "A" * 65},
 }
 
 
@@ -349,7 +349,7 @@ def _odd_bodies(plausible: dict[str, Any]) -> list[str]:
         '{"username": 1e999}',
         '{"username": "alice", "username": {"dup": 1}}',
         '{"password": "' + "\\u0000" * 10 + '"}',
-        '{"refresh_token": "' + "A" * 49 + '", "grant_type": "refresh_token"}',
+        '{"refresh_token": "' + "A" * 65 + '", "grant_type": "refresh_token"}',
         '{"a": ' * 500 + "1" + "}" * 500,
         '{"username": ' + "[" * 1500 + "]" * 1500 + "}",
         '{"username": "\\ud800alice", "password": "\\udfff\\ud800xxxxxxxx"}',
@@ -384,7 +384,7 @@ async def test_odd_bodies_on_every_post_endpoint_get_a_json_answer_below_500(
         b"grant_type=refresh_token",
         b"grant_type=refresh_token&refresh_token=%FF%FE",
         b"grant_type=refresh_token&refresh_token=%ZZ",
-        b"refresh_token=" + b"A" * 49,
+        b"refresh_token=" + b"A" * 65,
         b"grant_type=password&username=alice&password=x",
         b"grant_type=refresh_token&grant_type=refresh_token&refresh_token=a&refresh_token=b",
         b"\xff\xfe\x00=\x00",

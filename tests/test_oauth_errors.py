@@ -83,7 +83,7 @@ async def _post(
         ({"refresh_token": "x"}, 400, "invalid_request", "grant_type"),
         ({"grant_type": "refresh_token"}, 400, "invalid_request", "refresh_token"),
         ({"grant_type": "password"}, 400, "unsupported_grant_type", "refresh_token"),
-        ({"grant_type": "refresh_token", "refresh_token": "A" * 49}, 400, "invalid_grant", ""),
+        ({"grant_type": "refresh_token", "refresh_token": "A" * 65}, 400, "invalid_grant", ""),
     ],
     ids=["no-grant-type", "no-refresh-token", "password-grant", "unknown-refresh-token"],
 )

@@ -34,8 +34,9 @@ async def test_refresh_token_rotation_and_reuse_detection_run_on_a_cluster(
     refresh = RefreshTokenStore(client, hash_key=b"k" * 32, ttl=3600, clock=clock, grace=10)
     try:
         token, grant = await refresh.start_family(user_id="u1", session_link="link")
-        assert (await refresh.claim(token, await refresh.peek(token))).outcome == "fresh"
-        successor, _ = refresh.rotate(grant)
+        claim = await refresh.claim(token, await refresh.peek(token))
+        assert claim.outcome == "fresh" and claim.rotated is not None
+        successor, _ = claim.rotated
         assert await refresh.record_successor(token, grant, {"refresh_token": successor})
         concurrent = await refresh.claim(token, grant)  # within the grace window
         assert concurrent.outcome == "grace"

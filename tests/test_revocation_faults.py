@@ -240,6 +240,49 @@ async def test_a_revoked_session_or_refresh_family_that_redis_brings_back_stays_
     assert (await introspected.json()) == {"active": False}
 
 
+async def test_a_refresh_family_that_redis_rolls_back_ends_at_the_first_later_token(
+    stack: tuple[Client, list[Client]], own_redis: RedisServer
+) -> None:
+    """A restore or a lagging failover takes a family back two rotations: the token its
+    owner holds is then *later* than the family knows, and the spent one a thief
+    copied is current again. The owner's next refresh ends the family (reuse), so the
+    thief's copy, and whatever it got first, dies with it."""
+    auth, replicas = stack
+    user = await log_in_with_everything(auth)
+    stolen = user.refresh  # copied before its owner spent it
+    client = Redis.from_url(own_redis.url)
+    try:
+        (family,) = await client.keys("tessera:refresh-family:*")
+        saved = await client.dump(family)
+        assert saved is not None
+        owner = user.refresh
+        for _ in range(2):
+            owner = (await (await _refresh(auth, owner)).json())["refresh_token"]
+        await client.restore(family, 0, saved, replace=True)  # Redis forgot two rotations
+    finally:
+        await client.aclose()
+    thief = await _refresh(auth, stolen)  # current again: it works, once
+    assert thief.status == 200
+    thief_pair = await thief.json()
+    refused = await _refresh(auth, owner)  # later than the family knows
+    assert refused.status == 400
+    assert (await refused.json())["error"] == "invalid_grant"
+    assert (await _refresh(auth, thief_pair["refresh_token"])).status == 400
+    bearer = _bearer(thief_pair["access_token"])
+    for replica in replicas:  # within the propagation bound (1 s; 10 s allowed here)
+
+        async def refused(replica: Client = replica) -> bool:
+            return (await replica.get("/api/me", headers=bearer)).status == 401
+
+        await _eventually(refused)
+
+
+async def _refresh(auth: Client, token: str) -> Any:
+    return await auth.post(
+        "/auth/token", json={"grant_type": "refresh_token", "refresh_token": token}
+    )
+
+
 async def test_logout_everywhere_kills_sessions_that_come_back_by_their_creation_time(
     stack: tuple[Client, list[Client]], own_redis: RedisServer, clock: ManualClock
 ) -> None:

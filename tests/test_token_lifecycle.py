@@ -13,12 +13,17 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from redis import exceptions as redis_exceptions
 from redis.asyncio import Redis
 
 from tessera_auth import app_state
 from tessera_auth.app import create_app
+from tessera_auth.refresh_tokens import RefreshTokenStore
+from tessera_auth.revoker import Revoker
 from tessera_auth.settings import Settings
+from tessera_verify import redis_layout
 from tessera_verify.clock import ManualClock
+from tessera_verify.errors import InvalidGrant
 from tessera_verify.integration import tessera_verify
 from tessera_verify.sessions import SESSION_COOKIE
 
@@ -116,6 +121,67 @@ async def test_reused_refresh_token_revokes_family(
     refused = await replica.get("/api/me", headers=_bearer(rotated["access_token"]))
     assert refused.status == 401
     assert (await auth.get("/auth/me", headers=_bearer(rotated["access_token"]))).status == 401
+
+
+async def test_a_grace_use_of_a_token_whose_pair_was_refused_is_refused_not_kept_waiting(
+    redis: Redis, clock: ManualClock
+) -> None:
+    """Two tabs spend one token; the first one's pair is refused (its family was revoked
+    meanwhile). The second, in the grace window, gets invalid_grant at once, not a
+    503 after waiting for a pair that will never be recorded."""
+    store = RefreshTokenStore(redis, hash_key=b"k" * 32, ttl=3600, clock=clock)
+    token, grant = await store.start_family(user_id="u-grace", session_link="link")
+    assert (await store.claim(token, grant)).outcome == "fresh"
+    family = await store.family(grant.family_id)
+    assert family is not None
+    await store.revoke_family(family)
+    assert not await store.record_successor(token, grant, {"refresh_token": "never handed out"})
+    with pytest.raises(InvalidGrant):
+        await store.claim(token, grant)
+
+
+async def test_revoking_a_family_that_expired_meanwhile_writes_nothing(
+    redis: Redis, clock: ManualClock
+) -> None:
+    """A bare revoked flag would be a family without fields or expiry, forever."""
+    store = RefreshTokenStore(redis, hash_key=b"k" * 32, ttl=3600, clock=clock)
+    token, grant = await store.start_family(user_id="u-expired", session_link="link")
+    family = await store.family(grant.family_id)
+    assert family is not None
+    key = redis_layout.refresh_family(grant.family_id)
+    await redis.delete(key)  # its time ran out between the listing and the revocation
+    await store.revoke_family(family)
+    assert not await redis.exists(key)
+    with pytest.raises(InvalidGrant):
+        await store.peek(token)
+
+
+async def test_a_logout_everywhere_that_flagged_late_is_dated_past_the_second_of_its_first_date(
+    auth: Client, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis failed the first flagging of the families: the revocation is recorded,
+    then the families flagged, then dated again, past the whole second of the first
+    date, since an access token issued in between was dated into that next second."""
+    login = await register_and_login(auth, credential="token")
+    revoker = auth.app[app_state.REVOKER]
+    original = Revoker._revoke_families_of
+    calls = []
+
+    async def fail_first(self: Revoker, user_id: str) -> Any:
+        calls.append(user_id)
+        if len(calls) == 1:
+            raise redis_exceptions.ConnectionError("Redis went away for a moment")
+        return await original(self, user_id)
+
+    monkeypatch.setattr(Revoker, "_revoke_families_of", fail_first)
+    clock.advance(0.25 - clock.now() % 1)  # a quarter into a second
+    first = clock.now()
+    summary = await revoker.revoke_everything(login["user"]["id"], reason="test")
+    assert len(calls) == 2 and summary.refresh_families == 1
+    assert summary.access_tokens_before == int(first) + 1
+    valid_after = await auth.app[app_state.REVOCATIONS].user_valid_after(login["user"]["id"])
+    assert valid_after == int(first) + 1
+    assert (await _refresh(auth, login["refresh_token"])).status == 400
 
 
 async def test_reuse_of_a_token_from_a_session_login_also_ends_that_session(

@@ -43,7 +43,7 @@ async def test_token_login_returns_an_rfc6749_token_response(auth_client: Client
     body = await register_and_login(auth_client, credential="token")
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == 300
-    assert isinstance(body["refresh_token"], str) and len(body["refresh_token"]) == 49
+    assert isinstance(body["refresh_token"], str) and len(body["refresh_token"]) == 65
     assert body["access_token"].count(".") == 2
     assert "session" not in body
 

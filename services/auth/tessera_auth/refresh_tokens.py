@@ -13,18 +13,22 @@ a holder of that token can read it back. After the grace window, a second use
 is reuse.
 
 Storage: one Redis hash per family, whatever its number of rotations. A token
-is its family's ID (16 characters), its *generation* (6 characters: the number
-of rotations before it) and a MAC of both under the auth service's refresh key
-(27 characters, 160 bits), so the service can tell a genuine old token from a
-guess without keeping it: the family records only its current generation. A
-valid token of an older generation is a replay, hence reuse, however long ago
-it was spent. The one exception, a spend within the grace window, is a short
-record keyed by a keyed hash (HMAC) of the spent token, holding the spend time
-and the sealed successor; it expires with the window. Nothing stored is a
-token, and without the refresh key a Redis dump mints none. The claim script
-reads a family and a spend record in one step, so on Redis Cluster they share a
-hash slot: both keys carry the family's ID as their hash tag. What the ID
-reveals, which tokens belong to one login, its holder knows anyway.
+is its family's ID (16 characters), its *generation* (6: the number of
+rotations before it), 96 random bits (16) and a MAC of all three under the
+auth service's refresh key (27 characters, 160 bits). The MAC tells a genuine
+old token from a guess without keeping it, so the family records only its
+current generation and a fingerprint (SHA-256) of its current token: a genuine
+token of an older generation is a replay, hence reuse, however long ago it was
+spent; one of a later generation than the family knows means Redis lost its
+last rotations (a restore, a lagging failover) and ends the family too. The
+one exception, a spend within the grace window, is a short record keyed by a
+keyed hash (HMAC) of the spent token, holding the spend time and the sealed
+successor; it expires with the window. Nothing stored is a token: a Redis dump
+mints none, not even with the refresh key (the random part of the current
+token is kept only as its fingerprint). The claim script reads a family and a
+spend record in one step, so on Redis Cluster they share a hash slot: both
+keys carry the family's ID as their hash tag. What the ID reveals, which
+tokens belong to one login, its holder knows anyway.
 """
 
 from __future__ import annotations
@@ -55,40 +59,61 @@ from tessera_verify.errors import InvalidGrant, ServiceUnavailable
 
 _FAMILY_ID_LENGTH = 16  # secrets.token_urlsafe(12)
 _GENERATION_LENGTH = 6  # 4 bytes, base64url: rotations up to 2**32 - 1
+_MAX_GENERATION = 2**32 - 1
+_NONCE_BYTES = 12  # 16 base64url characters
+_PREFIX_LENGTH = _FAMILY_ID_LENGTH + _GENERATION_LENGTH + 16  # what the MAC covers
 _MAC_BYTES = 20  # 160 bits: 27 base64url characters
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{49}$")  # family ID, generation, MAC
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{65}")  # family ID, generation, nonce, MAC
+#: A spend record's successor when the family was revoked before it could be recorded.
+_REFUSED = "-"
 
 # KEYS[1] the family's hash, KEYS[2] the presented token's spend record (one slot);
-# ARGV: now, grace seconds, the token's generation, the spend record's lifetime (ms).
+# ARGV: now, grace seconds, the token's generation, the spend record's lifetime (ms),
+# the token's fingerprint, its successor's fingerprint.
 _CLAIM_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
 if redis.call('HGET', KEYS[1], 'revoked') ~= '0' then return {'revoked'} end
 local generation = tonumber(ARGV[3])
 local current = tonumber(redis.call('HGET', KEYS[1], 'generation'))
+if current == nil then return {'unknown'} end
 if generation == current then
-  redis.call('HSET', KEYS[1], 'generation', current + 1, 'issued_at', ARGV[1])
+  if redis.call('HGET', KEYS[1], 'current') ~= ARGV[5] then return {'unknown'} end
+  redis.call('HSET', KEYS[1], 'generation', current + 1, 'issued_at', ARGV[1], 'current', ARGV[6])
   redis.call('HSET', KEYS[2], 'spent_at', ARGV[1], 'successor', '')
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
   return {'fresh'}
 end
-if generation > current then return {'unknown'} end
-local spent = redis.call('HGET', KEYS[2], 'spent_at')
-if spent and tonumber(ARGV[1]) - tonumber(spent) <= tonumber(ARGV[2]) then
-  return {'grace', redis.call('HGET', KEYS[2], 'successor')}
+if generation < current then
+  local spent = redis.call('HGET', KEYS[2], 'spent_at')
+  if spent and tonumber(ARGV[1]) - tonumber(spent) <= tonumber(ARGV[2]) then
+    return {'grace', redis.call('HGET', KEYS[2], 'successor')}
+  end
 end
+-- An older token past its grace window is a replay. A later one than the family
+-- knows means Redis lost the family's last rotations (a restore, a lagging
+-- failover), so an older token may be current again. Either way the family ends.
 redis.call('HSET', KEYS[1], 'revoked', '1')
 return {'reuse'}
 """
 
-# KEYS as above; ARGV[1] the sealed successor. Recorded only while the family stands:
-# see RefreshTokenStore.record_successor. A spend record already expired is not
-# made again (nobody can be in its grace window any more).
+# KEYS as above; ARGV[1] the sealed successor. Recorded only while the family stands
+# (see RefreshTokenStore.record_successor); otherwise the spend record says so, and
+# whoever waits on it in the grace window is refused too. A spend record already
+# expired is not made again (nobody can be in its grace window any more).
 _RECORD_SCRIPT = """
-if redis.call('HGET', KEYS[1], 'revoked') ~= '0' then return 0 end
+local standing = redis.call('HGET', KEYS[1], 'revoked') == '0'
 if redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('HSET', KEYS[2], 'successor', ARGV[1])
+  redis.call('HSET', KEYS[2], 'successor', standing and ARGV[1] or '-')
 end
-return 1
+if standing then return 1 end
+return 0
+"""
+
+# KEYS[1] a family's hash: flagged revoked only if it still exists (a bare flag on an
+# expired family would be a record without its fields and without an expiry).
+_REVOKE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'revoked', '1') end
+return 0
 """
 
 Outcome = Literal["fresh", "grace", "reuse"]
@@ -132,7 +157,10 @@ class Family:
 class Claim:
     outcome: Outcome
     grant: RefreshGrant
+    #: Grace: the pair the first use got.
     successor: dict[str, Any] | None = None
+    #: Fresh: the family's next token and its grant, which the claim made current.
+    rotated: tuple[str, RefreshGrant] | None = None
 
 
 def _b64(raw: bytes) -> str:
@@ -154,26 +182,43 @@ class RefreshTokenStore:
         self.grace = grace
         self._claim = redis.register_script(_CLAIM_SCRIPT)
         self._record = redis.register_script(_RECORD_SCRIPT)
+        self._revoke = redis.register_script(_REVOKE_SCRIPT)
         self._cluster = isinstance(redis, RedisCluster)
 
     def _token(self, family_id: str, generation: int) -> str:
-        """The token of ``family_id``'s ``generation``: nobody without the key can make it."""
-        prefix = family_id + _b64(generation.to_bytes(4, "big"))
+        """A new token for ``family_id``'s ``generation``: nobody without the key can make
+        one the service takes for genuine, and only the family's current one spends."""
+        prefix = (
+            family_id
+            + _b64(generation.to_bytes(4, "big"))
+            + _b64(secrets.token_bytes(_NONCE_BYTES))
+        )
+        return prefix + self._mac(prefix)
+
+    def _mac(self, prefix: str) -> str:
         mac = hmac.digest(self._hash_key, b"refresh-token-mac:" + prefix.encode(), hashlib.sha256)
-        return prefix + _b64(mac[:_MAC_BYTES])
+        return _b64(mac[:_MAC_BYTES])
 
     def _parse(self, token: str) -> tuple[str, int]:
         """The family ID and generation of a token this service made; InvalidGrant else."""
-        if not _TOKEN.match(token):
+        if not _TOKEN.fullmatch(token):
             raise InvalidGrant()
         family_id = token[:_FAMILY_ID_LENGTH]
         encoded = token[_FAMILY_ID_LENGTH : _FAMILY_ID_LENGTH + _GENERATION_LENGTH]
         generation = int.from_bytes(base64.urlsafe_b64decode(encoded + "=="), "big")
-        # Made again and compared whole: a wrong MAC, or another spelling of the
+        # Spelled again and compared whole: a wrong MAC, or another spelling of the
         # same generation, is refused.
-        if not hmac.compare_digest(self._token(family_id, generation), token):
+        nonce = token[_FAMILY_ID_LENGTH + _GENERATION_LENGTH : _PREFIX_LENGTH]
+        prefix = family_id + _b64(generation.to_bytes(4, "big")) + nonce
+        if not hmac.compare_digest(prefix + self._mac(prefix), token):
             raise InvalidGrant()
         return family_id, generation
+
+    @staticmethod
+    def _fingerprint(token: str) -> str:
+        """What the family keeps of its current token: it tells that token from any other
+        the key could make, and gives nothing back (the token holds 96 random bits)."""
+        return hashlib.sha256(token.encode()).hexdigest()
 
     def _key(self, token: str) -> str:
         """The spend record of ``token`` (kept for the grace window only)."""
@@ -199,6 +244,7 @@ class RefreshTokenStore:
             session_key=session_key,
             expires_at=now + self._ttl,
         )
+        token = self._token(family.family_id, 0)
         ttl = math.ceil(self._ttl)
         key = redis_layout.refresh_family(family.family_id)
         index = redis_layout.user_refresh_families(user_id)
@@ -216,6 +262,7 @@ class RefreshTokenStore:
                     "created_at": repr(now),
                     "expires_at": repr(family.expires_at),
                     "generation": "0",
+                    "current": self._fingerprint(token),
                     "issued_at": repr(now),
                     "revoked": "0",
                 },
@@ -231,15 +278,7 @@ class RefreshTokenStore:
                 pipe.expire(index, ttl)
                 await pipe.execute()
         grant = RefreshGrant(user_id, family.family_id, session_link, now, family.expires_at, 0)
-        return self._token(family.family_id, 0), grant
-
-    def rotate(self, grant: RefreshGrant) -> tuple[str, RefreshGrant]:
-        """The next token of ``grant``'s family, once :meth:`claim` has spent ``grant``'s
-        (nothing is written: the claim moved the family to this generation)."""
-        successor = dataclasses.replace(
-            grant, issued_at=self._clock.now(), generation=grant.generation + 1
-        )
-        return self._token(grant.family_id, successor.generation), successor
+        return token, grant
 
     # --- using -----------------------------------------------------------------------
 
@@ -249,17 +288,20 @@ class RefreshTokenStore:
         if not fields:
             raise InvalidGrant()
         data = {_text(k): _text(v) for k, v in fields.items()}
-        current = int(data["generation"])
-        if generation > current:
-            raise InvalidGrant()  # a family Redis brought back from before: fail closed
-        grant = RefreshGrant(
-            user_id=data["user_id"],
-            family_id=family_id,
-            session_link=data["session_link"],
-            issued_at=float(data["issued_at" if generation == current else "created_at"]),
-            expires_at=float(data["expires_at"]),
-            generation=generation,
-        )
+        try:
+            current = int(data["generation"])
+            grant = RefreshGrant(
+                user_id=data["user_id"],
+                family_id=family_id,
+                session_link=data["session_link"],
+                # A token not current is dated from its family's start, the earliest it
+                # can be: the revocation plane may refuse it sooner, never later.
+                issued_at=float(data["issued_at" if generation == current else "created_at"]),
+                expires_at=float(data["expires_at"]),
+                generation=generation,
+            )
+        except (KeyError, ValueError):
+            raise InvalidGrant() from None  # not a whole family record
         if self._clock.now() >= grant.expires_at:
             raise InvalidGrant("the refresh token has expired")
         return grant, data
@@ -276,32 +318,45 @@ class RefreshTokenStore:
             grant, data = await self._read(token)
         except InvalidGrant:
             return None
-        if data["revoked"] != "0" or grant.generation != int(data["generation"]):
+        if (
+            data.get("revoked") != "0"
+            or grant.generation != int(data["generation"])
+            or data.get("current") != self._fingerprint(token)
+        ):
             return None
         return grant
 
     async def claim(self, token: str, grant: RefreshGrant) -> Claim:
-        """Spend ``token`` atomically: fresh (we rotate), grace (someone just did), or reuse."""
+        """Spend ``token`` atomically: fresh (we rotate), grace (someone just did), or reuse.
+        A fresh claim makes the family's next token current and returns it."""
+        if grant.generation >= _MAX_GENERATION:
+            raise InvalidGrant("this login has been refreshed as often as it can; log in again")
+        successor = self._token(grant.family_id, grant.generation + 1)
         result = await self._claim(
             keys=[redis_layout.refresh_family(grant.family_id), self._key(token)],
             args=[
-                repr(self._clock.now()),
+                repr(now := self._clock.now()),
                 repr(self.grace),
                 str(grant.generation),
                 str(math.ceil((self.grace + 1) * 1000)),
+                self._fingerprint(token),
+                self._fingerprint(successor),
             ],
         )
         outcome = _text(result[0])
         if outcome in ("unknown", "revoked"):
             raise InvalidGrant()
         if outcome == "fresh":
-            return Claim("fresh", grant)
+            rotated = dataclasses.replace(grant, issued_at=now, generation=grant.generation + 1)
+            return Claim("fresh", grant, rotated=(successor, rotated))
         if outcome == "reuse":
             return Claim("reuse", grant)
-        successor = _text(result[1]) if len(result) > 1 and result[1] else ""
-        if not successor:
-            successor = await self._wait_for_successor(token)
-        return Claim("grace", grant, self._decrypt(token, successor))
+        sealed = _text(result[1]) if len(result) > 1 and result[1] else ""
+        if not sealed:
+            sealed = await self._wait_for_successor(token)
+        if sealed == _REFUSED:
+            raise InvalidGrant("the refresh token has been revoked")
+        return Claim("grace", grant, self._decrypt(token, sealed))
 
     async def record_successor(self, token: str, grant: RefreshGrant, pair: dict[str, Any]) -> bool:
         """Keep the pair that replaced ``token`` for its grace window, readable only with it.
@@ -361,7 +416,7 @@ class RefreshTokenStore:
         # Two slots, two steps; the one that matters comes first. Should the
         # second fail, the index lists a revoked family, which revoking again
         # leaves revoked.
-        await self._redis.hset(redis_layout.refresh_family(family.family_id), "revoked", "1")
+        await self._revoke(keys=[redis_layout.refresh_family(family.family_id)], args=[])
         await self._redis.srem(redis_layout.user_refresh_families(family.user_id), family.family_id)
 
     async def family_of(self, token: str) -> Family | None:

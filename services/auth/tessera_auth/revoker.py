@@ -11,6 +11,7 @@ the plane still kills it.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 from tessera_verify.clock import Clock
@@ -133,9 +134,11 @@ class Revoker:
         before = await self._revoke_user_before_now(user_id)
         sessions = await self._sessions.destroy_all_for_user(user_id)
         if families is None:
-            # Redis came back in between: flagged only now, so dated again after the flags.
+            # Redis came back in between: flagged only now, so dated again after the
+            # flags, and past the second of the first date: an access token issued
+            # meanwhile was dated into the next whole second ("never born revoked").
             families = await self._revoke_families_of(user_id)
-            before = await self._revoke_user_before_now(user_id)
+            before = await self._revoke_user_before_now(user_id, not_before=math.floor(before) + 1)
         self._metrics.revocations.labels("user").inc()
         self._audit.record(
             "revocation.user",
@@ -153,8 +156,8 @@ class Revoker:
         )
         return RevocationSummary(sessions, len(families), before)
 
-    async def _revoke_user_before_now(self, user_id: str) -> float:
-        before = self._clock.now()
+    async def _revoke_user_before_now(self, user_id: str, *, not_before: float = 0.0) -> float:
+        before = max(self._clock.now(), not_before)
         await self._store.record(
             RevocationEvent(
                 RevocationKind.USER, user_id, before, before + self._credential_lifetime

@@ -53,8 +53,9 @@ async def token(request: web.Request) -> web.Response:
         assert claim.successor is not None
         metrics.refreshes.labels("concurrent").inc()
         return web.json_response(claim.successor, headers=NO_STORE)
+    assert claim.rotated is not None  # a fresh claim made the family's next token current
     payload = await app[app_state.TOKEN_PAIRS].issue(
-        user_id=grant.user_id, session_link=grant.session_link, rotated_from=grant
+        user_id=grant.user_id, session_link=grant.session_link, rotated=claim.rotated
     )
     if not await refresh_tokens.record_successor(presented, grant, payload):
         # Revoked while this pair was made, perhaps dated before it: nobody gets it.

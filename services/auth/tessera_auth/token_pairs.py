@@ -34,24 +34,25 @@ class TokenPairs:
         user_id: str,
         session_link: str,
         session_key: str | None = None,
-        rotated_from: RefreshGrant | None = None,
+        rotated: tuple[str, RefreshGrant] | None = None,
     ) -> dict[str, Any]:
         """A new pair, shaped like RFC 6749 §5.1.
 
-        Without ``rotated_from`` this starts a refresh family (a login); with it, the
-        new refresh token continues that family. The access token is dated after the
-        user's "valid after" time, so it is never born revoked.
+        Without ``rotated`` this starts a refresh family (a login); with it (the token
+        and grant a fresh claim made current), the pair continues that family. The
+        access token is dated after the user's "valid after" time, so it is never born
+        revoked.
         """
         valid_after = await self.revocations.user_valid_after(user_id)
         access = self.issuer.issue(
             subject=user_id, session_link=session_link, valid_after=valid_after
         )
-        if rotated_from is None:
+        if rotated is None:
             refresh, _ = await self.refresh_tokens.start_family(
                 user_id=user_id, session_link=session_link, session_key=session_key
             )
         else:
-            refresh, _ = self.refresh_tokens.rotate(rotated_from)
+            refresh, _ = rotated
         self.metrics.tokens_issued.labels("access_token").inc()
         self.metrics.tokens_issued.labels("refresh_token").inc()
         return {

@@ -56,7 +56,11 @@ class PasswordChecker:
         if status == 200 and isinstance(payload, dict) and isinstance(payload.get("user"), dict):
             user = payload["user"]
             checked_at = payload.get("checked_at")
-            if isinstance(checked_at, int | float) and math.isfinite(checked_at):
+            if (
+                isinstance(checked_at, int | float)
+                and not isinstance(checked_at, bool)
+                and math.isfinite(checked_at)
+            ):
                 return CheckedUser(str(user["id"]), str(user["username"]), float(checked_at))
         if status == 401:
             raise InvalidCredentials()

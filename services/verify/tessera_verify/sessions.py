@@ -131,13 +131,15 @@ class SessionManager:
         """A new session; returns the ID for the cookie and the stored session.
 
         ``authenticated_at``: when the password it stands on was checked, if that was
-        elsewhere and earlier (a replica asks the auth service). The session is dated
-        from then, so a revocation of the user's credentials made after the check (a
-        password change that committed meanwhile) ends it too.
+        elsewhere (a replica asks the auth service), on the clock of whoever checked
+        it, which is the clock revocations are dated by. The session is dated from
+        then, so a revocation of the user's credentials made after the check (a
+        password change that committed meanwhile) ends it too, and one made before
+        does not, whatever this process's clock says.
         """
         session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
         now = self._clock.now()
-        created_at = now if authenticated_at is None else min(now, authenticated_at)
+        created_at = now if authenticated_at is None else authenticated_at
         record = SessionRecord(
             user_id=user_id,
             username=username,
