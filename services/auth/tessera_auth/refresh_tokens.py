@@ -71,13 +71,13 @@ _REFUSED = "-"
 # ARGV: now, grace seconds, the token's generation, the spend record's lifetime (ms),
 # the token's fingerprint, its successor's fingerprint.
 _CLAIM_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
-if redis.call('HGET', KEYS[1], 'revoked') ~= '0' then return {'revoked'} end
-local generation = tonumber(ARGV[3])
-local current = tonumber(redis.call('HGET', KEYS[1], 'generation'))
+local family = redis.call('HMGET', KEYS[1], 'revoked', 'generation', 'current')
+local current = tonumber(family[2])
 if current == nil then return {'unknown'} end
+if family[1] ~= '0' then return {'revoked'} end
+local generation = tonumber(ARGV[3])
 if generation == current then
-  if redis.call('HGET', KEYS[1], 'current') ~= ARGV[5] then return {'unknown'} end
+  if family[3] ~= ARGV[5] then return {'unknown'} end
   redis.call('HSET', KEYS[1], 'generation', current + 1, 'issued_at', ARGV[1], 'current', ARGV[6])
   redis.call('HSET', KEYS[2], 'spent_at', ARGV[1], 'successor', '')
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
