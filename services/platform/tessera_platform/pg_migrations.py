@@ -134,6 +134,12 @@ class _RetryingPool(asyncpg.Pool):
       so running it again elsewhere cannot run it twice. Every pooled connection may be
       in that state (all were terminated), so a statement is tried on as many
       connections as the pool holds, and one more.
+    - The FATAL may also arrive after the statement went out (the server reads the
+      termination a moment after the pool handed the connection on): asyncpg raises
+      :class:`~asyncpg.exceptions.ConnectionDoesNotExistError`. A write may have
+      committed by then (its result can be lost with the connection), so only a read
+      (a statement that begins with ``SELECT``) runs again; a write fails with that
+      error, which the services answer 503 (its outcome is unknown to them too).
     - A statement that times out (a paused or unreachable server) is reported at once:
       its connection goes back to the pool in the background, where asyncpg first sends
       the statement's cancellation (a new connection to the same, maybe silent, server)
@@ -176,6 +182,12 @@ class _RetryingPool(asyncpg.Pool):
                     raise  # asyncpg's other internal errors may come after it ran
                 log.info("a pooled PostgreSQL connection was closed by the server")
                 continue
+            except _LOST as exc:
+                await self.release(connection)
+                if attempt == attempts or not _is_read(args):
+                    raise
+                log.info("a PostgreSQL connection was lost under a read, reading again: %r", exc)
+                continue
             except TimeoutError:
                 self._release_later(connection)
                 raise
@@ -201,6 +213,24 @@ class _RetryingPool(asyncpg.Pool):
 #: (the protocol's state check, ``asyncpg/protocol/coreproto.pyx``): only then may a
 #: statement run again.
 _NOT_SENT = ("cannot switch to state", "not connected")
+
+#: A connection lost under a statement: closed by the server (asyncpg's error, with the
+#: server's FATAL as its cause when one came) or the server's FATAL itself.
+_LOST = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.IdleSessionTimeoutError,
+)
+
+
+def _is_read(args: tuple[Any, ...]) -> bool:
+    """Whether a statement only reads, so running it twice is running it once: its text
+    begins with ``SELECT`` (tessera's reads call no function that writes)."""
+    return bool(args) and isinstance(args[0], str) and _READ.match(args[0]) is not None
+
+
+_READ = re.compile(r"\s*SELECT\b", re.IGNORECASE)
 
 
 async def create_pool(
