@@ -236,12 +236,19 @@
   }
 
   async function control(action, body) {
-    const response = await fetch(`/live/actions/${action}`, {
-      method: "POST",
-      headers: operatorHeaders(),
-      body: JSON.stringify(body || {}),
-      redirect: "manual",
-    });
+    showOperator(`${action}: sending …`, false);
+    let response;
+    try {
+      response = await fetch(`/live/actions/${action}`, {
+        method: "POST",
+        headers: operatorHeaders(),
+        body: JSON.stringify(body || {}),
+        redirect: "manual",
+      });
+    } catch (error) {
+      showOperator(`${action}: not sent (${error.message}); try again`, true);
+      return;
+    }
     const answer = await response.json().catch(() => ({}));
     if (response.status !== 202) {
       showOperator(`${action}: refused (${response.status}): ${answer.detail || answer.error || ""}`, true);
@@ -319,7 +326,7 @@
 
   function renderStack() {
     const stack = live.stack;
-    // Redrawn only when it changed: the buttons stay put under a pointer.
+    // Drawn only when it changed (the buttons are kept: syncButtons).
     const drawn = JSON.stringify(stack);
     if (!stack || drawn === live.drawnStack) return;
     live.drawnStack = drawn;
@@ -340,35 +347,49 @@
     }
     $("redis-state").textContent = stack.redis;
 
-    const rows = $("row-controls");
-    rows.replaceChildren("Switch to row: ");
-    for (const each of stack.rows) {
-      const button = document.createElement("button");
-      button.type = "button";
-      button.textContent = `${each.number}: ${each.label}`;
-      button.dataset.row = each.number;
-      if (row && row.number === each.number) button.className = "current";
-      button.addEventListener("click", () => control("row", { row: each.number }));
-      rows.append(button, " ");
-    }
-    const replicas = $("replica-controls");
-    replicas.replaceChildren("Replicas: ");
-    for (const replica of stack.replicas) {
-      const button = document.createElement("button");
-      button.type = "button";
-      button.textContent = `Kill ${replica.id}`;
-      button.dataset.kill = replica.id;
-      button.disabled = !replica.alive;
-      button.addEventListener("click", () => control("kill-replica", { replica: replica.id }));
-      replicas.append(button, " ");
-    }
-    const add = document.createElement("button");
-    add.type = "button";
-    add.textContent = "Add a replica";
-    add.id = "add-replica";
-    add.addEventListener("click", () => control("add-replica"));
-    replicas.append(add);
+    syncButtons($("row-controls"), "Switch to row: ", stack.rows.map((each) => ({
+      key: `row ${each.number}`,
+      data: { row: each.number },
+      text: `${each.number}: ${each.label}`,
+      className: row && row.number === each.number ? "current" : "",
+      click: () => control("row", { row: each.number }),
+    })));
+    syncButtons($("replica-controls"), "Replicas: ", [
+      ...stack.replicas.map((replica) => ({
+        key: `kill ${replica.id}`,
+        data: { kill: replica.id },
+        text: `Kill ${replica.id}`,
+        disabled: !replica.alive,
+        click: () => control("kill-replica", { replica: replica.id }),
+      })),
+      { key: "add", id: "add-replica", text: "Add a replica", click: () => control("add-replica") },
+    ]);
     $("kill-redis").disabled = stack.redis === "external";
+  }
+
+  // The controls are updated in place and made anew only when the set of them changes: a
+  // click whose press and release straddle a redraw lands on no button, and is lost.
+  function syncButtons(container, label, specs) {
+    const keys = specs.map((spec) => spec.key).join("|");
+    if (container.dataset.keys !== keys) {
+      container.dataset.keys = keys;
+      container.replaceChildren(label);
+      for (const spec of specs) {
+        const button = document.createElement("button");
+        button.type = "button";
+        Object.assign(button.dataset, spec.data || {});
+        if (spec.id) button.id = spec.id;
+        button.addEventListener("click", spec.click);
+        container.append(button, " ");
+      }
+    }
+    const buttons = container.querySelectorAll("button");
+    specs.forEach((spec, index) => {
+      const button = buttons[index];
+      if (button.textContent !== spec.text) button.textContent = spec.text;
+      button.className = spec.className || "";
+      button.disabled = Boolean(spec.disabled);
+    });
   }
 
   function render() {
