@@ -183,6 +183,58 @@ async def test_a_killed_feed_subscription_resubscribes_and_revocations_still_arr
         await admin.aclose()
 
 
+async def test_a_feed_that_meets_an_error_redis_py_does_not_name_follows_again(
+    make_auth_server: Callable[[str], Awaitable[Client]],
+    make_replica: ResourceFactory,
+    own_redis: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """redis-py 8.1 lets a connection closed under a write through as AttributeError
+    (``'NoneType' object has no attribute 'writelines'``) or TypeError, not as one of its
+    connection errors. The feed distrusts its copy and follows again, as for any failure.
+
+    Failed before the fix (seen in CI, a cluster's feed): the feed's task ended with that
+    error, and the replica's copy never became fresh again (every credential 503).
+    """
+    auth = await make_auth_server(own_redis.url)
+    replica = await make_replica(
+        "r1", redis_url=own_redis.url, revocation_max_staleness=S, dependency_timeout=TIMEOUT
+    )
+    cache = _cache(replica)
+    assert await cache.wait_fresh(5.0)
+    victim, bystander = await log_in_with_everything(auth), await log_in_with_everything(auth)
+    marker = cache.reader.marker
+    raised: list[AttributeError] = []
+
+    async def closed_under_a_write() -> tuple[str | None, int]:
+        if not raised:
+            raised.append(AttributeError("'NoneType' object has no attribute 'writelines'"))
+            raise raised[0]
+        return await marker()
+
+    async def has_raised() -> bool:
+        return bool(raised)
+
+    monkeypatch.setattr(cache.reader, "marker", closed_under_a_write)
+    admin = Redis.from_url(own_redis.url)
+    try:
+        assert await admin.client_kill_filter(_type="pubsub") == 2  # the feed follows anew
+        assert await until(has_raised, 5.0)
+        assert await cache.wait_fresh(10.0)  # followed again, not stopped for good
+        assert "revocation feed failed" in caplog.text
+        response = await auth.post("/auth/logout", headers=_bearer(victim.token))
+        assert response.status == 200, await response.text()
+
+        async def refused(user: LoggedIn = victim) -> bool:
+            return await _status(replica, "/api/me", user) == 401
+
+        assert await until(refused, 5.0)
+        assert await _status(replica, "/api/me", bystander) == 200
+    finally:
+        await admin.aclose()
+
+
 # --- Redis: a partition that ends (the revocation that could not be published) ---------
 
 

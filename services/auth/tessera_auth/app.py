@@ -121,6 +121,9 @@ async def _count_sessions_forever(redis: Redis, metrics: AuthMetrics) -> None:
         except DEPENDENCY_ERRORS as exc:
             reraise_if_cancelling(exc)
             log.warning("could not count sessions: %r", exc)
+        except Exception:
+            # Never let one bad count stop the counting for good.
+            log.exception("could not count sessions")
         await pause(SESSION_COUNT_INTERVAL)
 
 

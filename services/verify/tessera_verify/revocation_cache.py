@@ -215,6 +215,15 @@ class RevocationCache:
                 reraise_if_cancelling(exc)
                 # A known failure ends the trust at once; silence ends it after S.
                 self._unconfirm(repr(exc))
+            except Exception as exc:
+                reraise_if_cancelling(exc)
+                # One the client should have called a connection error (redis-py 8.1 lets
+                # a connection closed under a write through as AttributeError or
+                # TypeError), or a bug: the same distrust, in full in the log, and the
+                # feed followed again. A feed that stopped for good would leave every
+                # credential refused until a restart.
+                log.exception("revocation feed failed")
+                self._unconfirm(repr(exc))
             await pause(delay)
             delay = min(delay * 2, self._max_reconnect_delay)
 
