@@ -43,6 +43,7 @@ from redis.asyncio import Redis
 
 from bench.config import BenchConfig
 from bench.credentials import (
+    auth_settings,
     login_session,
     login_tokens,
     mint_access_tokens,
@@ -55,11 +56,14 @@ from tessera_verify import redis_layout
 
 __all__ = ["run_capacity"]
 
-#: Seconds until every PostgreSQL backend has reported what it wrote.
-PG_STATS_DELAY = 11.0
-#: Seconds after the last refresh until every grace record has expired: the default
-#: grace window (10 s), the second records are kept beyond it, and a margin.
-GRACE_RECORDS_GONE = 12.0
+#: Seconds after a batch's last answer until the auth service's audit trail has written
+#: its events (it gathers them for 0.25 s, then writes one INSERT).
+AUDIT_WRITTEN = 1.5
+#: How long the auth service's terminated PostgreSQL backends may take to exit.
+BACKENDS_GONE = 10.0
+#: Seconds beyond the grace window until every grace record has expired: the second the
+#: records are kept beyond it, and a margin.
+GRACE_RECORDS_MARGIN = 2.0
 #: Logins at once: enough to keep the auth service's Argon2 threads busy.
 CONCURRENT_LOGINS = 4
 
@@ -71,6 +75,7 @@ async def run_capacity(
     count = config.capacity_items
     revocations = config.capacity_revocations
     auth_env = stack.auth_environment()
+    grace_records_gone = auth_settings(auth_env).refresh_grace + GRACE_RECORDS_MARGIN
     redis = Redis.from_url(stack.settings.redis_url)
     database = await asyncpg.connect(auth_env["DATABASE_URL"])
     try:
@@ -111,7 +116,7 @@ async def run_capacity(
             async def records_gone() -> dict[str, float]:
                 # A spent token's grace record outlives its refresh by the grace window
                 # and a second (10 + 1 s by default): what stays is read once they are.
-                await asyncio.sleep(GRACE_RECORDS_GONE)
+                await asyncio.sleep(grace_records_gone)
                 async for _ in redis.scan_iter(match=redis_layout.refresh_token("*"), count=1000):
                     pass  # a SCAN reclaims the expired keys it meets
                 return await _readings(redis, database)
@@ -191,10 +196,7 @@ async def _readings(redis: Redis, database: asyncpg.Connection) -> dict[str, flo
     stats = await redis.info("stats")
     read_at = time.monotonic()
     keys = await redis.dbsize()
-    # A busy backend reports its counts at most once a second, an idle one within
-    # PostgreSQL's PGSTAT_IDLE_INTERVAL (10 s): wait that long, then read afresh.
-    await asyncio.sleep(PG_STATS_DELAY)
-    await database.execute("SELECT pg_stat_clear_snapshot()")
+    await _flush_pg_stats(database)
     row = await database.fetchrow(
         "SELECT tup_inserted, tup_updated, tup_deleted FROM pg_stat_database"
         " WHERE datname = current_database()"
@@ -208,6 +210,34 @@ async def _readings(redis: Redis, database: asyncpg.Connection) -> dict[str, flo
         "redis_commands": float(stats["total_commands_processed"]),
         "pg_rows": float(row["tup_inserted"] + row["tup_updated"] + row["tup_deleted"]),
     }
+
+
+_OTHER_BACKENDS = """
+SELECT pid FROM pg_stat_activity
+WHERE usename = current_user AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+"""
+
+
+async def _flush_pg_stats(database: asyncpg.Connection) -> None:
+    """Have every backend of the auth service's role report what it wrote, then read afresh.
+
+    A backend reports its counts at most once a second, and one that fell idle within
+    that second only after PostgreSQL's PGSTAT_IDLE_INTERVAL (10 s); one that exits
+    reports them at once. So once the audit trail has written, the role's other backends
+    are terminated (the pool opens new ones when next asked; no statement is under way)
+    and their exit awaited. The replicas' role writes nothing here.
+    """
+    await asyncio.sleep(AUDIT_WRITTEN)
+    await database.execute(
+        f"SELECT pg_terminate_backend(pid) FROM ({_OTHER_BACKENDS}) AS others"  # noqa: S608
+    )
+    for _ in range(int(BACKENDS_GONE / 0.05)):
+        if not await database.fetch(_OTHER_BACKENDS):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise RuntimeError("the auth service's PostgreSQL backends did not exit")
+    await database.execute("SELECT pg_stat_clear_snapshot()")
 
 
 def _per_item(
