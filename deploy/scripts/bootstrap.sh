@@ -5,7 +5,8 @@
 #   - the Debian packages the stack runs (PostgreSQL, Redis, nginx, openssl,
 #     curl), and Prometheus (the server and promtool) with --dev (the tests
 #     lint /metrics and scrape a stack) or --prometheus (`make up MONITORING=1`),
-#     and Chromium with --dev (the browser tests), installed only when missing;
+#     and Chromium and wrk with --dev (the browser tests, the bench's smoke
+#     tests), installed only when missing;
 #   - .venv with Python >= 3.11, created only when missing;
 #   - the workspace's packages (services/*, deploy, demo: one pyproject.toml
 #     each) installed editable: only their runtime dependencies (what `make up`
@@ -136,6 +137,8 @@ fi
 # (tests/browser.py), which never downloads a browser of its own.
 if [ "$DEV" -eq 1 ]; then
     have chromium || missing+=(chromium)
+    # wrk: the bench's load generator, which the bench's smoke tests run too.
+    have wrk || missing+=(wrk)
 fi
 
 PYTHON="$(find_python)"
