@@ -10,6 +10,9 @@ PY := $(VENV)/bin/python
 
 # Overridable on the command line, e.g. `make test PYTEST_ARGS='-k jwks -x'`.
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist; one test file stays on one process). 0: one process, no xdist.
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadfile
 BENCH_ARGS ?=
 # Stack options: empty means "what runs now, else the launcher's default"
 # (row 4, 3 replicas, https port 8443, auth port 8080, ES256).
@@ -51,7 +54,7 @@ help: ## List the targets
 	@echo "           ROW (row), REPLICAS (scale), ID=r2 (kill-replica, restart-replicas), ROWS=1-6 (demo),"
 	@echo "           NAME=auth|nginx|nginx-access|r1|postgres|redis|migrate|prometheus (logs), PURGE=1 (down),"
 	@echo "           HOW=stop|kill|both (outage-probe),"
-	@echo "           PYTEST_ARGS (test), BENCH_ARGS (bench, bench-quick: e.g. '--only validation,rows')"
+	@echo "           PYTEST_ARGS, TEST_WORKERS=2 (test processes; 0: one) (test*), BENCH_ARGS (bench, bench-quick: e.g. '--only validation,rows')"
 
 bootstrap: ## Install missing system packages, create .venv, install the runtime packages
 	@deploy/scripts/bootstrap.sh
@@ -98,16 +101,16 @@ restart-replicas: ## Rolling restart of the replicas, one at a time out of nginx
 
 # junit_family=xunit1: record_property (outage figures) works with --junitxml.
 test: bootstrap-dev ## Run the test suite (real PostgreSQL, Redis and nginx are started for it)
-	$(PY) -m pytest -o junit_family=xunit1 $(PYTEST_ARGS)
+	$(PY) -m pytest -o junit_family=xunit1 $(XDIST) $(PYTEST_ARGS)
 
 test-unit: bootstrap-dev ## The tightest loop: tests that need no server at all
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 test-fast: bootstrap-dev ## The inner loop: every test but the stack tier (no launcher, no demo)
-	$(PY) -m pytest -m "not stack" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not stack" $(XDIST) $(PYTEST_ARGS)
 
 test-stack: bootstrap-dev ## Only the stack tier: the launcher, rows, outages, demo, bench smoke
-	$(PY) -m pytest -o junit_family=xunit1 -m stack $(PYTEST_ARGS)
+	$(PY) -m pytest -o junit_family=xunit1 -m stack $(XDIST) $(PYTEST_ARGS)
 
 lint: bootstrap-dev ## Lint, check formatting, type-check, check import contracts
 	$(VENV)/bin/ruff check .

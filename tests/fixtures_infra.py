@@ -85,10 +85,21 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Redis URL (database 0) that tests may use freely."""
-    yield from _url_from_env_or_throwaway(
+    """A Redis URL that tests may use freely (and flush): a throwaway server's database 0,
+    or ``REDIS_URL``'s database plus this worker's number under pytest-xdist (the
+    workers share that server, never a database)."""
+    for url in _url_from_env_or_throwaway(
         "REDIS_URL", lambda: RedisServer(tmp_path_factory.mktemp("redis"))
-    )
+    ):
+        if "REDIS_URL" in os.environ:
+            given = urlsplit(url).path.strip("/") or "0"
+            url = with_path(url, f"/{int(given) + _worker_number()}")
+        yield url
+
+
+def _worker_number() -> int:
+    """This pytest-xdist worker's number (``gw1``: 1); 0 without xdist."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
 
 
 def with_path(url: str, path: str) -> str:
