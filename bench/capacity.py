@@ -228,15 +228,19 @@ async def _flush_pg_stats(database: asyncpg.Connection) -> None:
     and their exit awaited. The replicas' role writes nothing here.
     """
     await asyncio.sleep(AUDIT_WRITTEN)
+    terminated = [row["pid"] for row in await database.fetch(_OTHER_BACKENDS)]
     await database.execute(
-        f"SELECT pg_terminate_backend(pid) FROM ({_OTHER_BACKENDS}) AS others"  # noqa: S608
+        "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", terminated
     )
+    # Only these: the pools open new backends meanwhile (which have written nothing yet).
     for _ in range(int(BACKENDS_GONE / 0.05)):
-        if not await database.fetch(_OTHER_BACKENDS):
+        if not await database.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", terminated
+        ):
             break
         await asyncio.sleep(0.05)
     else:
-        raise RuntimeError("the auth service's PostgreSQL backends did not exit")
+        raise RuntimeError("the auth service's terminated PostgreSQL backends did not exit")
     await database.execute("SELECT pg_stat_clear_snapshot()")
 
 
