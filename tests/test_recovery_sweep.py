@@ -42,6 +42,7 @@ S = 2.0  # the staleness bound these tests run with
 TIMEOUT = 0.5  # the dependency timeout these tests run with
 ROUNDS = 20  # pg_terminate_backend rounds (the race is hit in some of them)
 READ_ROUNDS = 100  # the same, straight on a pool (no HTTP between: the race is hit more often)
+READERS = 8  # reads at once after each round's termination, on a pool of 4
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -143,7 +144,11 @@ async def test_a_read_sent_as_the_server_terminates_its_connection_is_read_again
             # Several connections in the pool, each with a backend.
             await asyncio.gather(*(pool.fetchval("SELECT pg_sleep(0.001)") for _ in range(3)))
             assert await _terminate_backends(settings.database_url) >= 1
-            assert await pool.fetchval("SELECT $1::int", number) == number
+            # More reads at once than the pool holds connections, all of them dead.
+            reads = await asyncio.gather(
+                *(pool.fetchval("SELECT $1::int", number + i) for i in range(READERS))
+            )
+            assert reads == [number + i for i in range(READERS)]
     finally:
         await pool.close()
 

@@ -348,7 +348,6 @@
     $("redis-state").textContent = stack.redis;
 
     syncButtons($("row-controls"), "Switch to row: ", stack.rows.map((each) => ({
-      key: `row ${each.number}`,
       data: { row: each.number },
       text: `${each.number}: ${each.label}`,
       className: row && row.number === each.number ? "current" : "",
@@ -356,13 +355,12 @@
     })));
     syncButtons($("replica-controls"), "Replicas: ", [
       ...stack.replicas.map((replica) => ({
-        key: `kill ${replica.id}`,
         data: { kill: replica.id },
         text: `Kill ${replica.id}`,
         disabled: !replica.alive,
         click: () => control("kill-replica", { replica: replica.id }),
       })),
-      { key: "add", id: "add-replica", text: "Add a replica", click: () => control("add-replica") },
+      { id: "add-replica", text: "Add a replica", click: () => control("add-replica") },
     ]);
     $("kill-redis").disabled = stack.redis === "external";
   }
@@ -370,7 +368,7 @@
   // The controls are updated in place and made anew only when the set of them changes: a
   // click whose press and release straddle a redraw lands on no button, and is lost.
   function syncButtons(container, label, specs) {
-    const keys = specs.map((spec) => spec.key).join("|");
+    const keys = JSON.stringify(specs.map((spec) => [spec.id, spec.data]));
     if (container.dataset.keys !== keys) {
       container.dataset.keys = keys;
       container.replaceChildren(label);

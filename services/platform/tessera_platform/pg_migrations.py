@@ -176,17 +176,11 @@ class _RetryingPool(asyncpg.Pool):
             connection = await self.acquire()
             try:
                 result = await getattr(connection, method)(*args, **kwargs)
-            except asyncpg.exceptions.InternalClientError as exc:
+            except (asyncpg.exceptions.InternalClientError, *_LOST) as exc:
                 await self.release(connection)
-                if attempt == attempts or not str(exc).startswith(_NOT_SENT):
-                    raise  # asyncpg's other internal errors may come after it ran
-                log.info("a pooled PostgreSQL connection was closed by the server")
-                continue
-            except _LOST as exc:
-                await self.release(connection)
-                if attempt == attempts or not _is_read(args):
+                if attempt == attempts or not _may_run_again(exc, args):
                     raise
-                log.info("a PostgreSQL connection was lost under a read, reading again: %r", exc)
+                log.info("a PostgreSQL connection the server closed, trying again: %r", exc)
                 continue
             except TimeoutError:
                 self._release_later(connection)
@@ -224,13 +218,17 @@ _LOST = (
 )
 
 
-def _is_read(args: tuple[Any, ...]) -> bool:
-    """Whether a statement only reads, so running it twice is running it once: its text
-    begins with ``SELECT`` (tessera's reads call no function that writes)."""
-    return bool(args) and isinstance(args[0], str) and _READ.match(args[0]) is not None
-
-
 _READ = re.compile(r"\s*SELECT\b", re.IGNORECASE)
+
+
+def _may_run_again(exc: Exception, args: tuple[Any, ...]) -> bool:
+    """Whether a statement that met ``exc`` may run again on another connection: it was
+    never sent (asyncpg's state check; its other internal errors may come after it
+    ran), or it only reads, so running it twice is running it once (its text begins
+    with ``SELECT``; tessera's reads call no function that writes)."""
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return str(exc).startswith(_NOT_SENT)
+    return bool(args) and isinstance(args[0], str) and _READ.match(args[0]) is not None
 
 
 async def create_pool(

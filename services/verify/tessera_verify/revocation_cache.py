@@ -54,6 +54,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: What a feed meets when Redis or the way to it fails: logged in a line, not in full.
+_KNOWN_FAILURES = (
+    redis.exceptions.RedisError,
+    redis.exceptions.RedisClusterException,
+    OSError,
+    TimeoutError,
+)
+
 #: The default staleness bound S, in seconds (README, "Revocation invariants").
 DEFAULT_MAX_STALENESS = 5.0
 
@@ -206,23 +214,16 @@ class RevocationCache:
                 self.resyncs += 1
                 delay = self._reconnect_delay
                 continue
-            except (
-                redis.exceptions.RedisError,
-                redis.exceptions.RedisClusterException,
-                OSError,
-                TimeoutError,
-            ) as exc:
-                reraise_if_cancelling(exc)
-                # A known failure ends the trust at once; silence ends it after S.
-                self._unconfirm(repr(exc))
             except Exception as exc:
                 reraise_if_cancelling(exc)
-                # One the client should have called a connection error (redis-py 8.1 lets
-                # a connection closed under a write through as AttributeError or
-                # TypeError), or a bug: the same distrust, in full in the log, and the
-                # feed followed again. A feed that stopped for good would leave every
-                # credential refused until a restart.
-                log.exception("revocation feed failed")
+                if not isinstance(exc, _KNOWN_FAILURES):
+                    # One the client should have called a connection error (redis-py 8.1
+                    # lets a connection closed under a write through as AttributeError
+                    # or TypeError), or a bug: in full in the log. Either way the feed is
+                    # followed again; one stopped for good would leave every credential
+                    # refused until a restart.
+                    log.exception("revocation feed failed")
+                # A failure ends the trust at once; silence ends it after S.
                 self._unconfirm(repr(exc))
             await pause(delay)
             delay = min(delay * 2, self._max_reconnect_delay)
