@@ -75,6 +75,7 @@ SERVER_MODULES = {
     "test_migrations",
     "test_nginx_configs",
     "test_prometheus_metrics",
+    "test_redis_tls",
     "test_revocation_faults",
     "test_settings",
     "test_token_lifecycle",

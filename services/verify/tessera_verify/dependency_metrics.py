@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -24,9 +25,11 @@ from prometheus_client import Histogram
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
@@ -47,6 +50,39 @@ def _observe(latency: Histogram | None, args: tuple[Any, ...], started: float) -
         latency.labels("redis", name.split(" ", 1)[0].lower()).observe(
             time.perf_counter() - started
         )
+
+
+class CloseSafeConnection(Connection):
+    """A connection whose write fails with :class:`redis.exceptions.ConnectionError`, not
+    ``AttributeError``, when another task has closed it meanwhile.
+
+    redis-py 8.1 can close a connection that a command is using: a cluster client,
+    after a node's connection fails, disconnects that node's idle connections, and
+    one of them may be handed to another command before the disconnect ends, which
+    then clears the writer that command has just opened (the same holds for any
+    disconnect racing a connect). The command's write then meets ``None`` and
+    raises ``AttributeError``, which no caller treats as a lost connection: the
+    cluster client does not retry it, and a request answers 500 instead of trying
+    again (and 503 if the retries fail). Raised as a lost connection, the command
+    is retried like any other the server closed. (redis-py issues #3546, #4287.)
+
+    Every connection opened through :func:`instrumented_redis` has a write
+    timeout (``socket_timeout``), so every write goes through this method.
+    """
+
+    async def _send_packed_command(self, command: Iterable[bytes]) -> None:
+        writer = self._writer
+        if writer is None or writer.transport.is_closing():
+            raise RedisConnectionError("connection closed by another task while in use")
+        await super()._send_packed_command(command)
+
+
+class CloseSafeSSLConnection(CloseSafeConnection, SSLConnection):
+    """:class:`CloseSafeConnection` over TLS (``rediss://``)."""
+
+
+class CloseSafeSentinelConnection(CloseSafeConnection, SentinelManagedConnection):
+    """:class:`CloseSafeConnection` to the primary a Sentinel group names."""
 
 
 class InstrumentedRedis(Redis):
@@ -98,9 +134,20 @@ class SentinelManagedRedis(InstrumentedRedis):
 
 
 class InstrumentedRedisCluster(RedisCluster):
-    """:class:`InstrumentedRedis` for Redis Cluster: a command's time includes its redirects."""
+    """:class:`InstrumentedRedis` for Redis Cluster: a command's time includes its redirects.
+
+    Its connections are :class:`CloseSafeConnection`. redis-py's cluster client takes no
+    connection class: it is set on the options every node is made with, and on the
+    nodes made already (the startup nodes, which have no connection yet).
+    """
 
     latency: Histogram | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connection_kwargs["connection_class"] = CloseSafeConnection
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = CloseSafeConnection
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
@@ -174,6 +221,8 @@ def instrumented_redis(url: str, *, timeout: float, latency: Histogram | None) -
     is, callers get the :class:`~redis.asyncio.Redis` interface.
     """
     scheme = urlsplit(url).scheme
+    if scheme not in REDIS_URL_SCHEMES:
+        raise ValueError(f"not a Redis URL scheme tessera opens: {scheme!r}")
     if scheme == "redis+sentinel":
         return _sentinel_client(parse_redis_nodes(url), timeout=timeout, latency=latency)
     if scheme == "redis+cluster":
@@ -181,10 +230,14 @@ def instrumented_redis(url: str, *, timeout: float, latency: Histogram | None) -
     # A blocking pool: past its connections a command waits (at most ``timeout``)
     # for one to come back, instead of failing at once (MaxConnectionsError), so a
     # burst of requests is slowed, not refused.
-    pool = BlockingConnectionPool.from_url(
-        url,
+    # Not ``from_url``: its URL's options override the keywords, connection class too.
+    options: dict[str, Any] = dict(parse_url(url))
+    options.pop("connection_class", None)  # SSLConnection for rediss://
+    pool = BlockingConnectionPool(
+        connection_class=CloseSafeSSLConnection if scheme == "rediss" else CloseSafeConnection,
         max_connections=REDIS_MAX_CONNECTIONS,
         timeout=timeout,
+        **options,
         **_pool_options(),
         **_connection_options(timeout),
     )
@@ -301,6 +354,7 @@ def _sentinel_client(nodes: RedisNodes, *, timeout: float, latency: Histogram | 
             nodes.master_name,
             redis_class=SentinelManagedRedis,
             connection_pool_class=_FreshPrimaryPool,
+            connection_class=CloseSafeSentinelConnection,
             db=nodes.db,
             username=nodes.username,
             password=nodes.password,
