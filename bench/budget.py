@@ -169,7 +169,7 @@ def _floor_verdicts(scenarios: dict[str, Any]) -> list[Verdict]:
             "baseline_vs_bare",
             f"baseline: <= aiohttp alone + {_pct(BASELINE_MAX_OVER_BARE)} (same event loop)",
             f"{base:.0f} µs vs {bare:.0f} µs of CPU per request: {over:+.0%} "
-            f"(the replica of every scenario: {loaded:.0f} µs)",
+            f"(the replica of every scenario: {loaded:.0f} µs){_floor_rungs(scenarios)}",
             met,
             "" if met else f"{(over - BASELINE_MAX_OVER_BARE) * 100:.0f} points over",
             None if met else "baseline",
@@ -189,6 +189,26 @@ def _floor_verdicts(scenarios: dict[str, Any]) -> list[Verdict]:
             )
         )
     return verdicts
+
+
+def _floor_rungs(scenarios: dict[str, Any]) -> str:
+    """Where the floor's cost sits: aiohttp alone, then behind an empty middleware, then
+    behind tessera's service middleware, then the replica (its verification middleware,
+    its stamp, its routes), each a separate process under the same load."""
+    rungs = ("peer_bare", "peer_bare_empty", "peer_bare_service", "baseline_fresh")
+    if not all(name in scenarios for name in rungs):
+        return ""
+    costs = [float(scenarios[name]["cost_us"]) for name in rungs]
+    steps = ", ".join(
+        f"{label} {after - before:+.0f}"
+        for label, before, after in zip(
+            ("an empty middleware", "the service middleware", "the replica's own"),
+            costs,
+            costs[1:],
+            strict=False,
+        )
+    )
+    return f"; in µs from aiohttp alone: {steps}"
 
 
 def micro_verdicts(micro: dict[str, Any]) -> list[Verdict]:

@@ -9,7 +9,9 @@ tessera replica, each the obvious way to do it with a popular library:
 * ``session``: ``aiohttp-session`` with its ``RedisStorage`` (redis-py's
   asyncio client), which reads the session from Redis on every request;
 * ``bare``: aiohttp and nothing else, its ``GET /healthz`` answering the same JSON
-  as a replica's: the floor tessera's own middleware adds to (the baseline's peer).
+  as a replica's: the floor tessera's own middleware adds to (the baseline's peer);
+  with ``--middleware empty|service``, the same behind one middleware that does
+  nothing, or behind tessera's service middleware: the rungs between the two.
 
 Run as ``python -m bench.peers jwt|session|bare --port P --identity ID ...``, on the
 event loop ``--loop`` names (``asyncio`` or ``uvloop``, as ``TESSERA_EVENT_LOOP``
@@ -27,16 +29,27 @@ from typing import Any
 
 import jwt
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_exceptions import NotAppKeyWarning
 from aiohttp_session import get_session, new_session
 from aiohttp_session import setup as setup_sessions
 from aiohttp_session.redis_storage import RedisStorage
 from redis.asyncio import Redis
 
+from tessera_platform.middleware import service_middleware
 from tessera_platform.process_settings import DEFAULT_EVENT_LOOP, EVENT_LOOPS
+from tessera_platform.program import distribution_version
 from tessera_platform.serve import new_event_loop
+from tessera_verify.http_metrics import ServiceMetrics
 
-__all__ = ["PEER_SESSION_COOKIE", "jwt_peer", "main", "session_peer"]
+__all__ = [
+    "BARE_MIDDLEWARE",
+    "PEER_SESSION_COOKIE",
+    "bare_peer",
+    "jwt_peer",
+    "main",
+    "session_peer",
+]
 
 PEER_SESSION_COOKIE = "AIOHTTP_SESSION"
 REQUIRED = ["exp", "iat", "iss", "aud", "sub", "jti"]
@@ -44,7 +57,8 @@ REQUIRED = ["exp", "iat", "iss", "aud", "sub", "jti"]
 
 def _healthz(identity: str) -> web.RouteDef:
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "replica": identity})
+        version = distribution_version("tessera-resource")
+        return web.json_response({"status": "ok", "replica": identity, "version": version})
 
     return web.get("/healthz", healthz)
 
@@ -88,9 +102,26 @@ def jwt_peer(identity: str, *, jwks: dict[str, Any], issuer: str, audience: str)
     return app
 
 
-def bare_peer(identity: str) -> web.Application:
-    """aiohttp alone: ``GET /healthz`` as a replica answers it, without middleware."""
-    app = web.Application()
+#: What ``bare`` may run in front of its handler: the rungs from aiohttp alone to a replica.
+BARE_MIDDLEWARE = ("none", "empty", "service")
+
+
+@web.middleware
+async def _empty_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    return await handler(request)
+
+
+def bare_peer(identity: str, middleware: str = "none") -> web.Application:
+    """aiohttp alone: ``GET /healthz`` as a replica answers it, without middleware, or with
+    one that does nothing (``empty``: the price of aiohttp's middleware mechanism), or with
+    tessera's service middleware (``service``: request ID, errors, metrics; no access log,
+    as in the bench), so the report can say which layer the floor's cost sits in."""
+    layers: dict[str, list[Middleware]] = {
+        "none": [],
+        "empty": [_empty_middleware],
+        "service": [service_middleware(ServiceMetrics())],
+    }
+    app = web.Application(middlewares=layers[middleware])
     app.add_routes([_healthz(identity)])
     return app
 
@@ -141,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--audience", default="tessera")
     parser.add_argument("--redis-url")
     parser.add_argument("--loop", choices=EVENT_LOOPS, default=DEFAULT_EVENT_LOOP)
+    parser.add_argument("--middleware", choices=BARE_MIDDLEWARE, default="none")
     args = parser.parse_args(argv)
     # aiohttp-session stores its state under string keys, which aiohttp >= 3.14
     # warns about on every request; that is the library's business, not the benchmark's.
@@ -159,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("the session peer needs --redis-url")
         app = session_peer(args.identity, redis_url=args.redis_url)
     else:
-        app = bare_peer(args.identity)
+        app = bare_peer(args.identity, args.middleware)
     loop: asyncio.AbstractEventLoop = new_event_loop(args.loop)
     web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, loop=loop)
 

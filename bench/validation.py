@@ -241,6 +241,8 @@ async def run_validation(
         stack.spawn_replica("bench-other-loop", methods, {"TESSERA_EVENT_LOOP": OTHER_LOOP}),
         _spawn_peer(stack, "bare", "--loop", DEFAULT_EVENT_LOOP),
         _spawn_peer(stack, "bare", "--loop", OTHER_LOOP, name="peer-bare-other-loop"),
+        _spawn_peer(stack, "bare", "--middleware", "empty", name="peer-bare-empty"),
+        _spawn_peer(stack, "bare", "--middleware", "service", name="peer-bare-service"),
     )
     try:
         return await _measure(
@@ -266,16 +268,27 @@ async def run_validation(
 @dataclass(frozen=True)
 class Floors:
     """What the baseline is measured against: a replica like it that serves only the
-    floor's requests, on each event loop, and aiohttp alone on each loop."""
+    floor's requests, on each event loop, aiohttp alone on each loop, and the rungs
+    between aiohttp alone and the replica (behind an empty middleware, behind tessera's
+    service middleware)."""
 
     baseline_fresh: ExtraProcess
     baseline_other_loop: ExtraProcess
     bare: ExtraProcess
     bare_other_loop: ExtraProcess
+    bare_empty: ExtraProcess
+    bare_service: ExtraProcess
 
     @property
     def processes(self) -> tuple[ExtraProcess, ...]:
-        return (self.baseline_fresh, self.baseline_other_loop, self.bare, self.bare_other_loop)
+        return (
+            self.baseline_fresh,
+            self.baseline_other_loop,
+            self.bare,
+            self.bare_other_loop,
+            self.bare_empty,
+            self.bare_service,
+        )
 
 
 async def _measure(
@@ -359,6 +372,24 @@ async def _measure(
             f"{floors.bare_other_loop.url}/healthz",
             ["-"],
             "peer-bare-other-loop",
+            None,
+            "peer",
+        ),
+        Scenario(
+            "peer_bare_empty",
+            f"peer: aiohttp behind one empty middleware, on {DEFAULT_EVENT_LOOP}",
+            f"{floors.bare_empty.url}/healthz",
+            ["-"],
+            "peer-bare-empty",
+            None,
+            "peer",
+        ),
+        Scenario(
+            "peer_bare_service",
+            f"peer: aiohttp behind tessera's service middleware, on {DEFAULT_EVENT_LOOP}",
+            f"{floors.bare_service.url}/healthz",
+            ["-"],
+            "peer-bare-service",
             None,
             "peer",
         ),
