@@ -75,7 +75,8 @@ SERVER_MODULES = {
     "test_migrations",
     "test_nginx_configs",
     "test_prometheus_metrics",
-    "test_redis_tls",
+    "test_redis_reconnect",  # its lone server is a fixture of its own
+    "test_redis_urls",
     "test_revocation_faults",
     "test_settings",
     "test_token_lifecycle",

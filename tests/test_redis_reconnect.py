@@ -142,8 +142,7 @@ async def test_a_write_on_a_connection_another_task_closed_is_a_lost_connection(
         connection = await client.connection_pool.get_connection()
         assert isinstance(connection, CloseSafeConnection)
         try:
-            await connection.connect()
-            writer = connection._writer
+            writer = connection._writer  # get_connection() connected it
             assert writer is not None
             writer.close()  # closing: another task's disconnect, before its wait ends
             with pytest.raises(RedisConnectionError):

@@ -3,7 +3,8 @@
 Every service opens Redis through :func:`instrumented_redis`, which also picks
 the topology from the URL's scheme:
 
-- ``redis://[user:password@]host:port[/db]`` and ``rediss://...`` (TLS): one server;
+- ``redis://[user:password@]host:port[/db]`` and ``rediss://...`` (TLS): one server
+  (``unix:///path/to/socket`` too, for a library user: ``REDIS_URL`` takes the others);
 - ``redis+sentinel://[user:password@]host:port[,host:port...]/<master-name>[/db]``:
   the primary that the sentinels name, followed across failovers (the
   credentials are the data nodes'; sentinels are reached without any);
@@ -25,7 +26,13 @@ from prometheus_client import Histogram
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import Connection, SSLConnection, parse_url
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+    parse_url,
+)
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import NoBackoff
@@ -52,7 +59,7 @@ def _observe(latency: Histogram | None, args: tuple[Any, ...], started: float) -
         )
 
 
-class CloseSafeConnection(Connection):
+class _CloseSafe(AbstractConnection):
     """A connection whose write fails with :class:`redis.exceptions.ConnectionError`, not
     ``AttributeError``, when another task has closed it meanwhile.
 
@@ -67,7 +74,8 @@ class CloseSafeConnection(Connection):
     is retried like any other the server closed. (redis-py issues #3546, #4287.)
 
     Every connection opened through :func:`instrumented_redis` has a write
-    timeout (``socket_timeout``), so every write goes through this method.
+    timeout (``socket_timeout``, which it requires), so every write goes through
+    this method.
     """
 
     async def _send_packed_command(self, command: Iterable[bytes]) -> None:
@@ -77,12 +85,28 @@ class CloseSafeConnection(Connection):
         await super()._send_packed_command(command)
 
 
-class CloseSafeSSLConnection(CloseSafeConnection, SSLConnection):
-    """:class:`CloseSafeConnection` over TLS (``rediss://``)."""
+class CloseSafeConnection(_CloseSafe, Connection):
+    """:class:`_CloseSafe` over TCP (``redis://``, a cluster's nodes)."""
 
 
-class CloseSafeSentinelConnection(CloseSafeConnection, SentinelManagedConnection):
-    """:class:`CloseSafeConnection` to the primary a Sentinel group names."""
+class CloseSafeSSLConnection(_CloseSafe, SSLConnection):
+    """:class:`_CloseSafe` over TLS (``rediss://``, a cluster's nodes with ``ssl``)."""
+
+
+class CloseSafeUnixConnection(_CloseSafe, UnixDomainSocketConnection):
+    """:class:`_CloseSafe` over a Unix socket (``unix://``)."""
+
+
+class CloseSafeSentinelConnection(_CloseSafe, SentinelManagedConnection):
+    """:class:`_CloseSafe` to the primary a Sentinel group names."""
+
+
+#: The close-safe class for each class redis-py picks from a URL.
+_CLOSE_SAFE: dict[type[AbstractConnection], type[AbstractConnection]] = {
+    Connection: CloseSafeConnection,
+    SSLConnection: CloseSafeSSLConnection,
+    UnixDomainSocketConnection: CloseSafeUnixConnection,
+}
 
 
 class InstrumentedRedis(Redis):
@@ -145,9 +169,12 @@ class InstrumentedRedisCluster(RedisCluster):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.connection_kwargs["connection_class"] = CloseSafeConnection
+        # SSLConnection when made with ssl=True: the close-safe class keeps TLS.
+        tls = issubclass(self.connection_kwargs["connection_class"], SSLConnection)
+        close_safe = CloseSafeSSLConnection if tls else CloseSafeConnection
+        self.connection_kwargs["connection_class"] = close_safe
         for node in self.nodes_manager.startup_nodes.values():
-            node.connection_class = CloseSafeConnection
+            node.connection_class = close_safe
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
@@ -220,9 +247,9 @@ def instrumented_redis(url: str, *, timeout: float, latency: Histogram | None) -
     The scheme picks the topology (see the module's docstring). Whatever it
     is, callers get the :class:`~redis.asyncio.Redis` interface.
     """
+    if not timeout > 0:
+        raise ValueError("a Redis client needs a timeout above 0 (its writes are timed)")
     scheme = urlsplit(url).scheme
-    if scheme not in REDIS_URL_SCHEMES:
-        raise ValueError(f"not a Redis URL scheme tessera opens: {scheme!r}")
     if scheme == "redis+sentinel":
         return _sentinel_client(parse_redis_nodes(url), timeout=timeout, latency=latency)
     if scheme == "redis+cluster":
@@ -230,17 +257,19 @@ def instrumented_redis(url: str, *, timeout: float, latency: Histogram | None) -
     # A blocking pool: past its connections a command waits (at most ``timeout``)
     # for one to come back, instead of failing at once (MaxConnectionsError), so a
     # burst of requests is slowed, not refused.
-    # Not ``from_url``: its URL's options override the keywords, connection class too.
-    options: dict[str, Any] = dict(parse_url(url))
-    options.pop("connection_class", None)  # SSLConnection for rediss://
-    pool = BlockingConnectionPool(
-        connection_class=CloseSafeSSLConnection if scheme == "rediss" else CloseSafeConnection,
-        max_connections=REDIS_MAX_CONNECTIONS,
-        timeout=timeout,
-        **options,
+    # Not ``from_url``, which lets the URL pick the connection class as it lets the
+    # URL's options (``?socket_timeout=...``) override the keywords: the latter kept.
+    options: dict[str, Any] = {
+        "max_connections": REDIS_MAX_CONNECTIONS,
+        "timeout": timeout,
         **_pool_options(),
         **_connection_options(timeout),
-    )
+        **parse_url(url),
+    }
+    options["connection_class"] = _CLOSE_SAFE[options.get("connection_class", Connection)]
+    if not options["socket_timeout"]:  # a URL's ?socket_timeout=0: writes untimed
+        raise ValueError("a Redis URL's socket_timeout must be above 0")
+    pool = BlockingConnectionPool(**options)
     client = InstrumentedRedis(connection_pool=pool)
     client.auto_close_connection_pool = True  # aclose() closes the pool it was given
     client.latency = latency
