@@ -10,15 +10,17 @@ the URL's query override the client's own, as redis-py's ``from_url`` has them.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 import trustme
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tessera_stack.processes import free_port, wait_until
@@ -36,6 +38,24 @@ def _accepts(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+@contextlib.asynccontextmanager
+async def _client(url: str) -> AsyncIterator[Redis]:
+    client = instrumented_redis(url, timeout=2.0, latency=None)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def _pooled_connection_class(client: Redis) -> type[object]:
+    """The class of the connections ``client``'s pool hands out."""
+    connection = await client.connection_pool.get_connection()
+    try:
+        return type(connection)
+    finally:
+        await client.connection_pool.release(connection)
 
 
 @pytest.fixture(scope="module")
@@ -75,51 +95,28 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, P
 
 async def test_a_rediss_url_is_served_over_verified_tls(tls_redis: tuple[int, Path]) -> None:
     port, ca_file = tls_redis
-    client = instrumented_redis(
-        f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={quote(str(ca_file))}",
-        timeout=2.0,
-        latency=None,
-    )
-    try:
+    async with _client(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={quote(str(ca_file))}") as client:
         await client.set("tls:key", "v", ex=60)
         assert await client.get("tls:key") == b"v"
-        connection = await client.connection_pool.get_connection()
-        try:
-            assert isinstance(connection, CloseSafeSSLConnection)
-        finally:
-            await client.connection_pool.release(connection)
-    finally:
-        await client.aclose()
+        assert await _pooled_connection_class(client) is CloseSafeSSLConnection
 
 
 async def test_a_rediss_server_the_ca_does_not_vouch_for_is_refused(
     tls_redis: tuple[int, Path],
 ) -> None:
     port, _ = tls_redis
-    client = instrumented_redis(f"rediss://127.0.0.1:{port}/0", timeout=2.0, latency=None)
-    try:
+    async with _client(f"rediss://127.0.0.1:{port}/0") as client:
         with pytest.raises(RedisConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
             await client.ping()
-    finally:
-        await client.aclose()
 
 
 async def test_a_unix_socket_url_is_served_by_close_safe_connections(
     tls_redis: tuple[int, Path],
 ) -> None:
     _, ca_file = tls_redis
-    client = instrumented_redis(
-        f"unix://{ca_file.parent / 'redis.sock'}", timeout=2.0, latency=None
-    )
-    try:
+    async with _client(f"unix://{ca_file.parent / 'redis.sock'}") as client:
         assert await client.ping()
-        connection = await client.connection_pool.get_connection()
-        try:
-            assert isinstance(connection, CloseSafeUnixConnection)
-        finally:
-            await client.connection_pool.release(connection)
-    finally:
-        await client.aclose()
+        assert await _pooled_connection_class(client) is CloseSafeUnixConnection
 
 
 async def test_options_in_the_urls_query_override_the_clients_own(
@@ -127,20 +124,13 @@ async def test_options_in_the_urls_query_override_the_clients_own(
 ) -> None:
     port, ca_file = tls_redis
     query = f"ssl_ca_certs={quote(str(ca_file))}&socket_timeout=3&max_connections=7&timeout=4"
-    client = instrumented_redis(f"rediss://127.0.0.1:{port}/2?{query}", timeout=2.0, latency=None)
-    try:
+    async with _client(f"rediss://127.0.0.1:{port}/2?{query}") as client:
         await client.set("tls:db2", "v", ex=60)
         pool = client.connection_pool
         assert pool.max_connections == 7
         assert pool.connection_kwargs["socket_timeout"] == 3.0
         assert pool.connection_kwargs["db"] == 2
-        connection = await pool.get_connection()
-        try:
-            assert isinstance(connection, CloseSafeSSLConnection)
-        finally:
-            await pool.release(connection)
-    finally:
-        await client.aclose()
+        assert await _pooled_connection_class(client) is CloseSafeSSLConnection
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0?socket_timeout=0", "redis://127.0.0.1:1"])
