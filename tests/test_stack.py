@@ -56,6 +56,25 @@ def test_free_port_can_be_bound_on_loopback() -> None:
         sock.bind(("127.0.0.1", port))
 
 
+def test_free_port_is_one_the_kernel_never_hands_out_meanwhile() -> None:
+    """Below the ephemeral range: nothing bound to port 0 and no outgoing connection can
+    take it before the caller binds it (nginx found its chosen port taken in CI)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    # Hold a few chosen ports while choosing the next: none is handed out twice.
+    held: list[socket.socket] = []
+    try:
+        for _ in range(20):
+            port = free_port()
+            assert port < low
+            sock = socket.socket()
+            held.append(sock)
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+    finally:
+        for sock in held:
+            sock.close()
+
+
 async def test_postgres_server_serves_the_tessera_database_until_stopped(tmp_path: Path) -> None:
     server = PostgresServer(tmp_path)
     server.start()

@@ -10,6 +10,7 @@ import abc
 import contextlib
 import http.client
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -69,19 +70,44 @@ def command_output(result: subprocess.CompletedProcess[bytes]) -> str:
     return (result.stdout + result.stderr).decode(errors="replace").strip()
 
 
+#: Where :func:`free_port` looks first: below Linux's default ephemeral range (32768-60999).
+_CHOSEN_PORTS = range(20000, 32768)
+_CHOICE_ATTEMPTS = 64
+
+
 def free_port(host: str = "127.0.0.1", *, avoid: Collection[int | None] = ()) -> int:
-    """Return a TCP port on ``host`` that nothing listens on right now, and none of
+    """Return a TCP port on ``host`` that a server could bind right now, and none of
     ``avoid`` (ports already given to something that is not listening yet).
 
-    The kernel picks it; another process may still take it before the
-    caller binds it, so servers that use this retry on "address in use".
+    Chosen at random below the kernel's ephemeral range, where the kernel never puts
+    a server bound to port 0 or the local end of an outgoing connection: between
+    this choice and the caller's bind, only another caller choosing the same port
+    at random can take it. (A port the kernel picked, the old way, went back to the
+    kernel's pool at once: with tests in two processes starting servers, it was
+    handed out again and nginx, told to use it, found it taken.) Falls back to the
+    kernel's pick if nothing there is free.
     """
+    low = min(_ephemeral_range()[0], _CHOSEN_PORTS.stop)
+    candidates = range(_CHOSEN_PORTS.start, low)
+    for _ in range(_CHOICE_ATTEMPTS if candidates else 0):
+        port = candidates[secrets.randbelow(len(candidates))]
+        if port not in avoid and port_is_bindable(port, host):
+            return port
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
-            port: int = sock.getsockname()[1]
-        if port not in avoid:
-            return port
+            kernel_port: int = sock.getsockname()[1]
+        if kernel_port not in avoid:
+            return kernel_port
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for port 0 and outgoing connections (Linux's default elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def port_is_bindable(port: int, host: str = "127.0.0.1") -> bool:
