@@ -3,6 +3,7 @@ against."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -199,14 +200,10 @@ def _floor_rungs(scenarios: dict[str, Any]) -> str:
     if not all(name in scenarios for name in rungs):
         return ""
     costs = [float(scenarios[name]["cost_us"]) for name in rungs]
+    labels = ("an empty middleware", "the service middleware", "the replica's own")
     steps = ", ".join(
         f"{label} {after - before:+.0f}"
-        for label, before, after in zip(
-            ("an empty middleware", "the service middleware", "the replica's own"),
-            costs,
-            costs[1:],
-            strict=False,
-        )
+        for label, (before, after) in zip(labels, itertools.pairwise(costs), strict=True)
     )
     return f"; in µs from aiohttp alone: {steps}"
 

@@ -116,12 +116,12 @@ def bare_peer(identity: str, middleware: str = "none") -> web.Application:
     one that does nothing (``empty``: the price of aiohttp's middleware mechanism), or with
     tessera's service middleware (``service``: request ID, errors, metrics; no access log,
     as in the bench), so the report can say which layer the floor's cost sits in."""
-    layers: dict[str, list[Middleware]] = {
-        "none": [],
-        "empty": [_empty_middleware],
-        "service": [service_middleware(ServiceMetrics())],
-    }
-    app = web.Application(middlewares=layers[middleware])
+    layers: list[Middleware] = []
+    if middleware == "empty":
+        layers.append(_empty_middleware)
+    elif middleware == "service":
+        layers.append(service_middleware(ServiceMetrics()))
+    app = web.Application(middlewares=layers)
     app.add_routes([_healthz(identity)])
     return app
 

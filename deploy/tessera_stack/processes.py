@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import http.client
 import os
 import secrets
@@ -101,6 +102,7 @@ def free_port(host: str = "127.0.0.1", *, avoid: Collection[int | None] = ()) ->
             return kernel_port
 
 
+@functools.cache
 def _ephemeral_range() -> tuple[int, int]:
     """The kernel's range for port 0 and outgoing connections (Linux's default elsewhere)."""
     try:
