@@ -76,24 +76,19 @@ def validation_verdicts(validation: dict[str, Any]) -> list[Verdict]:
     """
     scenarios = validation["scenarios"]
     verdicts: list[Verdict] = _floor_verdicts(scenarios)
-    for key, name in (
-        ("jwt_repeated", "repeated JWT"),
-        ("shared_session", "shared Redis session"),
-        ("local_session", "session in the replica's memory"),
-    ):
-        share = float(scenarios[key]["cost_ratio_to_baseline"])
-        measured_rate = float(scenarios[key]["ratio_to_baseline"])
-        met = share >= REPEATED_MIN_SHARE_OF_BASELINE
-        verdicts.append(
-            Verdict(
-                key,
-                f"{name}: >= {_pct(REPEATED_MIN_SHARE_OF_BASELINE)} of baseline throughput",
-                f"{_pct(share)} (CPU cost); {_pct(measured_rate)} (measured req/s)",
-                met,
-                "" if met else f"{(REPEATED_MIN_SHARE_OF_BASELINE - share) * 100:.0f} points short",
-                None if met else key,
-            )
+    verdicts += [
+        _share_verdict(
+            scenarios,
+            key,
+            f"{name}: >= {_pct(REPEATED_MIN_SHARE_OF_BASELINE)} of baseline throughput",
+            REPEATED_MIN_SHARE_OF_BASELINE,
         )
+        for key, name in (
+            ("jwt_repeated", "repeated JWT"),
+            ("shared_session", "shared Redis session"),
+            ("local_session", "session in the replica's memory"),
+        )
+    ]
     verdicts += _forward_auth_verdicts(scenarios)
     extra = (
         float(scenarios["jwt_first_seen"]["cost_us"])
@@ -133,22 +128,38 @@ def validation_verdicts(validation: dict[str, Any]) -> list[Verdict]:
     return verdicts
 
 
+def _share_verdict(scenarios: dict[str, Any], key: str, target: str, minimum: float) -> Verdict:
+    """``key``'s throughput as a share of the baseline's, judged on CPU cost, at least
+    ``minimum``; the measured req/s ratio beside it; profiled when missed."""
+    share = float(scenarios[key]["cost_ratio_to_baseline"])
+    measured_rate = float(scenarios[key]["ratio_to_baseline"])
+    met = share >= minimum
+    return Verdict(
+        key,
+        target,
+        f"{_pct(share)} (CPU cost); {_pct(measured_rate)} (measured req/s)",
+        met,
+        "" if met else f"{(minimum - share) * 100:.0f} points short",
+        None if met else key,
+    )
+
+
 def _forward_auth_verdicts(scenarios: dict[str, Any]) -> list[Verdict]:
-    """Forward auth: the CPU of every process on its path against the baseline's."""
-    if "forward_auth" not in scenarios:
-        return []
-    share = float(scenarios["forward_auth"]["cost_ratio_to_baseline"])
-    measured_rate = float(scenarios["forward_auth"]["ratio_to_baseline"])
-    met = share >= FORWARD_AUTH_MIN_SHARE_OF_BASELINE
+    """Forward auth: the CPU of every process on its path against the baseline's; as the
+    services run it by default, and with nginx's 1 s cache of the auth service's answers
+    (opt-in: a logout is then in force at nginx within that second, not at once)."""
     return [
-        Verdict(
-            "forward_auth",
-            f"forward auth via nginx: >= {_pct(FORWARD_AUTH_MIN_SHARE_OF_BASELINE)} of baseline",
-            f"{_pct(share)} (CPU cost); {_pct(measured_rate)} (measured req/s)",
-            met,
-            "" if met else f"{(FORWARD_AUTH_MIN_SHARE_OF_BASELINE - share) * 100:.0f} points short",
-            None if met else "forward_auth",
+        _share_verdict(
+            scenarios,
+            key,
+            f"{name}: >= {_pct(FORWARD_AUTH_MIN_SHARE_OF_BASELINE)} of baseline",
+            FORWARD_AUTH_MIN_SHARE_OF_BASELINE,
         )
+        for key, name in (
+            ("forward_auth", "forward auth via nginx"),
+            ("forward_auth_cached", "forward auth via nginx, its 1 s cache on (opt-in)"),
+        )
+        if key in scenarios
     ]
 
 

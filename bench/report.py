@@ -101,13 +101,17 @@ def _validation_section(validation: dict[str, Any], meta: dict[str, Any]) -> str
         if cores
         else "nothing pinned (one core)"
     )
-    forward = scenarios["forward_auth"]["cost_cpu_us"]
+    forward = {
+        key: scenarios[key]["cost_cpu_us"]
+        for key in ("forward_auth", "forward_auth_cached")
+        if key in scenarios
+    }
     ceiling = scenarios["nginx_ceiling"]
     wrk_max = max(v["wrk_utilisation"] for v in scenarios.values())
     server_min = min(
         v["server_utilisation"]
         for key, v in scenarios.items()
-        if v["kind"] != "ceiling" and key != "forward_auth"
+        if v["kind"] != "ceiling" and not key.startswith("forward_auth")
     )
     text = [
         "## 1. Validation cost per request, one replica",
@@ -138,9 +142,13 @@ def _validation_section(validation: dict[str, Any], meta: dict[str, Any]) -> str
         f"{scenarios['jwt_first_seen']['cost_us'] - scenarios['jwt_repeated']['cost_us']:.0f} µs "
         "more than a repeated one.",
         "- Forward auth, CPU per request by process: "
-        + ", ".join(f"{name} {_n(us)} µs" for name, us in forward.items())
-        + " (nginx with TLS and the auth service share the load core with wrk, so this row is "
-        "bound by that core, not by the replica).",
+        + "; ".join(
+            f"{'with the cache on: ' if key.endswith('_cached') else ''}"
+            + ", ".join(f"{name} {_n(us)} µs" for name, us in costs.items())
+            for key, costs in forward.items()
+        )
+        + " (nginx with TLS and the auth service share the load core with wrk, so these rows "
+        "are bound by that core, not by the replica).",
         f"- Load generator: wrk used at most {_pct(wrk_max)} of its core in any scenario, and "
         f"drove nginx alone to {_n(ceiling['rate'])} req/s; the measured Python process used at "
         f"least {_pct(server_min)} of its core in every run but forward auth's (100% = it was "

@@ -27,14 +27,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.config import Cores
 from bench.procs import ORIGINAL_CORES, pin, pinned_command, process_tree
 from tessera_demo.stack_control import up_on_free_ports
 from tessera_stack import free_port
+from tessera_stack.nginx_conf import render_to, revocation_max_staleness
 from tessera_stack.processes import is_alive
+from tessera_stack.reconcile import nginx_config
+from tessera_stack.servers.nginx_server import NginxServer
 from tessera_stack.services import (
     AUTH_PROGRAM,
     REPLICA_PROGRAM,
@@ -133,6 +136,8 @@ class BenchStack:
         self.alg = alg
         self.env = {**os.environ, **BENCH_SERVICE_ENV}
         self.extras: list[ExtraProcess] = []
+        #: Second nginx servers in front of the same stack (:meth:`start_side_nginx`).
+        self.side_nginx: dict[str, NginxServer] = {}
 
     # -- the launcher ----------------------------------------------------------------
 
@@ -203,6 +208,8 @@ class BenchStack:
         for extra in reversed(self.extras):
             extra.stop()
         self.extras.clear()
+        for name in list(self.side_nginx):
+            self.stop_side_nginx(name)
         if keep_logs_in is not None and self.layout.logs.is_dir():
             keep_logs_in.mkdir(parents=True, exist_ok=True)
             for log in self.layout.logs.glob("*.log"):
@@ -303,6 +310,9 @@ class BenchStack:
         for extra in self.extras:
             if extra.proc.poll() is None:
                 groups[extra.name] = [extra.pid]
+        for name, server in self.side_nginx.items():
+            master = server.pid
+            groups[name] = process_tree(master) if master is not None else []
         return groups
 
     def pin_all(self, cores: Sequence[int]) -> None:
@@ -353,6 +363,45 @@ class BenchStack:
         env = {**self.auth_environment(), **changes, "TESSERA_PORT": str(port)}
         command = pinned_command([sys.executable, "-m", AUTH_PROGRAM, "serve"], cores)
         return self.spawn(name, None, port, command, env)
+
+    def start_side_nginx(self, name: str, *, forward_auth_cache_seconds: int) -> NginxServer:
+        """A second nginx in front of the same auth service and replicas, on a port of its
+        own: the stack's policy, TLS and secret, rendered by the launcher's own code, but
+        with ``forward_auth_cache_seconds`` (which the launcher checks as it would its
+        own: never past the services' staleness bound). Measured beside the stack's
+        nginx; its CPU is the group ``name`` of :meth:`service_pids`."""
+        root = self.layout.root / name
+        port = free_port()
+        state = self.state()
+        config = replace(
+            nginx_config(self.layout, state, state.replicas),
+            nginx_dir=root.absolute(),
+            log_dir=(root / "logs").absolute(),
+            https_port=port,
+            live_port=None,
+            forward_auth_cache_seconds=forward_auth_cache_seconds,
+            revocation_max_staleness=revocation_max_staleness(self.env),
+        )
+        if problems := config.problems():
+            raise RuntimeError(f"{name}: {'; '.join(problems)}")
+        (root / "logs").mkdir(parents=True, exist_ok=True)
+        target = render_to(config, root / "conf")
+        server = NginxServer(
+            root,
+            target.entry,
+            port=port,
+            log_path=root / "logs" / "nginx.log",
+            pid_path=root / "nginx-master.pid",
+            detached=True,
+        )
+        server.start()
+        self.side_nginx[name] = server
+        return server
+
+    def stop_side_nginx(self, name: str) -> None:
+        server = self.side_nginx.pop(name, None)
+        if server is not None:
+            server.stop(timeout=10.0)
 
     def spawn(
         self,

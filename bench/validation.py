@@ -15,7 +15,10 @@ the same process, the same routes and the same middleware:
   session in the replica's memory;
 * forward auth through nginx (TLS, ``auth_request`` to the auth service, then
   the stack's replica r1), and nginx's own ``/nginx-health`` as the ceiling of
-  wrk + TLS + nginx on this machine;
+  wrk + TLS + nginx on this machine; and the same forward auth through a second
+  nginx, rendered alike but with its 1 s cache of the auth service's answers on
+  (``TESSERA_FORWARD_AUTH_CACHE_SECONDS=1``, off by default): the alternative with
+  nginx's own tools, measured beside the default;
 * the peers (:mod:`bench.peers`): pyjwt ``jwt.decode`` per request and
   aiohttp-session's Redis storage, as their own processes; and aiohttp alone
   (``GET /healthz`` without middleware), the floor under the baseline;
@@ -69,6 +72,8 @@ from bench.stats import median
 from bench.wrk import WrkResult, WrkRun, run_wrk
 from tessera_platform.process_settings import DEFAULT_EVENT_LOOP
 from tessera_stack import free_port
+from tessera_stack.nginx_conf import FORWARD_AUTH_CACHE_SECONDS
+from tessera_stack.servers.nginx_server import NginxServer
 
 __all__ = ["Scenario", "header_line", "run_validation"]
 
@@ -76,6 +81,8 @@ __all__ = ["Scenario", "header_line", "run_validation"]
 TOKEN_CACHE_ENTRIES = 10_000
 MINTED_TOKEN_TTL = 3600
 ROUTE_COOKIE = "tessera_route"
+#: The second nginx, the one with the forward-auth cache on (a CPU group of its own).
+CACHED_FORWARD_NGINX = "nginx-cached"
 _METRIC = re.compile(
     r'^tessera_cache_requests_total\{cache="(?P<cache>[^"]+)",result="(?P<result>[^"]+)"\}'
     r" (?P<value>[0-9.e+]+)$"
@@ -244,6 +251,12 @@ async def run_validation(
         _spawn_peer(stack, "bare", "--middleware", "empty", name="peer-bare-empty"),
         _spawn_peer(stack, "bare", "--middleware", "service", name="peer-bare-service"),
     )
+    cached_forward = None
+    if stack.state().policy == "forward_auth":
+        progress("starting a second nginx with the forward-auth cache on")
+        cached_forward = stack.start_side_nginx(
+            CACHED_FORWARD_NGINX, forward_auth_cache_seconds=FORWARD_AUTH_CACHE_SECONDS
+        )
     try:
         return await _measure(
             stack,
@@ -255,11 +268,13 @@ async def run_validation(
             peer_jwt,
             peer_session,
             floors,
+            cached_forward,
             jwks_url,
         )
     finally:
         if cores is not None:
             stack.unpin()
+        stack.stop_side_nginx(CACHED_FORWARD_NGINX)
         for extra in (*floors.processes, peer_session, peer_jwt, replica):
             extra.stop()
             stack.extras.remove(extra)
@@ -301,6 +316,7 @@ async def _measure(
     peer_jwt: ExtraProcess,
     peer_session: ExtraProcess,
     floors: Floors,
+    cached_forward: NginxServer | None,
     jwks_url: str,
 ) -> dict[str, Any]:
     auth_env = stack.auth_environment()
@@ -440,6 +456,23 @@ async def _measure(
             "tessera",
             cost_groups=(r1.id, "auth", "nginx", "redis"),
             ssl_context=tls,
+        ),
+        *(
+            []
+            if cached_forward is None
+            else [
+                Scenario(
+                    "forward_auth_cached",
+                    f"forward auth via nginx, its {FORWARD_AUTH_CACHE_SECONDS} s cache on (opt-in)",
+                    f"{cached_forward.url}/api/me",
+                    [header_line(Cookie=f"{SESSION_COOKIE}={shared}; {ROUTE_COOKIE}={r1.id}")],
+                    r1.id,
+                    "forward",
+                    "tessera",
+                    cost_groups=(r1.id, "auth", CACHED_FORWARD_NGINX, "redis"),
+                    ssl_context=tls,
+                )
+            ]
         ),
         Scenario(
             "nginx_ceiling",

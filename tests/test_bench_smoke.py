@@ -11,13 +11,16 @@ slow; counts are.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jwt
 import pytest
 from aiohttp import web
@@ -27,6 +30,7 @@ from bench.attack import Target, measure_attack
 from bench.capacity import run_capacity
 from bench.charts import draw_all
 from bench.config import FULL, QUICK, BenchConfig
+from bench.credentials import SESSION_COOKIE, login_session, register
 from bench.failover import run_failover
 from bench.logins import _summarise as summarise_logins
 from bench.peers import BARE_MIDDLEWARE, PEER_SESSION_COOKIE, bare_peer, jwt_peer, session_peer
@@ -95,6 +99,7 @@ def _validation() -> dict[str, Any]:
         "shared_session": 110.0,
         "local_session": 115.0,
         "forward_auth": 300.0,
+        "forward_auth_cached": 140.0,
         "nginx_ceiling": 15.0,
         "peer_jwt": 250.0,
         "peer_session": 170.0,
@@ -290,6 +295,11 @@ def test_report_and_charts_render_from_the_aggregations(tmp_path: Path) -> None:
     assert verdicts["event_loop"].met is True  # 90 µs on the default loop, 104 µs on the other
     assert verdicts["shared_session"].met is False  # 90 / 110 = 82%
     assert verdicts["jwt_first_seen"].met is False  # 166 µs more than a repeated one: raw 110 + 56
+    # Forward auth as it runs by default (90 / 300 = 30%), and with nginx's cache (64%).
+    assert verdicts["forward_auth"].met is False
+    assert verdicts["forward_auth_cached"].met is True
+    assert "opt-in" in verdicts["forward_auth_cached"].target
+    assert "with the cache on: " in summary
     assert budget.rows_verdicts(results["rows"])[0].met is True
     assert [v.met for v in budget.login_verdicts(results["logins"])] == [False, False]
 
@@ -487,6 +497,33 @@ def _meta(config: BenchConfig) -> dict[str, Any]:
     }
 
 
+async def _check_the_side_nginx_caches_forward_auth(stack: BenchStack) -> None:
+    """Part 1's second nginx: in front of the same auth service and replica as the stack's,
+    with the forward-auth cache on (its entries on disk), its CPU counted apart."""
+    server = stack.start_side_nginx("nginx-cached", forward_auth_cache_seconds=1)
+    assert server.pid is not None
+    assert len(stack.service_pids()["nginx-cached"]) >= 2  # the master and its workers
+    username = f"bench-side-{secrets.token_hex(3)}"
+    tls = ssl.create_default_context(cafile=str(stack.ca_cert))
+    async with aiohttp.ClientSession() as http:
+        await register(http, stack.auth_url, username)
+        cookie = await login_session(http, stack.auth_url, username)
+    headers = {"Cookie": f"{SESSION_COOKIE}={cookie}"}
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        for _ in range(3):
+            async with http.get(f"{server.url}/api/me", headers=headers, ssl=tls) as response:
+                assert response.status == 200
+                assert response.headers["X-Auth-Method"] == "forward"
+        async with http.get(f"{server.url}/api/me", ssl=tls) as response:
+            assert response.status == 401
+    cache = stack.layout.root / "nginx-cached" / "cache" / "forward_auth"
+    assert [path for path in cache.rglob("*") if path.is_file()]
+    stack.stop_side_nginx("nginx-cached")
+    assert "nginx-cached" not in stack.service_pids()
+    # The stack's own nginx (the default, no cache) never made one.
+    assert not (stack.layout.nginx / "cache" / "forward_auth").exists()
+
+
 @pytest.mark.slow
 async def test_the_capacity_and_scaling_parts_measure_a_stack_of_their_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -506,8 +543,10 @@ async def test_the_capacity_and_scaling_parts_measure_a_stack_of_their_own(
         stack.up(row=6, replicas=1)
         capacity = await run_capacity(stack, config, lambda _: None)
         scaling = await run_scaling(stack, config, None, lambda _: None)
+        await _check_the_side_nginx_caches_forward_auth(stack)
     finally:
         stack.down()
+    assert not stack.side_nginx
 
     assert capacity["count"] == 10
     # A revocation leaves ~100 bytes: at ten of them Redis's allocator noise can hide it.
