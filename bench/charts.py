@@ -20,6 +20,7 @@ COLOURS = {
     "tessera": "#2b6cb0",
     "peer": "#c05621",
     "ceiling": "#a0aec0",
+    "compiled": "#38a169",
 }
 REPLICA_COLOURS = ["#2b6cb0", "#38a169", "#d69e2e", "#9f7aea", "#e53e3e", "#319795"]
 

@@ -160,6 +160,65 @@ def _validation_section(validation: dict[str, Any], meta: dict[str, Any]) -> str
     return "\n".join(text)
 
 
+#: The interpreted replica's scenarios and the compiled replica's, side by side.
+_COMPILED_PAIRS = (
+    ("baseline", "compiled_baseline", "no authentication (GET /healthz)"),
+    ("jwt_repeated", "compiled_jwt_repeated", "JWT, repeated"),
+    ("shared_session", "compiled_shared_session", "shared Redis session"),
+    ("local_session", "compiled_local_session", "session in the replica's memory"),
+)
+
+
+def _compiled_section(validation: dict[str, Any]) -> str:
+    """The replica as it runs, next to the same replica with its hot modules compiled to C
+    (bench/compiled.py): what machine code would recover of the missed lines."""
+    scenarios = validation["scenarios"]
+    build = validation.get("compiled") or {}
+    heading = "### The same replica compiled to C (mypyc)"
+    if "compiled_baseline" not in scenarios:
+        return f"{heading}\n\nNot measured: {build.get('problem') or 'not asked for'}."
+    rows = []
+    for ours, theirs, label in _COMPILED_PAIRS:
+        a, b = scenarios[ours], scenarios[theirs]
+        own_a = scenarios["baseline"]["cost_us"] / a["cost_us"]
+        own_b = scenarios["compiled_baseline"]["cost_us"] / b["cost_us"]
+        rows.append([label, _n(a["cost_us"]), _n(b["cost_us"]), _pct(own_a), _pct(own_b)])
+    bare = scenarios.get("peer_bare")
+    floor = (
+        ""
+        if bare is None
+        else " Over aiohttp alone: "
+        f"{scenarios['baseline']['cost_us'] / bare['cost_us'] - 1:+.0%} as it runs, "
+        f"{scenarios['compiled_baseline']['cost_us'] / bare['cost_us'] - 1:+.0%} compiled "
+        "(both replicas serve every scenario, so both sit above the fresh floor replica)."
+    )
+    return "\n".join(
+        [
+            heading,
+            "",
+            f"{len(build.get('modules', []))} modules every request passes through (the "
+            "service and verification middleware, the credential checks and their caches, "
+            "the revocation copy, the replica's routes) compiled by mypyc "
+            f"({build.get('build_seconds', 0):.0f} s; the replica "
+            f"{'ran' if build.get('replica_runs_them') else 'did NOT run'} their shared "
+            "library), the rest as it is: the same code, checks "
+            "and configuration, measured in the same rounds. Shares are of each replica's "
+            "own baseline, on CPU cost." + floor,
+            "",
+            _table(
+                [
+                    "credential",
+                    "CPU µs/req",
+                    "compiled: CPU µs/req",
+                    "share of baseline",
+                    "compiled: share",
+                ],
+                rows,
+            ),
+        ]
+    )
+
+
 def _peers_section(validation: dict[str, Any]) -> str:
     scenarios = validation["scenarios"]
     rows = []
@@ -791,6 +850,7 @@ def render_summary(results: dict[str, Any]) -> str:
     if "validation" in results:
         parts.append(_validation_section(results["validation"], meta))
         parts.append(_peers_section(results["validation"]))
+        parts.append(_compiled_section(results["validation"]))
     if "rows" in results and results["rows"].get("rows"):
         parts.append(_rows_section(results["rows"]))
     if "logins" in results:

@@ -19,6 +19,8 @@ the same process, the same routes and the same middleware:
   nginx, rendered alike but with its 1 s cache of the auth service's answers on
   (``TESSERA_FORWARD_AUTH_CACHE_SECONDS=1``, off by default): the alternative with
   nginx's own tools, measured beside the default;
+* the same replica with its hot modules compiled to C by mypyc (:mod:`bench.compiled`):
+  its baseline, repeated JWT and sessions, each against its own baseline;
 * the peers (:mod:`bench.peers`): pyjwt ``jwt.decode`` per request and
   aiohttp-session's Redis storage, as their own processes; and aiohttp alone
   (``GET /healthz`` without middleware), the floor under the baseline;
@@ -38,6 +40,7 @@ ratio alike.
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import secrets
 import ssl
@@ -50,7 +53,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import budget
+from bench import budget, compiled
 from bench.budget import OTHER_LOOP
 from bench.config import BenchConfig, Cores
 from bench.credentials import (
@@ -83,6 +86,8 @@ MINTED_TOKEN_TTL = 3600
 ROUTE_COOKIE = "tessera_route"
 #: The second nginx, the one with the forward-auth cache on (a CPU group of its own).
 CACHED_FORWARD_NGINX = "nginx-cached"
+#: The replica whose hot modules mypyc compiled (bench/compiled.py).
+COMPILED_REPLICA = "bench-compiled"
 _METRIC = re.compile(
     r'^tessera_cache_requests_total\{cache="(?P<cache>[^"]+)",result="(?P<result>[^"]+)"\}'
     r" (?P<value>[0-9.e+]+)$"
@@ -104,7 +109,7 @@ class Scenario:
     server: str
     #: What the answer's X-Auth-Method must say (``None``: not checked).
     expect_method: str | None
-    kind: str  # "tessera", "peer" or "ceiling"
+    kind: str  # "tessera", "peer", "ceiling" or "compiled" (the mypyc-built replica)
     #: Processes whose CPU time makes up the request's cost (forward auth: several).
     cost_groups: tuple[str, ...] = ()
     ssl_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
@@ -251,12 +256,7 @@ async def run_validation(
         _spawn_peer(stack, "bare", "--middleware", "empty", name="peer-bare-empty"),
         _spawn_peer(stack, "bare", "--middleware", "service", name="peer-bare-service"),
     )
-    cached_forward = None
-    if stack.state().policy == "forward_auth":
-        progress("starting a second nginx with the forward-auth cache on")
-        cached_forward = stack.start_side_nginx(
-            CACHED_FORWARD_NGINX, forward_auth_cache_seconds=FORWARD_AUTH_CACHE_SECONDS
-        )
+    alternatives = _start_alternatives(stack, methods, progress)
     try:
         return await _measure(
             stack,
@@ -268,16 +268,124 @@ async def run_validation(
             peer_jwt,
             peer_session,
             floors,
-            cached_forward,
+            alternatives,
             jwks_url,
         )
     finally:
         if cores is not None:
             stack.unpin()
         stack.stop_side_nginx(CACHED_FORWARD_NGINX)
-        for extra in (*floors.processes, peer_session, peer_jwt, replica):
+        compiled_replica = () if alternatives.compiled is None else (alternatives.compiled,)
+        for extra in (*compiled_replica, *floors.processes, peer_session, peer_jwt, replica):
             extra.stop()
             stack.extras.remove(extra)
+
+
+@dataclass(frozen=True)
+class Alternatives:
+    """What the missed lines are measured against outside tessera's default: forward auth
+    through a second nginx with its cache on (None off row 6), and the replica with its
+    hot modules compiled to C by mypyc (None when they could not be: ``build`` says why)."""
+
+    cached_forward: NginxServer | None
+    build: compiled.Build
+    compiled: ExtraProcess | None
+
+
+def _start_alternatives(
+    stack: BenchStack, methods: str, progress: Callable[[str], None]
+) -> Alternatives:
+    cached_forward = None
+    if stack.state().policy == "forward_auth":
+        progress("starting a second nginx with the forward-auth cache on")
+        cached_forward = stack.start_side_nginx(
+            CACHED_FORWARD_NGINX, forward_auth_cache_seconds=FORWARD_AUTH_CACHE_SECONDS
+        )
+    progress("compiling the replica's hot modules with mypyc")
+    build = compiled.build(stack.layout.root / "compiled")
+    if build.path is None:
+        progress(f"no compiled replica: {build.problem}")
+        return Alternatives(cached_forward, build, None)
+    python_path = os.pathsep.join(
+        part for part in (str(build.path), os.environ.get("PYTHONPATH", "")) if part
+    )
+    replica = stack.spawn_replica(COMPILED_REPLICA, methods, {"PYTHONPATH": python_path})
+    if not compiled.loaded_from(replica.pid, build.path):
+        raise RuntimeError(f"the compiled replica did not load {build.path}'s extensions")
+    return Alternatives(cached_forward, build, replica)
+
+
+def _alternative_scenarios(
+    alternatives: Alternatives,
+    *,
+    forward_cookie: str,
+    forward_replica: str,
+    tls: ssl.SSLContext,
+    jwt_header: str,
+    shared_cookie: str,
+    local_cookie: str | None,
+) -> list[Scenario]:
+    """Forward auth through the nginx with its cache on; the compiled replica's baseline
+    and its repeated JWT and sessions, the same requests as the interpreted replica's."""
+    scenarios = []
+    if (cached := alternatives.cached_forward) is not None:
+        scenarios.append(
+            Scenario(
+                "forward_auth_cached",
+                f"forward auth via nginx, its {FORWARD_AUTH_CACHE_SECONDS} s cache on (opt-in)",
+                f"{cached.url}/api/me",
+                [header_line(Cookie=forward_cookie)],
+                forward_replica,
+                "forward",
+                "tessera",
+                cost_groups=(forward_replica, "auth", CACHED_FORWARD_NGINX, "redis"),
+                ssl_context=tls,
+            )
+        )
+    if (replica := alternatives.compiled) is None or local_cookie is None:
+        return scenarios
+    route = f"{ROUTE_COOKIE}={replica.identity}"
+    label = "compiled (mypyc)"
+    return [
+        *scenarios,
+        Scenario(
+            "compiled_baseline",
+            f"{label}: no authentication (GET /healthz)",
+            f"{replica.url}/healthz",
+            [header_line(Cookie=route)],
+            COMPILED_REPLICA,
+            None,
+            "compiled",
+        ),
+        Scenario(
+            "compiled_jwt_repeated",
+            f"{label}: JWT, repeated",
+            f"{replica.url}/api/me",
+            [header_line(Authorization=jwt_header, Cookie=route)],
+            COMPILED_REPLICA,
+            "jwt",
+            "compiled",
+        ),
+        Scenario(
+            "compiled_shared_session",
+            f"{label}: shared Redis session",
+            f"{replica.url}/api/me",
+            [header_line(Cookie=f"{shared_cookie}; {route}")],
+            COMPILED_REPLICA,
+            "shared_session",
+            "compiled",
+            cost_groups=(COMPILED_REPLICA, "redis"),
+        ),
+        Scenario(
+            "compiled_local_session",
+            f"{label}: session in the replica's memory",
+            f"{replica.url}/api/me",
+            [header_line(Cookie=f"{local_cookie}; {route}")],
+            COMPILED_REPLICA,
+            "local_session",
+            "compiled",
+        ),
+    ]
 
 
 @dataclass(frozen=True)
@@ -316,7 +424,7 @@ async def _measure(
     peer_jwt: ExtraProcess,
     peer_session: ExtraProcess,
     floors: Floors,
-    cached_forward: NginxServer | None,
+    alternatives: Alternatives,
     jwks_url: str,
 ) -> dict[str, Any]:
     auth_env = stack.auth_environment()
@@ -327,6 +435,11 @@ async def _measure(
         shared = await login_session(http, stack.auth_url, username)
         pair = await login_tokens(http, stack.auth_url, username)
         local = await login_local(http, replica.url, username)
+        compiled_local = (
+            None
+            if alternatives.compiled is None
+            else await login_local(http, alternatives.compiled.url, username)
+        )
         claims = pair.claims()
         async with http.post(
             f"{peer_session.url}/login", json={"user_id": claims["sub"], "username": username}
@@ -457,23 +570,6 @@ async def _measure(
             cost_groups=(r1.id, "auth", "nginx", "redis"),
             ssl_context=tls,
         ),
-        *(
-            []
-            if cached_forward is None
-            else [
-                Scenario(
-                    "forward_auth_cached",
-                    f"forward auth via nginx, its {FORWARD_AUTH_CACHE_SECONDS} s cache on (opt-in)",
-                    f"{cached_forward.url}/api/me",
-                    [header_line(Cookie=f"{SESSION_COOKIE}={shared}; {ROUTE_COOKIE}={r1.id}")],
-                    r1.id,
-                    "forward",
-                    "tessera",
-                    cost_groups=(r1.id, "auth", CACHED_FORWARD_NGINX, "redis"),
-                    ssl_context=tls,
-                )
-            ]
-        ),
         Scenario(
             "nginx_ceiling",
             "nginx alone (TLS, GET /nginx-health)",
@@ -504,6 +600,15 @@ async def _measure(
             cost_groups=("peer-session", "redis"),
         ),
     ]
+    scenarios += _alternative_scenarios(
+        alternatives,
+        forward_cookie=f"{SESSION_COOKIE}={shared}; {ROUTE_COOKIE}={r1.id}",
+        forward_replica=r1.id,
+        tls=tls,
+        jwt_header=f"Bearer {repeated}",
+        shared_cookie=f"{SESSION_COOKIE}={shared}",
+        local_cookie=None if compiled_local is None else f"{LOCAL_SESSION_COOKIE}={compiled_local}",
+    )
     async with aiohttp.ClientSession() as http:
         for scenario in scenarios:
             await _check(http, scenario)
@@ -523,6 +628,7 @@ async def _measure(
                 peer_jwt.pid,
                 peer_session.pid,
                 *(extra.pid for extra in floors.processes),
+                *([] if alternatives.compiled is None else [alternatives.compiled.pid]),
                 *([] if r1_pid is None else [r1_pid]),
             ],
         )
@@ -599,6 +705,14 @@ async def _measure(
         "user": username,
         "first_seen_tokens": first_seen_count,
         "token_cache_entries": TOKEN_CACHE_ENTRIES,
+        "compiled": {
+            "modules": list(compiled.HOT_MODULES),
+            "problem": alternatives.build.problem,
+            "build_seconds": alternatives.build.seconds,
+            "replica_runs_them": alternatives.compiled is not None
+            and alternatives.build.path is not None
+            and compiled.loaded_from(alternatives.compiled.pid, alternatives.build.path),
+        },
         "algorithm": stack.settings.alg,
         "cores": None if cores is None else {"server": cores.server, "load": cores.load},
         "signature_us": median(signature_us),
@@ -637,7 +751,7 @@ def _profiles(
     missed = list(dict.fromkeys(v.profile for v in verdicts if v.profile is not None))
     if not missed:
         return {}
-    wanted = ["baseline", *missed]
+    wanted = list(dict.fromkeys(["baseline", *missed]))
     by_key = {scenario.key: scenario for scenario in scenarios}
     profiles: dict[str, Profile] = {}
     profile_dir = out_dir / "profiles"

@@ -100,6 +100,10 @@ def _validation() -> dict[str, Any]:
         "local_session": 115.0,
         "forward_auth": 300.0,
         "forward_auth_cached": 140.0,
+        "compiled_baseline": 85.0,
+        "compiled_jwt_repeated": 89.0,
+        "compiled_shared_session": 104.0,
+        "compiled_local_session": 109.0,
         "nginx_ceiling": 15.0,
         "peer_jwt": 250.0,
         "peer_session": 170.0,
@@ -112,6 +116,7 @@ def _validation() -> dict[str, Any]:
         "peer_bare_other_loop": "peer",
         "peer_bare_empty": "peer",
         "peer_bare_service": "peer",
+        **{key: "compiled" for key in costs if key.startswith("compiled_")},
     }
     scenarios = {}
     for key, cost in costs.items():
@@ -126,6 +131,12 @@ def _validation() -> dict[str, Any]:
         "signature_us": 110.0,
         "scenarios": scenarios,
         "profiles": {},
+        "compiled": {
+            "modules": ["a.py", "b.py"],
+            "problem": "",
+            "build_seconds": 60.0,
+            "replica_runs_them": True,
+        },
     }
 
 
@@ -300,6 +311,10 @@ def test_report_and_charts_render_from_the_aggregations(tmp_path: Path) -> None:
     assert verdicts["forward_auth_cached"].met is True
     assert "opt-in" in verdicts["forward_auth_cached"].target
     assert "with the cache on: " in summary
+    # The compiled replica beside the interpreted one, each against its own baseline.
+    assert "### The same replica compiled to C (mypyc)" in summary
+    assert "| JWT, repeated | 94 | 89 | 96% | 96% |" in summary
+    assert "the replica ran their shared library" in summary
     assert budget.rows_verdicts(results["rows"])[0].met is True
     assert [v.met for v in budget.login_verdicts(results["logins"])] == [False, False]
 
