@@ -322,6 +322,7 @@ def _alternative_scenarios(
     forward_replica: str,
     tls: ssl.SSLContext,
     jwt_header: str,
+    first_seen: Sequence[str],
     shared_cookie: str,
     local_cookie: str | None,
 ) -> list[Scenario]:
@@ -362,6 +363,15 @@ def _alternative_scenarios(
             f"{label}: JWT, repeated",
             f"{replica.url}/api/me",
             [header_line(Authorization=jwt_header, Cookie=route)],
+            COMPILED_REPLICA,
+            "jwt",
+            "compiled",
+        ),
+        Scenario(
+            "compiled_jwt_first_seen",
+            f"{label}: JWT, first seen",
+            f"{replica.url}/api/me",
+            [header_line(Authorization=header, Cookie=route) for header in first_seen],
             COMPILED_REPLICA,
             "jwt",
             "compiled",
@@ -606,6 +616,7 @@ async def _measure(
         forward_replica=r1.id,
         tls=tls,
         jwt_header=f"Bearer {repeated}",
+        first_seen=[f"Bearer {token}" for token in first_seen],
         shared_cookie=f"{SESSION_COOKIE}={shared}",
         local_cookie=None if compiled_local is None else f"{LOCAL_SESSION_COOKIE}={compiled_local}",
     )
