@@ -20,14 +20,15 @@ COLOURS = {
     "tessera": "#2b6cb0",
     "peer": "#c05621",
     "ceiling": "#a0aec0",
-    "compiled": "#38a169",
 }
 REPLICA_COLOURS = ["#2b6cb0", "#38a169", "#d69e2e", "#9f7aea", "#e53e3e", "#319795"]
 
 
 def _validation_throughput(validation: dict[str, Any], path: Path) -> None:
     scenarios = [
-        (key, value) for key, value in validation["scenarios"].items() if value["kind"] != "ceiling"
+        (key, value)
+        for key, value in validation["scenarios"].items()
+        if value["kind"] not in ("ceiling", "compiled")
     ]
     labels = [value["label"] for _, value in scenarios]
     rates = [value["rate"] for _, value in scenarios]

@@ -77,7 +77,8 @@ def _validation_section(validation: dict[str, Any], meta: dict[str, Any]) -> str
     scenarios = validation["scenarios"]
     base_cost = scenarios["baseline"]["cost_us"]
     rows = []
-    for value in scenarios.values():
+    # The compiled replica's rows have a section of their own, against its own baseline.
+    for value in (v for v in scenarios.values() if v["kind"] != "compiled"):
         extra = value["cost_us"] - base_cost
         hit = value.get("cache_hit_ratio")
         rows.append(
@@ -174,20 +175,27 @@ def _compiled_section(validation: dict[str, Any]) -> str:
     """The replica as it runs, next to the same replica with its hot modules compiled to C
     (bench/compiled.py): what machine code would recover of the missed lines."""
     scenarios = validation["scenarios"]
-    build = validation.get("compiled") or {}
+    build = validation.get("compiled")
     heading = "### The same replica compiled to C (mypyc)"
+    if build is None:
+        return f"{heading}\n\nNot part of this run (an older results file)."
     if "compiled_baseline" not in scenarios:
-        return f"{heading}\n\nNot measured: {build.get('problem') or 'not asked for'}."
+        return f"{heading}\n\nNot measured: {build['problem']}."
     rows = []
-    for ours, theirs, label in _COMPILED_PAIRS:
-        if theirs not in scenarios:
+    for interpreted, compiled, label in _COMPILED_PAIRS:
+        if compiled not in scenarios:
             continue
-        a, b = scenarios[ours], scenarios[theirs]
-        own_a = scenarios["baseline"]["cost_us"] / a["cost_us"]
-        own_b = scenarios["compiled_baseline"]["cost_us"] / b["cost_us"]
-        rows.append([label, _n(a["cost_us"]), _n(b["cost_us"]), _pct(own_a), _pct(own_b)])
+        rows.append(
+            [
+                label,
+                _n(scenarios[interpreted]["cost_us"]),
+                _n(scenarios[compiled]["cost_us"]),
+                _pct(scenarios[interpreted]["cost_ratio_to_baseline"]),
+                _pct(scenarios[compiled]["cost_ratio_to_baseline"]),
+            ]
+        )
     bare = scenarios.get("peer_bare")
-    floor = (
+    notes = (
         ""
         if bare is None
         else " Over aiohttp alone: "
@@ -204,22 +212,23 @@ def _compiled_section(validation: dict[str, Any]) -> str:
                 ("compiled_jwt_first_seen", "compiled_jwt_repeated"),
             )
         ]
-        floor += (
+        notes += (
             f" A first-seen JWT costs {extras[0]:+.0f} µs beyond the raw signature as it "
             f"runs, {extras[1]:+.0f} µs compiled."
         )
+    ran = "ran" if build.get("replica_runs_them") else "did NOT run"
     return "\n".join(
         [
             heading,
             "",
-            f"{len(build.get('modules', []))} modules every request passes through (the "
-            "service and verification middleware, the credential checks and their caches, "
-            "the revocation copy, the replica's routes) compiled by mypyc "
-            f"({build.get('build_seconds', 0):.0f} s; the replica "
-            f"{'ran' if build.get('replica_runs_them') else 'did NOT run'} their shared "
-            "library), the rest as it is: the same code, checks "
-            "and configuration, measured in the same rounds. Shares are of each replica's "
-            "own baseline, on CPU cost." + floor,
+            f"{len(build['modules'])} modules a request passes through (the service "
+            "middleware and its request ID, the authenticators and credential checks, their "
+            "caches, the keys, the revocation copy, the replica's routes; the aiohttp "
+            "middleware calling them stays Python: bench/compiled.py) compiled by mypyc "
+            f"{build.get('mypyc', '')} ({build.get('build_seconds', 0):.0f} s; the replica "
+            f"{ran} their shared library), the rest as it is: the same code, checks and "
+            "configuration, measured in the same rounds. Shares are of each replica's own "
+            "baseline, on CPU cost, the median of the rounds' ratios." + notes,
             "",
             _table(
                 [

@@ -76,6 +76,7 @@ from bench.wrk import WrkResult, WrkRun, run_wrk
 from tessera_platform.process_settings import DEFAULT_EVENT_LOOP
 from tessera_stack import free_port
 from tessera_stack.nginx_conf import FORWARD_AUTH_CACHE_SECONDS
+from tessera_stack.processes import StackError
 from tessera_stack.servers.nginx_server import NginxServer
 
 __all__ = ["Scenario", "header_line", "run_validation"]
@@ -86,6 +87,12 @@ MINTED_TOKEN_TTL = 3600
 ROUTE_COOKIE = "tessera_route"
 #: The second nginx, the one with the forward-auth cache on (a CPU group of its own).
 CACHED_FORWARD_NGINX = "nginx-cached"
+# The auth service's count of forward-auth checks (tessera_http_requests_total).
+# Its labels in whatever order the exposition writes them (today: method, route, status).
+_FORWARD_METRIC = re.compile(
+    r'^tessera_http_requests_total\{(?=[^}]*\broute="/auth/forward")[^}]*\}'
+    r" (?P<value>[0-9.e+]+)$"
+)
 #: The replica whose hot modules mypyc compiled (bench/compiled.py).
 COMPILED_REPLICA = "bench-compiled"
 _METRIC = re.compile(
@@ -256,8 +263,9 @@ async def run_validation(
         _spawn_peer(stack, "bare", "--middleware", "empty", name="peer-bare-empty"),
         _spawn_peer(stack, "bare", "--middleware", "service", name="peer-bare-service"),
     )
-    alternatives = _start_alternatives(stack, methods, progress)
+    alternatives = None
     try:
+        alternatives = _start_alternatives(stack, methods, progress)
         return await _measure(
             stack,
             config,
@@ -275,7 +283,7 @@ async def run_validation(
         if cores is not None:
             stack.unpin()
         stack.stop_side_nginx(CACHED_FORWARD_NGINX)
-        compiled_replica = () if alternatives.compiled is None else (alternatives.compiled,)
+        compiled_replica = () if alternatives is None else alternatives.processes
         for extra in (*compiled_replica, *floors.processes, peer_session, peer_jwt, replica):
             extra.stop()
             stack.extras.remove(extra)
@@ -284,35 +292,62 @@ async def run_validation(
 @dataclass(frozen=True)
 class Alternatives:
     """What the missed lines are measured against outside tessera's default: forward auth
-    through a second nginx with its cache on (None off row 6), and the replica with its
-    hot modules compiled to C by mypyc (None when they could not be: ``build`` says why)."""
+    through a second nginx with its cache on, and the replica with its hot modules
+    compiled to C by mypyc. Each is None when it could not be had (the problem says why:
+    the rest of the bench goes on without it)."""
 
     cached_forward: NginxServer | None
+    cached_forward_problem: str
     build: compiled.Build
     compiled: ExtraProcess | None
+    compiled_problem: str
+
+    @property
+    def processes(self) -> tuple[ExtraProcess, ...]:
+        return () if self.compiled is None else (self.compiled,)
 
 
 def _start_alternatives(
     stack: BenchStack, methods: str, progress: Callable[[str], None]
 ) -> Alternatives:
-    cached_forward = None
-    if stack.state().policy == "forward_auth":
+    cached_forward, cached_problem = None, ""
+    if stack.state().policy != "forward_auth":
+        cached_problem = "the stack does not run forward auth"
+    else:
         progress("starting a second nginx with the forward-auth cache on")
-        cached_forward = stack.start_side_nginx(
-            CACHED_FORWARD_NGINX, forward_auth_cache_seconds=FORWARD_AUTH_CACHE_SECONDS
-        )
+        try:
+            cached_forward = stack.start_side_nginx(
+                CACHED_FORWARD_NGINX, forward_auth_cache_seconds=FORWARD_AUTH_CACHE_SECONDS
+            )
+        except (RuntimeError, StackError) as exc:
+            cached_problem = f"the second nginx did not start: {exc}"
+            progress(cached_problem)
     progress("compiling the replica's hot modules with mypyc")
     build = compiled.build(stack.layout.root / "compiled")
     if build.path is None:
         progress(f"no compiled replica: {build.problem}")
-        return Alternatives(cached_forward, build, None)
-    python_path = os.pathsep.join(
-        part for part in (str(build.path), os.environ.get("PYTHONPATH", "")) if part
-    )
-    replica = stack.spawn_replica(COMPILED_REPLICA, methods, {"PYTHONPATH": python_path})
+        return Alternatives(cached_forward, cached_problem, build, None, build.problem)
+    changes = {
+        "PYTHONPATH": os.pathsep.join(
+            part for part in (str(build.path), os.environ.get("PYTHONPATH", "")) if part
+        ),
+        # No working directory ahead of the build on the path (``python -m`` puts it
+        # first): a checkout's interpreted packages there would win over the compiled.
+        "PYTHONSAFEPATH": "1",
+    }
+    try:
+        replica = stack.spawn_replica(COMPILED_REPLICA, methods, changes)
+    except RuntimeError as exc:
+        problem = f"the compiled replica did not start: {exc}"
+        progress(problem)
+        return Alternatives(cached_forward, cached_problem, build, None, problem)
     if not compiled.loaded_from(replica.pid, build.path):
-        raise RuntimeError(f"the compiled replica did not load {build.path}'s extensions")
-    return Alternatives(cached_forward, build, replica)
+        replica.stop()
+        stack.extras.remove(replica)
+        problem = f"the compiled replica did not run {build.path}'s shared library"
+        progress(problem)
+        return Alternatives(cached_forward, cached_problem, build, None, problem)
+    return Alternatives(cached_forward, cached_problem, build, replica, "")
 
 
 def _alternative_scenarios(
@@ -333,7 +368,8 @@ def _alternative_scenarios(
         scenarios.append(
             Scenario(
                 "forward_auth_cached",
-                f"forward auth via nginx, its {FORWARD_AUTH_CACHE_SECONDS} s cache on (opt-in)",
+                f"forward auth via nginx, its {FORWARD_AUTH_CACHE_SECONDS} s cache on (opt-in; "
+                "one credential repeated)",
                 f"{cached.url}/api/me",
                 [header_line(Cookie=forward_cookie)],
                 forward_replica,
@@ -671,6 +707,20 @@ async def _measure(
         for scenario in scenarios:
             run(scenario, config.warmup_seconds)
 
+    compiled_port = None if alternatives.compiled is None else alternatives.compiled.port
+    auth_port = stack.state().port
+
+    def counts(scenario: Scenario) -> dict[str, float]:
+        """What tells the scenario's cache hits: the replica's cache counters, or for
+        forward auth how often nginx asked the auth service."""
+        if scenario.server == "bench":
+            return _cache_counts(replica.port)
+        if scenario.server == COMPILED_REPLICA and compiled_port is not None:
+            return _cache_counts(compiled_port)
+        if scenario.expect_method == "forward" and auth_port is not None:
+            return {"auth_forward": auth_forward_count(auth_port)}
+        return {}
+
     results: dict[str, list[WrkResult]] = {s.key: [] for s in scenarios}
     ratios: dict[str, list[float]] = {s.key: [] for s in scenarios}
     # Throughput a saturated core would give, relative to the baseline: the
@@ -686,18 +736,18 @@ async def _measure(
         order = scenarios[shift:] + scenarios[:shift]
         this_round: dict[str, WrkResult] = {}
         for scenario in order:
-            before = _cache_counts(replica.port) if scenario.server == "bench" else {}
+            before = counts(scenario)
             result = run(scenario, config.run_seconds)
-            if scenario.server == "bench":
-                after = _cache_counts(replica.port)
-                hit_ratio = _hit_ratio(before, after, scenario.key)
-                if hit_ratio is not None:
-                    hits[scenario.key].append(hit_ratio)
+            hit_ratio = _hit_ratio(before, counts(scenario), scenario.key, result.requests)
+            if hit_ratio is not None:
+                hits[scenario.key].append(hit_ratio)
             results[scenario.key].append(result)
             this_round[scenario.key] = result
-        baseline = this_round["baseline"].rate
-        baseline_cost = this_round["baseline"].cpu_us_per_request("bench")
         for key, result in this_round.items():
+            # The compiled replica's scenarios against its own baseline, in the same round.
+            own = "compiled_baseline" if by_key[key].kind == "compiled" else "baseline"
+            baseline = this_round[own].rate
+            baseline_cost = cost_us(by_key[own], this_round[own])
             ratios[key].append(result.rate / baseline if baseline else float("nan"))
             cost = cost_us(by_key[key], result)
             cost_ratios[key].append(baseline_cost / cost if cost else float("nan"))
@@ -718,12 +768,14 @@ async def _measure(
         "token_cache_entries": TOKEN_CACHE_ENTRIES,
         "compiled": {
             "modules": list(compiled.HOT_MODULES),
-            "problem": alternatives.build.problem,
+            "mypyc": alternatives.build.mypyc_version,
+            "problem": alternatives.compiled_problem,
             "build_seconds": alternatives.build.seconds,
             "replica_runs_them": alternatives.compiled is not None
             and alternatives.build.path is not None
             and compiled.loaded_from(alternatives.compiled.pid, alternatives.build.path),
         },
+        "cached_forward_problem": alternatives.cached_forward_problem,
         "algorithm": stack.settings.alg,
         "cores": None if cores is None else {"server": cores.server, "load": cores.load},
         "signature_us": median(signature_us),
@@ -734,12 +786,35 @@ async def _measure(
     }
 
 
-def _hit_ratio(before: dict[str, float], after: dict[str, float], key: str) -> float | None:
+def auth_forward_count(port: int) -> float:
+    """How many ``GET /auth/forward`` the auth service has answered (its /metrics)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    return sum(
+        float(match["value"])
+        for line in text.splitlines()
+        if (match := _FORWARD_METRIC.match(line))
+    )
+
+
+def _hit_ratio(
+    before: dict[str, float], after: dict[str, float], key: str, requests: int
+) -> float | None:
+    """The share of the scenario's requests its cache answered: the replica's own counters
+    (the compiled replica's for its scenarios), or for forward auth the requests nginx did
+    not ask the auth service about."""
+    if "auth_forward" in after:
+        asked = after["auth_forward"] - before.get("auth_forward", 0.0)
+        return max(0.0, 1.0 - asked / requests) if requests else None
     cache = {
         "jwt_repeated": "verified_tokens",
         "jwt_first_seen": "verified_tokens",
         "shared_session": "sessions",
-    }.get(key)
+    }.get(key.removeprefix("compiled_"))
     if cache is None:
         return None
     hit = after.get(f"{cache}:hit", 0.0) - before.get(f"{cache}:hit", 0.0)
