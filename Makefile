@@ -122,10 +122,10 @@ fmt: bootstrap-dev ## Format the code and apply safe lint fixes
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: bootstrap-dev ## Benchmark and load test on a stack of its own (~15 min): report in bench/results/
+bench: bootstrap-dev ## Benchmark and load test on a stack of its own (~28 min): report in bench/results/
 	$(PY) -m bench $(BENCH_ARGS)
 
-bench-quick: bootstrap-dev ## The same, every part with short runs (about 4 min)
+bench-quick: bootstrap-dev ## The same, every part with short runs (about 6 min)
 	$(PY) -m bench --quick $(BENCH_ARGS)
 
 clean: ## Stop the stack, delete .run/ and caches (keeps .venv)

@@ -122,15 +122,19 @@ class Scenario:
     ssl_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
 
-def _cache_counts(port: int) -> dict[str, float]:
+def _metrics_lines(port: int) -> list[str]:
+    """A service's /metrics on loopback ``port``, line by line."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         connection.request("GET", "/metrics")
-        text = connection.getresponse().read().decode()
+        return connection.getresponse().read().decode().splitlines()
     finally:
         connection.close()
+
+
+def _cache_counts(port: int) -> dict[str, float]:
     counts: dict[str, float] = {}
-    for line in text.splitlines():
+    for line in _metrics_lines(port):
         if match := _METRIC.match(line):
             counts[f"{match['cache']}:{match['result']}"] = float(match["value"])
     return counts
@@ -788,15 +792,9 @@ async def _measure(
 
 def auth_forward_count(port: int) -> float:
     """How many ``GET /auth/forward`` the auth service has answered (its /metrics)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        connection.request("GET", "/metrics")
-        text = connection.getresponse().read().decode()
-    finally:
-        connection.close()
     return sum(
         float(match["value"])
-        for line in text.splitlines()
+        for line in _metrics_lines(port)
         if (match := _FORWARD_METRIC.match(line))
     )
 
