@@ -24,11 +24,13 @@ the same process, the same routes and the same middleware:
 * the peers (:mod:`bench.peers`): pyjwt ``jwt.decode`` per request and
   aiohttp-session's Redis storage, as their own processes; and aiohttp alone
   (``GET /healthz`` without middleware), the floor under the baseline;
-* the floor: ``GET /healthz`` on two more replicas like the baseline's that serve
+* the floor: ``GET /healthz`` on three more replicas like the baseline's that serve
   nothing else (the baseline's replica also holds every scenario's tokens and
-  sessions), one on the services' default event loop and one on the other
-  (``TESSERA_EVENT_LOOP``), next to bare aiohttp on each loop: what tessera adds to
-  aiohttp, and which loop is cheaper, each judged fresh against fresh.
+  sessions): two on the services' default event loop, started alike (what they
+  differ by is the spread between two processes on this machine; the floor is
+  their mean), and one on the other (``TESSERA_EVENT_LOOP``), next to bare aiohttp
+  on each loop: what tessera adds to aiohttp, and which loop is cheaper, each
+  judged fresh against fresh.
 
 The process under test runs alone on the server core; wrk (one thread) and
 everything else share the other core. Scenarios are interleaved round by
@@ -260,6 +262,8 @@ async def run_validation(
         # The same replica as the baseline's, serving nothing but the floor's requests:
         # the baseline's replica also holds every other scenario's tokens and sessions.
         stack.spawn_replica("bench-floor", methods),
+        # And its twin, started alike: the spread between two processes.
+        stack.spawn_replica("bench-floor-twin", methods),
         # The same again but for its event loop.
         stack.spawn_replica("bench-other-loop", methods, {"TESSERA_EVENT_LOOP": OTHER_LOOP}),
         _spawn_peer(stack, "bare", "--loop", DEFAULT_EVENT_LOOP),
@@ -446,6 +450,9 @@ class Floors:
     service middleware)."""
 
     baseline_fresh: ExtraProcess
+    #: A second replica started exactly like ``baseline_fresh``: what two processes
+    #: started alike differ by on this machine, measured in the same rounds.
+    baseline_twin: ExtraProcess
     baseline_other_loop: ExtraProcess
     bare: ExtraProcess
     bare_other_loop: ExtraProcess
@@ -456,6 +463,7 @@ class Floors:
     def processes(self) -> tuple[ExtraProcess, ...]:
         return (
             self.baseline_fresh,
+            self.baseline_twin,
             self.baseline_other_loop,
             self.bare,
             self.bare_other_loop,
@@ -524,6 +532,15 @@ async def _measure(
             f"{floors.baseline_fresh.url}/healthz",
             [header_line(Cookie=f"{ROUTE_COOKIE}={floors.baseline_fresh.identity}")],
             "bench-floor",
+            None,
+            "tessera",
+        ),
+        Scenario(
+            "baseline_twin",
+            "no authentication, a second replica started alike (the spread between processes)",
+            f"{floors.baseline_twin.url}/healthz",
+            [header_line(Cookie=f"{ROUTE_COOKIE}={floors.baseline_twin.identity}")],
+            "bench-floor-twin",
             None,
             "tessera",
         ),
