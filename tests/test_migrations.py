@@ -81,3 +81,29 @@ def test_migrate_command_applies_pending_migrations(empty_database: str, redis_u
     assert "0001_users" in result.stdout and "0002_signing_keys" in result.stdout
     again = migrate()
     assert "nothing to apply" in again.stdout
+
+
+async def test_migrations_wait_out_a_lock_longer_than_a_short_command_timeout(
+    empty_database: str,
+) -> None:
+    """A service with a short dependency timeout runs its start-up migrations on a pool
+    whose command timeout is that (0.5 s in the fault tests). Every statement of the
+    migration must take the migration timeout instead: before the fix, reading the
+    applied versions did not, and a start-up on a busy PostgreSQL failed (seen in CI:
+    TimeoutError in the auth service's start-up)."""
+    setup = await asyncpg.connect(empty_database)
+    holder = await asyncpg.connect(empty_database)
+    migrating = await asyncpg.connect(empty_database, command_timeout=0.2)
+    try:
+        await db.migrate(setup)
+        locked = holder.transaction()
+        await locked.start()
+        await holder.execute("LOCK TABLE schema_migrations IN ACCESS EXCLUSIVE MODE")
+        attempt = asyncio.create_task(db.migrate(migrating))
+        # Held for five of the short timeouts: the migration waits behind it.
+        await asyncio.sleep(1.0)
+        await locked.commit()
+        assert await attempt == []
+    finally:
+        for connection in (setup, holder, migrating):
+            await connection.close()

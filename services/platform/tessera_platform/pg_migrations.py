@@ -80,7 +80,10 @@ class Migrator:
                        applied_at timestamptz NOT NULL DEFAULT now())""",
                 timeout=MIGRATION_TIMEOUT,
             )
-            rows = await connection.fetch(f"SELECT version FROM {self.table}")  # noqa: S608
+            rows = await connection.fetch(
+                f"SELECT version FROM {self.table}",  # noqa: S608
+                timeout=MIGRATION_TIMEOUT,
+            )
             done = {row["version"] for row in rows}
             applied: list[Migration] = []
             for migration in self.available():
