@@ -792,9 +792,8 @@ async def _measure(
             "mypyc": alternatives.build.mypyc_version,
             "problem": alternatives.compiled_problem,
             "build_seconds": alternatives.build.seconds,
-            "replica_runs_them": alternatives.compiled is not None
-            and alternatives.build.path is not None
-            and compiled.loaded_from(alternatives.compiled.pid, alternatives.build.path),
+            # Checked as it started (_start_alternatives): none is kept that did not.
+            "replica_runs_them": alternatives.compiled is not None,
         },
         "cached_forward_problem": alternatives.cached_forward_problem,
         "algorithm": stack.settings.alg,

@@ -100,8 +100,15 @@ async def test_migrations_wait_out_a_lock_longer_than_a_short_command_timeout(
         await locked.start()
         await holder.execute("LOCK TABLE schema_migrations IN ACCESS EXCLUSIVE MODE")
         attempt = asyncio.create_task(db.migrate(migrating))
-        # Held for five of the short timeouts: the migration waits behind it.
-        await asyncio.sleep(1.0)
+        # Released only once PostgreSQL says the migration has waited on the lock for
+        # twice the short timeout (or once the migration gave up: the old failure).
+        waiting_long = """SELECT count(*) FROM pg_stat_activity
+                          WHERE pid = $1 AND wait_event_type = 'Lock'
+                            AND clock_timestamp() - query_start > interval '0.4 s'"""
+        while not attempt.done() and not await setup.fetchval(
+            waiting_long, migrating.get_server_pid()
+        ):
+            await asyncio.sleep(0.05)
         await locked.commit()
         assert await attempt == []
     finally:
