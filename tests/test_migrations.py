@@ -13,7 +13,7 @@ import pytest
 
 from tessera_auth import db
 
-from .fixtures_infra import throwaway_database
+from .fixtures_infra import throwaway_database, until
 
 
 @pytest.fixture
@@ -105,10 +105,13 @@ async def test_migrations_wait_out_a_lock_longer_than_a_short_command_timeout(
         waiting_long = """SELECT count(*) FROM pg_stat_activity
                           WHERE pid = $1 AND wait_event_type = 'Lock'
                             AND clock_timestamp() - query_start > interval '0.4 s'"""
-        while not attempt.done() and not await setup.fetchval(
-            waiting_long, migrating.get_server_pid()
-        ):
-            await asyncio.sleep(0.05)
+
+        async def waited_or_gave_up() -> bool:
+            if attempt.done():
+                return True
+            return bool(await setup.fetchval(waiting_long, migrating.get_server_pid()))
+
+        assert await until(waited_or_gave_up, 30)
         await locked.commit()
         assert await attempt == []
     finally:
