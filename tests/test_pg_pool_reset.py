@@ -1,0 +1,128 @@
+"""The services' PostgreSQL pool gives a connection back without asyncpg's reset round trip
+only when the one statement it ran left nothing in the session (real PostgreSQL)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from tessera_platform.pg_migrations import create_pool, leaves_no_session_state
+
+RESET_MARK = "pg_advisory_unlock_all"
+
+
+@pytest.mark.parametrize(
+    ("sql", "clean"),
+    [
+        ("SELECT id FROM users WHERE username = $1", True),
+        ("  select 1", True),
+        ("UPDATE users SET disabled = $2 WHERE id = $1", True),
+        ("INSERT INTO audit_log (event) VALUES ($1)", True),
+        ("DELETE FROM revocations WHERE until <= $1", True),
+        ("WITH gone AS (DELETE FROM t RETURNING 1) SELECT count(*) FROM gone", True),
+        ("SELECT pg_advisory_xact_lock($1)", True),  # released with its statement
+        ("SELECT pg_advisory_lock($1)", False),
+        ("SELECT pg_try_advisory_lock_shared($1)", False),
+        ("select PG_ADVISORY_LOCK(1)", False),
+        ("SELECT set_config('search_path', 'x', false)", False),
+        ("SET search_path TO x", False),
+        ("RESET ALL", False),
+        ("LISTEN channel", False),
+        ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", False),
+        ("CREATE TEMP TABLE t (x int)", False),
+        ("SELECT 1 INTO TEMPORARY t", False),
+        ("SELECT 1; SET search_path TO x", False),
+        ("SELECT 1;", False),  # conservative: any second statement, even an empty one
+        ("SELECT * FROM dblink('x', 'SET a = 1') AS t(a int)", False),
+        ("BEGIN", False),
+        ("", False),
+    ],
+)
+def test_only_a_single_row_statement_counts_as_leaving_no_session_state(
+    sql: str, clean: bool
+) -> None:
+    assert leaves_no_session_state((sql, 1)) is clean
+
+
+def test_a_call_without_sql_text_is_never_clean() -> None:
+    assert leaves_no_session_state(()) is False
+    assert leaves_no_session_state((b"SELECT 1",)) is False
+
+
+@pytest.fixture
+async def pool_and_log(database_url: str) -> AsyncIterator[tuple[asyncpg.Pool, list[str]]]:
+    """One connection, so every call meets what the one before left; every query it
+    sends (asyncpg's reset query included) is logged (a query logger stays with its
+    connection across releases)."""
+    pool = await create_pool(database_url, max_size=1, timeout=10.0)
+    sent: list[str] = []
+    async with pool.acquire() as connection:
+        connection.add_query_logger(lambda query: sent.append(query.query))
+    try:
+        yield pool, sent
+    finally:
+        await pool.close()
+
+
+def _resets(sent: list[str]) -> int:
+    return sum(RESET_MARK in query for query in sent)
+
+
+async def test_plain_statements_skip_the_reset_and_the_rest_is_reset_in_full(
+    pool_and_log: tuple[asyncpg.Pool, list[str]],
+) -> None:
+    pool, sent = pool_and_log
+    sent.clear()
+    for _ in range(5):
+        assert await pool.fetchval("SELECT $1::int", 7) == 7
+    assert _resets(sent) == 0  # five statements, no reset round trip
+    async with pool.acquire() as connection:
+        await connection.fetchval("SELECT 1")
+    assert _resets(sent) == 1  # acquire(): whatever the caller did, reset in full
+    await pool.fetchval("SHOW application_name")
+    assert _resets(sent) == 2  # not a row statement it knows: reset in full
+    await pool.fetchval("SELECT 1")
+    assert _resets(sent) == 2
+
+
+async def test_a_session_setting_made_by_one_call_never_reaches_the_next(
+    pool_and_log: tuple[asyncpg.Pool, list[str]],
+) -> None:
+    pool, _ = pool_and_log
+    leaked = f"leak-{secrets.token_hex(4)}"
+    assert await pool.fetchval("SELECT set_config('application_name', $1, false)", leaked)
+    assert await pool.fetchval("SHOW application_name") != leaked
+    async with pool.acquire() as connection:
+        await connection.execute(f"SET application_name = '{leaked}'")
+    assert await pool.fetchval("SHOW application_name") != leaked
+
+
+async def test_a_session_advisory_lock_taken_through_the_pool_is_released(
+    pool_and_log: tuple[asyncpg.Pool, list[str]], database_url: str
+) -> None:
+    pool, _ = pool_and_log
+    lock_id = secrets.randbelow(2**31)
+    await pool.execute("SELECT pg_advisory_lock($1)", lock_id)
+    other = await asyncpg.connect(database_url)
+    try:
+        assert await other.fetchval("SELECT pg_try_advisory_lock($1)", lock_id)
+        await other.execute("SELECT pg_advisory_unlock($1)", lock_id)
+        async with pool.acquire() as connection:
+            await connection.execute("SELECT pg_advisory_lock($1)", lock_id)
+        assert await other.fetchval("SELECT pg_try_advisory_lock($1)", lock_id)
+    finally:
+        await other.close()
+
+
+async def test_a_transaction_left_open_is_rolled_back_on_release(
+    pool_and_log: tuple[asyncpg.Pool, list[str]],
+) -> None:
+    pool, _ = pool_and_log
+    table = f"pool_reset_{secrets.token_hex(4)}"
+    async with pool.acquire() as connection:
+        await connection.execute("BEGIN")
+        await connection.execute(f"CREATE TABLE {table} (x int)")
+    assert await pool.fetchval("SELECT to_regclass($1) IS NULL", table)
