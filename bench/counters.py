@@ -10,9 +10,17 @@ password verified, ``error`` = not the caller's fault, e.g. 503 ``server_busy``)
 from __future__ import annotations
 
 import aiohttp
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["HASHED_ANSWERS", "HASHING_ROUTES", "difference", "outcomes", "read_counters"]
+__all__ = [
+    "HASHED_ANSWERS",
+    "HASHING_ROUTES",
+    "dependency_calls",
+    "difference",
+    "outcomes",
+    "read_counters",
+]
 
 #: The routes where a request may cost an Argon2 hash.
 HASHING_ROUTES = ("/auth/login", "/auth/register", "/auth/password")
@@ -31,12 +39,8 @@ HASHED_ANSWERS = (
 async def read_counters(http: aiohttp.ClientSession, base_url: str) -> dict[str, int]:
     """``"POST /auth/login 429"``-style request counts and ``"login throttled"``-style
     login outcomes, from ``base_url``'s /metrics."""
-    async with http.get(f"{base_url}/metrics") as response:
-        if response.status != 200:
-            raise RuntimeError(f"{base_url}/metrics answered {response.status}")
-        text = await response.text()
     counts: dict[str, int] = {}
-    for family in text_string_to_metric_families(text):
+    for family in await _families(http, base_url):
         for sample in family.samples:
             labels = sample.labels
             if sample.name == "tessera_http_requests_total":
@@ -46,6 +50,27 @@ async def read_counters(http: aiohttp.ClientSession, base_url: str) -> dict[str,
             elif sample.name == "tessera_logins_total":
                 counts[f"login {labels['outcome']}"] = int(sample.value)
     return counts
+
+
+async def dependency_calls(http: aiohttp.ClientSession, base_url: str) -> dict[str, int]:
+    """How many calls ``base_url``'s service made to each dependency (``redis``,
+    ``postgresql``): the count of ``tessera_dependency_duration_seconds``, where a Redis
+    pipeline is one call (one round trip) and a PostgreSQL call is one statement."""
+    calls: dict[str, int] = {}
+    for family in await _families(http, base_url):
+        for sample in family.samples:
+            if sample.name == "tessera_dependency_duration_seconds_count":
+                dependency = sample.labels["dependency"]
+                calls[dependency] = calls.get(dependency, 0) + int(sample.value)
+    return calls
+
+
+async def _families(http: aiohttp.ClientSession, base_url: str) -> list[Metric]:
+    async with http.get(f"{base_url}/metrics") as response:
+        if response.status != 200:
+            raise RuntimeError(f"{base_url}/metrics answered {response.status}")
+        text = await response.text()
+    return list(text_string_to_metric_families(text))
 
 
 def difference(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:

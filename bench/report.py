@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench import budget
+from bench.logins import LOGIN_KINDS
 from bench.stats import median, ratio
 
 __all__ = ["render_report", "render_summary", "verdicts"]
@@ -496,8 +497,90 @@ def _logins_section(logins: dict[str, Any]) -> str:
             f"A login spends {summary['login_session']['not_hashing_ms']:.1f} ms of CPU (session) "
             f"and {summary['login_token']['not_hashing_ms']:.1f} ms (tokens) on everything but "
             f"the hash. Driver: at most {_pct(driver)} of its core.",
+            _login_breakdown(logins),
         ]
     )
+
+
+def _login_breakdown(logins: dict[str, Any]) -> str:
+    """Where a login's CPU besides the hash goes: the light service, the round trips."""
+    summary = logins["summary"]
+    light = summary.get("light")
+    trips = summary.get("round_trip_us")
+    if "calls" not in summary["login_session"]:  # results of a bench before these figures
+        return ""
+    rows: list[list[str]] = [
+        [
+            "CPU besides the hash, the service's own Argon2 (above)",
+            *(_n(summary[kind]["not_hashing_ms"], 2) for kind in LOGIN_KINDS),
+        ]
+    ]
+    if light is not None:
+        memory = logins.get("light", {}).get("argon2", {}).get("memory_kib", "?")
+        rows += [
+            [
+                f"the same service with a {memory} KiB hash, at the same logins/s",
+                *(_n(light[kind]["not_hashing_ms"], 2) for kind in LOGIN_KINDS),
+            ],
+            [
+                "so the big hash costs the rest of the login",
+                *(_n(light[kind]["hash_aftermath_ms"], 2) for kind in LOGIN_KINDS),
+            ],
+            [
+                "the light service as fast as it goes: "
+                + " / ".join(f"{light[kind]['busy_rate']:,.0f}" for kind in LOGIN_KINDS)
+                + " logins/s",
+                *(_n(light[kind]["busy_not_hashing_ms"], 2) for kind in LOGIN_KINDS),
+            ],
+            [
+                "so an event loop that waits between the steps of a login costs",
+                *(_n(light[kind]["idle_wakeups_ms"], 2) for kind in LOGIN_KINDS),
+            ],
+        ]
+    rows.append(
+        [
+            "Redis round trips / PostgreSQL statements per login",
+            *(
+                "{redis:.1f} / {postgresql:.1f}".format(**summary[kind]["calls"])
+                for kind in LOGIN_KINDS
+            ),
+        ]
+    )
+    if trips is not None:
+        rows.append(
+            [
+                "those calls at their cost alone on the core (below)",
+                *(
+                    _n(
+                        (
+                            summary[kind]["calls"]["redis"] * trips["redis_us"]
+                            + summary[kind]["calls"]["postgresql"] * trips["postgres_pool_us"]
+                        )
+                        / 1000,
+                        2,
+                    )
+                    for kind in LOGIN_KINDS
+                ),
+            ]
+        )
+    text = [
+        "",
+        "Where it goes (ms of CPU per login, medians of the same rounds):",
+        "",
+        _table(["", "session", "tokens"], rows),
+    ]
+    if light is None and logins.get("light", {}).get("problem"):
+        text += ["", f"The light-hash service did not start: {logins['light']['problem']}"]
+    if trips is not None:
+        text += [
+            "",
+            "One round trip, alone on the server core (`python -m bench.rawcost roundtrips`, "
+            f"uvloop, CPU µs): a bare stream to Redis {_n(trips['bare_stream_us'], 0)}, "
+            f"redis-py as the services make it {_n(trips['redis_us'], 0)}, asyncpg on one "
+            f"connection {_n(trips['postgres_direct_us'], 0)}, through the services' pool "
+            f"{_n(trips['postgres_pool_us'], 0)}.",
+        ]
+    return "\n".join(text)
 
 
 def _micro_section(micro: dict[str, Any]) -> str:

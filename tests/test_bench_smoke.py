@@ -35,6 +35,7 @@ from bench.failover import run_failover
 from bench.logins import _summarise as summarise_logins
 from bench.peers import BARE_MIDDLEWARE, PEER_SESSION_COOKIE, bare_peer, jwt_peer, session_peer
 from bench.profiling import summarise
+from bench.rawcost import round_trip_us
 from bench.report import render_report, render_summary
 from bench.rows import _wrk_summary
 from bench.scaling import run_scaling
@@ -197,31 +198,46 @@ def _rows() -> dict[str, Any]:
     return {"users": 6, "offered_rate": 60.0, "rows": entries}
 
 
+def _login_run(rate: float, cpu_ms: float) -> dict[str, Any]:
+    return {
+        "rate": rate,
+        "p50_ms": 90.0,
+        "p99_ms": 120.0,
+        "auth_cpu_ms": cpu_ms,
+        "auth_utilisation": 0.95,
+        "driver_utilisation": 0.1,
+        "background_cores": 0.2,
+        "failed": 0,
+        "calls": {"redis": 3.0, "postgresql": 2.0},
+    }
+
+
 def _logins() -> dict[str, Any]:
-    records = {
+    records: dict[str, list[dict[str, Any]]] = {
         "argon2": [{"rate": 50.0, "cpu_ms": 20.0}] * 2,
-        "login_session": [],
-        "login_token": [],
-        "refresh": [],
+        "light_argon2": [{"rate": 5000.0, "cpu_ms": 0.2}] * 2,
+        "round_trips": [
+            {
+                "bare_stream_us": 110.0,
+                "redis_us": 300.0,
+                "postgres_direct_us": 120.0,
+                "postgres_pool_us": 250.0,
+            }
+        ]
+        * 2,
     }
     for kind, rate in (("login_session", 40.0), ("login_token", 38.0), ("refresh", 800.0)):
-        records[kind] = [
-            {
-                "rate": rate,
-                "p50_ms": 90.0,
-                "p99_ms": 120.0,
-                "auth_cpu_ms": 1000 / rate,
-                "auth_utilisation": 0.95,
-                "driver_utilisation": 0.1,
-                "background_cores": 0.2,
-                "failed": 0,
-            }
-        ] * 2
+        records[kind] = [_login_run(rate, 1000 / rate)] * 2
+    for kind in ("login_session", "login_token"):
+        # 4.0 ms besides the light hash at the same rate, 2.5 ms as fast as it goes.
+        records[f"light_{kind}"] = [_login_run(40.0, 4.2)] * 2
+        records[f"busy_{kind}"] = [_login_run(300.0, 2.7)] * 2
     return {
         "argon2": {"memory_kib": 19456, "time_cost": 2, "parallelism": 1},
         "cores": {"server": 1, "load": 0},
         "concurrency": {"login": 4, "refresh": 8},
         "summary": summarise_logins(records),
+        "light": {"argon2": {"memory_kib": 64, "time_cost": 1, "parallelism": 1}, "problem": ""},
         "profiles": {},
     }
 
@@ -324,6 +340,29 @@ def test_report_and_charts_render_from_the_aggregations(tmp_path: Path) -> None:
     assert "+56 µs beyond the raw signature as it runs, +31 µs compiled" in summary
     assert budget.rows_verdicts(results["rows"])[0].met is True
     assert [v.met for v in budget.login_verdicts(results["logins"])] == [False, False]
+    # A session login: 25 ms of CPU less the 20 ms hash; 4.0 with the light hash at the
+    # same rate, 2.5 as fast as it goes; 3 x 300 µs + 2 x 250 µs in round trips.
+    assert "| CPU besides the hash, the service's own Argon2 (above) | 5.00 | 6.32 |" in summary
+    assert "| the same service with a 64 KiB hash, at the same logins/s | 4.00 | 4.00 |" in summary
+    assert "| so the big hash costs the rest of the login | 1.00 | 2.32 |" in summary
+    assert "| so an event loop that waits between the steps of a login costs | 1.50 |" in summary
+    assert "| Redis round trips / PostgreSQL statements per login | 3.0 / 2.0 |" in summary
+    assert "| those calls at their cost alone on the core (below) | 1.40 | 1.40 |" in summary
+
+
+def test_round_trips_are_measured_on_real_redis_and_postgresql(
+    redis_url: str, database_url: str
+) -> None:
+    figures = round_trip_us(redis_url, database_url, 0.4)
+    assert set(figures) == {
+        "bare_stream_us",
+        "redis_us",
+        "postgres_direct_us",
+        "postgres_pool_us",
+    }
+    assert all(value > 0 for value in figures.values())
+    with pytest.raises(ValueError, match="loopback only"):
+        round_trip_us("redis://example.com:6379/0", database_url, 0.4)
 
 
 @pytest.mark.parametrize(
