@@ -8,6 +8,7 @@ each other's versions.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import zlib
@@ -142,9 +143,12 @@ def leaves_no_session_state(args: tuple[Any, ...]) -> bool:
     that lives on in the session. Conservative: what it cannot tell, it says ``False``.
     """
     sql = args[0] if args else None
-    return (
-        isinstance(sql, str) and bool(_ROW_STATEMENT.match(sql)) and not _SESSION_STATE.search(sql)
-    )
+    return isinstance(sql, str) and _plain_row_statement(sql)
+
+
+@functools.lru_cache(maxsize=1024)  # the services' statements are a few constant strings
+def _plain_row_statement(sql: str) -> bool:
+    return bool(_ROW_STATEMENT.match(sql)) and not _SESSION_STATE.search(sql)
 
 
 class PooledConnection(asyncpg.Connection):
