@@ -90,6 +90,16 @@ def validation_verdicts(validation: dict[str, Any]) -> list[Verdict]:
         )
     ]
     verdicts += _forward_auth_verdicts(scenarios)
+    if "forward_auth_cached" not in scenarios and validation.get("cached_forward_problem"):
+        verdicts.append(
+            Verdict(
+                "forward_auth_cached",
+                "forward auth via nginx, its 1 s cache on (opt-in): "
+                f">= {_pct(FORWARD_AUTH_MIN_SHARE_OF_BASELINE)} of baseline",
+                f"not measured: {validation['cached_forward_problem']}",
+                None,
+            )
+        )
     extra = (
         float(scenarios["jwt_first_seen"]["cost_us"])
         - float(scenarios["jwt_repeated"]["cost_us"])

@@ -350,6 +350,17 @@ def test_report_and_charts_render_from_the_aggregations(tmp_path: Path) -> None:
     assert "| those calls at their cost alone on the core (below) | 1.40 | 1.40 |" in summary
 
 
+def test_a_cached_forward_auth_that_could_not_run_says_why_in_the_budget() -> None:
+    validation = _validation()
+    del validation["scenarios"]["forward_auth_cached"]
+    validation["cached_forward_problem"] = "nginx -t failed: no such directive"
+    verdicts = {v.key: v for v in budget.validation_verdicts(validation)}
+    assert verdicts["forward_auth_cached"].met is None
+    assert verdicts["forward_auth_cached"].measured == (
+        "not measured: nginx -t failed: no such directive"
+    )
+
+
 def test_round_trips_are_measured_on_real_redis_and_postgresql(
     redis_url: str, database_url: str
 ) -> None:
