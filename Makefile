@@ -122,7 +122,7 @@ fmt: bootstrap-dev ## Format the code and apply safe lint fixes
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: bootstrap-dev ## Benchmark and load test on a stack of its own (~28 min): report in bench/results/
+bench: bootstrap-dev ## Benchmark and load test on a stack of its own (~31 min): report in bench/results/
 	$(PY) -m bench $(BENCH_ARGS)
 
 bench-quick: bootstrap-dev ## The same, every part with short runs (about 6 min)

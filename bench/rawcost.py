@@ -10,10 +10,11 @@ signature check alone (no claim checks), in CPU microseconds, on the key the
 token names. ``roundtrips``: the CPU microseconds of one round trip to Redis and to
 PostgreSQL on a uvloop event loop, one after the other: over a bare asyncio
 stream (a PING, the floor), through redis-py as the services make it
-(``instrumented_redis``), through asyncpg on one connection and through the
-services' pool (``create_pool``). The benchmark runs them under ``taskset`` on
-the core the service under test had, and reads the JSON line they print
-(:func:`measure_alone`).
+(``instrumented_redis``), through asyncpg on one connection, through the
+services' pool (``create_pool``) and through asyncpg's own pool, which resets
+every connection it takes back with one more round trip. The benchmark runs
+them under ``taskset`` on the core the service under test had, and reads the
+JSON line they print (:func:`measure_alone`).
 """
 
 from __future__ import annotations
@@ -111,12 +112,14 @@ def _loopback(url: str) -> str:
 
 
 async def _round_trips(redis_url: str, database_url: str, seconds: float) -> dict[str, float]:
-    per = seconds / 4
+    per = seconds / 5
     options = parse_url(_loopback(redis_url))
     reader, writer = await asyncio.open_connection(options["host"], options.get("port", 6379))
     client = instrumented_redis(redis_url, timeout=5.0, latency=None)
     connection = await asyncpg.connect(_loopback(database_url))
     pool = await create_pool(database_url, max_size=1, timeout=5.0)
+    # asyncpg's own pool, as the services' was before it skipped the reset round trip.
+    resetting = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
     try:
         if options.get("password"):
             writer.write(
@@ -137,12 +140,16 @@ async def _round_trips(redis_url: str, database_url: str, seconds: float) -> dic
         async def postgres_pool() -> None:
             await pool.fetchval("SELECT $1::int", 1)
 
+        async def postgres_pool_reset() -> None:
+            await resetting.fetchval("SELECT $1::int", 1)
+
         figures: dict[str, float] = {}
         for name, operation in (
             ("bare_stream_us", bare),
             ("redis_us", redis_get),
             ("postgres_direct_us", postgres_direct),
             ("postgres_pool_us", postgres_pool),
+            ("postgres_pool_reset_us", postgres_pool_reset),
         ):
             await _chunked_async(operation, min(0.2, per))  # warm-up
             figures[name] = statistics.median(await _chunked_async(operation, per)) * 1e6
@@ -152,6 +159,7 @@ async def _round_trips(redis_url: str, database_url: str, seconds: float) -> dic
         await client.aclose()
         await connection.close()
         await pool.close()
+        await resetting.close()
 
 
 def round_trip_us(redis_url: str, database_url: str, seconds: float) -> dict[str, float]:

@@ -578,7 +578,14 @@ def _login_breakdown(logins: dict[str, Any]) -> str:
             f"uvloop, CPU µs): a bare stream to Redis {_n(trips['bare_stream_us'], 0)}, "
             f"redis-py as the services make it {_n(trips['redis_us'], 0)}, asyncpg on one "
             f"connection {_n(trips['postgres_direct_us'], 0)}, through the services' pool "
-            f"{_n(trips['postgres_pool_us'], 0)}.",
+            f"{_n(trips['postgres_pool_us'], 0)}"
+            + (
+                f" (through asyncpg's own pool, which resets each connection with one more "
+                f"round trip: {_n(trips['postgres_pool_reset_us'], 0)})"
+                if "postgres_pool_reset_us" in trips
+                else ""
+            )
+            + ".",
         ]
     return "\n".join(text)
 

@@ -370,6 +370,7 @@ def test_round_trips_are_measured_on_real_redis_and_postgresql(
         "redis_us",
         "postgres_direct_us",
         "postgres_pool_us",
+        "postgres_pool_reset_us",
     }
     assert all(value > 0 for value in figures.values())
     with pytest.raises(ValueError, match="loopback only"):
