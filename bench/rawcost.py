@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -63,46 +63,60 @@ _SIGNATURE_ONLY: Any = {
 }
 
 
-def _chunked(operation: Callable[[], object], seconds: float, chunks: int = 5) -> list[float]:
+class _Slices:
     """CPU seconds per operation in each of ``chunks`` slices of about ``seconds`` in all.
 
     CPU time of this thread, not wall time: on a shared machine another
     process may take the core for a while, and that is not the operation's
     cost. The services' costs are CPU times too (from /proc), so the two compare.
+    Iterate over it, and run the operation until :meth:`counted` says the slice
+    is over; ``results`` then holds one figure per slice.
     """
-    per_chunk = seconds / chunks
-    results: list[float] = []
-    for _ in range(chunks):
-        count = 0
-        wall = time.perf_counter()
-        started = time.thread_time()
+
+    def __init__(self, seconds: float, chunks: int = 5) -> None:
+        self.per_chunk = seconds / chunks
+        self.chunks = chunks
+        self.results: list[float] = []
+        self._count = 0
+        self._wall = 0.0
+
+    def __iter__(self) -> Iterator[_Slices]:
+        for _ in range(self.chunks):
+            self._count = 0
+            self._wall = time.perf_counter()
+            started = time.thread_time()
+            yield self
+            self.results.append((time.thread_time() - started) / self._count)
+
+    def counted(self) -> bool:
+        """One more operation done: whether this slice is over."""
+        self._count += 1
+        return time.perf_counter() - self._wall >= self.per_chunk
+
+
+def _chunked(operation: Callable[[], object], seconds: float, chunks: int = 5) -> list[float]:
+    """:class:`_Slices` of a plain call."""
+    slices = _Slices(seconds, chunks)
+    for current in slices:
         while True:
             operation()
-            count += 1
-            if time.perf_counter() - wall >= per_chunk:
+            if current.counted():
                 break
-        results.append((time.thread_time() - started) / count)
-    return results
+    return slices.results
 
 
 async def _chunked_async(
     operation: Callable[[], Awaitable[object]], seconds: float, chunks: int = 5
 ) -> list[float]:
-    """:func:`_chunked` for an awaitable operation: CPU seconds of this thread (the event
-    loop's), so the wait for the answer is not counted but the loop's wake-up is."""
-    per_chunk = seconds / chunks
-    results: list[float] = []
-    for _ in range(chunks):
-        count = 0
-        wall = time.perf_counter()
-        started = time.thread_time()
+    """:class:`_Slices` of an awaitable: CPU of this thread (the event loop's), so the
+    wait for the answer is not counted but the loop's wake-up is."""
+    slices = _Slices(seconds, chunks)
+    for current in slices:
         while True:
             await operation()
-            count += 1
-            if time.perf_counter() - wall >= per_chunk:
+            if current.counted():
                 break
-        results.append((time.thread_time() - started) / count)
-    return results
+    return slices.results
 
 
 def _loopback(url: str) -> str:
