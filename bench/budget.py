@@ -13,6 +13,7 @@ __all__ = [
     "BASELINE_MAX_OVER_BARE",
     "FIRST_SEEN_JWT_MAX_EXTRA_US",
     "FORWARD_AUTH_MIN_SHARE_OF_BASELINE",
+    "LOGIN_KINDS",
     "LOGIN_MIN_SHARE_OF_ARGON2",
     "PEER_MIN_SPEEDUP",
     "REPEATED_MIN_SHARE_OF_BASELINE",
@@ -40,6 +41,8 @@ OTHER_LOOP = next(loop for loop in EVENT_LOOPS if loop != DEFAULT_EVENT_LOOP)
 BASELINE_MAX_OVER_BARE = 0.15
 #: Login throughput: at least this share of the raw Argon2 rate with the same parameters.
 LOGIN_MIN_SHARE_OF_ARGON2 = 0.90
+#: The logins part 3 measures: the credential each issues.
+LOGIN_KINDS = ("login_session", "login_token")
 #: tessera at least this many times the throughput of the naive peer setups.
 PEER_MIN_SPEEDUP = 2.0
 #: Rows that must see no failed request at steady state (row 1 fails by design).

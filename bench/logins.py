@@ -36,6 +36,7 @@ from typing import Any
 import aiohttp
 
 from bench import budget
+from bench.budget import LOGIN_KINDS
 from bench.config import BenchConfig, Cores
 from bench.counters import dependency_calls
 from bench.credentials import PASSWORD as USER_PASSWORD
@@ -52,7 +53,6 @@ USERS = 8
 #: The light service's Argon2id: 64 KiB, one pass (allowed in development only). Its hash
 #: costs a fraction of a millisecond and leaves the caches to the rest of the login.
 LIGHT_ARGON2 = {"TESSERA_ARGON2_MEMORY_KIB": "64", "TESSERA_ARGON2_TIME_COST": "1"}
-LOGIN_KINDS = ("login_session", "login_token")
 
 
 def _raw_argon2(settings_argon2: Any, seconds: float, cores: Cores | None) -> float:

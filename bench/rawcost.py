@@ -127,10 +127,11 @@ def _loopback(url: str) -> str:
 
 async def _round_trips(redis_url: str, database_url: str, seconds: float) -> dict[str, float]:
     per = seconds / 5
+    _loopback(database_url)
     options = parse_url(_loopback(redis_url))
     reader, writer = await asyncio.open_connection(options["host"], options.get("port", 6379))
     client = instrumented_redis(redis_url, timeout=5.0, latency=None)
-    connection = await asyncpg.connect(_loopback(database_url))
+    connection = await asyncpg.connect(database_url)
     pool = await create_pool(database_url, max_size=1, timeout=5.0)
     # asyncpg's own pool, as the services' was before it skipped the reset round trip.
     resetting = await asyncpg.create_pool(database_url, min_size=1, max_size=1)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench import budget
-from bench.logins import LOGIN_KINDS
+from bench.budget import LOGIN_KINDS
 from bench.stats import median, ratio
 
 __all__ = ["render_report", "render_summary", "verdicts"]
@@ -539,7 +539,7 @@ def _login_breakdown(logins: dict[str, Any]) -> str:
         ]
     rows.append(
         [
-            "Redis round trips / PostgreSQL statements per login",
+            "Redis round trips / PostgreSQL statements per login (background checks included)",
             *(
                 "{redis:.1f} / {postgresql:.1f}".format(**summary[kind]["calls"])
                 for kind in LOGIN_KINDS

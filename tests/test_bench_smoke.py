@@ -346,7 +346,10 @@ def test_report_and_charts_render_from_the_aggregations(tmp_path: Path) -> None:
     assert "| the same service with a 64 KiB hash, at the same logins/s | 4.00 | 4.00 |" in summary
     assert "| so the big hash costs the rest of the login | 1.00 | 2.32 |" in summary
     assert "| so an event loop that waits between the steps of a login costs | 1.50 |" in summary
-    assert "| Redis round trips / PostgreSQL statements per login | 3.0 / 2.0 |" in summary
+    assert (
+        "| Redis round trips / PostgreSQL statements per login (background checks included) "
+        "| 3.0 / 2.0 |"
+    ) in summary
     assert "| those calls at their cost alone on the core (below) | 1.40 | 1.40 |" in summary
 
 
@@ -375,6 +378,8 @@ def test_round_trips_are_measured_on_real_redis_and_postgresql(
     assert all(value > 0 for value in figures.values())
     with pytest.raises(ValueError, match="loopback only"):
         round_trip_us("redis://example.com:6379/0", database_url, 0.4)
+    with pytest.raises(ValueError, match="loopback only"):
+        round_trip_us(redis_url, "postgresql://u@example.com/db", 0.4)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from tessera_platform.pg_migrations import create_pool, leaves_no_session_state
+from tessera_platform.pg_migrations import create_pool, leaves_no_session_state, mark_clean
 
 RESET_MARK = "pg_advisory_unlock_all"
 
@@ -28,6 +28,7 @@ RESET_MARK = "pg_advisory_unlock_all"
         ("SELECT pg_try_advisory_lock_shared($1)", False),
         ("select PG_ADVISORY_LOCK(1)", False),
         ("SELECT set_config('search_path', 'x', false)", False),
+        ("UPDATE pg_settings SET setting = 'x' WHERE name = 'search_path'", False),
         ("SET search_path TO x", False),
         ("RESET ALL", False),
         ("LISTEN channel", False),
@@ -126,3 +127,20 @@ async def test_a_transaction_left_open_is_rolled_back_on_release(
         await connection.execute("BEGIN")
         await connection.execute(f"CREATE TABLE {table} (x int)")
     assert await pool.fetchval("SELECT to_regclass($1) IS NULL", table)
+
+
+async def test_a_connection_the_pool_let_go_of_is_not_marked_and_nothing_fails(
+    pool_and_log: tuple[asyncpg.Pool, list[str]],
+) -> None:
+    """The server closed the connection under a statement that had answered: asyncpg has
+    detached the pool's proxy from it, and marking it clean must not turn the answer
+    into an error."""
+    pool, sent = pool_and_log
+    proxy = await pool.acquire()
+    await pool.release(proxy)  # detached, as asyncpg does when the server closes it
+    mark_clean(proxy)
+    await pool.release(proxy)  # asyncpg: already released, nothing to do
+    sent.clear()
+    async with pool.acquire() as connection:
+        await connection.fetchval("SELECT 1")
+    assert _resets(sent) == 1  # the next holder of the connection is reset in full

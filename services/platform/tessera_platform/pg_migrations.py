@@ -8,6 +8,7 @@ each other's versions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import re
@@ -130,17 +131,21 @@ async def migrate_database(dsn: str, migrator: Migrator) -> str:
 _ROW_STATEMENT = re.compile(r"\s*(?:SELECT|INSERT|UPDATE|DELETE|WITH)\b", re.IGNORECASE)
 #: ...and none of what outlives a statement in its session: a second statement, a
 #: session-level advisory lock (``pg_advisory_xact_lock`` ends with the statement's
-#: transaction), a setting changed for the session, a temporary table, another database.
+#: transaction), a setting changed for the session (``set_config``, an ``UPDATE`` of
+#: ``pg_settings``), a temporary table, another database.
 _SESSION_STATE = re.compile(
-    r";|pg_(?:try_)?advisory_lock(?:_shared)?\b|\bset_config\b|\btemp(?:orary)?\b|\bdblink",
+    r";|pg_(?:try_)?advisory_lock(?:_shared)?\b|\bset_config\b|\bpg_settings\b"
+    r"|\btemp(?:orary)?\b|\bdblink",
     re.IGNORECASE,
 )
 
 
 def leaves_no_session_state(args: tuple[Any, ...]) -> bool:
     """Whether the statement a pool call ran (its SQL is ``args[0]``) leaves its
-    connection as it found it: one statement that reads or writes rows, and nothing
-    that lives on in the session. Conservative: what it cannot tell, it says ``False``.
+    connection as it found it: one statement that reads or writes rows, and none of
+    the built-ins that change a session (:data:`_SESSION_STATE`, ``pg_settings``).
+    A function of the database's own that changes the session would pass: the
+    services' statements call none (their migrations define no functions).
     """
     sql = args[0] if args else None
     return isinstance(sql, str) and _plain_row_statement(sql)
@@ -173,6 +178,14 @@ class PooledConnection(asyncpg.Connection):
     def get_reset_query(self) -> str:
         clean, self._clean_release = self._clean_release, False
         return "" if clean else str(super().get_reset_query())
+
+
+def mark_clean(connection: Any) -> None:
+    """Let the pool's ``connection`` (its proxy) skip the next reset query. The proxy hands
+    attribute access on to its :class:`PooledConnection`, and has none once the server
+    closed it under the statement (asyncpg let go of it: nothing is reset or reused)."""
+    with contextlib.suppress(AttributeError):
+        cast(PooledConnection, connection).next_release_is_clean()
 
 
 class _RetryingPool(asyncpg.Pool):
@@ -245,8 +258,7 @@ class _RetryingPool(asyncpg.Pool):
                 await self.release(connection)
                 raise
             if leaves_no_session_state(args):
-                # The pool's proxy hands attribute access on to its PooledConnection.
-                cast(PooledConnection, connection).next_release_is_clean()
+                mark_clean(connection)
             await self.release(connection)
             return result
         raise AssertionError("unreachable")  # the last attempt returns or raises
