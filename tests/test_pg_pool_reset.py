@@ -3,8 +3,10 @@ only when the one statement it ran left nothing in the session (real PostgreSQL)
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -144,3 +146,67 @@ async def test_a_connection_the_pool_let_go_of_is_not_marked_and_nothing_fails(
     async with pool.acquire() as connection:
         await connection.fetchval("SELECT 1")
     assert _resets(sent) == 1  # the next holder of the connection is reset in full
+
+
+#: What a statement may meet while the server kills the pool's connections under it.
+_FAULTS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+
+
+async def test_concurrent_calls_never_see_a_session_setting_while_their_backends_are_killed(
+    database_url: str,
+) -> None:
+    """40 callers share a pool of 4: half set a session setting (reset in full after), half
+    read it with a plain statement (no reset after), while another session terminates the
+    pool's backends again and again. No read sees a setting another call made, no call
+    fails otherwise than with a connection error, and the pool serves again after."""
+    pool = await create_pool(database_url, max_size=4, timeout=10.0)
+    leaked = f"leak-{secrets.token_hex(4)}"
+    pids: set[int] = set()
+    seen: list[str] = []
+    faults = 0
+
+    async def caller(number: int) -> None:
+        nonlocal faults
+        for turn in range(25):
+            try:
+                if (number + turn) % 2:
+                    await pool.fetchval("SELECT set_config('application_name', $1, false)", leaked)
+                else:
+                    row = await pool.fetchrow(
+                        "SELECT pg_backend_pid() AS pid, "
+                        "current_setting('application_name') AS name"
+                    )
+                    assert row is not None
+                    pids.add(row["pid"])
+                    seen.append(row["name"])
+            except _FAULTS:
+                faults += 1
+
+    async def killer(other: asyncpg.Connection, callers: asyncio.Future[Any]) -> None:
+        for _ in range(1000):  # bounded: about 20 s at most
+            if callers.done():
+                return
+            await asyncio.sleep(0.02)
+            # Only this pool's backends: other tests share the server.
+            await other.fetch(
+                "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", list(pids)
+            )
+
+    other = await asyncpg.connect(database_url)
+    try:
+        callers = asyncio.gather(*(caller(number) for number in range(40)))
+        await killer(other, callers)
+        await callers
+        assert await pool.fetchval("SELECT current_setting('application_name')") != leaked
+    finally:
+        await other.close()
+        await pool.close()
+    assert len(seen) > 100  # the reads ran, between the kills
+    assert leaked not in seen
+    assert faults > 0  # the kills met calls in flight
