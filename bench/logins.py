@@ -132,6 +132,7 @@ async def run_logins(
     auth_pid = stack.auth_pid()
     if auth_pid is None:
         raise RuntimeError("the auth service is not running")
+    light_argon2 = auth_settings({**stack.auth_environment(), **LIGHT_ARGON2}).argon2
     light: ExtraProcess | None = None
     light_problem = ""
     try:
@@ -148,7 +149,7 @@ async def run_logins(
         stack.pin_for_measurement(cores, [auth_pid] + ([] if light is None else [light.pid]))
     try:
         measured = await _measure(
-            stack, config, cores, out_dir, progress, settings, auth_pid, light
+            stack, config, cores, out_dir, progress, settings, auth_pid, light, light_argon2
         )
     finally:
         if light is not None:
@@ -157,7 +158,7 @@ async def run_logins(
         if cores is not None:
             stack.unpin()
     measured["light"] = {
-        "argon2": asdict(auth_settings({**stack.auth_environment(), **LIGHT_ARGON2}).argon2),
+        "argon2": asdict(light_argon2),
         "problem": light_problem,
     }
     return measured
@@ -172,11 +173,11 @@ async def _measure(
     settings: Any,
     auth_pid: int,
     light: ExtraProcess | None,
+    light_argon2: Any,
 ) -> dict[str, Any]:
     prefix = f"bench-l-{secrets.token_hex(3)}-"
     users = [f"{prefix}{number}" for number in range(USERS)]
     base = stack.auth_url
-    light_settings = auth_settings({**stack.auth_environment(), **LIGHT_ARGON2})
     connector = aiohttp.TCPConnector(
         limit=max(config.login_concurrency, config.refresh_concurrency)
     )
@@ -294,7 +295,7 @@ async def _measure(
                             )
                         )
             if light is not None:
-                light_raw = await asyncio.to_thread(_raw_argon2, light_settings.argon2, 1.0, cores)
+                light_raw = await asyncio.to_thread(_raw_argon2, light_argon2, 1.0, cores)
                 records["light_argon2"].append({"rate": light_raw, "cpu_ms": 1000 / light_raw})
             records["round_trips"].append(await asyncio.to_thread(_round_trips, stack, 1.0, cores))
             chains = [
